@@ -1,0 +1,379 @@
+//! `sluice run` configuration: command-line flags over an optional TOML file over defaults.
+//!
+//! Every key of the file has the same name as its flag (`media-ip`, `ports`, ...). Validation
+//! happens once, here, so the rest of the daemon only sees a [`Config`] that makes sense.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the control socket is created when nothing else is said. Under /run for a root daemon,
+/// else under $XDG_RUNTIME_DIR, else /tmp; `sluice ctl` looks in the same place.
+pub fn default_control() -> ControlAddr {
+    ControlAddr::Unix(default_socket_path())
+}
+
+fn default_socket_path() -> PathBuf {
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/run/sluice/control.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("sluice/control.sock"),
+        _ => PathBuf::from(format!("/tmp/sluice-{}/control.sock", unsafe {
+            // SAFETY: as above.
+            libc::geteuid()
+        })),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlAddr {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for ControlAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ControlAddr::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ControlAddr {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| ConfigError::Invalid {
+            key: "control",
+            value: s.to_string(),
+            why: why.to_string(),
+        };
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(bad("give a socket path after unix:"));
+            }
+            return Ok(ControlAddr::Unix(PathBuf::from(path)));
+        }
+        if let Some(addr) = s.strip_prefix("tcp:") {
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|_| bad("expected tcp:IP:PORT, e.g. tcp:127.0.0.1:2223"))?;
+            return Ok(ControlAddr::Tcp(addr));
+        }
+        Err(bad("expected unix:PATH or tcp:IP:PORT"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("invalid {key} '{value}': {why}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// The `[sluice run]` keys of the TOML file; every one optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub control: Option<String>,
+    pub media_ip: Option<Vec<String>>,
+    pub ports: Option<String>,
+    pub timeout: Option<u64>,
+    pub log_level: Option<String>,
+    pub allow_remote_control: Option<bool>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Values given on the command line; `None` = not given.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub control: Option<String>,
+    pub media_ip: Vec<String>,
+    pub ports: Option<String>,
+    pub timeout: Option<u64>,
+    pub log_level: Option<String>,
+    pub allow_remote_control: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub control: ControlAddr,
+    pub media_ips: Vec<IpAddr>,
+    pub port_low: u16,
+    pub port_high: u16,
+    /// A call with no media and no signalling for this long is deleted.
+    pub timeout: Duration,
+    pub log_level: String,
+}
+
+pub const DEFAULT_PORTS: (u16, u16) = (30000, 39999);
+pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
+
+impl Config {
+    /// Flags win over the file, the file over defaults.
+    pub fn resolve(file: FileConfig, cli: Overrides) -> Result<Config, ConfigError> {
+        let control = match cli.control.or(file.control) {
+            Some(s) => s.parse()?,
+            None => default_control(),
+        };
+        let allow_remote = cli.allow_remote_control || file.allow_remote_control.unwrap_or(false);
+        if let ControlAddr::Tcp(a) = &control
+            && !a.ip().is_loopback()
+            && !allow_remote
+        {
+            return Err(ConfigError::Invalid {
+                key: "control",
+                value: control.to_string(),
+                why: "the control API has no authentication; listen on loopback or a unix socket, \
+                      or set allow-remote-control = true if a firewall protects it"
+                    .into(),
+            });
+        }
+        let ips = if cli.media_ip.is_empty() {
+            file.media_ip.unwrap_or_default()
+        } else {
+            cli.media_ip
+        };
+        let media_ips = if ips.is_empty() {
+            vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+        } else {
+            ips.iter()
+                .map(|s| parse_media_ip(s))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let (port_low, port_high) = match cli.ports.or(file.ports) {
+            Some(s) => parse_ports(&s)?,
+            None => DEFAULT_PORTS,
+        };
+        let timeout = cli.timeout.or(file.timeout).unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if timeout == 0 || timeout > 86_400 {
+            return Err(ConfigError::Invalid {
+                key: "timeout",
+                value: timeout.to_string(),
+                why: "give seconds between 1 and 86400".into(),
+            });
+        }
+        let log_level = cli
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "log-level",
+                value: log_level,
+                why: "one of error, warn, info, debug, trace".into(),
+            });
+        }
+        Ok(Config {
+            control,
+            media_ips,
+            port_low,
+            port_high,
+            timeout: Duration::from_secs(timeout),
+            log_level,
+        })
+    }
+
+    /// The relay address for a family, if one is configured.
+    pub fn media_ip(&self, v6: bool) -> Option<IpAddr> {
+        self.media_ips.iter().copied().find(|ip| ip.is_ipv6() == v6)
+    }
+}
+
+fn parse_media_ip(s: &str) -> Result<IpAddr, ConfigError> {
+    let ip: IpAddr = s.parse().map_err(|_| ConfigError::Invalid {
+        key: "media-ip",
+        value: s.into(),
+        why: "not an IPv4 or IPv6 address".into(),
+    })?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(ConfigError::Invalid {
+            key: "media-ip",
+            value: s.into(),
+            why: "give the address peers send media to, not a wildcard or multicast address".into(),
+        });
+    }
+    Ok(ip)
+}
+
+pub fn parse_ports(s: &str) -> Result<(u16, u16), ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid {
+        key: "ports",
+        value: s.into(),
+        why: why.into(),
+    };
+    let (lo, hi) = s.split_once('-').ok_or_else(|| bad("expected LOW-HIGH"))?;
+    let lo: u16 = lo.trim().parse().map_err(|_| bad("LOW is not a port"))?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad("HIGH is not a port"))?;
+    if lo < 1024 {
+        return Err(bad("LOW must be 1024 or more (ports below are privileged)"));
+    }
+    if hi <= lo {
+        return Err(bad("HIGH must be above LOW"));
+    }
+    Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(file: &str, cli: Overrides) -> Result<Config, ConfigError> {
+        Config::resolve(toml::from_str(file).unwrap(), cli)
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_loopback_setup() {
+        let c = resolve("", Overrides::default()).unwrap();
+        assert_eq!(c.media_ips, vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        assert_eq!((c.port_low, c.port_high), DEFAULT_PORTS);
+        assert_eq!(c.timeout, Duration::from_secs(60));
+        assert!(matches!(c.control, ControlAddr::Unix(_)));
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let file = "ports = \"40000-40099\"\ntimeout = 5\nmedia-ip = [\"127.0.0.2\"]\n";
+        let c = resolve(
+            file,
+            Overrides {
+                ports: Some("50000-50999".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((c.port_low, c.port_high), (50000, 50999));
+        assert_eq!(c.timeout, Duration::from_secs(5));
+        assert_eq!(c.media_ips, vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn both_families_pick_by_family() {
+        let c = resolve(
+            "",
+            Overrides {
+                media_ip: vec!["127.0.0.1".into(), "::1".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.media_ip(true), Some("::1".parse().unwrap()));
+        assert_eq!(c.media_ip(false), Some("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_values_say_what_to_change() {
+        let cases: &[(Overrides, &str)] = &[
+            (
+                Overrides {
+                    ports: Some("100-200".into()),
+                    ..Default::default()
+                },
+                "LOW must be 1024",
+            ),
+            (
+                Overrides {
+                    ports: Some("40000".into()),
+                    ..Default::default()
+                },
+                "expected LOW-HIGH",
+            ),
+            (
+                Overrides {
+                    ports: Some("40000-30000".into()),
+                    ..Default::default()
+                },
+                "HIGH must be above LOW",
+            ),
+            (
+                Overrides {
+                    media_ip: vec!["0.0.0.0".into()],
+                    ..Default::default()
+                },
+                "not a wildcard",
+            ),
+            (
+                Overrides {
+                    media_ip: vec!["example.org".into()],
+                    ..Default::default()
+                },
+                "not an IPv4 or IPv6",
+            ),
+            (
+                Overrides {
+                    control: Some("tcp:10.1.2.3:2223".into()),
+                    ..Default::default()
+                },
+                "no authentication",
+            ),
+            (
+                Overrides {
+                    control: Some("udp:1".into()),
+                    ..Default::default()
+                },
+                "expected unix:PATH or tcp:IP:PORT",
+            ),
+            (
+                Overrides {
+                    timeout: Some(0),
+                    ..Default::default()
+                },
+                "between 1 and 86400",
+            ),
+            (
+                Overrides {
+                    log_level: Some("loud".into()),
+                    ..Default::default()
+                },
+                "one of error",
+            ),
+        ];
+        for (cli, want) in cases {
+            let err = resolve("", cli.clone()).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_key_is_rejected() {
+        let err = toml::from_str::<FileConfig>("prots = \"1-2\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn remote_control_needs_explicit_permission() {
+        let c = resolve(
+            "allow-remote-control = true\ncontrol = \"tcp:10.1.2.3:2223\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.control, "tcp:10.1.2.3:2223".parse().unwrap());
+    }
+}

@@ -1,0 +1,148 @@
+//! `sluice run`: wires the relay engine, the session layer, the timeout sweep and the control
+//! socket together, and takes everything down again on SIGINT/SIGTERM.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sluice_relay::engine::{EngineEvent, EngineHandle};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::Server;
+
+use crate::config::{Config, ControlAddr};
+use crate::grpc::ControlService;
+use crate::session::{SessionConfig, Sessions};
+
+/// Runs until a signal, or until `stop` resolves (tests).
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    run_until(cfg, shutdown).await
+}
+
+pub async fn run_until(
+    cfg: Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Bounded so that a stuck control plane can never stall the packet path: the engine drops
+    // events it cannot queue.
+    let (ev_tx, ev_rx) = crossbeam_channel::bounded::<EngineEvent>(4096);
+    let engine = EngineHandle::spawn(ev_tx).context("cannot start the relay thread")?;
+    let sessions = Sessions::new(
+        SessionConfig {
+            media_ips: cfg.media_ips.clone(),
+            port_low: cfg.port_low,
+            port_high: cfg.port_high,
+            timeout: cfg.timeout,
+        },
+        Box::new(engine),
+    )?;
+
+    let s = sessions.clone();
+    let events = std::thread::Builder::new()
+        .name("sluice-events".into())
+        .spawn(move || {
+            // Ends when the engine thread exits and drops the sender.
+            for ev in ev_rx {
+                s.on_engine_event(ev);
+            }
+        })?;
+
+    let s = sessions.clone();
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            s.sweep();
+        }
+    });
+
+    let service = ControlService::new(sessions.clone()).into_server();
+    let router = Server::builder().add_service(service);
+    let ips: Vec<String> = cfg.media_ips.iter().map(|i| i.to_string()).collect();
+    let served = match &cfg.control {
+        ControlAddr::Unix(path) => {
+            let listener = bind_unix(path)?;
+            announce(&cfg, &ips);
+            let r = router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+                .await;
+            let _ = std::fs::remove_file(path);
+            r
+        }
+        ControlAddr::Tcp(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on control address tcp:{addr}"))?;
+            announce(&cfg, &ips);
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .await
+        }
+    };
+    sweeper.abort();
+    let stats = sessions.statistics();
+    let ended = sessions.shutdown();
+    drop(sessions);
+    // The engine thread has exited and dropped its event sender, so this thread ends too.
+    let _ = events.join();
+    tracing::info!(
+        calls_ended = ended,
+        calls_total = stats.calls_total,
+        packets_relayed = stats.packets_relayed,
+        "sluice stopped; every relay socket closed"
+    );
+    served.context("control server failed")?;
+    Ok(())
+}
+
+fn announce(cfg: &Config, ips: &[String]) {
+    tracing::info!(
+        control = %cfg.control,
+        media_ips = %ips.join(","),
+        ports = %format!("{}-{}", cfg.port_low, cfg.port_high),
+        timeout_s = cfg.timeout.as_secs(),
+        path = "userspace",
+        "sluice ready"
+    );
+}
+
+/// Binds the control socket with owner+group access only (0660 inside a 0750 directory).
+fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create control socket directory {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+    }
+    if path.exists() {
+        // A live socket means another sluice owns it; a dead one is left over from a crash.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "control socket {} is in use by another running sluice; stop it or pass --control",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale control socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot create control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// Keeps `Arc` in the public signature honest for embedders that share the sessions.
+pub type SharedSessions = Arc<Sessions>;

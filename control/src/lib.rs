@@ -1,0 +1,16 @@
+//! sluice control plane: sessions (calls, legs, streams), SDP offer/answer, relay port
+//! allocation, the gRPC control API and its CLI client.
+
+pub mod client;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod grpc;
+pub mod port_alloc;
+pub mod sdp;
+pub mod session;
+
+pub mod proto {
+    //! Generated from `control/proto/sluice.proto` (package `sluice.v1`).
+    tonic::include_proto!("sluice.v1");
+}

@@ -1,0 +1,133 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice_control::config::{Config, ControlAddr, FileConfig, Overrides, default_control};
+use sluice_control::{ctl, daemon};
+
+/// sluice: RTP media relay beside a SIP server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start the media relay. With no flags: media on 127.0.0.1, ports 30000-39999, control on
+    /// a Unix socket, userspace forwarding.
+    Run {
+        /// TOML file with the same keys as these flags (media-ip = ["..."], ports = "LOW-HIGH").
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// unix:PATH or tcp:IP:PORT (default: unix:/run/sluice/control.sock for root, else
+        /// $XDG_RUNTIME_DIR/sluice/control.sock or /tmp/sluice-UID/control.sock).
+        #[arg(long)]
+        control: Option<String>,
+        /// Relay address media is received on; repeat for IPv4 and IPv6.
+        #[arg(long = "media-ip")]
+        media_ip: Vec<String>,
+        /// Relay port range LOW-HIGH (default 30000-39999).
+        #[arg(long)]
+        ports: Option<String>,
+        /// Seconds without media or signalling before a call is deleted (default 60).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// error, warn, info (default), debug or trace; RUST_LOG overrides.
+        #[arg(long)]
+        log_level: Option<String>,
+        /// Allow a TCP control address that is not loopback.
+        #[arg(long)]
+        allow_remote_control: bool,
+    },
+    /// Call the control API of a running sluice and print the reply as JSON.
+    Ctl {
+        /// unix:PATH or tcp:IP:PORT (default: the same as `sluice run`'s default).
+        #[arg(long, global = true)]
+        control: Option<String>,
+        #[command(subcommand)]
+        method: ctl::Method,
+    },
+}
+
+fn init_logs(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.cmd {
+        Cmd::Run {
+            config,
+            control,
+            media_ip,
+            ports,
+            timeout,
+            log_level,
+            allow_remote_control,
+        } => {
+            let file = match config.as_deref().map(FileConfig::load).transpose() {
+                Ok(f) => f.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let cfg = match Config::resolve(
+                file,
+                Overrides {
+                    control,
+                    media_ip,
+                    ports,
+                    timeout,
+                    log_level,
+                    allow_remote_control,
+                },
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logs(&cfg.log_level);
+            rt.block_on(daemon::run(cfg))
+        }
+        Cmd::Ctl { control, method } => {
+            let addr: ControlAddr = match control.map(|c| c.parse()).transpose() {
+                Ok(a) => a.unwrap_or_else(default_control),
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            rt.block_on(ctl::run(&addr, method))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

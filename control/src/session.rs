@@ -1,0 +1,1281 @@
+//! The media-session API: calls, their legs and media streams, driven by offer/answer/delete.
+//!
+//! Every front end (gRPC today; the ng protocol and the B2BUA later) calls [`Sessions`]. It owns
+//! the port allocator and the calls, turns SDP into forwarding decisions, and tells the data plane
+//! what to do through the [`MediaPlane`] seam, so it is tested here without a relay thread.
+//!
+//! Model: a call has two sides, 0 = the caller (from-tag of the first offer) and 1 = the callee.
+//! Each m= line is a [`Stream`] with one relay endpoint per side: the socket(s) *that side's*
+//! endpoint sends to. Media from side X's endpoint is sent on from side Y's socket to Y's peer.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sluice_relay::clock::now_ns;
+use sluice_relay::engine::{
+    Command, EndpointConfig, EndpointId, EngineEvent, EngineGone, EngineHandle, Signalling,
+};
+use sluice_relay::latch::{LatchConfig, LatchMode};
+use sluice_relay::stats::EndpointCounters;
+use tokio::sync::broadcast;
+
+use crate::port_alloc::{DEFAULT_MAX_TRIES, PortAllocError, PortAllocator};
+use crate::proto;
+use crate::sdp::{Direction, Sdp, SdpError};
+
+/// Where the session layer's commands go: the relay engine, or a recorder in tests.
+pub trait MediaPlane: Send {
+    fn send(&mut self, cmd: Command) -> Result<(), EngineGone>;
+    /// Closes every socket and stops the data plane; later sends fail.
+    fn stop(&mut self) {}
+}
+
+impl MediaPlane for EngineHandle {
+    fn send(&mut self, cmd: Command) -> Result<(), EngineGone> {
+        EngineHandle::send(self, cmd)
+    }
+    fn stop(&mut self) {
+        if let Err(e) = EngineHandle::stop(self) {
+            tracing::error!(error = %e, "relay thread ended with an error");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    #[error("bad SDP: {0}")]
+    BadSdp(#[from] SdpError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("call '{0}' not found (deleted, timed out, or never offered)")]
+    NotFound(String),
+    #[error("{0}")]
+    NoPorts(#[from] PortAllocError),
+    #[error("{0}")]
+    Engine(#[from] EngineGone),
+    #[error("sluice is shutting down and takes no new calls")]
+    ShuttingDown,
+}
+
+fn bad(msg: impl Into<String>) -> SessionError {
+    SessionError::BadRequest(msg.into())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    /// The family of the SDP the request carries.
+    #[default]
+    Auto,
+    V4,
+    V6,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RtcpMuxMode {
+    /// Pass through what the endpoint offered.
+    #[default]
+    Default,
+    /// Offer rtcp-mux in the returned SDP even if the incoming one lacks it.
+    Offer,
+    /// Never use rtcp-mux in the returned SDP.
+    Strip,
+    /// Reject an incoming SDP whose media lack a=rtcp-mux.
+    Require,
+}
+
+/// Per-request options, applying to the side whose SDP the request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegOptions {
+    /// Offer only: the family of the relay address written into the returned SDP.
+    pub family: Family,
+    pub strict_source: bool,
+    pub latching: LatchMode,
+    pub rtcp_mux: RtcpMuxMode,
+    /// Overrides the direction of every media section of this side (hold).
+    pub direction: Option<Direction>,
+}
+
+impl Default for LegOptions {
+    fn default() -> Self {
+        Self {
+            family: Family::Auto,
+            strict_source: true,
+            latching: LatchMode::Heuristic,
+            rtcp_mux: RtcpMuxMode::Default,
+            direction: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    pub media_ips: Vec<IpAddr>,
+    pub port_low: u16,
+    pub port_high: u16,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    CallCreated,
+    MediaStarted,
+    TimedOut,
+    Deleted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallEvent {
+    pub kind: EventKind,
+    pub call_id: String,
+    pub tag: String,
+    pub unix_ms: u64,
+    pub detail: String,
+}
+
+struct Side {
+    endpoint: EndpointId,
+    local_ip: IpAddr,
+    rtp_port: u16,
+    /// None when only one port was reserved (rtcp-mux required).
+    rtcp_port: Option<u16>,
+    counters: Arc<EndpointCounters>,
+    sdp_rtp: Option<SocketAddr>,
+    sdp_rtcp: Option<SocketAddr>,
+    direction: Direction,
+    /// RTCP towards this side's endpoint goes to its RTP port.
+    rtcp_mux: bool,
+    /// The SDP sent to this side offered rtcp-mux.
+    offered_mux: bool,
+    latch: LatchConfig,
+    clock_rate: u32,
+}
+
+struct Stream {
+    media: String,
+    sides: [Side; 2],
+    /// Rejected by the answer (port 0): sockets stay until the call ends, nothing is forwarded.
+    disabled: bool,
+}
+
+struct Call {
+    call_id: String,
+    /// [caller's tag, callee's tag]; the callee's is empty until the first answer.
+    tags: [String; 2],
+    streams: Vec<Stream>,
+    created_unix_ms: u64,
+    last_signal_ns: u64,
+    /// The side whose offer awaits an answer.
+    pending_offer: Option<usize>,
+    /// Per receiving side: the SDP text last received from the other side and the o= version we
+    /// gave its rewrite, so an unchanged re-offer keeps the version (RFC 3264 8).
+    sdp_versions: [Option<(String, u64)>; 2],
+    media_started: [bool; 2],
+}
+
+#[derive(Default)]
+struct Totals {
+    calls: u64,
+    timed_out: u64,
+    packets: u64,
+    bytes: u64,
+    dropped: u64,
+}
+
+struct State {
+    cfg: SessionConfig,
+    ports: PortAllocator,
+    plane: Box<dyn MediaPlane>,
+    calls: HashMap<String, Call>,
+    by_endpoint: HashMap<EndpointId, (String, usize)>,
+    next_endpoint: u64,
+    totals: Totals,
+    shutting_down: bool,
+}
+
+pub struct Sessions {
+    state: Mutex<State>,
+    events: broadcast::Sender<CallEvent>,
+    started: std::time::Instant,
+}
+
+/// A unix-ms wall-clock time for a monotonic `now_ns()` reading.
+pub fn unix_ms_of(mono_ns: u64) -> u64 {
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let age_ms = now_ns().saturating_sub(mono_ns) / 1_000_000;
+    now_unix.saturating_sub(age_ms)
+}
+
+fn unix_ms_now() -> u64 {
+    unix_ms_of(now_ns())
+}
+
+/// RTP clock rate of a media section's first (preferred) payload type: RFC 3551 table 4 for
+/// static types, a=rtpmap for dynamic ones.
+fn clock_rate(sdp: &Sdp, i: usize) -> u32 {
+    let m = &sdp.media[i];
+    let Some(pt) = m.fmts.first().and_then(|f| f.parse::<u8>().ok()) else {
+        return 8000;
+    };
+    if let Some(map) = m.rtpmap(pt) {
+        return map.clock_rate;
+    }
+    match pt {
+        0..=9 | 12 | 13 | 15 | 18 => 8000,
+        10 | 11 => 44100,
+        14 | 25 | 26 | 28 | 31..=34 => 90000,
+        16 => 11025,
+        17 => 22050,
+        _ => 8000,
+    }
+}
+
+impl Sessions {
+    pub fn new(
+        cfg: SessionConfig,
+        plane: Box<dyn MediaPlane>,
+    ) -> Result<Arc<Sessions>, PortAllocError> {
+        let ports = PortAllocator::new(cfg.port_low, cfg.port_high)?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Arc::new(Sessions {
+            state: Mutex::new(State {
+                cfg,
+                ports,
+                plane,
+                calls: HashMap::new(),
+                by_endpoint: HashMap::new(),
+                next_endpoint: 1,
+                totals: Totals::default(),
+                shutting_down: false,
+            }),
+            events,
+            started: std::time::Instant::now(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; keep serving rather than poison forever.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, kind: EventKind, call_id: &str, tag: &str, detail: String) {
+        let ev = CallEvent {
+            kind,
+            call_id: call_id.to_string(),
+            tag: tag.to_string(),
+            unix_ms: unix_ms_now(),
+            detail,
+        };
+        tracing::info!(event = ?ev.kind, call_id = %ev.call_id, tag = %ev.tag, detail = %ev.detail, "call event");
+        // No subscriber is fine.
+        let _ = self.events.send(ev);
+    }
+
+    /// Handles an SDP offer; returns the SDP for the other party.
+    pub fn offer(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        sdp: &str,
+        opts: LegOptions,
+    ) -> Result<String, SessionError> {
+        require("call_id", call_id)?;
+        require("from_tag", from_tag)?;
+        let offer = Sdp::parse(sdp)?;
+        let mut st = self.lock();
+        if st.shutting_down {
+            return Err(SessionError::ShuttingDown);
+        }
+        let created = !st.calls.contains_key(call_id);
+        let o = match st.calls.get(call_id) {
+            None => 0,
+            Some(c) if c.tags[0] == from_tag => 0,
+            Some(c) if c.tags[1] == from_tag => 1,
+            Some(c) => {
+                return Err(bad(format!(
+                    "call '{call_id}' has tags '{}' and '{}'; an offer from tag '{from_tag}' \
+                     matches neither (forked calls are not supported)",
+                    c.tags[0], c.tags[1]
+                )));
+            }
+        };
+        let out = st.offer(call_id, from_tag, o, &offer, sdp, opts);
+        if let Err(e) = &out {
+            tracing::warn!(%call_id, error = %e, "offer rejected");
+        }
+        let out = out?;
+        drop(st);
+        if created {
+            self.emit(EventKind::CallCreated, call_id, from_tag, String::new());
+        }
+        Ok(out)
+    }
+
+    /// Handles an SDP answer; returns the SDP for the offerer.
+    pub fn answer(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+        sdp: &str,
+        opts: LegOptions,
+    ) -> Result<String, SessionError> {
+        require("call_id", call_id)?;
+        require("from_tag", from_tag)?;
+        require("to_tag", to_tag)?;
+        let answer = Sdp::parse(sdp)?;
+        let mut st = self.lock();
+        let out = st.answer(call_id, from_tag, to_tag, &answer, sdp, opts);
+        if let Err(e) = &out {
+            tracing::warn!(%call_id, error = %e, "answer rejected");
+        }
+        out
+    }
+
+    /// Ends a call and frees its ports; returns its final state.
+    pub fn delete(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+    ) -> Result<proto::CallInfo, SessionError> {
+        require("call_id", call_id)?;
+        let mut st = self.lock();
+        let call = st
+            .calls
+            .get(call_id)
+            .ok_or_else(|| SessionError::NotFound(call_id.into()))?;
+        for tag in [from_tag, to_tag] {
+            if !tag.is_empty() && !call.tags.iter().any(|t| t == tag) {
+                return Err(bad(format!(
+                    "tag '{tag}' does not belong to call '{call_id}' (tags '{}', '{}')",
+                    call.tags[0], call.tags[1]
+                )));
+            }
+        }
+        let info = st.remove_call(call_id).expect("checked above");
+        drop(st);
+        self.emit(
+            EventKind::Deleted,
+            call_id,
+            from_tag,
+            "deleted by request".into(),
+        );
+        Ok(info)
+    }
+
+    pub fn query(&self, call_id: &str) -> Result<proto::CallInfo, SessionError> {
+        require("call_id", call_id)?;
+        let st = self.lock();
+        let call = st
+            .calls
+            .get(call_id)
+            .ok_or_else(|| SessionError::NotFound(call_id.into()))?;
+        Ok(call_info(call))
+    }
+
+    pub fn list(&self, limit: usize) -> Vec<String> {
+        let st = self.lock();
+        let mut ids: Vec<String> = st.calls.keys().cloned().collect();
+        ids.sort();
+        if limit > 0 {
+            ids.truncate(limit);
+        }
+        ids
+    }
+
+    pub fn statistics(&self) -> proto::StatisticsReply {
+        let st = self.lock();
+        let (mut packets, mut bytes, mut dropped) =
+            (st.totals.packets, st.totals.bytes, st.totals.dropped);
+        for call in st.calls.values() {
+            for s in &call.streams {
+                for side in &s.sides {
+                    packets += side.counters.forwarded.load(Relaxed);
+                    bytes += side.counters.forwarded_bytes.load(Relaxed);
+                    dropped += side.counters.dropped();
+                }
+            }
+        }
+        proto::StatisticsReply {
+            uptime_secs: self.started.elapsed().as_secs(),
+            calls_current: st.calls.len() as u64,
+            calls_total: st.totals.calls,
+            calls_timed_out: st.totals.timed_out,
+            ports_in_use: st.ports.in_use() as u64,
+            ports_free: st.ports.free() as u64,
+            packets_relayed: packets,
+            bytes_relayed: bytes,
+            packets_dropped: dropped,
+            forwarding_path: "userspace".into(),
+        }
+    }
+
+    /// Deletes calls with neither media nor signalling for the configured timeout.
+    pub fn sweep(&self) -> Vec<String> {
+        let now = now_ns();
+        let mut st = self.lock();
+        let timeout = st.cfg.timeout.as_nanos() as u64;
+        let expired: Vec<String> = st
+            .calls
+            .values()
+            .filter(|c| now.saturating_sub(last_activity(c)) >= timeout)
+            .map(|c| c.call_id.clone())
+            .collect();
+        for id in &expired {
+            st.remove_call(id);
+            st.totals.timed_out += 1;
+        }
+        let secs = st.cfg.timeout.as_secs();
+        drop(st);
+        for id in &expired {
+            self.emit(
+                EventKind::TimedOut,
+                id,
+                "",
+                format!("no media or signalling for {secs} s"),
+            );
+        }
+        expired
+    }
+
+    /// Feeds an event from the relay engine.
+    pub fn on_engine_event(&self, ev: EngineEvent) {
+        let EngineEvent::MediaStarted { id } = ev else {
+            return;
+        };
+        let mut st = self.lock();
+        let Some((call_id, side)) = st.by_endpoint.get(&id).cloned() else {
+            return;
+        };
+        let Some(call) = st.calls.get_mut(&call_id) else {
+            return;
+        };
+        if std::mem::replace(&mut call.media_started[side], true) {
+            return;
+        }
+        let tag = call.tags[side].clone();
+        drop(st);
+        self.emit(
+            EventKind::MediaStarted,
+            &call_id,
+            &tag,
+            format!("first packet from side {side}"),
+        );
+    }
+
+    /// Stops taking offers, deletes every call and stops the data plane (every relay socket is
+    /// closed when this returns); returns how many calls there were.
+    pub fn shutdown(&self) -> usize {
+        let mut st = self.lock();
+        st.shutting_down = true;
+        let ids: Vec<String> = st.calls.keys().cloned().collect();
+        for id in &ids {
+            st.remove_call(id);
+        }
+        st.plane.stop();
+        ids.len()
+    }
+}
+
+fn require(name: &str, value: &str) -> Result<(), SessionError> {
+    if value.is_empty() {
+        return Err(bad(format!("{name} is required")));
+    }
+    if value.len() > 256 || value.chars().any(|c| c.is_control()) {
+        return Err(bad(format!(
+            "{name} must be at most 256 characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn last_activity(c: &Call) -> u64 {
+    c.streams
+        .iter()
+        .flat_map(|s| s.sides.iter())
+        .map(|side| side.counters.last_packet_ns.load(Relaxed))
+        .fold(c.last_signal_ns, u64::max)
+}
+
+fn latch_config(opts: &LegOptions) -> LatchConfig {
+    LatchConfig {
+        mode: opts.latching,
+        strict_source: opts.strict_source,
+        ..LatchConfig::default()
+    }
+}
+
+impl State {
+    fn relay_ip(&self, v6: bool) -> Result<IpAddr, SessionError> {
+        self.cfg
+            .media_ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv6() == v6)
+            .ok_or_else(|| {
+                bad(format!(
+                    "no relay address of family {} is configured; start sluice with --media-ip \
+                     of that family",
+                    if v6 { "IPv6" } else { "IPv4" }
+                ))
+            })
+    }
+
+    /// Reserves ports and binds sockets for one side of a new stream.
+    fn new_side(&mut self, ip: IpAddr, pair: bool) -> Result<(Side, Command), SessionError> {
+        let (rtp_port, (rtp, rtcp)) = self.ports.allocate_with(pair, DEFAULT_MAX_TRIES, |p| {
+            let rtp = UdpSocket::bind((ip, p))?;
+            let rtcp = if pair {
+                Some(UdpSocket::bind((ip, p + 1))?)
+            } else {
+                None
+            };
+            Ok::<_, std::io::Error>((rtp, rtcp))
+        })?;
+        let endpoint = EndpointId(self.next_endpoint);
+        self.next_endpoint += 1;
+        let counters = Arc::new(EndpointCounters::default());
+        let side = Side {
+            endpoint,
+            local_ip: ip,
+            rtp_port,
+            rtcp_port: pair.then_some(rtp_port + 1),
+            counters: counters.clone(),
+            sdp_rtp: None,
+            sdp_rtcp: None,
+            direction: Direction::SendRecv,
+            rtcp_mux: false,
+            offered_mux: false,
+            latch: LatchConfig::default(),
+            clock_rate: 8000,
+        };
+        let cmd = Command::Add {
+            id: endpoint,
+            rtp,
+            rtcp,
+            config: EndpointConfig::default(),
+            counters,
+        };
+        Ok((side, cmd))
+    }
+
+    fn release_side(&mut self, side: &Side) {
+        if let Err(e) = self.ports.release(side.rtp_port, side.rtcp_port.is_some()) {
+            tracing::error!(error = %e, port = side.rtp_port, "port release failed (bug)");
+        }
+        self.by_endpoint.remove(&side.endpoint);
+    }
+
+    fn offer(
+        &mut self,
+        call_id: &str,
+        from_tag: &str,
+        o: usize,
+        offer: &Sdp,
+        offer_text: &str,
+        opts: LegOptions,
+    ) -> Result<String, SessionError> {
+        let a = 1 - o;
+        let existing = self.calls.get(call_id).map_or(0, |c| c.streams.len());
+        // Check everything that can fail for a reason of the request before any port is taken.
+        let mut ips = Vec::with_capacity(offer.media.len());
+        for (i, m) in offer.media.iter().enumerate() {
+            if opts.rtcp_mux == RtcpMuxMode::Require && !m.is_disabled() && !m.rtcp_mux() {
+                return Err(bad(format!(
+                    "m= line {} ({}) lacks a=rtcp-mux, which the rtcp_mux REQUIRE option demands",
+                    i + 1,
+                    m.media
+                )));
+            }
+            let offer_v6 = offer.media_connection(i).map(|ip| ip.is_ipv6());
+            if !m.is_disabled() && offer_v6.is_none() {
+                return Err(bad(format!("m= line {} has no connection address", i + 1)));
+            }
+            let own_v6 = offer_v6.unwrap_or(false);
+            let other_v6 = match opts.family {
+                Family::Auto => own_v6,
+                Family::V4 => false,
+                Family::V6 => true,
+            };
+            ips.push((self.relay_ip(own_v6)?, self.relay_ip(other_v6)?));
+        }
+        if offer.media.len() < existing {
+            return Err(bad(format!(
+                "the offer has {} m= lines but the call already has {existing}; RFC 3264 8 \
+                 forbids removing m= lines (set the port to 0 instead)",
+                offer.media.len()
+            )));
+        }
+        // New streams: bind everything first, roll back on failure.
+        let mut new_streams = Vec::new();
+        let mut adds = Vec::new();
+        for (i, m) in offer.media.iter().enumerate().skip(existing) {
+            let (own_ip, other_ip) = ips[i];
+            let pair_o = opts.rtcp_mux != RtcpMuxMode::Require;
+            let made = self.new_side(own_ip, pair_o).and_then(|(so, co)| {
+                match self.new_side(other_ip, true) {
+                    Ok((sa, ca)) => Ok((so, co, sa, ca)),
+                    Err(e) => {
+                        self.release_side(&so);
+                        Err(e)
+                    }
+                }
+            });
+            match made {
+                Ok((so, co, sa, ca)) => {
+                    adds.push(co);
+                    adds.push(ca);
+                    let sides = if o == 0 { [so, sa] } else { [sa, so] };
+                    new_streams.push(Stream {
+                        media: m.media.clone(),
+                        sides,
+                        disabled: false,
+                    });
+                }
+                Err(e) => {
+                    for s in &new_streams {
+                        for side in &s.sides {
+                            self.release_side(side);
+                        }
+                    }
+                    // Sockets in `adds` close when it drops.
+                    return Err(e);
+                }
+            }
+        }
+        for cmd in adds {
+            self.plane.send(cmd)?;
+        }
+        let now = now_ns();
+        let call = self
+            .calls
+            .entry(call_id.to_string())
+            .or_insert_with(|| Call {
+                call_id: call_id.to_string(),
+                tags: [from_tag.to_string(), String::new()],
+                streams: Vec::new(),
+                created_unix_ms: unix_ms_now(),
+                last_signal_ns: now,
+                pending_offer: None,
+                sdp_versions: [None, None],
+                media_started: [false; 2],
+            });
+        if call.streams.is_empty() {
+            self.totals.calls += 1;
+        }
+        for s in &new_streams {
+            for (k, side) in s.sides.iter().enumerate() {
+                self.by_endpoint
+                    .insert(side.endpoint, (call_id.to_string(), k));
+            }
+        }
+        call.streams.extend(new_streams);
+        call.last_signal_ns = now;
+        call.pending_offer = Some(o);
+
+        let mut out = offer.clone();
+        for (i, m) in out.media.iter_mut().enumerate() {
+            let stream = &mut call.streams[i];
+            stream.media = m.media.clone();
+            let offered_mux = m.rtcp_mux();
+            {
+                let so = &mut stream.sides[o];
+                so.sdp_rtp = offer.rtp_endpoint(i);
+                so.sdp_rtcp = offer.rtcp_endpoint(i);
+                so.direction = opts.direction.unwrap_or_else(|| offer.direction(i));
+                // RFC 5761 5.1.1: until the answer, the offerer may send RTCP either way and
+                // accepts it on the RTP port if it offered mux.
+                so.rtcp_mux = offered_mux && opts.rtcp_mux != RtcpMuxMode::Strip;
+                so.latch = latch_config(&opts);
+                so.clock_rate = clock_rate(offer, i);
+            }
+            let mux_out = match opts.rtcp_mux {
+                RtcpMuxMode::Default => offered_mux,
+                RtcpMuxMode::Offer | RtcpMuxMode::Require => true,
+                RtcpMuxMode::Strip => false,
+            };
+            let clock = stream.sides[o].clock_rate;
+            let sa = &mut stream.sides[a];
+            sa.offered_mux = mux_out;
+            sa.clock_rate = clock;
+            stream.disabled = m.is_disabled();
+            if m.is_disabled() {
+                continue;
+            }
+            if m.connection.is_some() || offer.connection.is_none() || ips[0].1 != sa.local_ip {
+                m.set_connection(sa.local_ip);
+            }
+            m.set_port(sa.rtp_port);
+            m.set_rtcp_mux(mux_out);
+            m.set_rtcp(sa.rtcp_port.map(|p| (p, sa.local_ip)));
+            if let Some(d) = opts.direction {
+                m.set_direction(d);
+            }
+        }
+        if let Some((_, other_ip)) = ips.first() {
+            out.set_session_connection(*other_ip);
+        }
+        set_version(&mut call.sdp_versions[a], &mut out, offer_text);
+        // The offerer starts sending once it has the answer, but early media from the callee may
+        // come before: open both latching windows now (the callee's without an SDP address yet).
+        let mut cmds = Vec::new();
+        for s in &call.streams {
+            cmds.push(configure(s, o));
+            cmds.push(configure(s, a));
+        }
+        for cmd in cmds {
+            self.plane.send(cmd)?;
+        }
+        Ok(out.to_string())
+    }
+
+    fn answer(
+        &mut self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+        answer: &Sdp,
+        answer_text: &str,
+        opts: LegOptions,
+    ) -> Result<String, SessionError> {
+        let call = self
+            .calls
+            .get_mut(call_id)
+            .ok_or_else(|| SessionError::NotFound(call_id.into()))?;
+        let o = call.pending_offer.ok_or_else(|| {
+            bad(format!(
+                "call '{call_id}' has no offer waiting for an answer"
+            ))
+        })?;
+        let a = 1 - o;
+        if call.tags[o] != from_tag {
+            return Err(bad(format!(
+                "from_tag '{from_tag}' is not the offerer's tag '{}' of call '{call_id}'",
+                call.tags[o]
+            )));
+        }
+        if !call.tags[a].is_empty() && call.tags[a] != to_tag {
+            return Err(bad(format!(
+                "to_tag '{to_tag}' differs from the answerer's tag '{}' of call '{call_id}' \
+                 (forked answers are not supported)",
+                call.tags[a]
+            )));
+        }
+        if answer.media.len() != call.streams.len() {
+            return Err(bad(format!(
+                "the answer has {} m= lines but the offer had {}; RFC 3264 6 requires the same \
+                 number",
+                answer.media.len(),
+                call.streams.len()
+            )));
+        }
+        if opts.family != Family::Auto {
+            let v6 = opts.family == Family::V6;
+            if call
+                .streams
+                .iter()
+                .any(|s| s.sides[o].local_ip.is_ipv6() != v6)
+            {
+                return Err(bad(
+                    "the address family of the answer's relay address was fixed by the offer; \
+                     set address_family in the offer instead",
+                ));
+            }
+        }
+        for (i, m) in answer.media.iter().enumerate() {
+            if opts.rtcp_mux == RtcpMuxMode::Require && !m.is_disabled() && !m.rtcp_mux() {
+                return Err(bad(format!(
+                    "m= line {} ({}) of the answer lacks a=rtcp-mux, which the rtcp_mux REQUIRE \
+                     option demands",
+                    i + 1,
+                    m.media
+                )));
+            }
+            if !m.is_disabled() && answer.media_connection(i).is_none() {
+                return Err(bad(format!("m= line {} has no connection address", i + 1)));
+            }
+        }
+        call.tags[a] = to_tag.to_string();
+        call.last_signal_ns = now_ns();
+        call.pending_offer = None;
+        let mut out = answer.clone();
+        let first_ip = call.streams.first().map(|s| s.sides[o].local_ip);
+        for (i, m) in out.media.iter_mut().enumerate() {
+            let stream = &mut call.streams[i];
+            {
+                let sa = &mut stream.sides[a];
+                sa.sdp_rtp = answer.rtp_endpoint(i);
+                sa.sdp_rtcp = answer.rtcp_endpoint(i);
+                sa.direction = opts.direction.unwrap_or_else(|| answer.direction(i));
+                sa.rtcp_mux = sa.offered_mux && m.rtcp_mux();
+                sa.latch = latch_config(&opts);
+            }
+            let so = &mut stream.sides[o];
+            // The relay terminates rtcp-mux per side, so the offerer gets mux if it asked for it,
+            // whatever the answerer chose.
+            so.rtcp_mux = so.rtcp_mux && opts.rtcp_mux != RtcpMuxMode::Strip;
+            stream.disabled = m.is_disabled() || stream.disabled;
+            if stream.disabled {
+                m.set_port(0);
+                continue;
+            }
+            if m.connection.is_some()
+                || answer.connection.is_none()
+                || first_ip != Some(so.local_ip)
+            {
+                m.set_connection(so.local_ip);
+            }
+            m.set_port(so.rtp_port);
+            m.set_rtcp_mux(so.rtcp_mux);
+            m.set_rtcp(if so.rtcp_mux {
+                None
+            } else {
+                so.rtcp_port.map(|p| (p, so.local_ip))
+            });
+            if let Some(d) = opts.direction {
+                m.set_direction(d);
+            }
+        }
+        if let Some(ip) = first_ip {
+            out.set_session_connection(ip);
+        }
+        set_version(&mut call.sdp_versions[o], &mut out, answer_text);
+        let mut cmds = Vec::new();
+        for s in &call.streams {
+            cmds.push(configure(s, a));
+            cmds.push(configure(s, o));
+        }
+        for cmd in cmds {
+            self.plane.send(cmd)?;
+        }
+        Ok(out.to_string())
+    }
+
+    fn remove_call(&mut self, call_id: &str) -> Option<proto::CallInfo> {
+        let call = self.calls.remove(call_id)?;
+        let info = call_info(&call);
+        for s in &call.streams {
+            for side in &s.sides {
+                self.totals.packets += side.counters.forwarded.load(Relaxed);
+                self.totals.bytes += side.counters.forwarded_bytes.load(Relaxed);
+                self.totals.dropped += side.counters.dropped();
+                if let Err(e) = self.plane.send(Command::Remove { id: side.endpoint }) {
+                    tracing::error!(error = %e, "cannot close relay sockets");
+                }
+                self.release_side(side);
+            }
+        }
+        Some(info)
+    }
+}
+
+/// The engine configuration of side `k` of a stream after a signalling event: it also opens a
+/// new latching window for that side.
+fn configure(s: &Stream, k: usize) -> Command {
+    let me = &s.sides[k];
+    let other = &s.sides[1 - k];
+    let (sends, receives) = if s.disabled {
+        (false, false)
+    } else {
+        (me.direction.sends(), me.direction.receives())
+    };
+    Command::Configure {
+        id: me.endpoint,
+        config: EndpointConfig {
+            partner: Some(other.endpoint),
+            latch: me.latch,
+            sends,
+            receives,
+            rtcp_mux: me.rtcp_mux,
+            clock_rate: me.clock_rate,
+        },
+        signalling: Some(Signalling {
+            sdp_rtp: me.sdp_rtp,
+            sdp_rtcp: me.sdp_rtcp,
+        }),
+    }
+}
+
+/// RFC 3264 8: the o= version of what we send a side grows by one whenever what we send changes,
+/// and stays when a session refresh repeats the same SDP.
+fn set_version(slot: &mut Option<(String, u64)>, out: &mut Sdp, input: &str) {
+    let version = match slot {
+        Some((prev, v)) if prev == input => *v,
+        Some((_, v)) => *v + 1,
+        None => out.origin.session_version,
+    };
+    out.origin.session_version = version;
+    *slot = Some((input.to_string(), version));
+}
+
+fn call_info(call: &Call) -> proto::CallInfo {
+    let legs = (0..2)
+        .map(|k| proto::LegInfo {
+            tag: call.tags[k].clone(),
+            streams: call
+                .streams
+                .iter()
+                .enumerate()
+                .map(|(i, s)| stream_info(i, s, &s.sides[k]))
+                .collect(),
+        })
+        .collect();
+    proto::CallInfo {
+        call_id: call.call_id.clone(),
+        created_unix_ms: call.created_unix_ms,
+        last_signal_unix_ms: unix_ms_of(call.last_signal_ns),
+        legs,
+    }
+}
+
+fn stream_info(i: usize, s: &Stream, side: &Side) -> proto::StreamInfo {
+    let c = &side.counters;
+    let fmt = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    let last = c.last_packet_ns.load(Relaxed);
+    proto::StreamInfo {
+        index: i as u32,
+        media: s.media.clone(),
+        local_address: side.local_ip.to_string(),
+        local_rtp_port: side.rtp_port as u32,
+        local_rtcp_port: if side.rtcp_mux {
+            side.rtp_port
+        } else {
+            side.rtcp_port.unwrap_or(side.rtp_port)
+        } as u32,
+        sdp_peer: fmt(side.sdp_rtp),
+        latched_peer: fmt(c.latched_rtp()),
+        direction: side.direction.as_str().into(),
+        rtcp_mux: side.rtcp_mux,
+        strict_source: side.latch.strict_source,
+        packets: c.packets.load(Relaxed),
+        bytes: c.bytes.load(Relaxed),
+        rtcp_packets: c.rtcp_packets.load(Relaxed),
+        dropped_wrong_source: c.dropped_wrong_source.load(Relaxed)
+            + c.dropped_unconfirmed.load(Relaxed),
+        dropped_direction: c.dropped_direction.load(Relaxed),
+        dropped_malformed: c.dropped_malformed.load(Relaxed),
+        last_packet_unix_ms: if last == 0 { 0 } else { unix_ms_of(last) },
+        rtp_lost: c.rtp_lost.load(Relaxed),
+        jitter_ms: c.jitter_ms(),
+        userspace_packets: c.packets.load(Relaxed),
+        userspace_bytes: c.bytes.load(Relaxed),
+        kernel_packets: 0,
+        kernel_bytes: 0,
+        ssrc: c.ssrc.load(Relaxed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    /// Records which endpoints the data plane would hold, so leaks show up as leftovers.
+    #[derive(Clone, Default)]
+    struct FakePlane(Arc<Mutex<FakeState>>);
+    #[derive(Default)]
+    struct FakeState {
+        live: HashSet<EndpointId>,
+        configured: HashMap<EndpointId, (EndpointConfig, Option<Signalling>)>,
+    }
+    impl MediaPlane for FakePlane {
+        fn send(&mut self, cmd: Command) -> Result<(), EngineGone> {
+            let mut st = self.0.lock().unwrap();
+            match cmd {
+                Command::Add { id, .. } => assert!(st.live.insert(id), "{id} added twice"),
+                Command::Configure {
+                    id,
+                    config,
+                    signalling,
+                } => {
+                    assert!(st.live.contains(&id), "configure of dead {id}");
+                    st.configured.insert(id, (config, signalling));
+                }
+                Command::Remove { id } => {
+                    assert!(st.live.remove(&id), "remove of dead {id}");
+                    st.configured.remove(&id);
+                }
+                Command::Shutdown => {}
+            }
+            Ok(())
+        }
+    }
+
+    fn sessions(low: u16, high: u16, timeout: Duration) -> (Arc<Sessions>, FakePlane) {
+        let plane = FakePlane::default();
+        let s = Sessions::new(
+            SessionConfig {
+                media_ips: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+                port_low: low,
+                port_high: high,
+                timeout,
+            },
+            Box::new(plane.clone()),
+        )
+        .unwrap();
+        (s, plane)
+    }
+
+    fn sdp(user: &str, port: u16, extra: &str) -> String {
+        format!(
+            "v=0\r\no={user} 100 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+             a=rtpmap:101 telephone-event/8000\r\n{extra}"
+        )
+    }
+
+    fn port_of(sdp: &str) -> u16 {
+        let s = Sdp::parse(sdp).unwrap();
+        s.media[0].port
+    }
+
+    #[test]
+    fn offer_answer_rewrites_addresses_and_pairs_endpoints() {
+        let (s, plane) = sessions(20000, 20999, Duration::from_secs(60));
+        let o = s
+            .offer("c", "a", &sdp("alice", 4000, ""), LegOptions::default())
+            .unwrap();
+        let offer_port = port_of(&o);
+        assert_eq!(offer_port % 2, 0);
+        assert!((20000..=20999).contains(&offer_port));
+        assert!(o.contains(&format!("a=rtcp:{} IN IP4 127.0.0.1", offer_port + 1)));
+        let ans = s
+            .answer("c", "a", "b", &sdp("bob", 5000, ""), LegOptions::default())
+            .unwrap();
+        let answer_port = port_of(&ans);
+        assert_ne!(offer_port, answer_port);
+        let st = plane.0.lock().unwrap();
+        assert_eq!(st.live.len(), 2);
+        // Each endpoint's partner is the other, and each knows its own SDP address.
+        let peers: Vec<_> = st
+            .configured
+            .values()
+            .map(|(c, sig)| (c.partner.is_some(), sig.unwrap().sdp_rtp.unwrap().port()))
+            .collect();
+        assert!(peers.contains(&(true, 4000)) && peers.contains(&(true, 5000)));
+    }
+
+    #[test]
+    fn reoffer_keeps_ports_and_versions_follow_changes() {
+        let (s, _) = sessions(20000, 20999, Duration::from_secs(60));
+        let first = s
+            .offer("c", "a", &sdp("alice", 4000, ""), LegOptions::default())
+            .unwrap();
+        let same = s
+            .offer("c", "a", &sdp("alice", 4000, ""), LegOptions::default())
+            .unwrap();
+        assert_eq!(port_of(&first), port_of(&same));
+        let v = |t: &str| Sdp::parse(t).unwrap().origin.session_version;
+        assert_eq!(v(&first), v(&same), "identical re-offer keeps the version");
+        let changed = s
+            .offer(
+                "c",
+                "a",
+                &sdp("alice", 4000, "a=sendonly\r\n"),
+                LegOptions::default(),
+            )
+            .unwrap();
+        assert_eq!(port_of(&first), port_of(&changed));
+        assert_eq!(v(&changed), v(&first) + 1);
+    }
+
+    #[test]
+    fn hold_sets_direction_flags() {
+        let (s, plane) = sessions(20000, 20999, Duration::from_secs(60));
+        s.offer("c", "a", &sdp("alice", 4000, ""), LegOptions::default())
+            .unwrap();
+        s.answer("c", "a", "b", &sdp("bob", 5000, ""), LegOptions::default())
+            .unwrap();
+        s.offer(
+            "c",
+            "a",
+            &sdp("alice", 4000, "a=sendonly\r\n"),
+            LegOptions::default(),
+        )
+        .unwrap();
+        s.answer(
+            "c",
+            "a",
+            "b",
+            &sdp("bob", 5000, "a=recvonly\r\n"),
+            LegOptions::default(),
+        )
+        .unwrap();
+        let st = plane.0.lock().unwrap();
+        let by_port = |p: u16| {
+            st.configured
+                .values()
+                .find(|(_, sig)| sig.unwrap().sdp_rtp.unwrap().port() == p)
+                .unwrap()
+                .0
+        };
+        let (alice, bob) = (by_port(4000), by_port(5000));
+        assert!(alice.sends && !alice.receives);
+        assert!(!bob.sends && bob.receives);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let (s, _) = sessions(20000, 20003, Duration::from_secs(60));
+        let err = s
+            .offer("c", "a", "v=0\r\nbogus\r\n", LegOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(err, SessionError::BadSdp(ref e) if e.line == 2),
+            "{err}"
+        );
+        let err = s
+            .offer("", "a", &sdp("alice", 4000, ""), LegOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("call_id is required"));
+        assert!(matches!(
+            s.answer("x", "a", "b", &sdp("bob", 5000, ""), LegOptions::default()),
+            Err(SessionError::NotFound(_))
+        ));
+        // 20000-20003 holds two pairs: exactly one stream.
+        s.offer("c", "a", &sdp("alice", 4000, ""), LegOptions::default())
+            .unwrap();
+        let err = s
+            .offer("d", "a", &sdp("alice", 4002, ""), LegOptions::default())
+            .unwrap_err();
+        assert!(matches!(err, SessionError::NoPorts(_)), "{err}");
+        assert!(
+            s.query("d").is_err(),
+            "a failed offer leaves no call behind"
+        );
+        let err = s
+            .offer("c", "zz", &sdp("mallory", 4000, ""), LegOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("matches neither"), "{err}");
+        let two = format!(
+            "{}m=video 5002 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n",
+            sdp("bob", 5000, "")
+        );
+        let err = s
+            .answer("c", "a", "b", &two, LegOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("RFC 3264"), "{err}");
+        let opts = LegOptions {
+            rtcp_mux: RtcpMuxMode::Require,
+            ..Default::default()
+        };
+        let err = s
+            .answer("c", "a", "b", &sdp("bob", 5000, ""), opts)
+            .unwrap_err();
+        assert!(err.to_string().contains("rtcp-mux"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_relay_address_by_option() {
+        let (s, _) = sessions(20000, 20999, Duration::from_secs(60));
+        let opts = LegOptions {
+            family: Family::V6,
+            ..Default::default()
+        };
+        let o = s.offer("c", "a", &sdp("alice", 4000, ""), opts).unwrap();
+        let parsed = Sdp::parse(&o).unwrap();
+        assert_eq!(
+            parsed.media_connection(0),
+            Some("::1".parse::<IpAddr>().unwrap())
+        );
+    }
+
+    #[test]
+    fn timeout_sweep_deletes_idle_calls() {
+        let (s, plane) = sessions(20000, 20999, Duration::ZERO);
+        let mut ev = s.subscribe();
+        s.offer("c", "a", &sdp("alice", 4000, ""), LegOptions::default())
+            .unwrap();
+        assert_eq!(s.sweep(), vec!["c".to_string()]);
+        assert!(plane.0.lock().unwrap().live.is_empty());
+        let st = s.statistics();
+        assert_eq!((st.ports_in_use, st.calls_timed_out), (0, 1));
+        assert_eq!(ev.try_recv().unwrap().kind, EventKind::CallCreated);
+        assert_eq!(ev.try_recv().unwrap().kind, EventKind::TimedOut);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Offer {
+            call: u8,
+            streams: u8,
+            reoffer_from_callee: bool,
+        },
+        Answer {
+            call: u8,
+        },
+        Delete {
+            call: u8,
+        },
+        Sweep,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..4, 1u8..3, any::<bool>()).prop_map(|(call, streams, r)| Op::Offer {
+                call,
+                streams,
+                reoffer_from_callee: r
+            }),
+            (0u8..4).prop_map(|call| Op::Answer { call }),
+            (0u8..4).prop_map(|call| Op::Delete { call }),
+            Just(Op::Sweep),
+        ]
+    }
+
+    fn multi(user: &str, streams: u8) -> String {
+        let mut s = sdp(user, 4000, "");
+        for k in 1..streams {
+            s.push_str(&format!(
+                "m=video {} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n",
+                4000 + 2 * k as u16
+            ));
+        }
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// No port or endpoint leaks across any offer/answer/delete/timeout sequence, including
+        /// failures from exhaustion (the tiny range runs out often).
+        #[test]
+        fn no_port_leaks(ops in proptest::collection::vec(op(), 1..40), timeout_zero in any::<bool>()) {
+            let timeout = if timeout_zero { Duration::ZERO } else { Duration::from_secs(3600) };
+            let (s, plane) = sessions(21000, 21023, timeout);
+            for op in ops {
+                match op {
+                    Op::Offer { call, streams, reoffer_from_callee } => {
+                        let tag = if reoffer_from_callee { "b" } else { "a" };
+                        let _ = s.offer(&format!("c{call}"), tag, &multi("x", streams), LegOptions::default());
+                    }
+                    Op::Answer { call } => {
+                        let _ = s.answer(&format!("c{call}"), "a", "b", &multi("y", 1), LegOptions::default());
+                    }
+                    Op::Delete { call } => { let _ = s.delete(&format!("c{call}"), "", ""); }
+                    Op::Sweep => { s.sweep(); }
+                }
+                // Every stream holds two pairs (4 ports) and two endpoints, nothing else.
+                let streams: usize = s.list(0).iter().map(|id| s.query(id).unwrap().legs[0].streams.len()).sum();
+                let st = s.statistics();
+                prop_assert_eq!(st.ports_in_use as usize, streams * 4);
+                prop_assert_eq!(plane.0.lock().unwrap().live.len(), streams * 2);
+            }
+            for id in s.list(0) { s.delete(&id, "", "").unwrap(); }
+            let st = s.statistics();
+            prop_assert_eq!(st.ports_in_use, 0);
+            prop_assert!(plane.0.lock().unwrap().live.is_empty());
+        }
+    }
+}

@@ -1,0 +1,764 @@
+//! The userspace forwarding path: one event-loop thread (mio) owns every relay socket.
+//!
+//! The control plane never touches a socket after handing it over: it sends [`Command`]s through a
+//! crossbeam channel and wakes the loop. The loop reads each readable socket in batches with
+//! `recvmmsg`, runs latching and receive statistics per packet, and sends the batch on with one
+//! `sendmmsg` per output socket. Buffers, iovecs and address arrays are allocated once per thread;
+//! the per-packet path does not allocate, lock or read the clock.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::clock::now_ns;
+use crate::latch::{DropReason, Latch, LatchConfig, Verdict};
+use crate::rtp::{PacketKind, RtpPacket, classify};
+use crate::rtp_stats::RtpStats;
+use crate::stats::{EndpointCounters, bump};
+
+/// Identifies one side of one media stream: the relay socket(s) one endpoint sends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointId(pub u64);
+
+impl std::fmt::Display for EndpointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "endpoint#{}", self.0)
+    }
+}
+
+/// How an endpoint forwards, as decided by SDP offer/answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// The other side of the stream: media received here is sent on from the partner's socket.
+    pub partner: Option<EndpointId>,
+    pub latch: LatchConfig,
+    /// This endpoint's SDP direction lets it send media (sendrecv/sendonly).
+    pub sends: bool,
+    /// This endpoint's SDP direction lets it receive media (sendrecv/recvonly).
+    pub receives: bool,
+    /// RTCP towards this endpoint goes to its RTP port (RFC 5761).
+    pub rtcp_mux: bool,
+    /// RTP clock rate of the stream, for jitter in milliseconds.
+    pub clock_rate: u32,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            partner: None,
+            latch: LatchConfig::default(),
+            sends: true,
+            receives: true,
+            rtcp_mux: false,
+            clock_rate: 8000,
+        }
+    }
+}
+
+/// A signalling event for an endpoint: its SDP addresses, and a new latching window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Signalling {
+    pub sdp_rtp: Option<SocketAddr>,
+    pub sdp_rtcp: Option<SocketAddr>,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Add {
+        id: EndpointId,
+        rtp: std::net::UdpSocket,
+        rtcp: Option<std::net::UdpSocket>,
+        config: EndpointConfig,
+        counters: Arc<EndpointCounters>,
+    },
+    Configure {
+        id: EndpointId,
+        config: EndpointConfig,
+        signalling: Option<Signalling>,
+    },
+    /// Closes the endpoint's sockets.
+    Remove {
+        id: EndpointId,
+    },
+    Shutdown,
+}
+
+/// What the engine tells the control plane. Sent at most once per endpoint per event, never per
+/// packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// The first packet from this endpoint was accepted.
+    MediaStarted { id: EndpointId },
+    /// The endpoint latched onto a new source address.
+    Latched {
+        id: EndpointId,
+        rtcp: bool,
+        addr: SocketAddr,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the forwarding engine thread has stopped; restart sluice")]
+pub struct EngineGone;
+
+/// The control plane's handle on the engine thread.
+pub struct EngineHandle {
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread. Events go to `events` (bounded: when full, they are dropped
+    /// rather than stalling the packet path).
+    pub fn spawn(events: Sender<EngineEvent>) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("sluice-relay".into())
+            .spawn(move || Engine::new(poll, rx, events).run())?;
+        Ok(Self {
+            tx,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn send(&self, cmd: Command) -> Result<(), EngineGone> {
+        self.tx.send(cmd).map_err(|_| EngineGone)?;
+        self.waker.wake().map_err(|_| EngineGone)
+    }
+
+    /// Stops the loop and waits for it: every relay socket is closed when this returns.
+    pub fn shutdown(mut self) -> io::Result<()> {
+        self.stop()
+    }
+
+    /// Like [`EngineHandle::shutdown`] for a handle behind a reference; later sends fail.
+    pub fn stop(&mut self) -> io::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let _ = self.send(Command::Shutdown);
+        thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("relay thread panicked")))
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+const WAKER: Token = Token(usize::MAX);
+const BATCH: usize = 32;
+/// Large enough for any RTP packet on a 1500-byte MTU path with room for jumbo-ish video;
+/// longer datagrams are truncated by the kernel and dropped as malformed.
+const BUF_LEN: usize = 2048;
+
+struct Endpoint {
+    id: EndpointId,
+    rtp: UdpSocket,
+    rtcp: Option<UdpSocket>,
+    cfg: EndpointConfig,
+    /// Slot of `cfg.partner`, checked against its id before use (slots are reused).
+    partner_slot: Option<usize>,
+    rtp_latch: Latch,
+    rtcp_latch: Latch,
+    stats: RtpStats,
+    counters: Arc<EndpointCounters>,
+    started: bool,
+}
+
+/// What the packet loop needs of the partner, copied once per batch so that the receiving
+/// endpoint can be borrowed mutably.
+#[derive(Clone, Copy)]
+struct Egress {
+    rtp_fd: RawFd,
+    rtcp_fd: RawFd,
+    rtp_peer: Option<SocketAddr>,
+    rtcp_peer: Option<SocketAddr>,
+    receives: bool,
+}
+
+struct Engine {
+    poll: Poll,
+    rx: Receiver<Command>,
+    events: Sender<EngineEvent>,
+    slots: Vec<Option<Endpoint>>,
+    free: Vec<usize>,
+    by_id: HashMap<EndpointId, usize>,
+    io: Box<BatchIo>,
+}
+
+impl Engine {
+    fn new(poll: Poll, rx: Receiver<Command>, events: Sender<EngineEvent>) -> Self {
+        Self {
+            poll,
+            rx,
+            events,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            io: BatchIo::new(),
+        }
+    }
+
+    fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    if !self.drain_commands() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                let slot = ev.token().0 >> 1;
+                let rtcp = ev.token().0 & 1 == 1;
+                self.read_socket(slot, rtcp);
+            }
+        }
+    }
+
+    /// Returns false on shutdown.
+    fn drain_commands(&mut self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return false,
+                Ok(cmd) => self.apply(cmd),
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Command) {
+        match cmd {
+            Command::Add {
+                id,
+                rtp,
+                rtcp,
+                config,
+                counters,
+            } => {
+                if let Err(e) = self.add(id, rtp, rtcp, config, counters) {
+                    tracing::error!(%id, error = %e, "cannot register relay socket; its media will not flow");
+                }
+            }
+            Command::Configure {
+                id,
+                config,
+                signalling,
+            } => {
+                let Some(&slot) = self.by_id.get(&id) else {
+                    tracing::warn!(%id, "configure for an unknown endpoint ignored");
+                    return;
+                };
+                let partner_slot = config.partner.and_then(|p| self.by_id.get(&p).copied());
+                let ep = self.slots[slot]
+                    .as_mut()
+                    .expect("by_id points at a live slot");
+                ep.cfg = config;
+                ep.partner_slot = partner_slot;
+                ep.rtp_latch.set_config(config.latch);
+                ep.rtcp_latch.set_config(rtcp_latch_config(config.latch));
+                ep.stats.set_clock_rate(config.clock_rate);
+                ep.counters.clock_rate.store(config.clock_rate, Relaxed);
+                if let Some(sig) = signalling {
+                    let now = now_ns();
+                    ep.rtp_latch.signalling(sig.sdp_rtp, now);
+                    ep.rtcp_latch.signalling(sig.sdp_rtcp, now);
+                }
+            }
+            Command::Remove { id } => {
+                let Some(slot) = self.by_id.remove(&id) else {
+                    tracing::warn!(%id, "remove for an unknown endpoint ignored");
+                    return;
+                };
+                if let Some(mut ep) = self.slots[slot].take() {
+                    let _ = self.poll.registry().deregister(&mut ep.rtp);
+                    if let Some(s) = ep.rtcp.as_mut() {
+                        let _ = self.poll.registry().deregister(s);
+                    }
+                    // Dropping `ep` closes its sockets.
+                }
+                self.free.push(slot);
+            }
+            Command::Shutdown => unreachable!("handled by drain_commands"),
+        }
+    }
+
+    fn add(
+        &mut self,
+        id: EndpointId,
+        rtp: std::net::UdpSocket,
+        rtcp: Option<std::net::UdpSocket>,
+        config: EndpointConfig,
+        counters: Arc<EndpointCounters>,
+    ) -> io::Result<()> {
+        if self.by_id.contains_key(&id) {
+            return Err(io::Error::other(format!("{id} added twice")));
+        }
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        rtp.set_nonblocking(true)?;
+        let mut rtp = UdpSocket::from_std(rtp);
+        let registry = self.poll.registry();
+        let reg = registry
+            .register(&mut rtp, Token(slot << 1), Interest::READABLE)
+            .and_then(|_| {
+                rtcp.map(|s| {
+                    s.set_nonblocking(true)?;
+                    let mut s = UdpSocket::from_std(s);
+                    registry.register(&mut s, Token(slot << 1 | 1), Interest::READABLE)?;
+                    Ok(s)
+                })
+                .transpose()
+            });
+        let rtcp = match reg {
+            Ok(r) => r,
+            Err(e) => {
+                self.free.push(slot);
+                return Err(e);
+            }
+        };
+        counters.clock_rate.store(config.clock_rate, Relaxed);
+        let partner_slot = config.partner.and_then(|p| self.by_id.get(&p).copied());
+        self.slots[slot] = Some(Endpoint {
+            id,
+            rtp,
+            rtcp,
+            cfg: config,
+            partner_slot,
+            rtp_latch: Latch::new(config.latch),
+            rtcp_latch: Latch::new(rtcp_latch_config(config.latch)),
+            stats: RtpStats::new(config.clock_rate),
+            counters,
+            started: false,
+        });
+        self.by_id.insert(id, slot);
+        Ok(())
+    }
+
+    fn egress(&self, ep: &Endpoint) -> Option<Egress> {
+        let p = self.slots.get(ep.partner_slot?)?.as_ref()?;
+        if Some(p.id) != ep.cfg.partner {
+            return None;
+        }
+        let rtp_fd = p.rtp.as_raw_fd();
+        let (rtcp_fd, rtcp_peer) = if p.cfg.rtcp_mux {
+            (rtp_fd, p.rtp_latch.peer())
+        } else {
+            (
+                p.rtcp.as_ref().map_or(rtp_fd, |s| s.as_raw_fd()),
+                p.rtcp_latch.peer(),
+            )
+        };
+        Some(Egress {
+            rtp_fd,
+            rtcp_fd,
+            rtp_peer: p.rtp_latch.peer(),
+            rtcp_peer,
+            receives: p.cfg.receives,
+        })
+    }
+
+    /// Reads `slot`'s socket until the kernel queue is empty (mio is edge-triggered).
+    fn read_socket(&mut self, slot: usize, from_rtcp_port: bool) {
+        loop {
+            let Some(ep) = self.slots.get(slot).and_then(|s| s.as_ref()) else {
+                return;
+            };
+            let fd = if from_rtcp_port {
+                match &ep.rtcp {
+                    Some(s) => s.as_raw_fd(),
+                    None => return,
+                }
+            } else {
+                ep.rtp.as_raw_fd()
+            };
+            let egress = self.egress(ep);
+            let n = match self.io.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP port unreachable from an earlier send surfaces here as ECONNREFUSED
+                    // on Linux; it is no reason to stop reading.
+                    tracing::debug!(error = %e, "recvmmsg");
+                    continue;
+                }
+            };
+            let now = now_ns();
+            let ep = self.slots[slot].as_mut().expect("checked above");
+            let queued = process_batch(&mut self.io, ep, egress, from_rtcp_port, n, now);
+            if !ep.started && ep.counters.packets.load(Relaxed) > 0 {
+                ep.started = true;
+                let _ = self
+                    .events
+                    .try_send(EngineEvent::MediaStarted { id: ep.id });
+            }
+            let (sent, sent_bytes, failed) = self.io.flush(queued);
+            let c = &self.slots[slot].as_ref().expect("checked above").counters;
+            bump(&c.forwarded, sent);
+            bump(&c.forwarded_bytes, sent_bytes);
+            bump(&c.send_errors, failed);
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+}
+
+/// RTCP comes every few seconds: waiting for several packets would outlast the latching window.
+fn rtcp_latch_config(rtp: LatchConfig) -> LatchConfig {
+    LatchConfig {
+        confirm_packets: 1,
+        ..rtp
+    }
+}
+
+/// Runs the per-packet decisions over a received batch and queues what is to be forwarded.
+/// Returns the number of packets queued for sending.
+fn process_batch(
+    io: &mut BatchIo,
+    ep: &mut Endpoint,
+    egress: Option<Egress>,
+    from_rtcp_port: bool,
+    n: usize,
+    now: u64,
+) -> usize {
+    let c = &*ep.counters;
+    let mut queued = 0;
+    let (mut packets, mut bytes, mut rtcp_packets) = (0u64, 0u64, 0u64);
+    for i in 0..n {
+        let len = io.rx_len(i);
+        let Some(src) = io.rx_src(i) else {
+            bump(&c.dropped_malformed, 1);
+            continue;
+        };
+        if io.rx_truncated(i) {
+            bump(&c.dropped_malformed, 1);
+            continue;
+        }
+        let buf = &io.bufs[i][..len];
+        let kind = if from_rtcp_port {
+            // RFC 3605 ports carry RTCP only, but validate it like a muxed one.
+            match classify(buf) {
+                PacketKind::Rtcp => PacketKind::Rtcp,
+                PacketKind::Rtp => PacketKind::Invalid("RTP on the RTCP port"),
+                k => k,
+            }
+        } else {
+            classify(buf)
+        };
+        let verdict = match kind {
+            PacketKind::Invalid(_) => {
+                bump(&c.dropped_malformed, 1);
+                continue;
+            }
+            // RTCP has no sequence number to confirm a source with, so it never moves the RTP
+            // latch. On its own port it latches at once, but (strict) only from the host the
+            // RTP comes from.
+            PacketKind::Rtcp if from_rtcp_port => {
+                let rtp_host = ep.rtp_latch.peer().map(|a| a.ip());
+                if ep.cfg.latch.strict_source && rtp_host.is_some_and(|ip| ip != src.ip()) {
+                    Verdict::Drop(DropReason::WrongSource)
+                } else {
+                    ep.rtcp_latch.on_packet(src, None, now)
+                }
+            }
+            // Muxed RTCP comes from the RTP source or is not accepted (strict).
+            PacketKind::Rtcp => {
+                if ep.rtp_latch.peer() == Some(src) || !ep.cfg.latch.strict_source {
+                    Verdict::Accept
+                } else {
+                    Verdict::Drop(DropReason::Unconfirmed)
+                }
+            }
+            PacketKind::Rtp => {
+                let rtp = RtpPacket::new_unchecked(buf);
+                ep.rtp_latch.on_packet(src, Some(rtp.sequence()), now)
+            }
+        };
+        match verdict {
+            Verdict::Accept => {}
+            Verdict::Latched(addr) => {
+                let rtcp = from_rtcp_port;
+                c.set_latched(rtcp, Some(addr));
+                tracing::info!(id = %ep.id, %addr, rtcp, "latched");
+            }
+            Verdict::Drop(DropReason::WrongSource) => {
+                bump(&c.dropped_wrong_source, 1);
+                continue;
+            }
+            Verdict::Drop(DropReason::Unconfirmed) => {
+                bump(&c.dropped_unconfirmed, 1);
+                continue;
+            }
+        }
+        packets += 1;
+        bytes += len as u64;
+        let is_rtcp = matches!(kind, PacketKind::Rtcp);
+        if is_rtcp {
+            rtcp_packets += 1;
+        } else {
+            let rtp = RtpPacket::new_unchecked(buf);
+            ep.stats
+                .on_rtp(rtp.ssrc(), rtp.sequence(), rtp.timestamp(), now);
+        }
+        let Some(eg) = egress else {
+            bump(&c.dropped_no_peer, 1);
+            continue;
+        };
+        // RFC 3264 6.1: a sendonly/inactive stream is not sent, a recvonly/inactive one is not
+        // sent to. RTCP keeps flowing on hold (RFC 3264 5.1), so it is exempt.
+        if !is_rtcp && (!ep.cfg.sends || !eg.receives) {
+            bump(&c.dropped_direction, 1);
+            continue;
+        }
+        let (fd, dest) = if is_rtcp {
+            (eg.rtcp_fd, eg.rtcp_peer)
+        } else {
+            (eg.rtp_fd, eg.rtp_peer)
+        };
+        let Some(dest) = dest else {
+            bump(&c.dropped_no_peer, 1);
+            continue;
+        };
+        io.queue(queued, i, len, fd, dest);
+        queued += 1;
+    }
+    if packets > 0 {
+        bump(&c.packets, packets);
+        bump(&c.bytes, bytes);
+        bump(&c.rtcp_packets, rtcp_packets);
+        c.last_packet_ns.store(now, Relaxed);
+        if let Some(ssrc) = ep.stats.ssrc() {
+            c.ssrc.store(ssrc, Relaxed);
+        }
+        c.rtp_lost.store(ep.stats.lost(), Relaxed);
+        c.jitter_ts.store(ep.stats.jitter_ts(), Relaxed);
+    }
+    queued
+}
+
+/// Preallocated `recvmmsg`/`sendmmsg` state. Boxed once so the raw pointers inside the message
+/// headers stay valid.
+struct BatchIo {
+    bufs: [[u8; BUF_LEN]; BATCH],
+    rx_addrs: [libc::sockaddr_storage; BATCH],
+    rx_iov: [libc::iovec; BATCH],
+    rx_hdrs: [libc::mmsghdr; BATCH],
+    tx_addrs: [libc::sockaddr_storage; BATCH],
+    tx_iov: [libc::iovec; BATCH],
+    tx_hdrs: [libc::mmsghdr; BATCH],
+    tx_fd: [RawFd; BATCH],
+}
+
+impl BatchIo {
+    fn new() -> Box<Self> {
+        // SAFETY: every field is plain old data for which all-zero bytes are valid.
+        let mut io: Box<Self> = unsafe { Box::new_zeroed().assume_init() };
+        for i in 0..BATCH {
+            io.rx_iov[i] = libc::iovec {
+                iov_base: io.bufs[i].as_mut_ptr().cast(),
+                iov_len: BUF_LEN,
+            };
+            let iov = &mut io.rx_iov[i] as *mut libc::iovec;
+            let name = &mut io.rx_addrs[i] as *mut libc::sockaddr_storage;
+            let h = &mut io.rx_hdrs[i].msg_hdr;
+            h.msg_iov = iov;
+            h.msg_iovlen = 1;
+            h.msg_name = name.cast();
+            let iov = &mut io.tx_iov[i] as *mut libc::iovec;
+            let name = &mut io.tx_addrs[i] as *mut libc::sockaddr_storage;
+            let h = &mut io.tx_hdrs[i].msg_hdr;
+            h.msg_iov = iov;
+            h.msg_iovlen = 1;
+            h.msg_name = name.cast();
+        }
+        io
+    }
+
+    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for h in self.rx_hdrs.iter_mut() {
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        // SAFETY: the headers point into buffers owned by `self`, which outlives the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.rx_hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn rx_len(&self, i: usize) -> usize {
+        (self.rx_hdrs[i].msg_len as usize).min(BUF_LEN)
+    }
+
+    fn rx_truncated(&self, i: usize) -> bool {
+        self.rx_hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0
+    }
+
+    fn rx_src(&self, i: usize) -> Option<SocketAddr> {
+        sockaddr_to_std(&self.rx_addrs[i], self.rx_hdrs[i].msg_hdr.msg_namelen)
+    }
+
+    /// Queues received buffer `rx` for sending as message `slot`, without copying the payload.
+    fn queue(&mut self, slot: usize, rx: usize, len: usize, fd: RawFd, dest: SocketAddr) {
+        self.tx_iov[slot] = libc::iovec {
+            iov_base: self.bufs[rx].as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        self.tx_hdrs[slot].msg_hdr.msg_namelen = std_to_sockaddr(dest, &mut self.tx_addrs[slot]);
+        self.tx_fd[slot] = fd;
+    }
+
+    /// Sends queued messages, one `sendmmsg` per run of equal output sockets. A full socket buffer
+    /// drops the rest of that run rather than blocking the loop. Returns (sent, sent bytes, failed).
+    fn flush(&mut self, queued: usize) -> (u64, u64, u64) {
+        let (mut sent, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+        let mut start = 0;
+        while start < queued {
+            let fd = self.tx_fd[start];
+            let mut end = start + 1;
+            while end < queued && self.tx_fd[end] == fd {
+                end += 1;
+            }
+            let mut at = start;
+            while at < end {
+                // SAFETY: headers at..end were filled by `queue` and point into `self`.
+                let r = unsafe {
+                    libc::sendmmsg(
+                        fd,
+                        self.tx_hdrs[at..].as_mut_ptr(),
+                        (end - at) as libc::c_uint,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    // The first message failed (full buffer, unreachable, family mismatch): skip
+                    // it and try the rest.
+                    failed += 1;
+                    at += 1;
+                    continue;
+                }
+                let r = r as usize;
+                for k in at..at + r {
+                    bytes += self.tx_iov[k].iov_len as u64;
+                }
+                sent += r as u64;
+                at += r.max(1);
+                if r == 0 {
+                    failed += 1;
+                }
+            }
+            start = end;
+        }
+        (sent, bytes, failed)
+    }
+}
+
+fn sockaddr_to_std(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says sockaddr_storage holds a sockaddr_in.
+            let a = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                u32::from_be(a.sin_addr.s_addr).into(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says sockaddr_storage holds a sockaddr_in6.
+            let a = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                a.sin6_addr.s6_addr.into(),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn std_to_sockaddr(addr: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
+            let out = unsafe { &mut *(ss as *mut _ as *mut libc::sockaddr_in) };
+            out.sin_family = libc::AF_INET as libc::sa_family_t;
+            out.sin_port = a.port().to_be();
+            out.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in6.
+            let out = unsafe { &mut *(ss as *mut _ as *mut libc::sockaddr_in6) };
+            out.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            out.sin6_port = a.port().to_be();
+            out.sin6_addr.s6_addr = a.ip().octets();
+            out.sin6_flowinfo = a.flowinfo();
+            out.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trips_v4_and_v6() {
+        for s in ["127.0.0.1:30000", "[::1]:40002", "[fe80::1%2]:5004"] {
+            let a: SocketAddr = s.parse().unwrap();
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let len = std_to_sockaddr(a, &mut ss);
+            assert_eq!(sockaddr_to_std(&ss, len), Some(a), "{s}");
+        }
+    }
+
+    #[test]
+    fn unknown_family_is_not_an_address() {
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        assert_eq!(sockaddr_to_std(&ss, 128), None);
+    }
+}

@@ -1,0 +1,73 @@
+//! Per-endpoint counters, written by exactly one engine thread and read by the control plane.
+//!
+//! The engine is the only writer of each counter, so it bumps them with a relaxed load + store
+//! instead of a locked read-modify-write: readers may see a slightly stale value, never a torn one.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+#[derive(Debug, Default)]
+pub struct EndpointCounters {
+    /// RTP and RTCP packets received from this endpoint and accepted (source checks passed).
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    pub rtcp_packets: AtomicU64,
+    /// Packets sent on towards the partner endpoint.
+    pub forwarded: AtomicU64,
+    pub forwarded_bytes: AtomicU64,
+    pub dropped_wrong_source: AtomicU64,
+    pub dropped_unconfirmed: AtomicU64,
+    pub dropped_direction: AtomicU64,
+    pub dropped_malformed: AtomicU64,
+    pub dropped_no_peer: AtomicU64,
+    pub send_errors: AtomicU64,
+    /// `clock::now_ns()` of the last accepted packet; 0 = none yet.
+    pub last_packet_ns: AtomicU64,
+    pub rtp_lost: AtomicU64,
+    /// RFC 3550 A.8 interarrival jitter in RTP timestamp units.
+    pub jitter_ts: AtomicU32,
+    pub clock_rate: AtomicU32,
+    pub ssrc: AtomicU32,
+    /// Changes only when latching decides, never per packet.
+    latched_rtp: Mutex<Option<SocketAddr>>,
+    latched_rtcp: Mutex<Option<SocketAddr>>,
+}
+
+#[inline]
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl EndpointCounters {
+    pub fn latched_rtp(&self) -> Option<SocketAddr> {
+        *self.latched_rtp.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn latched_rtcp(&self) -> Option<SocketAddr> {
+        *self.latched_rtcp.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn set_latched(&self, rtcp: bool, addr: Option<SocketAddr>) {
+        let slot = if rtcp {
+            &self.latched_rtcp
+        } else {
+            &self.latched_rtp
+        };
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+    }
+    /// Sum of every drop reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_wrong_source.load(Relaxed)
+            + self.dropped_unconfirmed.load(Relaxed)
+            + self.dropped_direction.load(Relaxed)
+            + self.dropped_malformed.load(Relaxed)
+            + self.dropped_no_peer.load(Relaxed)
+    }
+    /// Jitter in milliseconds, from the timestamp-unit estimate and the stream's clock rate.
+    pub fn jitter_ms(&self) -> f64 {
+        let rate = match self.clock_rate.load(Relaxed) {
+            0 => 8000,
+            r => r,
+        };
+        self.jitter_ts.load(Relaxed) as f64 * 1000.0 / rate as f64
+    }
+}
