@@ -973,6 +973,9 @@ fn stream_info(i: usize, s: &Stream, side: &Side) -> proto::StreamInfo {
         kernel_packets: 0,
         kernel_bytes: 0,
         ssrc: c.ssrc.load(Relaxed),
+        dropped_unconfirmed: c.dropped_unconfirmed.load(Relaxed),
+        dropped_no_peer: c.dropped_no_peer.load(Relaxed),
+        forwarded: c.forwarded.load(Relaxed),
     }
 }
 
