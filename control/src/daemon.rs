@@ -70,13 +70,25 @@ pub async fn run_until(
     let service = ControlService::new(sessions.clone()).into_server();
     let router = Server::builder().add_service(service);
     let ips: Vec<String> = cfg.media_ips.iter().map(|i| i.to_string()).collect();
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let s = sessions.clone();
+    let signal = async move {
+        stop.await;
+        s.begin_shutdown();
+        let _ = stopping_tx.send(());
+    };
+    // A client that keeps its connection open must not hold the relay up for ever.
+    let grace = async move {
+        let _ = stopping_rx.await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
     let served = match &cfg.control {
         ControlAddr::Unix(path) => {
             let listener = bind_unix(path)?;
             announce(&cfg, &ips);
-            let r = router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
-                .await;
+            let serve =
+                router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
+            let r = bounded(serve, grace).await;
             let _ = std::fs::remove_file(path);
             r
         }
@@ -85,9 +97,9 @@ pub async fn run_until(
                 .await
                 .with_context(|| format!("cannot listen on control address tcp:{addr}"))?;
             announce(&cfg, &ips);
-            router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-                .await
+            let serve =
+                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            bounded(serve, grace).await
         }
     };
     sweeper.abort();
@@ -104,6 +116,24 @@ pub async fn run_until(
     );
     served.context("control server failed")?;
     Ok(())
+}
+
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+async fn bounded<E>(
+    serve: impl std::future::Future<Output = Result<(), E>>,
+    grace: impl std::future::Future<Output = ()>,
+) -> Result<(), E> {
+    tokio::select! {
+        r = serve => r,
+        _ = grace => {
+            tracing::warn!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "control clients still connected after the grace period; closing anyway"
+            );
+            Ok(())
+        }
+    }
 }
 
 fn announce(cfg: &Config, ips: &[String]) {

@@ -5,7 +5,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use sluice_relay::latch::LatchMode;
-use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use crate::proto::{self, control_server::Control};
@@ -167,13 +168,32 @@ impl Control for ControlService {
         &self,
         _: Request<proto::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let rx = self.sessions.subscribe();
-        let stream = BroadcastStream::new(rx).map(|r| match r {
-            Ok(ev) => Ok(event(ev)),
-            Err(e) => Err(Status::data_loss(format!(
-                "event watcher too slow: {e}; reconnect and Query the calls you track"
-            ))),
+        let mut rx = self.sessions.subscribe();
+        // Ends with shutdown: graceful shutdown waits for open streams.
+        let closed = self.sessions.closed();
+        let (tx, out) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            tokio::pin!(closed);
+            loop {
+                let item = tokio::select! {
+                    _ = &mut closed => return,
+                    r = rx.recv() => r,
+                };
+                let msg = match item {
+                    Ok(ev) => Ok(event(ev)),
+                    Err(RecvError::Closed) => return,
+                    Err(RecvError::Lagged(n)) => Err(Status::data_loss(format!(
+                        "event watcher too slow: {n} events lost; reconnect and Query the calls \
+                         you track"
+                    ))),
+                };
+                let fatal = msg.is_err();
+                if tx.send(msg).await.is_err() || fatal {
+                    return;
+                }
+            }
         });
+        let stream = ReceiverStream::new(out);
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -199,6 +199,8 @@ struct State {
 pub struct Sessions {
     state: Mutex<State>,
     events: broadcast::Sender<CallEvent>,
+    /// Turns true when shutdown begins, so that event streams end and clients let go.
+    closing: tokio::sync::watch::Sender<bool>,
     started: std::time::Instant,
 }
 
@@ -255,6 +257,7 @@ impl Sessions {
                 shutting_down: false,
             }),
             events,
+            closing: tokio::sync::watch::Sender::new(false),
             started: std::time::Instant::now(),
         }))
     }
@@ -266,6 +269,20 @@ impl Sessions {
 
     pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
         self.events.subscribe()
+    }
+
+    /// Marks the start of shutdown: new offers are refused and event streams end.
+    pub fn begin_shutdown(&self) {
+        self.lock().shutting_down = true;
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|closing| *closing).await;
+        }
     }
 
     fn emit(&self, kind: EventKind, call_id: &str, tag: &str, detail: String) {
