@@ -96,6 +96,8 @@ pub struct FileConfig {
     pub timeout: Option<u64>,
     pub log_level: Option<String>,
     pub allow_remote_control: Option<bool>,
+    pub xdp: Option<String>,
+    pub xdp_iface: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -120,6 +122,8 @@ pub struct Overrides {
     pub timeout: Option<u64>,
     pub log_level: Option<String>,
     pub allow_remote_control: bool,
+    pub xdp: Option<String>,
+    pub xdp_iface: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +135,22 @@ pub struct Config {
     /// A call with no media and no signalling for this long is deleted.
     pub timeout: Duration,
     pub log_level: String,
+    pub xdp: XdpSetting,
+    pub xdp_ifaces: Vec<String>,
+}
+
+/// `--xdp`: whether plain forwarded streams move into the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpSetting {
+    Off,
+    /// Attach where permitted and supported (native, else generic); otherwise log one line and
+    /// stay on the userspace path.
+    #[default]
+    Auto,
+    /// Native (driver) mode or fail.
+    Native,
+    /// Generic (skb) mode or fail.
+    Generic,
 }
 
 pub const DEFAULT_PORTS: (u16, u16) = (30000, 39999);
@@ -191,6 +211,42 @@ impl Config {
                 why: "one of error, warn, info, debug, trace".into(),
             });
         }
+        let xdp = match cli.xdp.or(file.xdp).as_deref() {
+            None | Some("auto") => XdpSetting::Auto,
+            Some("off") => XdpSetting::Off,
+            Some("native") => XdpSetting::Native,
+            Some("generic") => XdpSetting::Generic,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "xdp",
+                    value: other.into(),
+                    why: "one of off, auto, native, generic".into(),
+                });
+            }
+        };
+        let xdp_ifaces = if cli.xdp_iface.is_empty() {
+            file.xdp_iface.unwrap_or_default()
+        } else {
+            cli.xdp_iface
+        };
+        if let Some(bad) = xdp_ifaces
+            .iter()
+            .find(|i| i.is_empty() || i.len() > 15 || i.contains(['/', ' ']))
+        {
+            return Err(ConfigError::Invalid {
+                key: "xdp-iface",
+                value: bad.clone(),
+                why: "not a network interface name (at most 15 characters, no '/' or spaces)"
+                    .into(),
+            });
+        }
+        if matches!(xdp, XdpSetting::Native | XdpSetting::Generic) && xdp_ifaces.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "xdp",
+                value: format!("{xdp:?}").to_lowercase(),
+                why: "name the interfaces media arrives on with --xdp-iface".into(),
+            });
+        }
         Ok(Config {
             control,
             media_ips,
@@ -198,6 +254,8 @@ impl Config {
             port_high,
             timeout: Duration::from_secs(timeout),
             log_level,
+            xdp,
+            xdp_ifaces,
         })
     }
 
@@ -353,6 +411,27 @@ mod tests {
                     ..Default::default()
                 },
                 "one of error",
+            ),
+            (
+                Overrides {
+                    xdp: Some("fast".into()),
+                    ..Default::default()
+                },
+                "one of off, auto, native, generic",
+            ),
+            (
+                Overrides {
+                    xdp: Some("native".into()),
+                    ..Default::default()
+                },
+                "--xdp-iface",
+            ),
+            (
+                Overrides {
+                    xdp_iface: vec!["eth0/1".into()],
+                    ..Default::default()
+                },
+                "not a network interface name",
             ),
         ];
         for (cli, want) in cases {

@@ -12,8 +12,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 
-use crate::config::{Config, ControlAddr};
+use crate::config::{Config, ControlAddr, XdpSetting};
 use crate::grpc::ControlService;
+use crate::kernel::{KernelPath, Xdp};
 use crate::session::{SessionConfig, Sessions};
 
 /// Runs until a signal, or until `stop` resolves (tests).
@@ -46,6 +47,7 @@ pub async fn run_until(
             timeout: cfg.timeout,
         },
         Box::new(engine),
+        attach_xdp(&cfg)?,
     )?;
 
     let s = sessions.clone();
@@ -136,13 +138,47 @@ async fn bounded<E>(
     }
 }
 
+/// Attaches the XDP program as `--xdp` says. In `auto` mode every failure is one log line and the
+/// userspace path; an explicit mode fails the start.
+fn attach_xdp(cfg: &Config) -> anyhow::Result<Option<Box<dyn KernelPath>>> {
+    use sluice_relay::xdp::{XdpMode, XdpPath};
+    let ifaces: Vec<&str> = cfg.xdp_ifaces.iter().map(String::as_str).collect();
+    let attached = match cfg.xdp {
+        XdpSetting::Off => return Ok(None),
+        XdpSetting::Auto if ifaces.is_empty() => {
+            tracing::info!("XDP: no --xdp-iface given; all media takes the userspace path");
+            return Ok(None);
+        }
+        XdpSetting::Auto => match XdpPath::attach(&ifaces, XdpMode::Native) {
+            Err(e) if e.is_native_unsupported() => {
+                tracing::info!(error = %e, "XDP: native mode unsupported; trying generic mode");
+                XdpPath::attach(&ifaces, XdpMode::Generic)
+            }
+            r => r,
+        },
+        XdpSetting::Native => XdpPath::attach(&ifaces, XdpMode::Native),
+        XdpSetting::Generic => XdpPath::attach(&ifaces, XdpMode::Generic),
+    };
+    match attached {
+        Ok(p) => {
+            let k = Xdp(Some(p));
+            tracing::info!(path = %k.describe(), "XDP attached: settled streams are forwarded in the kernel");
+            Ok(Some(Box::new(k)))
+        }
+        Err(e) if cfg.xdp == XdpSetting::Auto => {
+            tracing::warn!(error = %e, "XDP unavailable; all media takes the userspace path");
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::anyhow!(e).context("cannot attach the XDP program")),
+    }
+}
+
 fn announce(cfg: &Config, ips: &[String]) {
     tracing::info!(
         control = %cfg.control,
         media_ips = %ips.join(","),
         ports = %format!("{}-{}", cfg.port_low, cfg.port_high),
         timeout_s = cfg.timeout.as_secs(),
-        path = "userspace",
         "sluice ready"
     );
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod grpc;
+pub mod kernel;
 pub mod port_alloc;
 pub mod sdp;
 pub mod session;

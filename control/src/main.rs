@@ -40,6 +40,13 @@ enum Cmd {
         /// Allow a TCP control address that is not loopback.
         #[arg(long)]
         allow_remote_control: bool,
+        /// In-kernel forwarding of settled streams: off, auto (default: attach where permitted,
+        /// else userspace), native, generic.
+        #[arg(long)]
+        xdp: Option<String>,
+        /// Interface media arrives on, for the XDP program; repeatable.
+        #[arg(long = "xdp-iface")]
+        xdp_iface: Vec<String>,
     },
     /// Call the control API of a running sluice and print the reply as JSON.
     Ctl {
@@ -84,6 +91,8 @@ fn main() -> ExitCode {
             timeout,
             log_level,
             allow_remote_control,
+            xdp,
+            xdp_iface,
         } => {
             let file = match config.as_deref().map(FileConfig::load).transpose() {
                 Ok(f) => f.unwrap_or_default(),
@@ -101,6 +110,8 @@ fn main() -> ExitCode {
                     timeout,
                     log_level,
                     allow_remote_control,
+                    xdp,
+                    xdp_iface,
                 },
             ) {
                 Ok(c) => c,

@@ -22,6 +22,9 @@ use sluice_relay::latch::{LatchConfig, LatchMode};
 use sluice_relay::stats::EndpointCounters;
 use tokio::sync::broadcast;
 
+use sluice_relay::xdp::{FlowCounters, FlowValue};
+
+use crate::kernel::{FlowIds, KernelPath};
 use crate::port_alloc::{DEFAULT_MAX_TRIES, PortAllocError, PortAllocator};
 use crate::proto;
 use crate::sdp::{Direction, Sdp, SdpError};
@@ -152,6 +155,16 @@ struct Side {
     offered_mux: bool,
     latch: LatchConfig,
     clock_rate: u32,
+    /// Kernel counters of this side's flows that were removed already.
+    kernel_base: FlowCounters,
+}
+
+/// One XDP flow entry: packets from side `side`'s endpoint arriving at `local`.
+#[derive(Debug, Clone, Copy)]
+struct KernelFlow {
+    side: usize,
+    local: SocketAddr,
+    flow_id: u32,
 }
 
 struct Stream {
@@ -159,6 +172,12 @@ struct Stream {
     sides: [Side; 2],
     /// Rejected by the answer (port 0): sockets stay until the call ends, nothing is forwarded.
     disabled: bool,
+    /// Installed XDP flows; empty while the stream is on the userspace path.
+    kernel: Vec<KernelFlow>,
+    /// Latched RTP sources of both sides and when they were first seen like that.
+    settle: Option<([SocketAddr; 2], u64)>,
+    /// Installing failed since the last signalling event: do not retry until the next one.
+    kernel_failed: bool,
 }
 
 struct Call {
@@ -183,6 +202,7 @@ struct Totals {
     packets: u64,
     bytes: u64,
     dropped: u64,
+    kernel_packets: u64,
 }
 
 struct State {
@@ -194,6 +214,8 @@ struct State {
     next_endpoint: u64,
     totals: Totals,
     shutting_down: bool,
+    kernel: Option<Box<dyn KernelPath>>,
+    flow_ids: FlowIds,
 }
 
 pub struct Sessions {
@@ -242,6 +264,7 @@ impl Sessions {
     pub fn new(
         cfg: SessionConfig,
         plane: Box<dyn MediaPlane>,
+        kernel: Option<Box<dyn KernelPath>>,
     ) -> Result<Arc<Sessions>, PortAllocError> {
         let ports = PortAllocator::new(cfg.port_low, cfg.port_high)?;
         let (events, _) = broadcast::channel(1024);
@@ -255,6 +278,8 @@ impl Sessions {
                 next_endpoint: 1,
                 totals: Totals::default(),
                 shutting_down: false,
+                kernel,
+                flow_ids: FlowIds::default(),
             }),
             events,
             closing: tokio::sync::watch::Sender::new(false),
@@ -398,7 +423,7 @@ impl Sessions {
             .calls
             .get(call_id)
             .ok_or_else(|| SessionError::NotFound(call_id.into()))?;
-        Ok(call_info(call))
+        Ok(call_info(call, st.kernel.as_deref()))
     }
 
     pub fn list(&self, limit: usize) -> Vec<String> {
@@ -415,12 +440,17 @@ impl Sessions {
         let st = self.lock();
         let (mut packets, mut bytes, mut dropped) =
             (st.totals.packets, st.totals.bytes, st.totals.dropped);
+        let mut kernel_flows = 0;
+        let mut kernel_packets = 0;
         for call in st.calls.values() {
             for s in &call.streams {
-                for side in &s.sides {
-                    packets += side.counters.forwarded.load(Relaxed);
-                    bytes += side.counters.forwarded_bytes.load(Relaxed);
-                    dropped += side.counters.dropped();
+                kernel_flows += s.kernel.len() as u64;
+                for (k, side) in s.sides.iter().enumerate() {
+                    let kc = kernel_counters(s, k, st.kernel.as_deref());
+                    packets += side.counters.forwarded.load(Relaxed) + kc.packets;
+                    bytes += side.counters.forwarded_bytes.load(Relaxed) + kc.bytes;
+                    dropped += side.counters.dropped() + kc.dropped();
+                    kernel_packets += kc.packets;
                 }
             }
         }
@@ -434,25 +464,39 @@ impl Sessions {
             packets_relayed: packets,
             bytes_relayed: bytes,
             packets_dropped: dropped,
-            forwarding_path: "userspace".into(),
+            forwarding_path: match &st.kernel {
+                Some(k) => format!("userspace+{}", k.describe()),
+                None => "userspace".into(),
+            },
+            kernel_flows,
+            kernel_packets: st.totals.kernel_packets + kernel_packets,
         }
     }
 
     /// Deletes calls with neither media nor signalling for the configured timeout.
+    /// Also moves settled streams into the kernel fast path, when there is one.
     pub fn sweep(&self) -> Vec<String> {
-        let now = now_ns();
+        self.sweep_at(now_ns())
+    }
+
+    /// [`Sessions::sweep`] at a given `clock::now_ns()` time (tests run it in simulated time).
+    pub fn sweep_at(&self, now: u64) -> Vec<String> {
         let mut st = self.lock();
         let timeout = st.cfg.timeout.as_nanos() as u64;
+        let kernel = st.kernel.as_deref();
+        // Kernel counters cost a syscall each: read them only for calls userspace thinks idle.
         let expired: Vec<String> = st
             .calls
             .values()
-            .filter(|c| now.saturating_sub(last_activity(c)) >= timeout)
+            .filter(|c| now.saturating_sub(last_activity(c, None)) >= timeout)
+            .filter(|c| now.saturating_sub(last_activity(c, kernel)) >= timeout)
             .map(|c| c.call_id.clone())
             .collect();
         for id in &expired {
             st.remove_call(id);
             st.totals.timed_out += 1;
         }
+        st.kernelize(now);
         let secs = st.cfg.timeout.as_secs();
         drop(st);
         for id in &expired {
@@ -500,6 +544,9 @@ impl Sessions {
         for id in &ids {
             st.remove_call(id);
         }
+        if let Some(k) = st.kernel.as_mut() {
+            k.shutdown();
+        }
         st.plane.stop();
         ids.len()
     }
@@ -517,13 +564,39 @@ fn require(name: &str, value: &str) -> Result<(), SessionError> {
     Ok(())
 }
 
-fn last_activity(c: &Call) -> u64 {
-    c.streams
-        .iter()
-        .flat_map(|s| s.sides.iter())
-        .map(|side| side.counters.last_packet_ns.load(Relaxed))
-        .fold(c.last_signal_ns, u64::max)
+/// The last packet or signalling event of a call; with `kernel`, kernel-forwarded packets count.
+fn last_activity(c: &Call, kernel: Option<&dyn KernelPath>) -> u64 {
+    let mut last = c.last_signal_ns;
+    for s in &c.streams {
+        for (k, side) in s.sides.iter().enumerate() {
+            last = last.max(side.counters.last_packet_ns.load(Relaxed));
+            if kernel.is_some() && !s.kernel.is_empty() {
+                last = last.max(kernel_counters(s, k, kernel).last_seen_ns);
+            }
+        }
+    }
+    last
 }
+
+/// Kernel counters of packets from side `k`'s endpoint: removed flows plus live ones.
+fn kernel_counters(s: &Stream, k: usize, kernel: Option<&dyn KernelPath>) -> FlowCounters {
+    let mut c = s.sides[k].kernel_base;
+    if let Some(kernel) = kernel {
+        for f in s.kernel.iter().filter(|f| f.side == k) {
+            match kernel.counters(f.flow_id) {
+                Ok(live) => c.merge(&live),
+                Err(e) => {
+                    tracing::warn!(error = %e, flow_id = f.flow_id, "cannot read kernel counters")
+                }
+            }
+        }
+    }
+    c
+}
+
+/// How long both latched sources must stay the same, with no signalling, before a stream moves
+/// into the kernel.
+const SETTLE_NS: u64 = 1_000_000_000;
 
 fn latch_config(opts: &LegOptions) -> LatchConfig {
     LatchConfig {
@@ -576,6 +649,7 @@ impl State {
             offered_mux: false,
             latch: LatchConfig::default(),
             clock_rate: 8000,
+            kernel_base: FlowCounters::default(),
         };
         let cmd = Command::Add {
             id: endpoint,
@@ -658,6 +732,9 @@ impl State {
                         media: m.media.clone(),
                         sides,
                         disabled: false,
+                        kernel: Vec::new(),
+                        settle: None,
+                        kernel_failed: false,
                     });
                 }
                 Err(e) => {
@@ -674,6 +751,8 @@ impl State {
         for cmd in adds {
             self.plane.send(cmd)?;
         }
+        // A signalling event: media goes back through userspace, where latching runs again.
+        self.unkernelize_call(call_id);
         let now = now_ns();
         let call = self
             .calls
@@ -826,6 +905,7 @@ impl State {
         call.tags[a] = to_tag.to_string();
         call.last_signal_ns = now_ns();
         call.pending_offer = None;
+        unkernelize(call, self.kernel.as_deref_mut(), &mut self.flow_ids);
         let mut out = answer.clone();
         let first_ip = call.streams.first().map(|s| s.sides[o].local_ip);
         for (i, m) in out.media.iter_mut().enumerate() {
@@ -879,14 +959,57 @@ impl State {
         Ok(out.to_string())
     }
 
+    fn unkernelize_call(&mut self, call_id: &str) {
+        if let Some(call) = self.calls.get_mut(call_id) {
+            unkernelize(call, self.kernel.as_deref_mut(), &mut self.flow_ids);
+        }
+    }
+
+    /// Installs XDP flows for streams whose latched sources have settled.
+    fn kernelize(&mut self, now: u64) {
+        let Some(kernel) = self.kernel.as_deref_mut() else {
+            return;
+        };
+        for call in self.calls.values_mut() {
+            if call.pending_offer.is_some() || now.saturating_sub(call.last_signal_ns) < SETTLE_NS {
+                continue;
+            }
+            for s in call.streams.iter_mut() {
+                if !s.kernel.is_empty() || s.kernel_failed || !kernel_eligible(s) {
+                    s.settle = None;
+                    continue;
+                }
+                let (Some(l0), Some(l1)) = (
+                    s.sides[0].counters.latched_rtp(),
+                    s.sides[1].counters.latched_rtp(),
+                ) else {
+                    s.settle = None;
+                    continue;
+                };
+                match s.settle {
+                    Some((seen, since)) if seen == [l0, l1] => {
+                        if now.saturating_sub(since) >= SETTLE_NS {
+                            install_stream(s, [l0, l1], kernel, &mut self.flow_ids, &call.call_id);
+                        }
+                    }
+                    _ => s.settle = Some(([l0, l1], now)),
+                }
+            }
+        }
+    }
+
     fn remove_call(&mut self, call_id: &str) -> Option<proto::CallInfo> {
+        self.unkernelize_call(call_id);
         let call = self.calls.remove(call_id)?;
-        let info = call_info(&call);
+        let info = call_info(&call, None);
         for s in &call.streams {
             for side in &s.sides {
-                self.totals.packets += side.counters.forwarded.load(Relaxed);
-                self.totals.bytes += side.counters.forwarded_bytes.load(Relaxed);
-                self.totals.dropped += side.counters.dropped();
+                self.totals.packets +=
+                    side.counters.forwarded.load(Relaxed) + side.kernel_base.packets;
+                self.totals.bytes +=
+                    side.counters.forwarded_bytes.load(Relaxed) + side.kernel_base.bytes;
+                self.totals.dropped += side.counters.dropped() + side.kernel_base.dropped();
+                self.totals.kernel_packets += side.kernel_base.packets;
                 if let Err(e) = self.plane.send(Command::Remove { id: side.endpoint }) {
                     tracing::error!(error = %e, "cannot close relay sockets");
                 }
@@ -894,6 +1017,107 @@ impl State {
             }
         }
         Some(info)
+    }
+}
+
+/// The XDP program forwards every datagram of a port alike, so only streams whose two sides treat
+/// RTP and RTCP the same way, and that forward both ways, go into the kernel. Held streams stay in
+/// userspace, where RTCP keeps flowing while RTP does not.
+fn kernel_eligible(s: &Stream) -> bool {
+    !s.disabled
+        && s.sides[0].rtcp_mux == s.sides[1].rtcp_mux
+        && s.sides.iter().all(|d| d.direction == Direction::SendRecv)
+}
+
+fn install_stream(
+    s: &mut Stream,
+    latched: [SocketAddr; 2],
+    kernel: &mut dyn KernelPath,
+    flow_ids: &mut FlowIds,
+    call_id: &str,
+) {
+    // (side, relay address the packets arrive at, their source, relay socket they leave from,
+    // where they go)
+    let mut wanted = Vec::new();
+    for k in 0..2 {
+        let (me, other) = (&s.sides[k], &s.sides[1 - k]);
+        let local = SocketAddr::new(me.local_ip, me.rtp_port);
+        let new_src = SocketAddr::new(other.local_ip, other.rtp_port);
+        wanted.push((k, local, latched[k], new_src, latched[1 - k]));
+        // Separate RTCP ports: kernelize RTCP too once both of its sources latched.
+        if !me.rtcp_mux
+            && let (Some(my_port), Some(other_port)) = (me.rtcp_port, other.rtcp_port)
+            && let (Some(from), Some(to)) =
+                (me.counters.latched_rtcp(), other.counters.latched_rtcp())
+        {
+            let local = SocketAddr::new(me.local_ip, my_port);
+            let new_src = SocketAddr::new(other.local_ip, other_port);
+            wanted.push((k, local, from, new_src, to));
+        }
+    }
+    let mut installed = Vec::new();
+    for (side, local, from, new_src, to) in wanted {
+        let Some(flow_id) = flow_ids.take() else {
+            tracing::warn!(%call_id, "no free kernel flow slot; the stream stays in userspace");
+            break;
+        };
+        let mut value = FlowValue::forward(flow_id, new_src, to);
+        if s.sides[side].latch.strict_source {
+            value = value.strict_source(from);
+        }
+        match kernel.install(local, value) {
+            Ok(()) => installed.push(KernelFlow {
+                side,
+                local,
+                flow_id,
+            }),
+            Err(e) => {
+                flow_ids.give_back(flow_id);
+                tracing::warn!(%call_id, %local, error = %e, "cannot install kernel flow; the stream stays in userspace");
+                break;
+            }
+        }
+    }
+    let complete = installed.len() >= 2
+        && installed.iter().any(|f| f.side == 0)
+        && installed.iter().any(|f| f.side == 1);
+    if !complete {
+        for f in installed {
+            let _ = kernel.remove(f.local);
+            flow_ids.give_back(f.flow_id);
+        }
+        s.kernel_failed = true;
+        return;
+    }
+    tracing::info!(%call_id, flows = installed.len(), "stream forwarded in the kernel");
+    s.kernel = installed;
+}
+
+/// Takes a call's streams out of the kernel, keeping their counters.
+fn unkernelize(
+    call: &mut Call,
+    mut kernel: Option<&mut (dyn KernelPath + 'static)>,
+    flow_ids: &mut FlowIds,
+) {
+    for s in call.streams.iter_mut() {
+        s.settle = None;
+        s.kernel_failed = false;
+        let Some(kernel) = kernel.as_deref_mut() else {
+            continue;
+        };
+        for f in std::mem::take(&mut s.kernel) {
+            if let Err(e) = kernel.remove(f.local) {
+                tracing::error!(local = %f.local, error = %e, "cannot remove kernel flow");
+            }
+            match kernel.counters(f.flow_id) {
+                Ok(c) => s.sides[f.side].kernel_base.merge(&c),
+                Err(e) => tracing::warn!(error = %e, "cannot read kernel counters"),
+            }
+            if let Err(e) = kernel.reset_counters(f.flow_id) {
+                tracing::warn!(error = %e, "cannot reset kernel counters");
+            }
+            flow_ids.give_back(f.flow_id);
+        }
     }
 }
 
@@ -936,7 +1160,7 @@ fn set_version(slot: &mut Option<(String, u64)>, out: &mut Sdp, input: &str) {
     *slot = Some((input.to_string(), version));
 }
 
-fn call_info(call: &Call) -> proto::CallInfo {
+fn call_info(call: &Call, kernel: Option<&dyn KernelPath>) -> proto::CallInfo {
     let legs = (0..2)
         .map(|k| proto::LegInfo {
             tag: call.tags[k].clone(),
@@ -944,7 +1168,7 @@ fn call_info(call: &Call) -> proto::CallInfo {
                 .streams
                 .iter()
                 .enumerate()
-                .map(|(i, s)| stream_info(i, s, &s.sides[k]))
+                .map(|(i, s)| stream_info(i, s, k, kernel_counters(s, k, kernel)))
                 .collect(),
         })
         .collect();
@@ -956,10 +1180,11 @@ fn call_info(call: &Call) -> proto::CallInfo {
     }
 }
 
-fn stream_info(i: usize, s: &Stream, side: &Side) -> proto::StreamInfo {
+fn stream_info(i: usize, s: &Stream, k: usize, kc: FlowCounters) -> proto::StreamInfo {
+    let side = &s.sides[k];
     let c = &side.counters;
     let fmt = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
-    let last = c.last_packet_ns.load(Relaxed);
+    let last = c.last_packet_ns.load(Relaxed).max(kc.last_seen_ns);
     proto::StreamInfo {
         index: i as u32,
         media: s.media.clone(),
@@ -975,11 +1200,12 @@ fn stream_info(i: usize, s: &Stream, side: &Side) -> proto::StreamInfo {
         direction: side.direction.as_str().into(),
         rtcp_mux: side.rtcp_mux,
         strict_source: side.latch.strict_source,
-        packets: c.packets.load(Relaxed),
-        bytes: c.bytes.load(Relaxed),
+        packets: c.packets.load(Relaxed) + kc.packets,
+        bytes: c.bytes.load(Relaxed) + kc.bytes,
         rtcp_packets: c.rtcp_packets.load(Relaxed),
         dropped_wrong_source: c.dropped_wrong_source.load(Relaxed)
-            + c.dropped_unconfirmed.load(Relaxed),
+            + c.dropped_unconfirmed.load(Relaxed)
+            + kc.dropped_wrong_source,
         dropped_direction: c.dropped_direction.load(Relaxed),
         dropped_malformed: c.dropped_malformed.load(Relaxed),
         last_packet_unix_ms: if last == 0 { 0 } else { unix_ms_of(last) },
@@ -987,12 +1213,13 @@ fn stream_info(i: usize, s: &Stream, side: &Side) -> proto::StreamInfo {
         jitter_ms: c.jitter_ms(),
         userspace_packets: c.packets.load(Relaxed),
         userspace_bytes: c.bytes.load(Relaxed),
-        kernel_packets: 0,
-        kernel_bytes: 0,
+        kernel_packets: kc.packets,
+        kernel_bytes: kc.bytes,
         ssrc: c.ssrc.load(Relaxed),
         dropped_unconfirmed: c.dropped_unconfirmed.load(Relaxed),
         dropped_no_peer: c.dropped_no_peer.load(Relaxed),
-        forwarded: c.forwarded.load(Relaxed),
+        forwarded: c.forwarded.load(Relaxed) + kc.packets,
+        kernel_forwarded: !s.kernel.is_empty(),
     }
 }
 
@@ -1033,6 +1260,246 @@ mod tests {
         }
     }
 
+    /// A kernel path that keeps its flow map in memory, with counters the test sets.
+    #[derive(Clone, Default)]
+    struct FakeKernel(Arc<Mutex<FakeKernelState>>);
+    #[derive(Default)]
+    struct FakeKernelState {
+        flows: HashMap<SocketAddr, FlowValue>,
+        counters: HashMap<u32, FlowCounters>,
+    }
+    impl KernelPath for FakeKernel {
+        fn install(&mut self, local: SocketAddr, value: FlowValue) -> crate::kernel::KResult<()> {
+            self.0.lock().unwrap().flows.insert(local, value);
+            Ok(())
+        }
+        fn remove(&mut self, local: SocketAddr) -> crate::kernel::KResult<()> {
+            self.0
+                .lock()
+                .unwrap()
+                .flows
+                .remove(&local)
+                .map(|_| ())
+                .ok_or_else(|| format!("no flow {local}"))
+        }
+        fn counters(&self, flow_id: u32) -> crate::kernel::KResult<FlowCounters> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .counters
+                .get(&flow_id)
+                .copied()
+                .unwrap_or_default())
+        }
+        fn reset_counters(&mut self, flow_id: u32) -> crate::kernel::KResult<()> {
+            self.0.lock().unwrap().counters.remove(&flow_id);
+            Ok(())
+        }
+        fn flow_count(&self) -> crate::kernel::KResult<usize> {
+            Ok(self.0.lock().unwrap().flows.len())
+        }
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+    }
+
+    fn sessions_with_kernel() -> (Arc<Sessions>, FakeKernel) {
+        let kernel = FakeKernel::default();
+        let s = Sessions::new(
+            SessionConfig {
+                media_ips: vec!["127.0.0.1".parse().unwrap()],
+                port_low: 22000,
+                port_high: 22999,
+                timeout: Duration::from_secs(60),
+            },
+            Box::new(FakePlane::default()),
+            Some(Box::new(kernel.clone())),
+        )
+        .unwrap();
+        (s, kernel)
+    }
+
+    /// What the engine does when latching decides: both sides of every stream latch.
+    fn latch_all(s: &Sessions, call_id: &str, rtcp: bool) {
+        let st = s.lock();
+        for (i, stream) in st.calls[call_id].streams.iter().enumerate() {
+            for (k, side) in stream.sides.iter().enumerate() {
+                let addr: SocketAddr = format!("127.0.0.{}:{}", 10 + k, 6000 + 10 * i)
+                    .parse()
+                    .unwrap();
+                side.counters.set_latched(false, Some(addr));
+                if rtcp {
+                    side.counters
+                        .set_latched(true, Some(SocketAddr::new(addr.ip(), addr.port() + 1)));
+                }
+            }
+        }
+    }
+
+    fn call_up(s: &Sessions, call_id: &str, extra: &str) {
+        s.offer(
+            call_id,
+            "a",
+            &sdp("alice", 4000, extra),
+            LegOptions::default(),
+        )
+        .unwrap();
+        s.answer(
+            call_id,
+            "a",
+            "b",
+            &sdp("bob", 5000, extra),
+            LegOptions::default(),
+        )
+        .unwrap();
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn settled_stream_moves_into_the_kernel_with_strict_rewrites() {
+        let (s, kernel) = sessions_with_kernel();
+        call_up(&s, "c", "");
+        latch_all(&s, "c", true);
+        let t0 = now_ns();
+        s.sweep_at(t0 + 2 * SEC);
+        assert_eq!(
+            kernel.flow_count().unwrap(),
+            0,
+            "must stay latched for a while first"
+        );
+        s.sweep_at(t0 + 3 * SEC + 1);
+        // RTP and RTCP, both directions.
+        assert_eq!(kernel.flow_count().unwrap(), 4);
+        let q = s.query("c").unwrap();
+        let (a, b) = (&q.legs[0].streams[0], &q.legs[1].streams[0]);
+        assert!(a.kernel_forwarded && b.kernel_forwarded);
+        let flows = kernel.0.lock().unwrap().flows.clone();
+        let from_a = flows[&SocketAddr::new("127.0.0.1".parse().unwrap(), a.local_rtp_port as u16)];
+        assert_eq!(
+            from_a.expected_source(),
+            Some("127.0.0.10:6000".parse().unwrap())
+        );
+        assert_eq!(
+            from_a.rewrite(),
+            Some((
+                SocketAddr::new("127.0.0.1".parse().unwrap(), b.local_rtp_port as u16),
+                "127.0.0.11:6000".parse().unwrap()
+            ))
+        );
+        let from_b_rtcp =
+            flows[&SocketAddr::new("127.0.0.1".parse().unwrap(), b.local_rtcp_port as u16)];
+        assert_eq!(
+            from_b_rtcp.expected_source(),
+            Some("127.0.0.11:6001".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn reinvite_takes_streams_back_to_userspace_and_keeps_kernel_counts() {
+        let (s, kernel) = sessions_with_kernel();
+        call_up(&s, "c", "");
+        latch_all(&s, "c", false);
+        let t0 = now_ns();
+        s.sweep_at(t0 + 2 * SEC);
+        s.sweep_at(t0 + 4 * SEC);
+        assert_eq!(kernel.flow_count().unwrap(), 2);
+        let flows = kernel.0.lock().unwrap().flows.clone();
+        for v in flows.values() {
+            kernel.0.lock().unwrap().counters.insert(
+                v.flow_id(),
+                FlowCounters {
+                    packets: 100,
+                    bytes: 17200,
+                    ..Default::default()
+                },
+            );
+        }
+        s.offer(
+            "c",
+            "a",
+            &sdp(
+                "alice",
+                4000,
+                "a=sendonly
+",
+            ),
+            LegOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            kernel.flow_count().unwrap(),
+            0,
+            "a re-offer falls back to userspace"
+        );
+        let q = s.query("c").unwrap();
+        assert_eq!(q.legs[0].streams[0].kernel_packets, 100);
+        assert_eq!(q.legs[1].streams[0].kernel_bytes, 17200);
+        assert!(!q.legs[0].streams[0].kernel_forwarded);
+        // On hold the stream stays in userspace however long it is latched.
+        s.answer(
+            "c",
+            "a",
+            "b",
+            &sdp(
+                "bob",
+                5000,
+                "a=recvonly
+",
+            ),
+            LegOptions::default(),
+        )
+        .unwrap();
+        s.sweep_at(t0 + 10 * SEC);
+        s.sweep_at(t0 + 20 * SEC);
+        assert_eq!(kernel.flow_count().unwrap(), 0);
+        let st = s.statistics();
+        assert_eq!((st.kernel_flows, st.kernel_packets), (0, 200));
+    }
+
+    #[test]
+    fn mixed_rtcp_mux_stays_in_userspace() {
+        let (s, kernel) = sessions_with_kernel();
+        s.offer(
+            "c",
+            "a",
+            &sdp(
+                "alice",
+                4000,
+                "a=rtcp-mux
+",
+            ),
+            LegOptions::default(),
+        )
+        .unwrap();
+        s.answer("c", "a", "b", &sdp("bob", 5000, ""), LegOptions::default())
+            .unwrap();
+        latch_all(&s, "c", true);
+        let t0 = now_ns();
+        s.sweep_at(t0 + 2 * SEC);
+        s.sweep_at(t0 + 4 * SEC);
+        assert_eq!(kernel.flow_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn delete_and_shutdown_leave_no_kernel_flows() {
+        let (s, kernel) = sessions_with_kernel();
+        for c in ["c1", "c2", "c3"] {
+            call_up(&s, c, "");
+            latch_all(&s, c, true);
+        }
+        let t0 = now_ns();
+        s.sweep_at(t0 + 2 * SEC);
+        s.sweep_at(t0 + 4 * SEC);
+        assert_eq!(kernel.flow_count().unwrap(), 12);
+        s.delete("c1", "", "").unwrap();
+        assert_eq!(kernel.flow_count().unwrap(), 8);
+        assert_eq!(s.shutdown(), 2);
+        assert_eq!(kernel.flow_count().unwrap(), 0);
+        assert_eq!(s.lock().flow_ids.in_use(), 0);
+    }
+
     fn sessions(low: u16, high: u16, timeout: Duration) -> (Arc<Sessions>, FakePlane) {
         let plane = FakePlane::default();
         let s = Sessions::new(
@@ -1043,6 +1510,7 @@ mod tests {
                 timeout,
             },
             Box::new(plane.clone()),
+            None,
         )
         .unwrap();
         (s, plane)

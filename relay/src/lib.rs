@@ -7,3 +7,4 @@ pub mod latch;
 pub mod rtp;
 pub mod rtp_stats;
 pub mod stats;
+pub mod xdp;

@@ -46,7 +46,8 @@ impl EndpointCounters {
     pub fn latched_rtcp(&self) -> Option<SocketAddr> {
         *self.latched_rtcp.lock().unwrap_or_else(|e| e.into_inner())
     }
-    pub(crate) fn set_latched(&self, rtcp: bool, addr: Option<SocketAddr>) {
+    /// Written by the engine when latching decides; public for tests of the layers above.
+    pub fn set_latched(&self, rtcp: bool, addr: Option<SocketAddr>) {
         let slot = if rtcp {
             &self.latched_rtcp
         } else {

@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * sluice XDP fast path: the layout shared by the XDP program (sluice_xdp.c) and userspace
+ * (relay/src/xdp/abi.rs mirrors every struct and constant here with #[repr(C)] types; the test
+ * `xdp_abi_layout` compiles this header with the host C compiler and fails if any size, offset
+ * or constant differs).
+ *
+ * Rules: fixed-size fields only, explicit padding, no implicit holes (both sides must agree on
+ * every byte because the key is hashed byte-wise by the kernel). Addresses and ports are stored
+ * in network byte order, exactly as they appear in the packet. An IPv4 address occupies addr[0];
+ * addr[1..3] are zero.
+ */
+#ifndef SLUICE_MAPS_H
+#define SLUICE_MAPS_H
+
+#include <linux/types.h>
+
+/* Capacity of the flow map (entries) and of the per-flow counter array (flow ids). */
+#define SLUICE_MAX_FLOWS 65536
+/* Capacity of the egress interface set (interfaces the program is attached to). */
+#define SLUICE_MAX_EGRESS 64
+
+/* sluice_flow_key.family */
+#define SLUICE_FAMILY_V4 4
+#define SLUICE_FAMILY_V6 6
+
+/* sluice_flow_value.action */
+#define SLUICE_ACTION_PASS 0    /* hand to the kernel stack (userspace relay) untouched */
+#define SLUICE_ACTION_FORWARD 1 /* rewrite and redirect in the kernel */
+#define SLUICE_ACTION_WORKER 2  /* reserved for AF_XDP workers; treated as PASS for now */
+#define SLUICE_ACTION_DROP 3    /* drop (hold without userspace involvement) */
+
+/* sluice_flow_value.flags */
+#define SLUICE_FLAG_STRICT_SOURCE 0x01 /* drop packets whose source != expect_addr:expect_port */
+
+/* Map key: the local relay socket a packet is addressed to (destination address + port). */
+struct sluice_flow_key {
+	__u8 family;   /* SLUICE_FAMILY_V4 / SLUICE_FAMILY_V6 */
+	__u8 pad;      /* must be 0 */
+	__be16 port;   /* UDP destination port, network byte order */
+	__be32 addr[4];/* destination address, network byte order; IPv4 in addr[0] */
+};
+
+/* Map value: what to do with a packet that hit the key. */
+struct sluice_flow_value {
+	__u8 action;           /* SLUICE_ACTION_* */
+	__u8 flags;            /* SLUICE_FLAG_* */
+	__u8 family;           /* family of the addresses below (0: none); must equal the key's */
+	__u8 pad0;             /* must be 0 */
+	__be16 expect_port;    /* expected UDP source port (STRICT_SOURCE) */
+	__be16 new_src_port;   /* rewrite: relay's port on the other leg */
+	__be16 new_dst_port;   /* rewrite: the peer's port */
+	__u16 pad1;            /* must be 0 */
+	__u32 flow_id;         /* index into sluice_counters, < SLUICE_MAX_FLOWS */
+	__be32 expect_addr[4]; /* expected source address (STRICT_SOURCE) */
+	__be32 new_src_addr[4];/* rewrite: relay's address on the other leg */
+	__be32 new_dst_addr[4];/* rewrite: the peer's address */
+};
+
+/*
+ * Per-flow counters, one copy per CPU (BPF_MAP_TYPE_PERCPU_ARRAY indexed by flow_id);
+ * userspace sums packets/bytes/drops/passes and takes the maximum of last_seen_ns.
+ */
+struct sluice_flow_counters {
+	__u64 packets;              /* forwarded in the kernel */
+	__u64 bytes;                /* UDP payload bytes forwarded in the kernel */
+	__u64 last_seen_ns;         /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last forwarded packet */
+	__u64 dropped_wrong_source; /* STRICT_SOURCE mismatch: dropped */
+	__u64 dropped_action;       /* action DROP */
+	__u64 passed_action;        /* action PASS / WORKER: handed to the kernel stack */
+	__u64 passed_fib_miss;      /* bpf_fib_lookup found no route / no neighbour: passed */
+	__u64 passed_fwd_disabled;  /* forwarding sysctl off on the ingress interface: passed */
+	__u64 passed_mtu;           /* rewritten packet would exceed the egress MTU: passed */
+	__u64 passed_egress;        /* egress interface not one sluice is attached to: passed */
+	__u64 passed_ttl;           /* TTL / hop limit <= 1: passed */
+	__u64 passed_unusual;       /* fragment, IP options, bad lengths, zero IPv6 UDP checksum,
+				       address family mismatch: passed */
+};
+
+#endif /* SLUICE_MAPS_H */

@@ -1,0 +1,358 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * sluice XDP fast path: forwards pinned RTP/RTCP flows without reaching userspace.
+ *
+ * For every IPv4/IPv6 UDP packet the program looks up (destination address, destination port)
+ * in sluice_flows. A miss, and anything it does not understand, is XDP_PASS untouched: the
+ * kernel stack delivers it to the userspace relay, which is always able to handle it.
+ * A FORWARD hit:
+ *   1. strict source check (drop + count on mismatch),
+ *   2. anything unusual (fragments, IP options, inconsistent lengths, zero IPv6 UDP checksum,
+ *      TTL/hop limit <= 1) -> XDP_PASS + count,
+ *   3. bpf_fib_lookup() of the rewritten addresses -> egress ifindex and MACs; any failure ->
+ *      XDP_PASS + count (the packet is still untouched at this point),
+ *   4. egress must be an interface sluice is attached to (sluice_egress), else XDP_PASS + count,
+ *   5. rewrite MACs, IP src/dst, UDP ports, TTL/hop limit - 1, incremental checksums
+ *      (RFC 1624), count, then XDP_TX (egress == ingress) or bpf_redirect().
+ *
+ * Build: clang-19 -target bpf -O2 -g -c sluice_xdp.c (relay/build.rs does this).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "sluice_maps.h"
+
+/* Not available to BPF programs from <sys/socket.h>. */
+#define SLUICE_AF_INET 2
+#define SLUICE_AF_INET6 10
+
+#define SLUICE_IP_MF 0x2000
+#define SLUICE_IP_OFFSET 0x1fff
+#define SLUICE_IPV6_FLOWINFO_MASK bpf_htonl(0x0FFFFFFF)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_MAX_FLOWS);
+	__type(key, struct sluice_flow_key);
+	__type(value, struct sluice_flow_value);
+} sluice_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SLUICE_MAX_FLOWS);
+	__type(key, __u32);
+	__type(value, struct sluice_flow_counters);
+} sluice_counters SEC(".maps");
+
+/* ifindex -> 1 for every interface the program is attached to (written by the loader). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_MAX_EGRESS);
+	__type(key, __u32);
+	__type(value, __u32);
+} sluice_egress SEC(".maps");
+
+/* --- checksums (RFC 1624: HC' = ~(~HC + ~m + m')), on 16-bit words as stored in memory --- */
+
+static __always_inline __u32 csum_replace16(__u32 sum, __u16 old, __u16 new)
+{
+	return sum + (__u16)~old + new;
+}
+
+static __always_inline __u32 csum_replace32(__u32 sum, __u32 old, __u32 new)
+{
+	sum = csum_replace16(sum, (__u16)old, (__u16)new);
+	return csum_replace16(sum, (__u16)(old >> 16), (__u16)(new >> 16));
+}
+
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+/* --- counters --- */
+
+static __always_inline struct sluice_flow_counters *counters(const struct sluice_flow_value *v)
+{
+	__u32 id = v->flow_id;
+	return bpf_map_lookup_elem(&sluice_counters, &id);
+}
+
+#define COUNT(v, field)                                            \
+	do {                                                       \
+		struct sluice_flow_counters *c_ = counters(v);     \
+		if (c_)                                            \
+			c_->field += 1;                            \
+	} while (0)
+
+static __always_inline int pass_fib(const struct sluice_flow_value *v, int rc)
+{
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_FWD_DISABLED:
+		COUNT(v, passed_fwd_disabled);
+		break;
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+		COUNT(v, passed_mtu);
+		break;
+	default:
+		COUNT(v, passed_fib_miss);
+		break;
+	}
+	return XDP_PASS;
+}
+
+/*
+ * Checks common to both families before anything is written. Returns -1 to continue with the
+ * rewrite, or the XDP verdict to return.
+ */
+static __always_inline int check_action(const struct sluice_flow_value *v)
+{
+	if (v->action == SLUICE_ACTION_FORWARD)
+		return -1;
+	if (v->action == SLUICE_ACTION_DROP) {
+		COUNT(v, dropped_action);
+		return XDP_DROP;
+	}
+	/* PASS, WORKER (AF_XDP not implemented yet) and unknown actions. */
+	COUNT(v, passed_action);
+	return XDP_PASS;
+}
+
+static __always_inline int finish(struct xdp_md *ctx, const struct sluice_flow_value *v,
+				  struct ethhdr *eth, const struct bpf_fib_lookup *fib,
+				  __u16 payload_len)
+{
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+
+	struct sluice_flow_counters *c = counters(v);
+	if (c) {
+		c->packets += 1;
+		c->bytes += payload_len;
+		c->last_seen_ns = bpf_ktime_get_ns();
+	}
+	if (fib->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fib->ifindex, 0);
+}
+
+static __always_inline int egress_allowed(__u32 ifindex)
+{
+	return bpf_map_lookup_elem(&sluice_egress, &ifindex) != 0;
+}
+
+static __always_inline int handle_v4(struct xdp_md *ctx, struct ethhdr *eth, void *data_end)
+{
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return XDP_PASS;
+	if (ip->version != 4 || ip->protocol != IPPROTO_UDP)
+		return XDP_PASS;
+	__u32 ihl = ip->ihl;
+	if (ihl < 5)
+		return XDP_PASS;
+	/* Non-first fragments carry no UDP header. */
+	if (ip->frag_off & bpf_htons(SLUICE_IP_OFFSET))
+		return XDP_PASS;
+	struct udphdr *udp = (void *)ip + ihl * 4;
+	if ((void *)(udp + 1) > data_end)
+		return XDP_PASS;
+
+	struct sluice_flow_key key = {
+		.family = SLUICE_FAMILY_V4,
+		.pad = 0,
+		.port = udp->dest,
+		.addr = { ip->daddr, 0, 0, 0 },
+	};
+	struct sluice_flow_value *v = bpf_map_lookup_elem(&sluice_flows, &key);
+	if (!v)
+		return XDP_PASS;
+	int verdict = check_action(v);
+	if (verdict >= 0)
+		return verdict;
+
+	if ((v->flags & SLUICE_FLAG_STRICT_SOURCE) &&
+	    (ip->saddr != v->expect_addr[0] || udp->source != v->expect_port)) {
+		COUNT(v, dropped_wrong_source);
+		return XDP_DROP;
+	}
+
+	__u16 tot_len = bpf_ntohs(ip->tot_len);
+	__u16 udp_len = bpf_ntohs(udp->len);
+	if (ihl != 5 || (ip->frag_off & bpf_htons(SLUICE_IP_MF)) || udp_len < sizeof(*udp) ||
+	    tot_len != 20 + udp_len || (void *)ip + tot_len > data_end ||
+	    v->family != SLUICE_FAMILY_V4) {
+		COUNT(v, passed_unusual);
+		return XDP_PASS;
+	}
+	if (ip->ttl <= 1) {
+		COUNT(v, passed_ttl);
+		return XDP_PASS;
+	}
+
+	struct bpf_fib_lookup fib = {};
+	fib.family = SLUICE_AF_INET;
+	fib.tos = ip->tos;
+	fib.l4_protocol = IPPROTO_UDP;
+	fib.sport = v->new_src_port;
+	fib.dport = v->new_dst_port;
+	fib.tot_len = tot_len;
+	fib.ipv4_src = v->new_src_addr[0];
+	fib.ipv4_dst = v->new_dst_addr[0];
+	fib.ifindex = ctx->ingress_ifindex;
+	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return pass_fib(v, rc);
+	if (!egress_allowed(fib.ifindex)) {
+		COUNT(v, passed_egress);
+		return XDP_PASS;
+	}
+
+	/* Rewrite. IPv4 header checksum: addresses and the TTL/protocol word. */
+	__u32 new_saddr = v->new_src_addr[0];
+	__u32 new_daddr = v->new_dst_addr[0];
+	__u16 *ttl_word = (__u16 *)&ip->ttl;
+	__u16 old_ttl_word = *ttl_word;
+	ip->ttl -= 1;
+	__u32 sum = (__u16)~ip->check;
+	sum = csum_replace32(sum, ip->saddr, new_saddr);
+	sum = csum_replace32(sum, ip->daddr, new_daddr);
+	sum = csum_replace16(sum, old_ttl_word, *ttl_word);
+	ip->check = ~csum_fold(sum);
+
+	/* UDP checksum: pseudo-header addresses and ports. Zero means "none" for IPv4 and stays. */
+	if (udp->check) {
+		__u32 usum = (__u16)~udp->check;
+		usum = csum_replace32(usum, ip->saddr, new_saddr);
+		usum = csum_replace32(usum, ip->daddr, new_daddr);
+		usum = csum_replace16(usum, udp->source, v->new_src_port);
+		usum = csum_replace16(usum, udp->dest, v->new_dst_port);
+		__u16 check = ~csum_fold(usum);
+		udp->check = check ? check : 0xffff; /* RFC 768: computed 0 is sent as all ones */
+	}
+	ip->saddr = new_saddr;
+	ip->daddr = new_daddr;
+	udp->source = v->new_src_port;
+	udp->dest = v->new_dst_port;
+
+	return finish(ctx, v, eth, &fib, udp_len - sizeof(*udp));
+}
+
+static __always_inline int handle_v6(struct xdp_md *ctx, struct ethhdr *eth, void *data_end)
+{
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	if ((void *)(ip6 + 1) > data_end)
+		return XDP_PASS;
+	/* Extension headers (fragments included) are left to the kernel. */
+	if (ip6->version != 6 || ip6->nexthdr != IPPROTO_UDP)
+		return XDP_PASS;
+	struct udphdr *udp = (void *)(ip6 + 1);
+	if ((void *)(udp + 1) > data_end)
+		return XDP_PASS;
+
+	struct sluice_flow_key key = {
+		.family = SLUICE_FAMILY_V6,
+		.pad = 0,
+		.port = udp->dest,
+		.addr = { ip6->daddr.in6_u.u6_addr32[0], ip6->daddr.in6_u.u6_addr32[1],
+			  ip6->daddr.in6_u.u6_addr32[2], ip6->daddr.in6_u.u6_addr32[3] },
+	};
+	struct sluice_flow_value *v = bpf_map_lookup_elem(&sluice_flows, &key);
+	if (!v)
+		return XDP_PASS;
+	int verdict = check_action(v);
+	if (verdict >= 0)
+		return verdict;
+
+	if (v->flags & SLUICE_FLAG_STRICT_SOURCE) {
+		__u32 diff = udp->source ^ v->expect_port;
+#pragma unroll
+		for (int i = 0; i < 4; i++)
+			diff |= ip6->saddr.in6_u.u6_addr32[i] ^ v->expect_addr[i];
+		if (diff) {
+			COUNT(v, dropped_wrong_source);
+			return XDP_DROP;
+		}
+	}
+
+	__u16 payload_len = bpf_ntohs(ip6->payload_len);
+	__u16 udp_len = bpf_ntohs(udp->len);
+	if (udp_len < sizeof(*udp) || payload_len != udp_len ||
+	    (void *)(ip6 + 1) + payload_len > data_end || udp->check == 0 ||
+	    v->family != SLUICE_FAMILY_V6) {
+		COUNT(v, passed_unusual);
+		return XDP_PASS;
+	}
+	if (ip6->hop_limit <= 1) {
+		COUNT(v, passed_ttl);
+		return XDP_PASS;
+	}
+
+	struct bpf_fib_lookup fib = {};
+	fib.family = SLUICE_AF_INET6;
+	fib.flowinfo = *(__be32 *)ip6 & SLUICE_IPV6_FLOWINFO_MASK;
+	fib.l4_protocol = IPPROTO_UDP;
+	fib.sport = v->new_src_port;
+	fib.dport = v->new_dst_port;
+	fib.tot_len = sizeof(*ip6) + payload_len;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		fib.ipv6_src[i] = v->new_src_addr[i];
+		fib.ipv6_dst[i] = v->new_dst_addr[i];
+	}
+	fib.ifindex = ctx->ingress_ifindex;
+	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return pass_fib(v, rc);
+	if (!egress_allowed(fib.ifindex)) {
+		COUNT(v, passed_egress);
+		return XDP_PASS;
+	}
+
+	/* No IPv6 header checksum; the UDP checksum covers the pseudo-header and is mandatory. */
+	__u32 usum = (__u16)~udp->check;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		usum = csum_replace32(usum, ip6->saddr.in6_u.u6_addr32[i], v->new_src_addr[i]);
+		usum = csum_replace32(usum, ip6->daddr.in6_u.u6_addr32[i], v->new_dst_addr[i]);
+		ip6->saddr.in6_u.u6_addr32[i] = v->new_src_addr[i];
+		ip6->daddr.in6_u.u6_addr32[i] = v->new_dst_addr[i];
+	}
+	usum = csum_replace16(usum, udp->source, v->new_src_port);
+	usum = csum_replace16(usum, udp->dest, v->new_dst_port);
+	__u16 check = ~csum_fold(usum);
+	udp->check = check ? check : 0xffff;
+	udp->source = v->new_src_port;
+	udp->dest = v->new_dst_port;
+	ip6->hop_limit -= 1;
+
+	return finish(ctx, v, eth, &fib, udp_len - sizeof(*udp));
+}
+
+SEC("xdp")
+int sluice_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	/* VLAN-tagged and every other ethertype: the kernel's business. */
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return handle_v4(ctx, eth, data_end);
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return handle_v6(ctx, eth, data_end);
+	return XDP_PASS;
+}
+
+/* bpf_fib_lookup() is a GPL-only helper. */
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,731 @@
+//! The kernel fast path: loads the XDP program (ebpf/sluice_xdp.c, compiled by build.rs and
+//! embedded in the binary), attaches it to interfaces and manages its flow map.
+//!
+//! A flow is keyed by the local relay socket a packet is addressed to ([`FlowKey`]); its value
+//! ([`FlowValue`]) says forward (rewrite source to the relay's socket on the other leg and
+//! destination to the peer), pass to userspace, or drop. Counters ([`FlowCounters`]) live in a
+//! per-CPU array indexed by the value's flow id and are summed here.
+//!
+//! Lifecycle and state: nothing is pinned. Programs are attached through BPF links owned by
+//! this process, so a crash detaches them and frees the maps with them: a restart always
+//! starts from empty maps. A sluice program left attached the legacy (netlink) way, e.g. by
+//! `ip link set dev IFACE xdp obj ...` or by aya's netlink fallback on old kernels, is detached
+//! and replaced by [`XdpPath::attach`]; any other XDP program on the interface is an error.
+//!
+//! Requirements the operator must meet (see ebpf/README.md): root (CAP_BPF + CAP_NET_ADMIN),
+//! forwarding enabled on the attached interfaces (`net.ipv4.conf.IFACE.forwarding=1`,
+//! `net.ipv6.conf.IFACE.forwarding=1`: `bpf_fib_lookup` refuses otherwise and every packet
+//! goes up to userspace, counted as `passed_fwd_disabled`), and for veth egress an XDP
+//! program or GRO on the peer.
+//!
+//! Threads: attach inside the network namespace of the interfaces (the calling thread's).
+//! Map operations work from any thread afterwards.
+
+mod abi;
+mod netlink;
+mod table;
+
+use std::io;
+use std::net::SocketAddr;
+
+pub use abi::{FlowAction, FlowCounters, FlowKey, FlowValue, MAX_EGRESS, MAX_FLOWS};
+use table::{FlowMaps, FlowTable};
+
+/// Name of the program (and its section function) in ebpf/sluice_xdp.c; how a stale sluice
+/// program is recognised on an interface.
+pub const PROGRAM_NAME: &str = "sluice_xdp";
+const MAP_FLOWS: &str = "sluice_flows";
+const MAP_COUNTERS: &str = "sluice_counters";
+const MAP_EGRESS: &str = "sluice_egress";
+
+#[cfg(not(sluice_no_xdp))]
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp.o"));
+
+/// The compiled XDP object embedded at build time, or None when the build had no clang.
+/// (For tests and tools that need the ELF file itself, e.g. `ip link set ... xdp obj`.)
+pub fn program_object() -> Option<&'static [u8]> {
+    #[cfg(not(sluice_no_xdp))]
+    {
+        Some(OBJECT)
+    }
+    #[cfg(sluice_no_xdp)]
+    {
+        None
+    }
+}
+
+/// How the program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum XdpMode {
+    /// In the driver, before any skb exists (fast; needs driver support).
+    Native,
+    /// In the generic network stack (works on every interface; slower).
+    Generic,
+}
+
+impl XdpMode {
+    fn aya(self) -> aya::programs::XdpMode {
+        match self {
+            XdpMode::Native => aya::programs::XdpMode::Driver,
+            XdpMode::Generic => aya::programs::XdpMode::Skb,
+        }
+    }
+}
+
+/// What went wrong in the XDP path, and what the operator can do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum XdpError {
+    #[error(
+        "this sluice was built without the XDP program (clang was missing at build time): \
+         apt-get install clang-19 libbpf-dev and rebuild, or run with --xdp off"
+    )]
+    NotBuilt,
+    #[error(
+        "not permitted to {what}: run sluice as root (or with CAP_BPF, CAP_NET_ADMIN and \
+         CAP_PERFMON), or run with --xdp off"
+    )]
+    PermissionDenied {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no interfaces given to attach the XDP program to: pass --xdp-iface IFACE")]
+    NoInterfaces,
+    #[error("too many interfaces ({count}); the XDP program supports at most {max}")]
+    TooManyInterfaces { count: usize, max: u32 },
+    #[error("network interface {iface:?} not found (in this network namespace): check --xdp-iface")]
+    InterfaceNotFound { iface: String },
+    #[error(
+        "the driver of {iface} does not support native XDP: use --xdp generic (or auto), \
+         or run with --xdp off"
+    )]
+    NativeUnsupported {
+        iface: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "another XDP program ({name:?}, id {prog_id}) is attached to {iface}: sluice will not \
+         replace it; detach it (`ip link set dev {iface} xdp off`) or leave {iface} out of \
+         --xdp-iface"
+    )]
+    OtherProgramAttached {
+        iface: String,
+        prog_id: u32,
+        name: String,
+    },
+    #[error(
+        "a sluice XDP program (id {prog_id}) on {iface} is held by a live BPF link: another \
+         sluice instance is running on this interface; stop it first"
+    )]
+    InUse { iface: String, prog_id: u32 },
+    #[error("loading the XDP program failed: {detail}")]
+    Load { detail: String },
+    #[error("the kernel verifier rejected the XDP program (a bug in ebpf/sluice_xdp.c): {log}")]
+    Verifier { log: String },
+    #[error("attaching the XDP program to {iface} failed: {source}")]
+    Attach {
+        iface: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the XDP flow map is full ({max} flows): this flow stays on the userspace path; \
+         configure a larger XDP flow capacity to kernelize more"
+    )]
+    MapFull { max: u32 },
+    #[error("flow id {flow_id} is out of range (must be < {max})")]
+    FlowIdOutOfRange { flow_id: u32, max: u32 },
+    #[error(
+        "flow for {key}: the rewrite/source addresses are not all of the key's address family \
+         (the kernel path does not translate IPv4 <-> IPv6; keep this flow in userspace)"
+    )]
+    FamilyMismatch { key: SocketAddr },
+    #[error("invalid flow for {key}: {reason}")]
+    InvalidFlow {
+        key: SocketAddr,
+        reason: &'static str,
+    },
+    #[error("invalid XDP flow capacity {requested}: must be between 1 and {max}")]
+    InvalidCapacity { requested: u32, max: u32 },
+    #[error("BPF map {op} failed: {source}")]
+    Map {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("querying or detaching XDP programs on {iface} over netlink failed: {source}")]
+    Netlink {
+        iface: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl XdpError {
+    /// True when retrying in generic mode may work.
+    pub fn is_native_unsupported(&self) -> bool {
+        matches!(self, XdpError::NativeUnsupported { .. })
+    }
+}
+
+fn is_eperm(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+fn map_syscall_io(e: aya::maps::MapError) -> io::Error {
+    match e {
+        aya::maps::MapError::SyscallError(s) => s.io_error,
+        aya::maps::MapError::KeyNotFound => io::Error::from_raw_os_error(libc::ENOENT),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// The real maps, through aya.
+struct AyaMaps {
+    flows: aya::maps::HashMap<aya::maps::MapData, FlowKey, FlowValue>,
+    counters: aya::maps::PerCpuArray<aya::maps::MapData, FlowCounters>,
+    cpus: usize,
+}
+
+impl FlowMaps for AyaMaps {
+    fn insert(&mut self, key: &FlowKey, value: &FlowValue) -> io::Result<()> {
+        self.flows.insert(key, value, 0).map_err(map_syscall_io)
+    }
+
+    fn remove(&mut self, key: &FlowKey) -> io::Result<bool> {
+        match self.flows.remove(key).map_err(map_syscall_io) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn get(&self, key: &FlowKey) -> io::Result<Option<FlowValue>> {
+        match self.flows.get(key, 0).map_err(map_syscall_io) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn keys(&self) -> io::Result<Vec<FlowKey>> {
+        self.flows
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_syscall_io)
+    }
+
+    fn counters(&self, flow_id: u32) -> io::Result<Vec<FlowCounters>> {
+        let values = self.counters.get(&flow_id, 0).map_err(map_syscall_io)?;
+        Ok(values.iter().copied().collect())
+    }
+
+    fn zero_counters(&mut self, flow_id: u32) -> io::Result<()> {
+        let zeros = aya::maps::PerCpuValues::try_from(vec![FlowCounters::default(); self.cpus])
+            .map_err(io::Error::other)?;
+        self.counters.set(flow_id, zeros, 0).map_err(map_syscall_io)
+    }
+}
+
+/// The loaded program, attached to a set of interfaces, with its flow table.
+/// Dropping it detaches the program everywhere and frees the maps.
+pub struct XdpPath {
+    // Field order matters for Drop: the table's map fds go before the program.
+    table: FlowTable<AyaMaps>,
+    _egress: aya::maps::HashMap<aya::maps::MapData, u32, u32>,
+    links: Vec<(String, aya::programs::xdp::XdpLinkId)>,
+    ebpf: aya::Ebpf,
+    mode: XdpMode,
+    max_flows: u32,
+}
+
+impl std::fmt::Debug for XdpPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpPath")
+            .field("ifaces", &self.interfaces())
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+fn ifindex(iface: &str) -> Result<u32, XdpError> {
+    let not_found = || XdpError::InterfaceNotFound {
+        iface: iface.to_string(),
+    };
+    let c = std::ffi::CString::new(iface).map_err(|_| not_found())?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(not_found());
+    }
+    Ok(idx)
+}
+
+fn program_name(prog_id: u32) -> Option<String> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == prog_id)
+        .map(|p| String::from_utf8_lossy(p.name()).into_owned())
+}
+
+/// Detaches a sluice program left on `iface` by an earlier run; refuses to touch others.
+fn replace_stale(iface: &str, index: u32) -> Result<(), XdpError> {
+    let nl_err = |source| XdpError::Netlink {
+        iface: iface.to_string(),
+        source,
+    };
+    let attached = netlink::query(index).map_err(nl_err)?;
+    for a in attached {
+        let name = program_name(a.prog_id).unwrap_or_default();
+        if name != PROGRAM_NAME {
+            return Err(XdpError::OtherProgramAttached {
+                iface: iface.to_string(),
+                prog_id: a.prog_id,
+                name,
+            });
+        }
+        match netlink::detach(index, a.mode_flags) {
+            Ok(()) => tracing::warn!(
+                iface,
+                prog_id = a.prog_id,
+                "replaced a stale sluice XDP program left attached by an earlier run"
+            ),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                return Err(XdpError::InUse {
+                    iface: iface.to_string(),
+                    prog_id: a.prog_id,
+                });
+            }
+            Err(e) if is_eperm(&e) => {
+                return Err(XdpError::PermissionDenied {
+                    what: "detach a stale XDP program",
+                    source: e,
+                });
+            }
+            Err(e) => return Err(nl_err(e)),
+        }
+    }
+    Ok(())
+}
+
+fn forwarding_enabled(iface: &str) -> (bool, bool) {
+    let read = |path: String| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim() != "0")
+            .unwrap_or(false)
+    };
+    (
+        read(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding")),
+        read(format!("/proc/sys/net/ipv6/conf/{iface}/forwarding")),
+    )
+}
+
+fn load_error(e: aya::EbpfError) -> XdpError {
+    if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. }) = &e
+        && is_eperm(io_error)
+    {
+        let source = io::Error::from_raw_os_error(io_error.raw_os_error().unwrap_or(libc::EPERM));
+        return XdpError::PermissionDenied {
+            what: "create BPF maps",
+            source,
+        };
+    }
+    XdpError::Load {
+        detail: e.to_string(),
+    }
+}
+
+fn attach_error(iface: &str, mode: XdpMode, e: aya::programs::ProgramError) -> XdpError {
+    use aya::programs::ProgramError;
+    let io = match e {
+        ProgramError::SyscallError(s) => s.io_error,
+        ProgramError::UnknownInterface { .. } => {
+            return XdpError::InterfaceNotFound {
+                iface: iface.to_string(),
+            };
+        }
+        other => io::Error::other(other.to_string()),
+    };
+    match io.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => XdpError::PermissionDenied {
+            what: "attach XDP programs",
+            source: io,
+        },
+        Some(libc::EOPNOTSUPP) if mode == XdpMode::Native => XdpError::NativeUnsupported {
+            iface: iface.to_string(),
+            source: io,
+        },
+        _ => XdpError::Attach {
+            iface: iface.to_string(),
+            source: io,
+        },
+    }
+}
+
+impl XdpPath {
+    /// Loads the program and attaches it to every interface in `ifaces` (names in the calling
+    /// thread's network namespace), with room for [`MAX_FLOWS`] flows. All or nothing: if one
+    /// attach fails, the program is detached from the others and the error says why.
+    pub fn attach(ifaces: &[&str], mode: XdpMode) -> Result<XdpPath, XdpError> {
+        Self::attach_with_capacity(ifaces, mode, MAX_FLOWS)
+    }
+
+    /// [`XdpPath::attach`] with room for `max_flows` flows (flow map entries, and flow ids
+    /// `0..max_flows`). Memory: the preallocated flow map takes roughly 150 bytes per flow and
+    /// the per-CPU counters `96 * max_flows * possible CPUs` bytes (6 MiB per CPU at 65536).
+    pub fn attach_with_capacity(
+        ifaces: &[&str],
+        mode: XdpMode,
+        max_flows: u32,
+    ) -> Result<XdpPath, XdpError> {
+        let object = program_object().ok_or(XdpError::NotBuilt)?;
+        const CAPACITY_LIMIT: u32 = 1 << 24;
+        if max_flows == 0 || max_flows > CAPACITY_LIMIT {
+            return Err(XdpError::InvalidCapacity {
+                requested: max_flows,
+                max: CAPACITY_LIMIT,
+            });
+        }
+        if ifaces.is_empty() {
+            return Err(XdpError::NoInterfaces);
+        }
+        if ifaces.len() > MAX_EGRESS as usize {
+            return Err(XdpError::TooManyInterfaces {
+                count: ifaces.len(),
+                max: MAX_EGRESS,
+            });
+        }
+        let indexes = ifaces
+            .iter()
+            .map(|i| ifindex(i))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut ebpf = aya::EbpfLoader::new()
+            .map_max_entries(MAP_FLOWS, max_flows)
+            .map_max_entries(MAP_COUNTERS, max_flows)
+            .load(object)
+            .map_err(load_error)?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| XdpError::Load {
+            detail: format!("{what}: {e}"),
+        })?;
+        let take = |ebpf: &mut aya::Ebpf, name: &str| {
+            ebpf.take_map(name).ok_or_else(|| XdpError::Load {
+                detail: format!("map {name} missing from the object"),
+            })
+        };
+        let flows = aya::maps::HashMap::try_from(take(&mut ebpf, MAP_FLOWS)?).map_err(|e| {
+            XdpError::Load {
+                detail: format!("{MAP_FLOWS}: {e}"),
+            }
+        })?;
+        let counters =
+            aya::maps::PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?).map_err(|e| {
+                XdpError::Load {
+                    detail: format!("{MAP_COUNTERS}: {e}"),
+                }
+            })?;
+        let mut egress: aya::maps::HashMap<_, u32, u32> =
+            aya::maps::HashMap::try_from(take(&mut ebpf, MAP_EGRESS)?).map_err(|e| {
+                XdpError::Load {
+                    detail: format!("{MAP_EGRESS}: {e}"),
+                }
+            })?;
+
+        let program: &mut aya::programs::Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| XdpError::Load {
+                detail: format!("program {PROGRAM_NAME} missing from the object"),
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| XdpError::Load {
+                detail: e.to_string(),
+            })?;
+        program.load().map_err(|e| match e {
+            aya::programs::ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => {
+                if io_error.raw_os_error() == Some(libc::EPERM) {
+                    XdpError::PermissionDenied {
+                        what: "load BPF programs",
+                        source: io_error,
+                    }
+                } else {
+                    XdpError::Verifier {
+                        log: format!("{io_error}: {verifier_log}"),
+                    }
+                }
+            }
+            other => XdpError::Load {
+                detail: other.to_string(),
+            },
+        })?;
+
+        let mut links = Vec::with_capacity(ifaces.len());
+        let result = (|| {
+            for (iface, &index) in ifaces.iter().zip(&indexes) {
+                replace_stale(iface, index)?;
+                egress.insert(index, 1, 0).map_err(|e| XdpError::Map {
+                    op: "insert egress interface",
+                    source: map_syscall_io(e),
+                })?;
+                let id = program
+                    .attach_to_if_index(index, mode.aya())
+                    .map_err(|e| attach_error(iface, mode, e))?;
+                links.push((iface.to_string(), id));
+                let (v4, v6) = forwarding_enabled(iface);
+                if !v4 || !v6 {
+                    tracing::warn!(
+                        iface,
+                        ipv4 = v4,
+                        ipv6 = v6,
+                        "forwarding is disabled on this interface: the XDP fast path passes \
+                         its packets to userspace (sysctl net.ipv4.conf.IFACE.forwarding=1 and \
+                         net.ipv6.conf.IFACE.forwarding=1 to enable it)"
+                    );
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for (_, id) in links.drain(..) {
+                let _ = program.detach(id);
+            }
+            return Err(e);
+        }
+        tracing::info!(?ifaces, ?mode, "XDP fast path attached");
+
+        Ok(XdpPath {
+            table: FlowTable::new(
+                AyaMaps {
+                    flows,
+                    counters,
+                    cpus,
+                },
+                max_flows,
+            ),
+            _egress: egress,
+            links,
+            ebpf,
+            mode,
+            max_flows,
+        })
+    }
+
+    /// The interfaces the program is attached to.
+    pub fn interfaces(&self) -> Vec<&str> {
+        self.links.iter().map(|(i, _)| i.as_str()).collect()
+    }
+
+    pub fn mode(&self) -> XdpMode {
+        self.mode
+    }
+
+    /// How many flows fit (flow ids are `0..capacity`).
+    pub fn capacity(&self) -> u32 {
+        self.max_flows
+    }
+
+    /// Installs or replaces the flow for `key`. Does not touch the flow id's counters (see
+    /// [`XdpPath::reset_counters`]).
+    pub fn insert(&mut self, key: FlowKey, value: FlowValue) -> Result<(), XdpError> {
+        self.table.insert(key, value)
+    }
+
+    /// Removes the flow for `key`; Ok(false) when there was none.
+    pub fn remove(&mut self, key: &FlowKey) -> Result<bool, XdpError> {
+        self.table.remove(key)
+    }
+
+    /// The installed value for `key`.
+    pub fn get(&self, key: &FlowKey) -> Result<Option<FlowValue>, XdpError> {
+        self.table.get(key)
+    }
+
+    /// Counters of `flow_id`, summed over CPUs.
+    pub fn counters(&self, flow_id: u32) -> Result<FlowCounters, XdpError> {
+        self.table.counters(flow_id)
+    }
+
+    /// Zeroes the counters of `flow_id` (do this when giving the id to a new flow).
+    pub fn reset_counters(&mut self, flow_id: u32) -> Result<(), XdpError> {
+        self.table.reset_counters(flow_id)
+    }
+
+    /// Number of entries in the flow map (walks the map: for stats and leak checks, not per
+    /// packet).
+    pub fn flow_count(&self) -> Result<usize, XdpError> {
+        self.table.flow_count()
+    }
+
+    /// Removes every flow; returns how many there were.
+    pub fn clear(&mut self) -> Result<usize, XdpError> {
+        self.table.clear()
+    }
+
+    /// Detaches the program from every interface, reporting the first failure (Drop does the
+    /// same silently).
+    pub fn detach(mut self) -> Result<(), XdpError> {
+        let mut first = None;
+        let links = std::mem::take(&mut self.links);
+        if let Some(program) = self.ebpf.program_mut(PROGRAM_NAME) {
+            let program: Result<&mut aya::programs::Xdp, _> = program.try_into();
+            if let Ok(program) = program {
+                for (iface, id) in links {
+                    if let Err(e) = program.detach(id) {
+                        first.get_or_insert(XdpError::Attach {
+                            iface,
+                            source: io::Error::other(format!("detach: {e}")),
+                        });
+                    }
+                }
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Layout of the Rust mirrors of ebpf/sluice_maps.h, as `(name, value)` pairs: `struct` for a
+/// size, `struct.field` for an offset, `struct.field.size` for a field size, and constants by
+/// their C name. The test `xdp_abi_layout` prints the same list from C and compares.
+#[doc(hidden)]
+pub fn abi_layout() -> Vec<(String, u64)> {
+    use abi::*;
+    use std::mem::{offset_of, size_of};
+    let mut out: Vec<(String, u64)> = Vec::new();
+    macro_rules! s {
+        ($cname:literal, $ty:ty, [$($field:ident),* $(,)?]) => {{
+            out.push(($cname.to_string(), size_of::<$ty>() as u64));
+            $(
+                out.push((
+                    format!("{}.{}", $cname, stringify!($field)),
+                    offset_of!($ty, $field) as u64,
+                ));
+                let probe: $ty = unsafe { std::mem::zeroed() };
+                out.push((
+                    format!("{}.{}.size", $cname, stringify!($field)),
+                    std::mem::size_of_val(&probe.$field) as u64,
+                ));
+            )*
+        }};
+    }
+    s!("sluice_flow_key", FlowKey, [family, pad, port, addr]);
+    s!(
+        "sluice_flow_value",
+        FlowValue,
+        [
+            action,
+            flags,
+            family,
+            pad0,
+            expect_port,
+            new_src_port,
+            new_dst_port,
+            pad1,
+            flow_id,
+            expect_addr,
+            new_src_addr,
+            new_dst_addr,
+        ]
+    );
+    s!(
+        "sluice_flow_counters",
+        FlowCounters,
+        [
+            packets,
+            bytes,
+            last_seen_ns,
+            dropped_wrong_source,
+            dropped_action,
+            passed_action,
+            passed_fib_miss,
+            passed_fwd_disabled,
+            passed_mtu,
+            passed_egress,
+            passed_ttl,
+            passed_unusual,
+        ]
+    );
+    for (name, v) in [
+        ("SLUICE_MAX_FLOWS", MAX_FLOWS as u64),
+        ("SLUICE_MAX_EGRESS", MAX_EGRESS as u64),
+        ("SLUICE_FAMILY_V4", FAMILY_V4 as u64),
+        ("SLUICE_FAMILY_V6", FAMILY_V6 as u64),
+        ("SLUICE_ACTION_PASS", ACTION_PASS as u64),
+        ("SLUICE_ACTION_FORWARD", ACTION_FORWARD as u64),
+        ("SLUICE_ACTION_WORKER", ACTION_WORKER as u64),
+        ("SLUICE_ACTION_DROP", ACTION_DROP as u64),
+        ("SLUICE_FLAG_STRICT_SOURCE", FLAG_STRICT_SOURCE as u64),
+    ] {
+        out.push((name.to_string(), v));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_without_the_program_says_how_to_fix_it() {
+        if program_object().is_some() {
+            // Built with clang: the netns tests cover attach.
+            return;
+        }
+        let err = XdpPath::attach(&["lo"], XdpMode::Native).unwrap_err();
+        assert!(matches!(err, XdpError::NotBuilt), "{err}");
+        assert!(
+            err.to_string()
+                .contains("apt-get install clang-19 libbpf-dev")
+        );
+    }
+
+    #[test]
+    fn unprivileged_attach_says_run_as_root() {
+        // SAFETY: geteuid has no preconditions.
+        if program_object().is_none() || unsafe { libc::geteuid() } == 0 {
+            return; // root: the netns tests cover attach
+        }
+        let err = XdpPath::attach(&["lo"], XdpMode::Generic).unwrap_err();
+        assert!(matches!(err, XdpError::PermissionDenied { .. }), "{err}");
+        assert!(err.to_string().contains("root"), "{err}");
+    }
+
+    #[test]
+    fn errors_tell_the_operator_what_to_do() {
+        let e = XdpError::NativeUnsupported {
+            iface: "eth0".into(),
+            source: io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+        };
+        assert!(e.is_native_unsupported());
+        assert!(e.to_string().contains("--xdp generic"), "{e}");
+        let e = XdpError::PermissionDenied {
+            what: "load BPF programs",
+            source: io::Error::from_raw_os_error(libc::EPERM),
+        };
+        assert!(e.to_string().contains("root"), "{e}");
+        let e = attach_error(
+            "eth0",
+            XdpMode::Native,
+            aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_link_create",
+                io_error: io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            }),
+        );
+        assert!(e.is_native_unsupported(), "{e}");
+        let e = attach_error(
+            "eth0",
+            XdpMode::Generic,
+            aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_link_create",
+                io_error: io::Error::from_raw_os_error(libc::EPERM),
+            }),
+        );
+        assert!(matches!(e, XdpError::PermissionDenied { .. }), "{e}");
+    }
+}

@@ -1,0 +1,1013 @@
+//! `cargo xtask bench forward`: plain RTP forwarding through sluice, rtpengine and a baseline
+//! relay, side by side in one run, under the same load generator.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+
+use crate::child::{Lines, Proc};
+use crate::loadgen::{self, LatencyReport, LoadReport, Reply};
+use crate::proc_cpu::process_cpu_ns;
+use crate::relays::{Baseline, Relay, Rtpengine, Sluice};
+
+/// A step passes while loss stays under this.
+const LOSS_LIMIT: f64 = 0.01;
+/// A step where the generator sent less than this share of the offered rate says nothing about
+/// the relay: the ladder stops there and the table says the harness was the limit.
+const MIN_SEND_SHARE: f64 = 0.95;
+/// Runs of one step at most: a failed step is confirmed once, a generator shortfall retried.
+const STEP_TRIES: u32 = 3;
+/// Past 200k so that the baseline (about 1 us per packet here) finds its limit too; the
+/// generator reaches about 400k on this machine kind.
+const DEFAULT_RATES: &[u32] = &[
+    10_000, 20_000, 40_000, 60_000, 80_000, 120_000, 160_000, 200_000, 300_000, 400_000,
+];
+const QUICK_RATES: &[u32] = &[10_000, 20_000, 40_000];
+/// Relay port ranges: distinct per relay, below the kernel's ephemeral range (32768-60999)
+/// where the generator's own sockets live.
+const RTPENGINE_PORTS: (u16, u16) = (20_000, 23_999);
+const SLUICE_PORTS: (u16, u16) = (24_000, 27_999);
+/// Warm-up before measuring: lets relays latch and proves every call forwards.
+const WARMUP_RATE: u32 = 5_000;
+const WARMUP_SECS: f64 = 0.5;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RelayKind {
+    Sluice,
+    Rtpengine,
+    Baseline,
+}
+
+impl RelayKind {
+    fn name(self) -> &'static str {
+        match self {
+            RelayKind::Sluice => "sluice",
+            RelayKind::Rtpengine => "rtpengine",
+            RelayKind::Baseline => "baseline",
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ForwardArgs {
+    /// Relays to measure, in this order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sluice,rtpengine,baseline"
+    )]
+    relays: Vec<RelayKind>,
+    /// Numbers of concurrent calls; the offered rate is shared equally among them
+    /// [default: 1,100; --quick: 1].
+    #[arg(long, value_delimiter = ',')]
+    calls: Option<Vec<u32>>,
+    /// Offered rates in packets/s, climbed until loss reaches 1%
+    /// [default: 10k,20k,40k,60k,80k,120k,160k,200k,300k,400k; --quick: 10k,20k,40k].
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<u32>>,
+    /// Seconds per rate step [default: 1.5; --quick: 0.8].
+    #[arg(long)]
+    step_secs: Option<f64>,
+    /// The moderate rate at which CPU per packet is compared (added to the ladder if missing).
+    #[arg(long, default_value_t = 20_000)]
+    cpu_rate: u32,
+    /// Latency probes per path (one in flight at a time, 1 ms apart) [default: 1000;
+    /// --quick: 200].
+    #[arg(long)]
+    latency_samples: Option<u32>,
+    /// Threads for rtpengine's media (--num-threads); 1 matches sluice's userspace path.
+    #[arg(long, default_value_t = 1)]
+    rtpengine_threads: u32,
+    /// Smoke test: 1 call, 10k/20k/40k pps, short steps, fewer latency probes (flags given
+    /// explicitly still win).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the report as Markdown to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip `cargo build --release`: run the load generator and baseline from this executable.
+    #[arg(long)]
+    no_build: bool,
+    /// The rtpengine executable (default: `rtpengine` on PATH).
+    #[arg(long)]
+    rtpengine: Option<PathBuf>,
+    /// The sluice executable (default: target/release/sluice).
+    #[arg(long)]
+    sluice: Option<PathBuf>,
+}
+
+struct Plan {
+    relays: Vec<RelayKind>,
+    calls: Vec<u32>,
+    rates: Vec<u32>,
+    step_secs: f64,
+    cpu_rate: u32,
+    latency_samples: u32,
+    rtpengine_threads: u32,
+}
+
+impl Plan {
+    fn new(a: &ForwardArgs) -> Result<Self> {
+        let (calls, rates, step_secs, latency_samples) = if a.quick {
+            (vec![1], QUICK_RATES.to_vec(), 0.8, 200)
+        } else {
+            (vec![1, 100], DEFAULT_RATES.to_vec(), 1.5, 1000)
+        };
+        let calls = a.calls.clone().unwrap_or(calls);
+        let rates = a.rates.clone().unwrap_or(rates);
+        let step_secs = a.step_secs.unwrap_or(step_secs);
+        let latency_samples = a.latency_samples.unwrap_or(latency_samples);
+        let mut rates = rates;
+        rates.push(a.cpu_rate);
+        rates.sort_unstable();
+        rates.dedup();
+        let mut relays = a.relays.clone();
+        relays.dedup();
+        if relays.is_empty() || calls.is_empty() {
+            bail!("nothing to measure: give at least one relay and one call count");
+        }
+        // rtpengine takes 4 ports per call (RTP and RTCP on both sides) from its range.
+        let max_calls = (RTPENGINE_PORTS.1 - RTPENGINE_PORTS.0 + 1) as u32 / 4;
+        if rates.first() == Some(&0) || calls.iter().any(|&c| c == 0 || c > max_calls) {
+            bail!("rates must be > 0 and call counts within 1..={max_calls}");
+        }
+        if !(0.2..=10.0).contains(&step_secs) || !(1..=20_000).contains(&latency_samples) {
+            bail!("--step-secs must be within 0.2..=10 and --latency-samples within 1..=20000");
+        }
+        if a.rtpengine_threads == 0 {
+            bail!("--rtpengine-threads must be at least 1");
+        }
+        Ok(Self {
+            relays,
+            calls,
+            rates,
+            step_secs,
+            cpu_rate: a.cpu_rate,
+            latency_samples,
+            rtpengine_threads: a.rtpengine_threads,
+        })
+    }
+
+    /// Upper bound of one relay-and-call-count run, for the generator's reply timeouts.
+    fn step_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.step_secs.max(WARMUP_SECS) + 10.0)
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn cargo_build(packages: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args(["build", "--release"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    eprintln!("[bench forward] {}", describe_cmd(&cmd));
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", describe_cmd(&cmd));
+    }
+    Ok(())
+}
+
+fn describe_cmd(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Results of one relay at one call count.
+#[derive(Default)]
+struct Run {
+    relay: &'static str,
+    calls: u32,
+    steps: Vec<Step>,
+    warmup: Option<LoadReport>,
+    direct: Option<LatencyReport>,
+    through: Option<LatencyReport>,
+    /// The ladder stopped because the generator could not send the offered rate.
+    harness_limited: Option<LoadReport>,
+    error: Option<String>,
+}
+
+struct Step {
+    report: LoadReport,
+    cpu_ns: u64,
+}
+
+impl Step {
+    fn passed(&self) -> bool {
+        self.report.loss() < LOSS_LIMIT && self.sent_in_full()
+    }
+
+    fn sent_in_full(&self) -> bool {
+        self.report.sent_pps() >= MIN_SEND_SHARE * self.report.rate as f64
+    }
+
+    fn cpu_per_packet(&self) -> Option<f64> {
+        (self.report.received > 0).then(|| self.cpu_ns as f64 / self.report.received as f64)
+    }
+}
+
+impl Run {
+    fn best(&self) -> Option<&Step> {
+        self.steps.iter().take_while(|s| s.passed()).last()
+    }
+
+    fn first_failure(&self) -> Option<&Step> {
+        self.steps.iter().find(|s| s.sent_in_full() && !s.passed())
+    }
+
+    fn at_rate(&self, rate: u32) -> Option<&Step> {
+        self.steps.iter().find(|s| s.report.rate == rate)
+    }
+
+    fn reports(&self) -> impl Iterator<Item = &LoadReport> {
+        self.warmup
+            .iter()
+            .chain(self.steps.iter().map(|s| &s.report))
+    }
+}
+
+/// The load generator process for one relay and call count.
+struct Generator {
+    /// Declared before `proc` so it closes first on drop: end of stdin ends the generator.
+    stdin: ChildStdin,
+    proc: Proc,
+    lines: Lines,
+    caller: SocketAddrV4,
+    callees: Vec<SocketAddrV4>,
+    timeout: Duration,
+}
+
+impl Generator {
+    fn spawn(exe: &Path, calls: u32, timeout: Duration) -> Result<Self> {
+        let mut cmd = Command::new(exe);
+        cmd.args(["loadgen", "--calls", &calls.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut proc = Proc::spawn("load generator", &mut cmd, None)?;
+        let child = proc.child_mut();
+        let stdin = child.stdin.take().context("load generator stdin")?;
+        let lines = Lines::new(
+            "load generator",
+            child.stdout.take().context("load generator stdout")?,
+        );
+        let mut g = Self {
+            stdin,
+            proc,
+            lines,
+            caller: SocketAddrV4::new([0, 0, 0, 0].into(), 0),
+            callees: Vec::new(),
+            timeout,
+        };
+        match g.read_reply(Duration::from_secs(10))? {
+            Reply::Ready { caller, callees } => {
+                g.caller = caller;
+                g.callees = callees;
+                Ok(g)
+            }
+            other => bail!("load generator started with {other:?}"),
+        }
+    }
+
+    fn read_reply(&mut self, timeout: Duration) -> Result<Reply> {
+        let line = match self.lines.next(timeout) {
+            Ok(line) => line,
+            Err(e) => {
+                self.proc.ensure_running()?;
+                return Err(e);
+            }
+        };
+        match serde_json::from_str(&line)
+            .with_context(|| format!("load generator said {line:?}"))?
+        {
+            Reply::Error { message } => bail!("load generator: {message}"),
+            r => Ok(r),
+        }
+    }
+
+    fn call(&mut self, cmd: &loadgen::Command, timeout: Duration) -> Result<Reply> {
+        writeln!(self.stdin, "{}", serde_json::to_string(cmd)?)
+            .and_then(|_| self.stdin.flush())
+            .context("writing to the load generator")?;
+        self.read_reply(timeout)
+    }
+
+    fn targets(&mut self, dests: Vec<SocketAddrV4>) -> Result<()> {
+        match self.call(&loadgen::Command::Targets { dests }, self.timeout)? {
+            Reply::Ok => Ok(()),
+            other => bail!("unexpected reply {other:?}"),
+        }
+    }
+
+    fn load(&mut self, rate: u32, secs: f64) -> Result<LoadReport> {
+        match self.call(&loadgen::Command::Load { rate, secs }, self.timeout)? {
+            Reply::Load(r) => Ok(r),
+            other => bail!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// (direct, through the relay).
+    fn latency(&mut self, samples: u32) -> Result<(LatencyReport, LatencyReport)> {
+        // Each probe takes at most the probe timeout (100 ms) plus the 1 ms gap, two per sample.
+        let timeout = self.timeout + Duration::from_millis(2 * 101) * samples;
+        match self.call(&loadgen::Command::Latency { samples }, timeout)? {
+            Reply::Latency { direct, relayed } => Ok((direct, relayed)),
+            other => bail!("unexpected reply {other:?}"),
+        }
+    }
+}
+
+pub fn run(args: ForwardArgs) -> Result<()> {
+    let plan = Plan::new(&args)?;
+    let logs = target_dir().join("bench-forward");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+
+    let mut sluice_build_error = None;
+    let exe = if args.no_build {
+        if cfg!(debug_assertions) {
+            eprintln!(
+                "[bench forward] warning: --no-build with a debug xtask: the load generator \
+                 and baseline run unoptimised and may limit the rates"
+            );
+        }
+        std::env::current_exe()?
+    } else {
+        cargo_build(&["xtask"])?;
+        if plan.relays.contains(&RelayKind::Sluice)
+            && let Err(e) = cargo_build(&["sluice-control"])
+        {
+            sluice_build_error = Some(e);
+        }
+        target_dir().join("release").join("xtask")
+    };
+    let sluice_exe = args
+        .sluice
+        .clone()
+        .unwrap_or_else(|| target_dir().join("release").join("sluice"));
+
+    let started = Instant::now();
+    let load_at_start = loadavg();
+    let jiffies_at_start = cpu_jiffies();
+    let mut runs: Vec<Run> = Vec::new();
+    let mut cmdlines: Vec<(&'static str, String)> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for &kind in &plan.relays {
+        let name = kind.name();
+        eprintln!("[bench forward] {name}: starting");
+        let log = logs.join(format!("{name}.log"));
+        let relay: Result<Box<dyn Relay>> = match kind {
+            RelayKind::Sluice => match sluice_build_error.take() {
+                Some(e) => Err(e),
+                None => Sluice::start(&sluice_exe, SLUICE_PORTS, &log).map(|r| Box::new(r) as _),
+            },
+            RelayKind::Rtpengine => Rtpengine::find(args.rtpengine.as_deref()).and_then(|exe| {
+                Rtpengine::start(&exe, RTPENGINE_PORTS, plan.rtpengine_threads, &log)
+                    .map(|r| Box::new(r) as _)
+            }),
+            RelayKind::Baseline => Ok(Box::new(Baseline::new(&exe, &log))),
+        };
+        let mut relay = match relay {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("[bench forward] {name}: failed to start: {e:#}");
+                runs.push(Run {
+                    relay: name,
+                    error: Some(format!("did not start: {e:#}")),
+                    ..Default::default()
+                });
+                continue;
+            }
+        };
+        cmdlines.push((name, relay.command_line()));
+        for &calls in &plan.calls {
+            let mut run = Run {
+                relay: name,
+                calls,
+                ..Default::default()
+            };
+            let result = measure(relay.as_mut(), &exe, &plan, &mut run);
+            let teardown = relay.teardown();
+            if let Err(e) = result.and(teardown) {
+                eprintln!("[bench forward] {name} calls={calls}: {e:#}");
+                run.error = Some(format!("{e:#}"));
+            }
+            let died = run.error.is_some() && relay.ensure_running().is_err();
+            runs.push(run);
+            if died {
+                break; // later call counts would only fail the same way
+            }
+        }
+        if kind == RelayKind::Rtpengine {
+            notes.extend(rtpengine_log_notes(&log));
+        }
+        // Dropping the relay stops its process before the next one starts.
+    }
+
+    notes.push(format!("Relay logs: {}", logs.display()));
+    let noise = match (jiffies_at_start, cpu_jiffies()) {
+        (Some((t0, s0)), Some((t1, s1))) if t1 > t0 => format!(
+            "load average {load_at_start} at the start, {} at the end; {:.1}% of CPU time stolen by the hypervisor",
+            loadavg(),
+            (s1 - s0) as f64 * 100.0 / (t1 - t0) as f64
+        ),
+        _ => format!(
+            "load average {load_at_start} at the start, {} at the end",
+            loadavg()
+        ),
+    };
+    let report = render(&plan, &runs, &cmdlines, &notes, started.elapsed(), &noise);
+    println!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("[bench forward] report written to {}", out.display());
+    }
+    let failed: Vec<String> = runs
+        .iter()
+        .filter(|r| r.error.is_some())
+        .map(|r| match r.calls {
+            0 => r.relay.to_string(),
+            n => format!("{} (calls={n})", r.relay),
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} run(s) failed: {}; relay logs in {}",
+            failed.len(),
+            failed.join(", "),
+            logs.display()
+        );
+    }
+    Ok(())
+}
+
+fn measure(relay: &mut dyn Relay, exe: &Path, plan: &Plan, run: &mut Run) -> Result<()> {
+    let name = relay.name();
+    let n = run.calls;
+    let mut lg = Generator::spawn(exe, n, plan.step_timeout())?;
+    let dests = relay
+        .setup(lg.caller, &lg.callees)
+        .with_context(|| format!("setting up {n} calls"))?;
+    lg.targets(dests)?;
+
+    // At least ~10 packets per call, so that a relay dropping a call's first few (before it
+    // latches) still shows the call as working.
+    let w = lg.load(WARMUP_RATE.max(20 * n), WARMUP_SECS)?;
+    relay.ensure_running()?;
+    if w.received == 0 || w.silent_calls > 0 {
+        bail!(
+            "{name} forwarded nothing for {} of {n} calls during warm-up \
+             (sent {}, received {}, mangled {})",
+            if w.received == 0 { n } else { w.silent_calls },
+            w.sent,
+            w.received,
+            w.mangled
+        );
+    }
+    run.warmup = Some(w);
+
+    eprintln!(
+        "[bench forward] {name} calls={n}: latency, {} probes per path",
+        plan.latency_samples
+    );
+    let (direct, through) = lg.latency(plan.latency_samples)?;
+    run.direct = Some(direct);
+    run.through = Some(through);
+
+    let pid = relay.pid();
+    for (i, &rate) in plan.rates.iter().enumerate() {
+        let mut attempt = 1;
+        let mut failed_once: Option<Step> = None;
+        // Bounded: at most STEP_TRIES attempts.
+        let step = loop {
+            eprint!(
+                "[bench forward] {name} calls={n}: step {}/{} {rate} pps ... ",
+                i + 1,
+                plan.rates.len()
+            );
+            let c0 = process_cpu_ns(pid)?;
+            let report = lg.load(rate, plan.step_secs)?;
+            let c1 = process_cpu_ns(pid)?;
+            relay.ensure_running()?;
+            let step = Step {
+                report,
+                cpu_ns: c1.saturating_sub(c0),
+            };
+            let figures = format!(
+                "delivered {:.0} pps, loss {:.2}%, {} ns CPU/pkt",
+                step.report.delivered_pps(),
+                step.report.loss() * 100.0,
+                step.cpu_per_packet()
+                    .map_or("-".into(), |c| format!("{c:.0}")),
+            );
+            let short = format!("generator sent only {:.0} pps", step.report.sent_pps());
+            let (verdict, done) = judge(step, attempt, &mut failed_once);
+            let verdict = match verdict {
+                Verdict::Passed | Verdict::Failed => String::new(),
+                Verdict::Confirmed => " (confirmed)".into(),
+                Verdict::Confirming => " (loss over 1%: confirming)".into(),
+                Verdict::HarnessLimited => format!(" ({short}: harness-limited)"),
+                Verdict::TryAgain => format!(" ({short}: trying again)"),
+            };
+            eprintln!("{figures}{verdict}");
+            if let Some(step) = done {
+                if !step.sent_in_full() {
+                    run.harness_limited = Some(step.report.clone());
+                }
+                break step;
+            }
+            attempt += 1;
+        };
+        let passed = step.passed();
+        run.steps.push(step);
+        if !passed {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Passed,
+    /// Failed with no retry left.
+    Failed,
+    /// Failed twice in a row.
+    Confirmed,
+    /// Failed once: run it again.
+    Confirming,
+    /// The generator fell short with no retry left.
+    HarnessLimited,
+    TryAgain,
+}
+
+/// What one run (`attempt`, from 1) of a ladder step means, and the step to record once the
+/// step is settled. A step fails only when it fails twice in a row: one loss spike on a shared
+/// 2-CPU machine (a relay thread descheduled for a few ms overflows its socket) should not end
+/// the ladder. A run where the generator fell short says nothing about the relay and is
+/// repeated. When a failure is confirmed, the first failing run is recorded: it shows the loss
+/// at the onset, whereas rtpengine, once overloaded, drops all of a stream.
+fn judge(step: Step, attempt: u32, failed_once: &mut Option<Step>) -> (Verdict, Option<Step>) {
+    if step.passed() {
+        return (Verdict::Passed, Some(step));
+    }
+    if step.sent_in_full() {
+        if let Some(first) = failed_once.take() {
+            return (Verdict::Confirmed, Some(first));
+        }
+        if attempt >= STEP_TRIES {
+            return (Verdict::Failed, Some(step));
+        }
+        *failed_once = Some(step);
+        return (Verdict::Confirming, None);
+    }
+    if attempt >= STEP_TRIES {
+        return match failed_once.take() {
+            Some(first) => (Verdict::Failed, Some(first)),
+            None => (Verdict::HarnessLimited, Some(step)),
+        };
+    }
+    (Verdict::TryAgain, None)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+fn fmt_int(v: f64) -> String {
+    let s = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn fmt_rate(r: u32) -> String {
+    if r.is_multiple_of(1000) {
+        format!("{}k", r / 1000)
+    } else {
+        r.to_string()
+    }
+}
+
+fn us(ns: i64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
+}
+
+fn ratio(v: Option<f64>, base: Option<f64>) -> String {
+    match (v, base) {
+        (Some(v), Some(b)) if b > 0.0 => format!("{:.2}x", v / b),
+        _ => "-".into(),
+    }
+}
+
+/// A rate ratio where either side may have passed every step it ran (top of the ladder, or the
+/// generator fell short), so that its true limit is only known to be at least what was measured.
+fn rate_ratio(v: Option<(f64, bool)>, base: Option<(f64, bool)>) -> String {
+    match (v, base) {
+        (Some((_, true)), Some((_, true))) => "both limits unknown".into(),
+        (Some((v, at_top)), Some((b, base_at_top))) if b > 0.0 => {
+            let bound = match (at_top, base_at_top) {
+                (true, false) => ">= ",
+                (false, true) => "<= ",
+                _ => "",
+            };
+            format!("{bound}{:.2}x", v / b)
+        }
+        _ => "-".into(),
+    }
+}
+
+fn render(
+    plan: &Plan,
+    runs: &[Run],
+    cmdlines: &[(&'static str, String)],
+    notes: &[String],
+    took: Duration,
+    noise: &str,
+) -> String {
+    let mut o = String::new();
+    let cpu_rate = fmt_rate(plan.cpu_rate);
+    let top = *plan.rates.last().expect("plan has rates");
+    let _ = writeln!(
+        o,
+        "## bench forward: plain RTP relaying, 172-byte packets\n"
+    );
+    let _ = writeln!(
+        o,
+        "| relay | calls | max rate <1% loss | delivered pps | loss at next step | CPU ns/pkt @{cpu_rate} | CPU ns/pkt @max | added latency p50 / p99 (us) | mangled / reordered | pps vs rtpengine | CPU @{cpu_rate} vs rtpengine |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let rtpe = |calls: u32| {
+        runs.iter()
+            .find(|r| r.relay == "rtpengine" && r.calls == calls && r.error.is_none())
+    };
+    for r in runs {
+        if let Some(e) = &r.error
+            && r.steps.is_empty()
+        {
+            let first_line = e.lines().next().unwrap_or_default();
+            let calls = if r.calls == 0 {
+                "-".to_string()
+            } else {
+                r.calls.to_string()
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {calls} | failed: {} | | | | | | | | |",
+                r.relay,
+                first_line.replace('|', "/")
+            );
+            continue;
+        }
+        let best = r.best();
+        let max_rate = match (best, &r.harness_limited) {
+            (Some(s), _) if s.report.rate == top => {
+                format!(">= {} (top of ladder)", fmt_rate(top))
+            }
+            (Some(s), Some(h)) => format!(
+                ">= {} (generator short at {})",
+                fmt_rate(s.report.rate),
+                fmt_rate(h.rate)
+            ),
+            (Some(s), None) => fmt_rate(s.report.rate),
+            (None, _) => format!("< {}", fmt_rate(plan.rates[0])),
+        };
+        let delivered = best.map_or("-".into(), |s| fmt_int(s.report.delivered_pps()));
+        let next = r.first_failure().map_or("-".into(), |s| {
+            format!(
+                "{:.1}% @{}",
+                s.report.loss() * 100.0,
+                fmt_rate(s.report.rate)
+            )
+        });
+        let cpu_mod = r.at_rate(plan.cpu_rate).and_then(Step::cpu_per_packet);
+        let cpu_max = best.and_then(Step::cpu_per_packet);
+        let lat = match (&r.direct, &r.through) {
+            (Some(d), Some(t)) if t.count > 0 => format!(
+                "{} / {}",
+                us(t.p50_ns as i64 - d.p50_ns as i64),
+                us(t.p99_ns as i64 - d.p99_ns as i64)
+            ),
+            _ => "-".into(),
+        };
+        let mangled: u64 = r.reports().map(|x| x.mangled).sum();
+        let reordered: u64 = r.reports().map(|x| x.reordered).sum();
+        let base = rtpe(r.calls);
+        // (rate, whether the relay's limit lies above it: no step failed on loss)
+        let rate_of = |run: &Run| {
+            run.best()
+                .map(|s| (s.report.delivered_pps(), run.first_failure().is_none()))
+        };
+        let base_pps = base.and_then(rate_of);
+        let is_base = r.relay == "rtpengine";
+        let base_cpu = base
+            .and_then(|b| b.at_rate(plan.cpu_rate))
+            .and_then(Step::cpu_per_packet);
+        let _ = writeln!(
+            o,
+            "| {} | {} | {max_rate} | {delivered} | {next} | {} | {} | {lat} | {mangled} / {reordered} | {} | {} |",
+            r.relay,
+            r.calls,
+            cpu_mod.map_or("-".into(), fmt_int),
+            cpu_max.map_or("-".into(), fmt_int),
+            if is_base {
+                "base".into()
+            } else {
+                rate_ratio(rate_of(r), base_pps)
+            },
+            if is_base {
+                "base".into()
+            } else {
+                ratio(cpu_mod, base_cpu)
+            },
+        );
+    }
+
+    let _ = writeln!(o, "\n### Latency detail (one-way, us)\n");
+    let _ = writeln!(
+        o,
+        "| relay | calls | direct p50 / p99 | through relay p50 / p99 / max | probes lost |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|");
+    for r in runs {
+        if let (Some(d), Some(t)) = (&r.direct, &r.through) {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} / {} | {} / {} / {} | {} + {} |",
+                r.relay,
+                r.calls,
+                us(d.p50_ns as i64),
+                us(d.p99_ns as i64),
+                us(t.p50_ns as i64),
+                us(t.p99_ns as i64),
+                us(t.max_ns as i64),
+                d.lost,
+                t.lost
+            );
+        }
+    }
+
+    let _ = writeln!(o, "\n### How it was measured\n");
+    let rates: Vec<String> = plan.rates.iter().map(|&r| fmt_rate(r)).collect();
+    let _ = writeln!(
+        o,
+        "- Ladder (pps, all calls together, equal share per call, one direction caller -> relay -> callee): {}; {:.1} s per step; stops at the first step with >= 1% loss in two runs in a row. A step counts only if the generator sent >= {:.0}% of the offered rate (up to {STEP_TRIES} tries).",
+        rates.join(", "),
+        plan.step_secs,
+        MIN_SEND_SHARE * 100.0
+    );
+    let _ = writeln!(
+        o,
+        "- CPU: the relay process's on-CPU time, all threads (/proc/PID/task/*/schedstat), over each step, divided by packets delivered intact. `@max` is at the highest passing step."
+    );
+    let _ = writeln!(
+        o,
+        "- Latency: {} probes per path, one in flight, 1 ms apart, CLOCK_MONOTONIC send time in the payload; added = through relay minus direct socket-to-socket, per percentile.",
+        plan.latency_samples
+    );
+    let _ = writeln!(
+        o,
+        "- Load generator: its own process; one caller socket sends sendmmsg batches of 32 on a timerfd (each message addressed to its call's relay port), one callee socket per call receives with recvmmsg and checks every packet's RTP header and payload."
+    );
+    let _ = writeln!(
+        o,
+        "- Threads: rtpengine --num-threads={} (its other housekeeping threads are counted too); sluice's userspace path is one thread; baseline is one thread.",
+        plan.rtpengine_threads
+    );
+    for (name, cmd) in cmdlines {
+        let _ = writeln!(o, "- `{name}`: `{cmd}`");
+    }
+    for n in notes {
+        let _ = writeln!(o, "- {n}");
+    }
+    let _ = writeln!(
+        o,
+        "- Machine: {}; run took {:.0} s. Other work on the machine skews the figures: {}.",
+        machine(),
+        took.as_secs_f64(),
+        noise
+    );
+
+    let mut warnings = Vec::new();
+    for r in runs {
+        if let Some(e) = &r.error {
+            let who = match r.calls {
+                0 => r.relay.to_string(),
+                n => format!("{} calls={n}", r.relay),
+            };
+            warnings.push(format!("{who}: {}", e.replace('\n', " / ")));
+        }
+        if let Some(h) = &r.harness_limited {
+            warnings.push(format!(
+                "{} calls={}: the generator sent only {} of {} pps; the relay's limit lies above what was measured",
+                r.relay,
+                r.calls,
+                fmt_int(h.sent_pps()),
+                fmt_int(h.rate as f64)
+            ));
+        }
+        let late: u64 = r.reports().map(|x| x.late).sum();
+        if late > 0 {
+            warnings.push(format!(
+                "{} calls={}: {late} packets arrived after their step ended",
+                r.relay, r.calls
+            ));
+        }
+    }
+    if !warnings.is_empty() {
+        let _ = writeln!(o, "\n### Warnings\n");
+        for w in warnings {
+            let _ = writeln!(o, "- {w}");
+        }
+    }
+    o
+}
+
+/// rtpengine says in its log when it hit its per-socket read limit; that is where its loss
+/// comes from, worth a line next to the numbers.
+fn rtpengine_log_notes(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let over = text
+        .matches("Too many packets in UDP receive queue")
+        .count();
+    let discard = text.matches("discarding packet").count();
+    (over + discard > 0).then(|| {
+        format!(
+            "rtpengine logged \"Too many packets in UDP receive queue (more than 50), aborting \
+             loop\" {over}x and \"UDP receive queue exceeded 5 times: discarding packet\" \
+             {discard}x. That is its overload cliff: a socket with more than 50 packets queued at \
+             one wakeup earns a strike, and after 5 strikes it discards everything until the \
+             call ends (stream_fd_readable in its daemon/media_socket.c)"
+        )
+    })
+}
+
+/// (all jiffies, steal jiffies) from the first line of /proc/stat: on a VM, time the host gave
+/// this machine's vCPUs to someone else still counts as on-CPU time of the relay that was
+/// running, so steal inflates CPU per packet and is worth reporting beside it.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Some((fields.iter().take(8).sum(), *fields.get(7)?))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn machine() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown CPU")
+        .trim()
+        .to_string();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{model}, {cpus} CPUs, Linux {}",
+        read("/proc/sys/kernel/osrelease").trim()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(rate: u32, sent: u64, received: u64) -> Step {
+        Step {
+            report: LoadReport {
+                rate,
+                secs: 1.0,
+                sent,
+                received,
+                ..Default::default()
+            },
+            cpu_ns: received * 3000,
+        }
+    }
+
+    #[test]
+    fn ladder_verdicts() {
+        let run = Run {
+            steps: vec![
+                step(10_000, 10_000, 10_000),
+                step(20_000, 20_000, 19_900),
+                step(40_000, 40_000, 30_000),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(run.best().unwrap().report.rate, 20_000);
+        assert_eq!(run.first_failure().unwrap().report.rate, 40_000);
+        assert_eq!(run.at_rate(20_000).unwrap().cpu_per_packet(), Some(3000.0));
+        // A generator shortfall is neither a pass nor the relay's failure.
+        let short = Run {
+            steps: vec![step(10_000, 10_000, 10_000), step(20_000, 15_000, 15_000)],
+            ..Default::default()
+        };
+        assert_eq!(short.best().unwrap().report.rate, 10_000);
+        assert!(short.first_failure().is_none());
+    }
+
+    #[test]
+    fn a_step_fails_only_twice_in_a_row() {
+        let mut once = None;
+        let (v, done) = judge(step(40_000, 40_000, 30_000), 1, &mut once);
+        assert_eq!((v, done.is_none()), (Verdict::Confirming, true));
+        // Passing the second time records the passing run.
+        let (v, done) = judge(step(40_000, 40_000, 40_000), 2, &mut once);
+        assert_eq!(v, Verdict::Passed);
+        assert_eq!(done.unwrap().report.received, 40_000);
+
+        let mut once = None;
+        judge(step(40_000, 40_000, 30_000), 1, &mut once);
+        let (v, done) = judge(step(40_000, 40_000, 0), 2, &mut once);
+        assert_eq!(v, Verdict::Confirmed);
+        assert_eq!(
+            done.unwrap().report.received,
+            30_000,
+            "the onset is recorded"
+        );
+    }
+
+    #[test]
+    fn generator_shortfalls_are_retried_then_reported() {
+        let mut once = None;
+        for attempt in 1..STEP_TRIES {
+            let (v, done) = judge(step(400_000, 300_000, 300_000), attempt, &mut once);
+            assert_eq!((v, done.is_none()), (Verdict::TryAgain, true));
+        }
+        let (v, done) = judge(step(400_000, 300_000, 300_000), STEP_TRIES, &mut once);
+        assert_eq!(v, Verdict::HarnessLimited);
+        assert!(!done.unwrap().sent_in_full());
+
+        // A loss failure followed by shortfalls stays a loss failure.
+        let mut once = None;
+        judge(step(40_000, 40_000, 30_000), 1, &mut once);
+        judge(step(40_000, 30_000, 30_000), 2, &mut once);
+        let (v, done) = judge(step(40_000, 30_000, 30_000), 3, &mut once);
+        assert_eq!(v, Verdict::Failed);
+        assert_eq!(done.unwrap().report.sent, 40_000);
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(fmt_int(1234567.4), "1,234,567");
+        assert_eq!(fmt_int(999.0), "999");
+        assert_eq!(fmt_rate(20_000), "20k");
+        assert_eq!(ratio(Some(3.0), Some(6.0)), "0.50x");
+        assert_eq!(ratio(Some(3.0), None), "-");
+        assert_eq!(
+            rate_ratio(Some((2.0, true)), Some((1.0, false))),
+            ">= 2.00x"
+        );
+        assert_eq!(
+            rate_ratio(Some((1.0, false)), Some((2.0, true))),
+            "<= 0.50x"
+        );
+        assert_eq!(
+            rate_ratio(Some((2.0, true)), Some((2.0, true))),
+            "both limits unknown"
+        );
+    }
+}

@@ -1,0 +1,557 @@
+//! The relays under test, each its own process, each driven by its own control protocol:
+//! sluice over gRPC, rtpengine over ng (bencode over UDP), the baseline over a JSON line.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::baseline;
+use crate::bencode::Value;
+use crate::child::{Lines, Proc};
+use crate::sdp;
+
+/// How long a relay gets to come up and answer its control protocol.
+const STARTUP: Duration = Duration::from_secs(10);
+
+pub trait Relay {
+    fn name(&self) -> &'static str;
+    /// The command line that started it, for the report.
+    fn command_line(&self) -> String;
+    /// The process whose CPU time is measured.
+    fn pid(&self) -> u32;
+    /// Sets up one call per callee, all from `caller`; returns, per call, where the caller must
+    /// send its media.
+    fn setup(
+        &mut self,
+        caller: SocketAddrV4,
+        callees: &[SocketAddrV4],
+    ) -> Result<Vec<SocketAddrV4>>;
+    /// Ends the calls of the last `setup`.
+    fn teardown(&mut self) -> Result<()>;
+    fn ensure_running(&mut self) -> Result<()>;
+}
+
+/// A free TCP/UDP port on 127.0.0.1 for a control socket. Racy in principle (someone could take
+/// it before the relay binds it); a clash shows up as a startup error quoting the relay's log.
+pub fn free_port() -> Result<u16> {
+    let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let t = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, s.local_addr()?.port()));
+    match t {
+        Ok(t) => Ok(t.local_addr()?.port()),
+        Err(_) => Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port()),
+    }
+}
+
+fn log_file(path: &Path) -> Result<File> {
+    File::create(path).with_context(|| format!("creating log file {}", path.display()))
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Tags and ids per call; `run` keeps call-ids unique across the setups of one relay process.
+fn call_ids(run: u32, i: usize) -> (String, String, String) {
+    (
+        format!("bench-{run}-{i}"),
+        format!("caller-{i}"),
+        format!("callee-{i}"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Rtpengine {
+    proc: Proc,
+    cmdline: String,
+    ng: NgClient,
+    run: u32,
+    calls: Vec<(String, String)>,
+}
+
+impl Rtpengine {
+    /// `exe` defaults to `rtpengine` on PATH.
+    pub fn find(exe: Option<&Path>) -> Result<PathBuf> {
+        if let Some(p) = exe {
+            if p.is_file() {
+                return Ok(p.to_path_buf());
+            }
+            bail!(
+                "rtpengine not found at {} (on Debian/Ubuntu: `apt-get install \
+                 rtpengine-daemon`)",
+                p.display()
+            );
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+            .map(|d| d.join("rtpengine"))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                anyhow!(
+                    "rtpengine is not installed: install it with `apt-get install rtpengine-daemon` \
+                     (Debian/Ubuntu), pass --rtpengine PATH, or leave it out with \
+                     --relays sluice,baseline"
+                )
+            })
+    }
+
+    pub fn start(exe: &Path, ports: (u16, u16), threads: u32, log: &Path) -> Result<Self> {
+        let ng_port = free_port()?;
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            // The Debian package's /etc/rtpengine/rtpengine.conf would add a kernel table and
+            // CLI/HTTP listeners on fixed ports; start from nothing instead.
+            "--config-file=none".to_string(),
+            "--table=-1".to_string(),
+            "--interface=127.0.0.1".to_string(),
+            format!("--listen-ng=127.0.0.1:{ng_port}"),
+            "--foreground".to_string(),
+            "--log-stderr".to_string(),
+            "--log-level=4".to_string(),
+            format!("--num-threads={threads}"),
+            format!("--port-min={}", ports.0),
+            format!("--port-max={}", ports.1),
+            // Free a deleted call's ports at once, so the next setup of the run starts clean.
+            "--delete-delay=0".to_string(),
+        ]);
+        let log_out = log_file(log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(log_out.try_clone()?)
+            .stderr(log_out);
+        let cmdline = describe(&cmd);
+        let mut proc = Proc::spawn("rtpengine", &mut cmd, Some(log.to_path_buf()))?;
+        let ng = NgClient::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, ng_port))?;
+        let deadline = Instant::now() + STARTUP;
+        // Bounded by STARTUP.
+        loop {
+            proc.ensure_running()?;
+            match ng.request(&Value::dict([("command", Value::str("ping"))])) {
+                Ok(r) if r.get_str("result").as_deref() == Some("pong") => break,
+                Ok(r) => bail!("rtpengine answered ping with {r:?}"),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.context(format!(
+                        "rtpengine did not answer ng ping on 127.0.0.1:{ng_port} within {} s{}",
+                        STARTUP.as_secs(),
+                        proc.log_tail()
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        Ok(Self {
+            proc,
+            cmdline,
+            ng,
+            run: 0,
+            calls: Vec::new(),
+        })
+    }
+
+    fn command(&self, cmd: Value) -> Result<Value> {
+        let reply = self.ng.request(&cmd)?;
+        match reply.get_str("result").as_deref() {
+            Some("ok") => Ok(reply),
+            _ => bail!(
+                "rtpengine refused {}: {}",
+                cmd.get_str("command").unwrap_or_default(),
+                reply
+                    .get_str("error-reason")
+                    .unwrap_or_else(|| format!("{reply:?}"))
+            ),
+        }
+    }
+}
+
+impl Relay for Rtpengine {
+    fn name(&self) -> &'static str {
+        "rtpengine"
+    }
+
+    fn command_line(&self) -> String {
+        self.cmdline.clone()
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    fn setup(
+        &mut self,
+        caller: SocketAddrV4,
+        callees: &[SocketAddrV4],
+    ) -> Result<Vec<SocketAddrV4>> {
+        self.run += 1;
+        let mut dests = Vec::with_capacity(callees.len());
+        for (i, &callee) in callees.iter().enumerate() {
+            let (call_id, from_tag, to_tag) = call_ids(self.run, i);
+            let offer = self.command(Value::dict([
+                ("command", Value::str("offer")),
+                ("call-id", Value::str(&call_id)),
+                ("from-tag", Value::str(&from_tag)),
+                ("sdp", Value::str(&sdp::audio(i as u64, caller))),
+            ]))?;
+            self.calls.push((call_id.clone(), from_tag.clone()));
+            // Where the callee would send; unused by one-way media but proves the offer worked.
+            sdp::audio_destination(&offer.get_str("sdp").unwrap_or_default())
+                .context("rtpengine's offer reply")?;
+            let answer = self.command(Value::dict([
+                ("command", Value::str("answer")),
+                ("call-id", Value::str(&call_id)),
+                ("from-tag", Value::str(&from_tag)),
+                ("to-tag", Value::str(&to_tag)),
+                ("sdp", Value::str(&sdp::audio(i as u64, callee))),
+            ]))?;
+            dests.push(
+                sdp::audio_destination(&answer.get_str("sdp").unwrap_or_default())
+                    .context("rtpengine's answer reply")?,
+            );
+        }
+        Ok(dests)
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        let mut first_err = None;
+        for (call_id, from_tag) in std::mem::take(&mut self.calls) {
+            let r = self.command(Value::dict([
+                ("command", Value::str("delete")),
+                ("call-id", Value::str(&call_id)),
+                ("from-tag", Value::str(&from_tag)),
+            ]));
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn ensure_running(&mut self) -> Result<()> {
+        self.proc.ensure_running()
+    }
+}
+
+/// rtpengine's ng protocol: `<cookie> <bencoded dict>` over UDP, the reply echoing the cookie.
+struct NgClient {
+    sock: UdpSocket,
+    seq: std::cell::Cell<u64>,
+}
+
+impl NgClient {
+    const TRIES: u32 = 3;
+    const TIMEOUT: Duration = Duration::from_millis(700);
+
+    fn new(server: SocketAddrV4) -> Result<Self> {
+        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        sock.connect(server)?;
+        sock.set_read_timeout(Some(Self::TIMEOUT))?;
+        Ok(Self {
+            sock,
+            seq: std::cell::Cell::new(0),
+        })
+    }
+
+    /// Retries reuse the cookie: rtpengine caches replies per cookie, so a retransmitted offer
+    /// is answered from the cache instead of creating the call twice.
+    fn request(&self, cmd: &Value) -> Result<Value> {
+        self.seq.set(self.seq.get() + 1);
+        let cookie = format!("{}_{}", std::process::id(), self.seq.get());
+        let mut msg = format!("{cookie} ").into_bytes();
+        cmd.encode(&mut msg);
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..Self::TRIES {
+            // A refused send (nothing listening yet) is retried like a lost one.
+            if self.sock.send(&msg).is_err() {
+                std::thread::sleep(Self::TIMEOUT / 4);
+                continue;
+            }
+            let deadline = Instant::now() + Self::TIMEOUT;
+            // Bounded by `deadline`: every recv times out by then.
+            while Instant::now() < deadline {
+                let Ok(n) = self.sock.recv(&mut buf) else {
+                    break;
+                };
+                let reply = &buf[..n];
+                let Some(space) = reply.iter().position(|&b| b == b' ') else {
+                    continue;
+                };
+                if &reply[..space] != cookie.as_bytes() {
+                    continue; // a late reply to an earlier request
+                }
+                return Value::decode(&reply[space + 1..]).context("decoding rtpengine's reply");
+            }
+        }
+        bail!(
+            "no reply from rtpengine's ng port {} after {} tries",
+            self.sock.peer_addr()?,
+            Self::TRIES
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Sluice {
+    proc: Proc,
+    cmdline: String,
+    rt: tokio::runtime::Runtime,
+    client: sluice_control::proto::control_client::ControlClient<tonic::transport::Channel>,
+    run: u32,
+    calls: Vec<(String, String)>,
+}
+
+impl Sluice {
+    pub fn start(exe: &Path, ports: (u16, u16), log: &Path) -> Result<Self> {
+        use sluice_control::proto::{PingRequest, control_client::ControlClient};
+        if !exe.is_file() {
+            bail!(
+                "the sluice binary {} does not exist: build it with \
+                 `cargo build --release -p sluice-control`",
+                exe.display()
+            );
+        }
+        let port = free_port()?;
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "run".to_string(),
+            "--control".to_string(),
+            format!("tcp:127.0.0.1:{port}"),
+            "--media-ip".to_string(),
+            "127.0.0.1".to_string(),
+            "--ports".to_string(),
+            format!("{}-{}", ports.0, ports.1),
+            "--log-level".to_string(),
+            "warn".to_string(),
+        ]);
+        let log_out = log_file(log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(log_out.try_clone()?)
+            .stderr(log_out);
+        let cmdline = describe(&cmd);
+        let mut proc = Proc::spawn("sluice", &mut cmd, Some(log.to_path_buf()))?;
+        // One thread: the gRPC client's tasks run on the main thread, which is also the one that
+        // spawns children (see Proc::spawn) and the one whose CPU is not measured.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + STARTUP;
+        // Bounded by STARTUP.
+        let client = loop {
+            proc.ensure_running()
+                .context("sluice exited during startup")?;
+            let attempt = rt.block_on(async {
+                let mut c = ControlClient::connect(url.clone()).await?;
+                c.ping(PingRequest {}).await?;
+                anyhow::Ok(c)
+            });
+            match attempt {
+                Ok(c) => break c,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.context(format!(
+                        "sluice did not answer gRPC Ping on {url} within {} s{}",
+                        STARTUP.as_secs(),
+                        proc.log_tail()
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        Ok(Self {
+            proc,
+            cmdline,
+            rt,
+            client,
+            run: 0,
+            calls: Vec::new(),
+        })
+    }
+}
+
+impl Relay for Sluice {
+    fn name(&self) -> &'static str {
+        "sluice"
+    }
+
+    fn command_line(&self) -> String {
+        self.cmdline.clone()
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    fn setup(
+        &mut self,
+        caller: SocketAddrV4,
+        callees: &[SocketAddrV4],
+    ) -> Result<Vec<SocketAddrV4>> {
+        use sluice_control::proto::{AnswerRequest, OfferRequest};
+        self.run += 1;
+        let mut dests = Vec::with_capacity(callees.len());
+        for (i, &callee) in callees.iter().enumerate() {
+            let (call_id, from_tag, to_tag) = call_ids(self.run, i);
+            let offer = OfferRequest {
+                call_id: call_id.clone(),
+                from_tag: from_tag.clone(),
+                sdp: sdp::audio(i as u64, caller),
+                ..Default::default()
+            };
+            let offer_sdp = self
+                .rt
+                .block_on(self.client.offer(offer))
+                .with_context(|| format!("sluice Offer of call {call_id}"))?
+                .into_inner()
+                .sdp;
+            self.calls.push((call_id.clone(), from_tag.clone()));
+            sdp::audio_destination(&offer_sdp).context("sluice's Offer reply")?;
+            let answer = AnswerRequest {
+                call_id: call_id.clone(),
+                from_tag,
+                to_tag,
+                sdp: sdp::audio(i as u64, callee),
+                ..Default::default()
+            };
+            let answer_sdp = self
+                .rt
+                .block_on(self.client.answer(answer))
+                .with_context(|| format!("sluice Answer of call {call_id}"))?
+                .into_inner()
+                .sdp;
+            dests.push(sdp::audio_destination(&answer_sdp).context("sluice's Answer reply")?);
+        }
+        Ok(dests)
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        use sluice_control::proto::DeleteRequest;
+        let mut first_err = None;
+        for (call_id, from_tag) in std::mem::take(&mut self.calls) {
+            let req = DeleteRequest {
+                call_id: call_id.clone(),
+                from_tag,
+                ..Default::default()
+            };
+            if let Err(e) = self.rt.block_on(self.client.delete(req)) {
+                first_err.get_or_insert(anyhow!("sluice Delete of call {call_id}: {e}"));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn ensure_running(&mut self) -> Result<()> {
+        self.proc.ensure_running()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The baseline relay takes its calls at startup, so each setup starts a fresh process.
+pub struct Baseline {
+    exe: PathBuf,
+    log: PathBuf,
+    /// Held open: closing it is what tells the relay to exit.
+    running: Option<(Proc, ChildStdin)>,
+}
+
+impl Baseline {
+    pub fn new(exe: &Path, log: &Path) -> Self {
+        Self {
+            exe: exe.to_path_buf(),
+            log: log.to_path_buf(),
+            running: None,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("baseline-relay");
+        cmd
+    }
+}
+
+impl Relay for Baseline {
+    fn name(&self) -> &'static str {
+        "baseline"
+    }
+
+    fn command_line(&self) -> String {
+        format!(
+            "{} (calls as one JSON line on stdin)",
+            describe(&self.command())
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.running.as_ref().map_or(0, |(p, _)| p.pid())
+    }
+
+    fn setup(
+        &mut self,
+        caller: SocketAddrV4,
+        callees: &[SocketAddrV4],
+    ) -> Result<Vec<SocketAddrV4>> {
+        self.teardown()?;
+        let mut cmd = self.command();
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log_file(&self.log)?);
+        let mut proc = Proc::spawn("baseline relay", &mut cmd, Some(self.log.clone()))?;
+        let child = proc.child_mut();
+        let mut stdin = child.stdin.take().context("baseline relay stdin")?;
+        let lines = Lines::new(
+            "baseline relay",
+            child.stdout.take().context("baseline relay stdout")?,
+        );
+        let setup = baseline::Setup {
+            calls: callees
+                .iter()
+                .map(|&callee| baseline::CallSetup {
+                    a_peer: caller,
+                    b_peer: callee,
+                })
+                .collect(),
+        };
+        writeln!(stdin, "{}", serde_json::to_string(&setup)?)?;
+        stdin.flush()?;
+        let line = lines
+            .next(STARTUP)
+            .map_err(|e| anyhow!("{e}{}", proc.log_tail()))?;
+        let bound: baseline::Bound = serde_json::from_str(&line)
+            .with_context(|| format!("baseline relay's reply {line:?}"))?;
+        if bound.calls.len() != callees.len() {
+            bail!(
+                "baseline relay bound {} calls, asked for {}",
+                bound.calls.len(),
+                callees.len()
+            );
+        }
+        self.running = Some((proc, stdin));
+        Ok(bound.calls.iter().map(|c| c.a).collect())
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        if let Some((mut proc, stdin)) = self.running.take() {
+            drop(stdin);
+            proc.stop();
+        }
+        Ok(())
+    }
+
+    fn ensure_running(&mut self) -> Result<()> {
+        match &mut self.running {
+            Some((p, _)) => p.ensure_running(),
+            None => bail!("baseline relay is not running"),
+        }
+    }
+}
