@@ -35,6 +35,7 @@ pub async fn run_until(
     cfg: Config,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    raise_fd_limit(&cfg);
     // Bounded so that a stuck control plane can never stall the packet path: the engine drops
     // events it cannot queue.
     let (ev_tx, ev_rx) = crossbeam_channel::bounded::<EngineEvent>(4096);
@@ -170,6 +171,35 @@ fn attach_xdp(cfg: &Config) -> anyhow::Result<Option<Box<dyn KernelPath>>> {
             Ok(None)
         }
         Err(e) => Err(anyhow::anyhow!(e).context("cannot attach the XDP program")),
+    }
+}
+
+/// Every stream holds up to four sockets, so the usual soft limit of 1024 descriptors would cap
+/// sluice at about 250 calls: raise it to the hard limit, and say so if the range needs more.
+fn raise_fd_limit(cfg: &Config) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    let needed = (cfg.port_high - cfg.port_low) as u64 + 1 + 64;
+    if (lim.rlim_cur as u64) < needed {
+        tracing::warn!(
+            limit = lim.rlim_cur,
+            needed,
+            "the open-file limit is below the number of relay ports; raise it (ulimit -n, \
+             LimitNOFILE=) or calls will fail to get ports"
+        );
     }
 }
 
