@@ -594,6 +594,8 @@ fn kernel_counters(s: &Stream, k: usize, kernel: Option<&dyn KernelPath>) -> Flo
     c
 }
 
+const RECV_BUFFER: usize = 1 << 20;
+
 /// How long both latched sources must stay the same, with no signalling, before a stream moves
 /// into the kernel.
 const SETTLE_NS: u64 = 1_000_000_000;
@@ -626,6 +628,9 @@ impl State {
     fn new_side(&mut self, ip: IpAddr, pair: bool) -> Result<(Side, Command), SessionError> {
         let (rtp_port, (rtp, rtcp)) = self.ports.allocate_with(pair, DEFAULT_MAX_TRIES, |p| {
             let rtp = UdpSocket::bind((ip, p))?;
+            // The default buffer holds ~2 ms of a 160 kpps stream; one scheduling hiccup of the
+            // relay thread would overflow it. The kernel only charges what is queued.
+            let _ = socket2::SockRef::from(&rtp).set_recv_buffer_size(RECV_BUFFER);
             let rtcp = if pair {
                 Some(UdpSocket::bind((ip, p + 1))?)
             } else {
