@@ -83,6 +83,17 @@ pub struct OptionArgs {
     /// Override this side's direction (hold: sendonly or inactive).
     #[arg(long, value_enum)]
     direction: Option<DirArg>,
+    /// SRTP in the returned SDP: offer (SDES keys by sluice), strip (plain RTP), require (the
+    /// incoming SDP must be SRTP; re-keyed).
+    #[arg(long, value_enum)]
+    srtp: Option<SrtpArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SrtpArg {
+    Offer,
+    Strip,
+    Require,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -137,6 +148,12 @@ impl OptionArgs {
                 Some(DirArg::Sendonly) => proto::Direction::Sendonly,
                 Some(DirArg::Recvonly) => proto::Direction::Recvonly,
                 Some(DirArg::Inactive) => proto::Direction::Inactive,
+            } as i32,
+            srtp: match self.srtp {
+                None => proto::Srtp::Unspecified,
+                Some(SrtpArg::Offer) => proto::Srtp::Offer,
+                Some(SrtpArg::Strip) => proto::Srtp::Strip,
+                Some(SrtpArg::Require) => proto::Srtp::Require,
             } as i32,
         }
     }

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::proto::{self, control_server::Control};
 use crate::sdp::Direction;
 use crate::session::{
-    CallEvent, EventKind, Family, LegOptions, RtcpMuxMode, SessionError, Sessions,
+    CallEvent, EventKind, Family, LegOptions, RtcpMuxMode, SessionError, Sessions, SrtpMode,
 };
 
 pub struct ControlService {
@@ -33,7 +33,9 @@ impl From<SessionError> for Status {
     fn from(e: SessionError) -> Status {
         let msg = e.to_string();
         match e {
-            SessionError::BadSdp(_) | SessionError::BadRequest(_) => Status::invalid_argument(msg),
+            SessionError::BadSdp(_) | SessionError::BadRequest(_) | SessionError::Sdes(_) => {
+                Status::invalid_argument(msg)
+            }
             SessionError::NotFound(_) => Status::not_found(msg),
             SessionError::NoPorts(_) => Status::resource_exhausted(msg),
             SessionError::ShuttingDown | SessionError::Engine(_) => Status::unavailable(msg),
@@ -74,6 +76,12 @@ pub fn leg_options(o: Option<proto::LegOptions>) -> Result<LegOptions, Status> {
         proto::Direction::Sendonly => Some(Direction::SendOnly),
         proto::Direction::Recvonly => Some(Direction::RecvOnly),
         proto::Direction::Inactive => Some(Direction::Inactive),
+    };
+    out.srtp = match enum_value("srtp", o.srtp)? {
+        proto::Srtp::Unspecified => SrtpMode::Default,
+        proto::Srtp::Offer => SrtpMode::Offer,
+        proto::Srtp::Strip => SrtpMode::Strip,
+        proto::Srtp::Require => SrtpMode::Require,
     };
     Ok(out)
 }

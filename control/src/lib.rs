@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod grpc;
 pub mod kernel;
 pub mod port_alloc;
+pub mod sdes;
 pub mod sdp;
 pub mod session;
 

@@ -27,7 +27,8 @@ use sluice_relay::xdp::{FlowCounters, FlowValue};
 use crate::kernel::{FlowIds, KernelPath};
 use crate::port_alloc::{DEFAULT_MAX_TRIES, PortAllocError, PortAllocator};
 use crate::proto;
-use crate::sdp::{Direction, Sdp, SdpError};
+use crate::sdes::{OFFERED, SdesError, SdesKey};
+use crate::sdp::{Direction, Media, Sdp, SdpError};
 
 /// Where the session layer's commands go: the relay engine, or a recorder in tests.
 pub trait MediaPlane: Send {
@@ -52,6 +53,8 @@ impl MediaPlane for EngineHandle {
 pub enum SessionError {
     #[error("bad SDP: {0}")]
     BadSdp(#[from] SdpError),
+    #[error("SDES: {0}")]
+    Sdes(#[from] SdesError),
     #[error("{0}")]
     BadRequest(String),
     #[error("call '{0}' not found (deleted, timed out, or never offered)")]
@@ -90,6 +93,28 @@ pub enum RtcpMuxMode {
     Require,
 }
 
+/// What the SDP returned by a request does about SRTP (see `Srtp` in sluice.proto).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SrtpMode {
+    #[default]
+    Default,
+    Offer,
+    Strip,
+    Require,
+}
+
+/// SRTP as seen from one side's endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SideCrypto {
+    #[default]
+    Plain,
+    /// SRTP relayed untouched between two SRTP endpoints.
+    Passthrough,
+    /// sluice decrypts what the endpoint sends with `rx` (its key) and encrypts what it receives
+    /// with `tx` (sluice's key, given to it in SDP).
+    Terminated { rx: SdesKey, tx: SdesKey },
+}
+
 /// Per-request options, applying to the side whose SDP the request carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LegOptions {
@@ -100,6 +125,7 @@ pub struct LegOptions {
     pub rtcp_mux: RtcpMuxMode,
     /// Overrides the direction of every media section of this side (hold).
     pub direction: Option<Direction>,
+    pub srtp: SrtpMode,
 }
 
 impl Default for LegOptions {
@@ -110,6 +136,7 @@ impl Default for LegOptions {
             latching: LatchMode::Heuristic,
             rtcp_mux: RtcpMuxMode::Default,
             direction: None,
+            srtp: SrtpMode::Default,
         }
     }
 }
@@ -157,6 +184,9 @@ struct Side {
     clock_rate: u32,
     /// Kernel counters of this side's flows that were removed already.
     kernel_base: FlowCounters,
+    crypto: SideCrypto,
+    /// Keys offered to this side, one per suite, until its answer picks one.
+    offered_keys: Vec<SdesKey>,
 }
 
 /// One XDP flow entry: packets from side `side`'s endpoint arriving at `local`.
@@ -655,6 +685,8 @@ impl State {
             latch: LatchConfig::default(),
             clock_rate: 8000,
             kernel_base: FlowCounters::default(),
+            crypto: SideCrypto::Plain,
+            offered_keys: Vec::new(),
         };
         let cmd = Command::Add {
             id: endpoint,
@@ -693,6 +725,9 @@ impl State {
                     i + 1,
                     m.media
                 )));
+            }
+            if !m.is_disabled() {
+                srtp_incoming(m, opts.srtp)?;
             }
             let offer_v6 = offer.media_connection(i).map(|ip| ip.is_ipv6());
             if !m.is_disabled() && offer_v6.is_none() {
@@ -807,12 +842,59 @@ impl State {
                 RtcpMuxMode::Strip => false,
             };
             let clock = stream.sides[o].clock_rate;
-            let sa = &mut stream.sides[a];
-            sa.offered_mux = mux_out;
-            sa.clock_rate = clock;
             stream.disabled = m.is_disabled();
             if m.is_disabled() {
                 continue;
+            }
+            // SDES: what the offerer sends, then what the answerer is offered.
+            let incoming = srtp_incoming(m, opts.srtp)?;
+            let so = &mut stream.sides[o];
+            so.crypto = match incoming {
+                Some(rx) if opts.srtp != SrtpMode::Default => {
+                    // Keep our key across re-offers that keep the suite: re-keying on every
+                    // session refresh would make the endpoint reset its contexts for nothing.
+                    let tx = match &so.crypto {
+                        SideCrypto::Terminated { tx, .. }
+                            if tx.suite == rx.suite && tx.tag == rx.tag =>
+                        {
+                            tx.clone()
+                        }
+                        _ => SdesKey::generate(rx.tag, rx.suite),
+                    };
+                    SideCrypto::Terminated { rx, tx }
+                }
+                Some(_) => SideCrypto::Passthrough,
+                None => SideCrypto::Plain,
+            };
+            let sa = &mut stream.sides[a];
+            sa.offered_mux = mux_out;
+            sa.clock_rate = clock;
+            match opts.srtp {
+                SrtpMode::Default => sa.offered_keys.clear(),
+                SrtpMode::Offer | SrtpMode::Require => {
+                    m.proto = with_srtp(&m.proto, true);
+                    m.remove_attributes("crypto");
+                    let keys: Vec<SdesKey> = OFFERED
+                        .iter()
+                        .enumerate()
+                        .map(|(t, &suite)| {
+                            sa.offered_keys
+                                .iter()
+                                .find(|k| k.suite == suite)
+                                .cloned()
+                                .unwrap_or_else(|| SdesKey::generate(t as u32 + 1, suite))
+                        })
+                        .collect();
+                    for k in &keys {
+                        m.push_attribute(k.to_attribute());
+                    }
+                    sa.offered_keys = keys;
+                }
+                SrtpMode::Strip => {
+                    m.proto = with_srtp(&m.proto, false);
+                    m.remove_attributes("crypto");
+                    sa.offered_keys.clear();
+                }
             }
             if m.connection.is_some() || offer.connection.is_none() || ips[0].1 != sa.local_ip {
                 m.set_connection(sa.local_ip);
@@ -907,6 +989,15 @@ impl State {
                 return Err(bad(format!("m= line {} has no connection address", i + 1)));
             }
         }
+        let mut answer_crypto = Vec::with_capacity(answer.media.len());
+        for (i, m) in answer.media.iter().enumerate() {
+            let sa = &call.streams[i].sides[a];
+            answer_crypto.push(if m.is_disabled() {
+                SideCrypto::Plain
+            } else {
+                srtp_answer(i, m, &sa.offered_keys, opts.srtp)?
+            });
+        }
         call.tags[a] = to_tag.to_string();
         call.last_signal_ns = now_ns();
         call.pending_offer = None;
@@ -922,6 +1013,7 @@ impl State {
                 sa.direction = opts.direction.unwrap_or_else(|| answer.direction(i));
                 sa.rtcp_mux = sa.offered_mux && m.rtcp_mux();
                 sa.latch = latch_config(&opts);
+                sa.crypto = std::mem::take(&mut answer_crypto[i]);
             }
             let so = &mut stream.sides[o];
             // The relay terminates rtcp-mux per side, so the offerer gets mux if it asked for it,
@@ -947,6 +1039,18 @@ impl State {
             });
             if let Some(d) = opts.direction {
                 m.set_direction(d);
+            }
+            match &so.crypto {
+                SideCrypto::Terminated { tx, .. } => {
+                    m.proto = with_srtp(&m.proto, true);
+                    m.remove_attributes("crypto");
+                    m.push_attribute(tx.to_attribute());
+                }
+                SideCrypto::Plain => {
+                    m.proto = with_srtp(&m.proto, false);
+                    m.remove_attributes("crypto");
+                }
+                SideCrypto::Passthrough => {}
             }
         }
         if let Some(ip) = first_ip {
@@ -1025,11 +1129,122 @@ impl State {
     }
 }
 
+fn is_savp(proto: &str) -> bool {
+    proto
+        .split('/')
+        .any(|p| p.eq_ignore_ascii_case("SAVP") || p.eq_ignore_ascii_case("SAVPF"))
+}
+
+/// RTP/AVP <-> RTP/SAVP, keeping feedback (AVPF/SAVPF) as it was.
+fn with_srtp(proto: &str, srtp: bool) -> String {
+    proto
+        .split('/')
+        .map(|p| match (p.to_ascii_uppercase().as_str(), srtp) {
+            ("AVP", true) => "SAVP",
+            ("AVPF", true) => "SAVPF",
+            ("SAVP", false) => "AVP",
+            ("SAVPF", false) => "AVPF",
+            _ => p,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The key an offerer encrypts with, if its media section uses SDES-SRTP with a suite sluice
+/// supports, after checking what `mode` demands of it. `None` for plain RTP, and for SRTP that
+/// is passed through (mode Default) with suites sluice does not know.
+fn srtp_incoming(m: &Media, mode: SrtpMode) -> Result<Option<SdesKey>, SessionError> {
+    let lines = m.crypto();
+    let srtp = is_savp(&m.proto) && !lines.is_empty();
+    if mode != SrtpMode::Default && m.proto.to_ascii_uppercase().starts_with("UDP/TLS") {
+        return Err(bad(format!(
+            "{} media uses DTLS-SRTP ({}), which sluice does not terminate; relay it without an \
+             srtp option",
+            m.media, m.proto
+        )));
+    }
+    if mode == SrtpMode::Require && !srtp {
+        return Err(bad(format!(
+            "the {} media section is not SDES-SRTP (RTP/SAVP with a=crypto), which the srtp \
+             REQUIRE option demands",
+            m.media
+        )));
+    }
+    if !srtp {
+        return Ok(None);
+    }
+    // RFC 4568 5.1.2: the first supported line in the offerer's order wins.
+    let mut first_err = None;
+    for c in &lines {
+        match SdesKey::from_crypto(c) {
+            Ok(k) => return Ok(Some(k)),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match (mode, first_err) {
+        (SrtpMode::Default, _) | (_, None) => Ok(None),
+        (_, Some(e)) => Err(e.into()),
+    }
+}
+
+/// How the answerer's side does SRTP, given the keys sluice offered it.
+fn srtp_answer(
+    i: usize,
+    m: &Media,
+    offered: &[SdesKey],
+    mode: SrtpMode,
+) -> Result<SideCrypto, SessionError> {
+    let lines = m.crypto();
+    let srtp = is_savp(&m.proto) && !lines.is_empty();
+    if mode == SrtpMode::Require && !srtp {
+        return Err(bad(format!(
+            "m= line {} of the answer is not SDES-SRTP, which the srtp REQUIRE option demands",
+            i + 1
+        )));
+    }
+    if offered.is_empty() {
+        return Ok(if srtp {
+            SideCrypto::Passthrough
+        } else {
+            SideCrypto::Plain
+        });
+    }
+    if !srtp {
+        // The answerer declined SRTP (best-effort SRTP offers allow that).
+        return Ok(SideCrypto::Plain);
+    }
+    if lines.len() != 1 {
+        return Err(bad(format!(
+            "m= line {} of the answer has {} a=crypto lines; RFC 4568 5.1.2 allows exactly one",
+            i + 1,
+            lines.len()
+        )));
+    }
+    let rx = SdesKey::from_crypto(&lines[0])?;
+    let tx = offered
+        .iter()
+        .find(|k| k.tag == rx.tag && k.suite == rx.suite)
+        .cloned()
+        .ok_or_else(|| {
+            bad(format!(
+                "the answer's a=crypto:{} {} matches no key sluice offered (RFC 4568 5.1.2)",
+                rx.tag,
+                rx.suite.name()
+            ))
+        })?;
+    Ok(SideCrypto::Terminated { rx, tx })
+}
+
 /// The XDP program forwards every datagram of a port alike, so only streams whose two sides treat
 /// RTP and RTCP the same way, and that forward both ways, go into the kernel. Held streams stay in
 /// userspace, where RTCP keeps flowing while RTP does not.
 fn kernel_eligible(s: &Stream) -> bool {
     !s.disabled
+        && s.sides
+            .iter()
+            .all(|d| !matches!(d.crypto, SideCrypto::Terminated { .. }))
         && s.sides[0].rtcp_mux == s.sides[1].rtcp_mux
         && s.sides.iter().all(|d| d.direction == Direction::SendRecv)
 }
@@ -1225,6 +1440,13 @@ fn stream_info(i: usize, s: &Stream, k: usize, kc: FlowCounters) -> proto::Strea
         dropped_no_peer: c.dropped_no_peer.load(Relaxed),
         forwarded: c.forwarded.load(Relaxed) + kc.packets,
         kernel_forwarded: !s.kernel.is_empty(),
+        srtp: match &side.crypto {
+            SideCrypto::Plain => "plain".into(),
+            SideCrypto::Passthrough => "passthrough".into(),
+            SideCrypto::Terminated { rx, .. } => rx.suite.name().into(),
+        },
+        srtp_auth_failures: 0,
+        srtp_replayed: 0,
     }
 }
 
@@ -1503,6 +1725,185 @@ mod tests {
         assert_eq!(s.shutdown(), 2);
         assert_eq!(kernel.flow_count().unwrap(), 0);
         assert_eq!(s.lock().flow_ids.in_use(), 0);
+    }
+
+    const ALICE_KEY: &str =
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n";
+
+    fn savp(user: &str, port: u16, crypto: &str) -> String {
+        sdp(user, port, crypto).replace("RTP/AVP", "RTP/SAVP")
+    }
+
+    fn opts(srtp: SrtpMode) -> LegOptions {
+        LegOptions {
+            srtp,
+            ..Default::default()
+        }
+    }
+
+    fn crypto_of(s: &Sessions, call: &str, side: usize) -> SideCrypto {
+        s.lock().calls[call].streams[0].sides[side].crypto.clone()
+    }
+
+    #[test]
+    fn srtp_offer_bridges_plain_caller_to_srtp_callee() {
+        let (s, _) = sessions(20000, 20999, Duration::from_secs(60));
+        let o = s
+            .offer("c", "a", &sdp("alice", 4000, ""), opts(SrtpMode::Offer))
+            .unwrap();
+        let parsed = Sdp::parse(&o).unwrap();
+        assert_eq!(parsed.media[0].proto, "RTP/SAVP");
+        let offered = parsed.media[0].crypto();
+        assert_eq!(offered.len(), 4, "{o}");
+        assert_eq!(offered[0].suite, "AES_CM_128_HMAC_SHA1_80");
+        // The callee picks the GCM line (tag 3) and answers with its own key.
+        let bob = SdesKey::generate(3, crate::sdes::Suite::AeadAes128Gcm);
+        let ans_line = format!("a={}:{}\r\n", "crypto", bob.to_attribute().value.unwrap());
+        let ans = s
+            .answer(
+                "c",
+                "a",
+                "b",
+                &savp("bob", 5000, &ans_line),
+                LegOptions::default(),
+            )
+            .unwrap();
+        let back = Sdp::parse(&ans).unwrap();
+        assert_eq!(back.media[0].proto, "RTP/AVP");
+        assert!(back.media[0].crypto().is_empty());
+        assert_eq!(crypto_of(&s, "c", 0), SideCrypto::Plain);
+        match crypto_of(&s, "c", 1) {
+            SideCrypto::Terminated { rx, tx } => {
+                assert_eq!(rx, bob);
+                assert_eq!(tx.tag, 3);
+                assert_eq!(SdesKey::from_crypto(&offered[2]).unwrap(), tx);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn srtp_strip_terminates_the_callers_srtp() {
+        let (s, _) = sessions(20000, 20999, Duration::from_secs(60));
+        let o = s
+            .offer(
+                "c",
+                "a",
+                &savp("alice", 4000, ALICE_KEY),
+                opts(SrtpMode::Strip),
+            )
+            .unwrap();
+        let parsed = Sdp::parse(&o).unwrap();
+        assert_eq!(parsed.media[0].proto, "RTP/AVP");
+        assert!(parsed.media[0].crypto().is_empty());
+        let ans = s
+            .answer("c", "a", "b", &sdp("bob", 5000, ""), LegOptions::default())
+            .unwrap();
+        let back = Sdp::parse(&ans).unwrap();
+        assert_eq!(back.media[0].proto, "RTP/SAVP");
+        let ours = back.media[0].crypto();
+        assert_eq!(ours.len(), 1);
+        let ours = SdesKey::from_crypto(&ours[0]).unwrap();
+        let alice = SdesKey::from_crypto(
+            &crate::sdp::Crypto::parse(&ALICE_KEY[9..ALICE_KEY.len() - 2]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((ours.tag, ours.suite), (alice.tag, alice.suite));
+        assert_ne!(ours.key, alice.key, "sluice keys its own direction");
+        assert_eq!(
+            crypto_of(&s, "c", 0),
+            SideCrypto::Terminated {
+                rx: alice,
+                tx: ours.clone()
+            }
+        );
+        // A session refresh keeps sluice's key.
+        s.offer(
+            "c",
+            "a",
+            &savp("alice", 4000, ALICE_KEY),
+            opts(SrtpMode::Strip),
+        )
+        .unwrap();
+        let again = s
+            .answer("c", "a", "b", &sdp("bob", 5000, ""), LegOptions::default())
+            .unwrap();
+        let again =
+            SdesKey::from_crypto(&Sdp::parse(&again).unwrap().media[0].crypto()[0]).unwrap();
+        assert_eq!(again, ours);
+    }
+
+    #[test]
+    fn srtp_passes_through_untouched_by_default() {
+        let (s, _) = sessions(20000, 20999, Duration::from_secs(60));
+        let o = s
+            .offer(
+                "c",
+                "a",
+                &savp("alice", 4000, ALICE_KEY),
+                LegOptions::default(),
+            )
+            .unwrap();
+        assert!(o.contains(ALICE_KEY), "{o}");
+        let bob = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3\r\n";
+        let ans = s
+            .answer(
+                "c",
+                "a",
+                "b",
+                &savp("bob", 5000, bob),
+                LegOptions::default(),
+            )
+            .unwrap();
+        assert!(ans.contains(bob), "{ans}");
+        assert_eq!(crypto_of(&s, "c", 0), SideCrypto::Passthrough);
+        assert_eq!(crypto_of(&s, "c", 1), SideCrypto::Passthrough);
+    }
+
+    #[test]
+    fn srtp_errors_say_what_is_wrong() {
+        let (s, _) = sessions(20000, 20999, Duration::from_secs(60));
+        let err = s
+            .offer("c", "a", &sdp("alice", 4000, ""), opts(SrtpMode::Require))
+            .unwrap_err();
+        assert!(err.to_string().contains("REQUIRE"), "{err}");
+        assert!(
+            s.query("c").is_err(),
+            "nothing allocated for a refused offer"
+        );
+        let f8 =
+            "a=crypto:1 F8_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n";
+        let err = s
+            .offer("c", "a", &savp("alice", 4000, f8), opts(SrtpMode::Strip))
+            .unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
+        s.offer("c", "a", &sdp("alice", 4000, ""), opts(SrtpMode::Offer))
+            .unwrap();
+        let wrong_tag = "a=crypto:9 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n";
+        let err = s
+            .answer(
+                "c",
+                "a",
+                "b",
+                &savp("bob", 5000, wrong_tag),
+                LegOptions::default(),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("matches no key"), "{err}");
+        let two = format!("{ALICE_KEY}{wrong_tag}");
+        let err = s
+            .answer(
+                "c",
+                "a",
+                "b",
+                &savp("bob", 5000, &two),
+                LegOptions::default(),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("exactly one"), "{err}");
+        let dtls = sdp("alice", 4000, "").replace("RTP/AVP", "UDP/TLS/RTP/SAVPF");
+        let err = s.offer("d", "a", &dtls, opts(SrtpMode::Strip)).unwrap_err();
+        assert!(err.to_string().contains("DTLS"), "{err}");
     }
 
     fn sessions(low: u16, high: u16, timeout: Duration) -> (Arc<Sessions>, FakePlane) {
