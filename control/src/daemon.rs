@@ -193,7 +193,7 @@ fn raise_fd_limit(cfg: &Config) {
         }
     }
     let needed = (cfg.port_high - cfg.port_low) as u64 + 1 + 64;
-    if (lim.rlim_cur as u64) < needed {
+    if lim.rlim_cur < needed {
         tracing::warn!(
             limit = lim.rlim_cur,
             needed,
