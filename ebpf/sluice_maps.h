@@ -19,6 +19,10 @@
 #define SLUICE_MAX_FLOWS 65536
 /* Capacity of the egress interface set (interfaces the program is attached to). */
 #define SLUICE_MAX_EGRESS 64
+/* RX queues per interface that can have an AF_XDP socket (queues above go to the kernel stack). */
+#define SLUICE_MAX_QUEUES 64
+/* Capacity of the XSKMAP: one slot per (interface slot, RX queue), see sluice_xsks. */
+#define SLUICE_MAX_XSKS (SLUICE_MAX_EGRESS * SLUICE_MAX_QUEUES)
 
 /* sluice_flow_key.family */
 #define SLUICE_FAMILY_V4 4
@@ -27,7 +31,7 @@
 /* sluice_flow_value.action */
 #define SLUICE_ACTION_PASS 0    /* hand to the kernel stack (userspace relay) untouched */
 #define SLUICE_ACTION_FORWARD 1 /* rewrite and redirect in the kernel */
-#define SLUICE_ACTION_WORKER 2  /* reserved for AF_XDP workers; treated as PASS for now */
+#define SLUICE_ACTION_WORKER 2  /* redirect to the AF_XDP socket of the RX queue (a worker) */
 #define SLUICE_ACTION_DROP 3    /* drop (hold without userspace involvement) */
 
 /* sluice_flow_value.flags */
@@ -67,7 +71,7 @@ struct sluice_flow_counters {
 	__u64 last_seen_ns;         /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last forwarded packet */
 	__u64 dropped_wrong_source; /* STRICT_SOURCE mismatch: dropped */
 	__u64 dropped_action;       /* action DROP */
-	__u64 passed_action;        /* action PASS / WORKER: handed to the kernel stack */
+	__u64 passed_action;        /* action PASS (and unknown actions): handed to the kernel stack */
 	__u64 passed_fib_miss;      /* bpf_fib_lookup found no route / no neighbour: passed */
 	__u64 passed_fwd_disabled;  /* forwarding sysctl off on the ingress interface: passed */
 	__u64 passed_mtu;           /* rewritten packet would exceed the egress MTU: passed */
@@ -75,6 +79,9 @@ struct sluice_flow_counters {
 	__u64 passed_ttl;           /* TTL / hop limit <= 1: passed */
 	__u64 passed_unusual;       /* fragment, IP options, bad lengths, zero IPv6 UDP checksum,
 				       address family mismatch: passed */
+	__u64 to_worker;            /* action WORKER: redirected to the AF_XDP socket of the queue */
+	__u64 passed_no_worker;     /* action WORKER, but no AF_XDP socket on this interface/queue:
+				       handed to the kernel stack */
 };
 
 #endif /* SLUICE_MAPS_H */

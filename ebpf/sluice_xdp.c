@@ -5,13 +5,16 @@
  * For every IPv4/IPv6 UDP packet the program looks up (destination address, destination port)
  * in sluice_flows. A miss, and anything it does not understand, is XDP_PASS untouched: the
  * kernel stack delivers it to the userspace relay, which is always able to handle it.
- * A FORWARD hit:
+ * A FORWARD or WORKER hit:
  *   1. strict source check (drop + count on mismatch),
  *   2. anything unusual (fragments, IP options, inconsistent lengths, zero IPv6 UDP checksum,
  *      TTL/hop limit <= 1) -> XDP_PASS + count,
  *   3. bpf_fib_lookup() of the rewritten addresses -> egress ifindex and MACs; any failure ->
  *      XDP_PASS + count (the packet is still untouched at this point),
  *   4. egress must be an interface sluice is attached to (sluice_egress), else XDP_PASS + count,
+ *      WORKER stops here: bpf_redirect_map() to the AF_XDP socket registered for the
+ *      (ingress interface, RX queue) in sluice_xsks, whose worker rewrites and transmits; a
+ *      queue without a socket falls back to XDP_PASS (counted),
  *   5. rewrite MACs, IP src/dst, UDP ports, TTL/hop limit - 1, incremental checksums
  *      (RFC 1624), count, then XDP_TX (egress == ingress) or bpf_redirect().
  *
@@ -50,13 +53,29 @@ struct {
 	__type(value, struct sluice_flow_counters);
 } sluice_counters SEC(".maps");
 
-/* ifindex -> 1 for every interface the program is attached to (written by the loader). */
+/*
+ * ifindex -> slot for every interface the program is attached to (written by the loader; the
+ * slot is the interface's position in the attach list, < SLUICE_MAX_EGRESS). Presence makes the
+ * interface a redirect target; the slot selects its row in sluice_xsks.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SLUICE_MAX_EGRESS);
 	__type(key, __u32);
 	__type(value, __u32);
 } sluice_egress SEC(".maps");
+
+/*
+ * AF_XDP sockets of the workers, key slot * SLUICE_MAX_QUEUES + rx_queue_index. One map serves
+ * every attached interface, so the key includes the interface's slot: a socket only receives
+ * from the (device, queue) it is bound to, and queue 0 exists on every interface.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, SLUICE_MAX_XSKS);
+	__type(key, __u32);
+	__type(value, __u32);
+} sluice_xsks SEC(".maps");
 
 /* --- checksums (RFC 1624: HC' = ~(~HC + ~m + m')), on 16-bit words as stored in memory --- */
 
@@ -115,13 +134,13 @@ static __always_inline int pass_fib(const struct sluice_flow_value *v, int rc)
  */
 static __always_inline int check_action(const struct sluice_flow_value *v)
 {
-	if (v->action == SLUICE_ACTION_FORWARD)
+	if (v->action == SLUICE_ACTION_FORWARD || v->action == SLUICE_ACTION_WORKER)
 		return -1;
 	if (v->action == SLUICE_ACTION_DROP) {
 		COUNT(v, dropped_action);
 		return XDP_DROP;
 	}
-	/* PASS, WORKER (AF_XDP not implemented yet) and unknown actions. */
+	/* PASS and unknown actions. */
 	COUNT(v, passed_action);
 	return XDP_PASS;
 }
@@ -147,6 +166,38 @@ static __always_inline int finish(struct xdp_md *ctx, const struct sluice_flow_v
 static __always_inline int egress_allowed(__u32 ifindex)
 {
 	return bpf_map_lookup_elem(&sluice_egress, &ifindex) != 0;
+}
+
+/*
+ * The value's addresses are of the packet's family. A WORKER value may name no address at all
+ * (the worker holds the rewrite), FORWARD always does.
+ */
+static __always_inline int family_ok(const struct sluice_flow_value *v, __u8 family)
+{
+	return v->family == family || (v->action == SLUICE_ACTION_WORKER && v->family == 0);
+}
+
+/*
+ * Action WORKER: hand the untouched packet to the AF_XDP socket of the queue it arrived on. The
+ * worker rewrites it (and runs its payload transform, e.g. SRTP). No socket there: XDP_PASS, so
+ * the kernel stack and the userspace relay see it.
+ */
+static __always_inline int to_worker(struct xdp_md *ctx, const struct sluice_flow_value *v)
+{
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 queue = ctx->rx_queue_index;
+	__u32 *slot = bpf_map_lookup_elem(&sluice_egress, &ifindex);
+	if (!slot || *slot >= SLUICE_MAX_EGRESS || queue >= SLUICE_MAX_QUEUES) {
+		COUNT(v, passed_no_worker);
+		return XDP_PASS;
+	}
+	__u32 key = *slot * SLUICE_MAX_QUEUES + queue;
+	long rc = bpf_redirect_map(&sluice_xsks, key, XDP_PASS);
+	if (rc == XDP_REDIRECT)
+		COUNT(v, to_worker);
+	else
+		COUNT(v, passed_no_worker);
+	return rc;
 }
 
 static __always_inline int handle_v4(struct xdp_md *ctx, struct ethhdr *eth, void *data_end)
@@ -189,7 +240,7 @@ static __always_inline int handle_v4(struct xdp_md *ctx, struct ethhdr *eth, voi
 	__u16 udp_len = bpf_ntohs(udp->len);
 	if (ihl != 5 || (ip->frag_off & bpf_htons(SLUICE_IP_MF)) || udp_len < sizeof(*udp) ||
 	    tot_len != 20 + udp_len || (void *)ip + tot_len > data_end ||
-	    v->family != SLUICE_FAMILY_V4) {
+	    !family_ok(v, SLUICE_FAMILY_V4)) {
 		COUNT(v, passed_unusual);
 		return XDP_PASS;
 	}
@@ -197,6 +248,8 @@ static __always_inline int handle_v4(struct xdp_md *ctx, struct ethhdr *eth, voi
 		COUNT(v, passed_ttl);
 		return XDP_PASS;
 	}
+	if (v->action == SLUICE_ACTION_WORKER)
+		return to_worker(ctx, v);
 
 	struct bpf_fib_lookup fib = {};
 	fib.family = SLUICE_AF_INET;
@@ -287,7 +340,7 @@ static __always_inline int handle_v6(struct xdp_md *ctx, struct ethhdr *eth, voi
 	__u16 udp_len = bpf_ntohs(udp->len);
 	if (udp_len < sizeof(*udp) || payload_len != udp_len ||
 	    (void *)(ip6 + 1) + payload_len > data_end || udp->check == 0 ||
-	    v->family != SLUICE_FAMILY_V6) {
+	    !family_ok(v, SLUICE_FAMILY_V6)) {
 		COUNT(v, passed_unusual);
 		return XDP_PASS;
 	}
@@ -295,6 +348,8 @@ static __always_inline int handle_v6(struct xdp_md *ctx, struct ethhdr *eth, voi
 		COUNT(v, passed_ttl);
 		return XDP_PASS;
 	}
+	if (v->action == SLUICE_ACTION_WORKER)
+		return to_worker(ctx, v);
 
 	struct bpf_fib_lookup fib = {};
 	fib.family = SLUICE_AF_INET6;

@@ -98,6 +98,8 @@ pub struct FileConfig {
     pub allow_remote_control: Option<bool>,
     pub xdp: Option<String>,
     pub xdp_iface: Option<Vec<String>>,
+    pub workers: Option<u64>,
+    pub worker_cores: Option<String>,
 }
 
 impl FileConfig {
@@ -124,6 +126,8 @@ pub struct Overrides {
     pub allow_remote_control: bool,
     pub xdp: Option<String>,
     pub xdp_iface: Vec<String>,
+    pub workers: Option<u64>,
+    pub worker_cores: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -137,7 +141,18 @@ pub struct Config {
     pub log_level: String,
     pub xdp: XdpSetting,
     pub xdp_ifaces: Vec<String>,
+    /// `--workers`: AF_XDP workers to start with XDP (None: one per RX queue; Some(0): none,
+    /// so SRTP streams stay on the userspace path).
+    pub workers: Option<usize>,
+    /// `--worker-cores`: CPUs to pin the workers to (None: chosen from the hwloc topology).
+    pub worker_cores: Option<Vec<usize>>,
 }
+
+/// Most workers `--workers` accepts: the XDP program hands at most this many RX queues of an
+/// interface to workers, and a worker without a queue has nothing to do.
+pub const MAX_WORKERS: usize = sluice_relay::xdp::MAX_QUEUES as usize;
+/// CPU numbers above this are refused as typos.
+pub const MAX_CPU: usize = 4095;
 
 /// `--xdp`: whether plain forwarded streams move into the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -247,6 +262,32 @@ impl Config {
                 why: "name the interfaces media arrives on with --xdp-iface".into(),
             });
         }
+        let workers = match cli.workers.or(file.workers) {
+            None => None,
+            Some(n) if n as usize > MAX_WORKERS => {
+                return Err(ConfigError::Invalid {
+                    key: "workers",
+                    value: n.to_string(),
+                    why: format!(
+                        "give 0 (no AF_XDP workers: SRTP stays on the userspace path) to \
+                         {MAX_WORKERS}; more workers than RX queues would have nothing to do"
+                    ),
+                });
+            }
+            Some(n) => Some(n as usize),
+        };
+        let worker_cores = cli
+            .worker_cores
+            .or(file.worker_cores)
+            .map(|s| parse_cpu_list(&s))
+            .transpose()?;
+        if workers == Some(0) && worker_cores.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "worker-cores",
+                value: format!("{:?}", worker_cores.unwrap_or_default()),
+                why: "workers = 0 starts no worker to pin; drop one of the two".into(),
+            });
+        }
         Ok(Config {
             control,
             media_ips,
@@ -256,6 +297,20 @@ impl Config {
             log_level,
             xdp,
             xdp_ifaces,
+            workers,
+            worker_cores,
+        })
+    }
+
+    /// The worker pool's configuration, or None when `--workers 0` disables it.
+    pub fn worker_config(&self) -> Option<sluice_relay::worker::WorkerConfig> {
+        if self.workers == Some(0) {
+            return None;
+        }
+        Some(sluice_relay::worker::WorkerConfig {
+            workers: self.workers,
+            cores: self.worker_cores.clone(),
+            ..Default::default()
         })
     }
 
@@ -279,6 +334,49 @@ fn parse_media_ip(s: &str) -> Result<IpAddr, ConfigError> {
         });
     }
     Ok(ip)
+}
+
+/// `--worker-cores`: CPU numbers and ranges, `0,2,4-7`, in the order workers take them.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, ConfigError> {
+    let bad = |why: String| ConfigError::Invalid {
+        key: "worker-cores",
+        value: s.into(),
+        why,
+    };
+    let cpu = |t: &str| -> Result<usize, ConfigError> {
+        let n: usize = t.trim().parse().map_err(|_| {
+            bad(format!(
+                "'{t}' is not a CPU number; expected e.g. 2,3 or 4-7"
+            ))
+        })?;
+        if n > MAX_CPU {
+            return Err(bad(format!("CPU {n} is above {MAX_CPU}")));
+        }
+        Ok(n)
+    };
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        if part.trim().is_empty() {
+            return Err(bad("empty entry; expected a list like 2,3 or 4-7".into()));
+        }
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (cpu(lo)?, cpu(hi)?);
+                if hi < lo {
+                    return Err(bad(format!("range {lo}-{hi} runs backwards")));
+                }
+                out.extend(lo..=hi);
+            }
+            None => out.push(cpu(part)?),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = out.iter().find(|c| !seen.insert(**c)) {
+        return Err(bad(format!(
+            "CPU {dup} is listed twice; each worker needs a core of its own"
+        )));
+    }
+    Ok(out)
 }
 
 pub fn parse_ports(s: &str) -> Result<(u16, u16), ConfigError> {
@@ -437,6 +535,102 @@ mod tests {
         for (cli, want) in cases {
             let err = resolve("", cli.clone()).unwrap_err().to_string();
             assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn workers_and_cores_map_to_the_pool_configuration() {
+        let c = resolve(
+            "workers = 2\nworker-cores = \"1,3-4\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.workers, Some(2));
+        assert_eq!(c.worker_cores, Some(vec![1, 3, 4]));
+        let w = c.worker_config().unwrap();
+        assert_eq!((w.workers, w.cores), (Some(2), Some(vec![1, 3, 4])));
+        // Flags win; nothing given: the pool chooses.
+        let c = resolve(
+            "workers = 2",
+            Overrides {
+                workers: Some(1),
+                worker_cores: Some("6".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((c.workers, c.worker_cores), (Some(1), Some(vec![6])));
+        let d = resolve("", Overrides::default())
+            .unwrap()
+            .worker_config()
+            .unwrap();
+        assert_eq!((d.workers, d.cores), (None, None));
+        // 0 = no pool.
+        let c = resolve("workers = 0", Overrides::default()).unwrap();
+        assert!(c.worker_config().is_none());
+    }
+
+    #[test]
+    fn bad_worker_settings_say_what_to_change() {
+        let cases: &[(Overrides, &str)] = &[
+            (
+                Overrides {
+                    workers: Some(65),
+                    ..Default::default()
+                },
+                "give 0 (no AF_XDP workers",
+            ),
+            (
+                Overrides {
+                    worker_cores: Some("1,x".into()),
+                    ..Default::default()
+                },
+                "'x' is not a CPU number",
+            ),
+            (
+                Overrides {
+                    worker_cores: Some("5-2".into()),
+                    ..Default::default()
+                },
+                "runs backwards",
+            ),
+            (
+                Overrides {
+                    worker_cores: Some("1,,2".into()),
+                    ..Default::default()
+                },
+                "empty entry",
+            ),
+            (
+                Overrides {
+                    worker_cores: Some("2,1-3".into()),
+                    ..Default::default()
+                },
+                "CPU 2 is listed twice",
+            ),
+            (
+                Overrides {
+                    worker_cores: Some("99999".into()),
+                    ..Default::default()
+                },
+                "above 4095",
+            ),
+            (
+                Overrides {
+                    workers: Some(0),
+                    worker_cores: Some("1".into()),
+                    ..Default::default()
+                },
+                "workers = 0 starts no worker",
+            ),
+        ];
+        for (cli, want) in cases {
+            let err = resolve("", cli.clone()).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+            assert!(
+                err.starts_with("invalid worker"),
+                "{err:?} should name the key"
+            );
         }
     }
 

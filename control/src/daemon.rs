@@ -161,8 +161,9 @@ fn attach_xdp(cfg: &Config) -> anyhow::Result<Option<Box<dyn KernelPath>>> {
         XdpSetting::Generic => XdpPath::attach(&ifaces, XdpMode::Generic),
     };
     match attached {
-        Ok(p) => {
-            let k = Xdp(Some(p));
+        Ok(mut p) => {
+            let pool = start_workers(cfg, &mut p, &ifaces)?;
+            let k = Xdp::new(p, pool);
             tracing::info!(path = %k.describe(), "XDP attached: settled streams are forwarded in the kernel");
             Ok(Some(Box::new(k)))
         }
@@ -171,6 +172,33 @@ fn attach_xdp(cfg: &Config) -> anyhow::Result<Option<Box<dyn KernelPath>>> {
             Ok(None)
         }
         Err(e) => Err(anyhow::anyhow!(e).context("cannot attach the XDP program")),
+    }
+}
+
+/// Starts the AF_XDP worker pool on the interfaces XDP is attached to, for streams that need
+/// work (SRTP termination). A failure is one warning (those streams stay on the userspace
+/// path), unless `--workers`/`--worker-cores` asked for workers with an explicit `--xdp` mode.
+fn start_workers(
+    cfg: &Config,
+    xdp: &mut sluice_relay::xdp::XdpPath,
+    ifaces: &[&str],
+) -> anyhow::Result<Option<sluice_relay::worker::WorkerPool>> {
+    let Some(wcfg) = cfg.worker_config() else {
+        tracing::info!("--workers 0: streams with SRTP termination stay on the userspace path");
+        return Ok(None);
+    };
+    match sluice_relay::worker::WorkerPool::start(xdp, ifaces, &wcfg) {
+        Ok(pool) => Ok(Some(pool)),
+        Err(e)
+            if cfg.xdp != XdpSetting::Auto
+                && (cfg.workers.is_some() || cfg.worker_cores.is_some()) =>
+        {
+            Err(anyhow::anyhow!(e).context("cannot start the AF_XDP workers"))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "AF_XDP workers unavailable; streams with SRTP termination stay on the userspace path");
+            Ok(None)
+        }
     }
 }
 

@@ -6,8 +6,16 @@
 //! none. Any signalling event on the call (re-INVITE, hold) takes its streams back to userspace,
 //! where latching runs again; they return to the kernel once settled.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
+use sluice_relay::engine::SrtpKeys;
+use sluice_relay::stats::EndpointCounters;
+use sluice_relay::worker::{
+    FlowStats, NextHop, SrtpTransform, Transform, WorkerFlow, WorkerPool, WorkerStats,
+};
 use sluice_relay::xdp::{FlowCounters, FlowKey, FlowValue, MAX_FLOWS, XdpPath};
 
 /// Kernel-path errors are logged and the stream stays in userspace, so a message is enough.
@@ -23,11 +31,104 @@ pub trait KernelPath: Send {
     fn flow_count(&self) -> KResult<usize>;
     /// Where it runs, for logs and Statistics.
     fn describe(&self) -> String;
-    /// Removes every flow and detaches.
+    /// Removes every flow, stops the workers and detaches.
     fn shutdown(&mut self) {}
+
+    /// Whether AF_XDP workers run, so that streams needing work (SRTP termination) can be
+    /// handed to them as WORKER flows.
+    fn has_workers(&self) -> bool {
+        false
+    }
+    /// Installs the worker context for packets arriving at `local` (before the XDP entry that
+    /// sends them there).
+    fn add_worker_flow(&mut self, local: SocketAddr, spec: WorkerFlowSpec) -> KResult<()> {
+        let _ = spec;
+        Err(format!("no AF_XDP workers to take the flow for {local}"))
+    }
+    /// Removes the worker context for `local` (after its XDP entry is gone).
+    fn remove_worker_flow(&mut self, local: SocketAddr) -> KResult<()> {
+        Err(format!("no AF_XDP workers hold a flow for {local}"))
+    }
+    /// The worker-side counters of the flow for `local`, summed over workers.
+    fn worker_flow_counters(&self, local: SocketAddr) -> KResult<WorkerFlowCounters> {
+        Err(format!("no AF_XDP workers hold a flow for {local}"))
+    }
+    /// Per-worker counters and load, for Statistics.
+    fn worker_stats(&self) -> Vec<WorkerStats> {
+        Vec::new()
+    }
 }
 
-pub struct Xdp(pub Option<XdpPath>);
+/// What a WORKER flow does, in a form from which each worker gets its own context: packets
+/// arriving at the flow's relay address are unprotected with `rx` (if set), protected with
+/// `tx` (if set), and sent from `new_src` to `new_dst` through `fallback`, a socket bound to
+/// `new_src` (the kernel routes them: `NextHop::Kernel`).
+pub struct WorkerFlowSpec {
+    pub new_src: SocketAddr,
+    pub new_dst: SocketAddr,
+    pub rx: Option<SrtpKeys>,
+    pub tx: Option<SrtpKeys>,
+    /// The flow serves a separate RTCP port.
+    pub rtcp_port: bool,
+    pub fallback: Option<UdpSocket>,
+    /// The receiving leg's counters (SRTP auth failures and replays are counted there).
+    pub counters: Option<Arc<EndpointCounters>>,
+}
+
+impl std::fmt::Debug for WorkerFlowSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // SrtpKeys redacts the keys.
+        f.debug_struct("WorkerFlowSpec")
+            .field("new_src", &self.new_src)
+            .field("new_dst", &self.new_dst)
+            .field("rx", &self.rx)
+            .field("tx", &self.tx)
+            .field("rtcp_port", &self.rtcp_port)
+            .field("fallback", &self.fallback.is_some())
+            .finish()
+    }
+}
+
+/// A WORKER flow's counters as the workers see them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerFlowCounters {
+    /// Received by the workers (before the transform), payload bytes.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Sent on after the transform.
+    pub forwarded: u64,
+    pub transform_errors: u64,
+    /// `clock::now_ns()` of the last packet; 0 = none.
+    pub last_seen_ns: u64,
+}
+
+impl WorkerFlowCounters {
+    fn add(&mut self, s: &FlowStats) {
+        self.packets += s.packets.load(Relaxed);
+        self.bytes += s.bytes.load(Relaxed);
+        self.forwarded += s.forwarded.load(Relaxed);
+        self.transform_errors += s.transform_errors.load(Relaxed);
+        self.last_seen_ns = self.last_seen_ns.max(s.last_seen_ns.load(Relaxed));
+    }
+}
+
+/// The XDP program, and the AF_XDP worker pool on the same interfaces when it started.
+pub struct Xdp {
+    path: Option<XdpPath>,
+    pool: Option<WorkerPool>,
+    /// Per WORKER flow: the counters of its context in each worker.
+    worker_flows: HashMap<SocketAddr, Vec<Arc<FlowStats>>>,
+}
+
+impl Xdp {
+    pub fn new(path: XdpPath, pool: Option<WorkerPool>) -> Self {
+        Xdp {
+            path: Some(path),
+            pool,
+            worker_flows: HashMap::new(),
+        }
+    }
+}
 
 impl KernelPath for Xdp {
     fn install(&mut self, local: SocketAddr, value: FlowValue) -> KResult<()> {
@@ -53,7 +154,8 @@ impl KernelPath for Xdp {
         self.path()?.flow_count().map_err(|e| e.to_string())
     }
     fn describe(&self) -> String {
-        match &self.0 {
+        // The workers are listed in Statistics on their own (`workers`).
+        match &self.path {
             Some(p) => format!(
                 "xdp-{} on {}",
                 format!("{:?}", p.mode()).to_lowercase(),
@@ -63,27 +165,123 @@ impl KernelPath for Xdp {
         }
     }
     fn shutdown(&mut self) {
-        if let Some(mut p) = self.0.take() {
+        if let Some(mut p) = self.path.take() {
             match p.clear() {
                 Ok(n) if n > 0 => tracing::info!(flows = n, "removed kernel flows"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot clear kernel flows"),
+            }
+            // The workers go before the program: no packet is redirected to a closed socket.
+            self.worker_flows.clear();
+            if let Some(pool) = self.pool.take() {
+                match pool.stop() {
+                    Ok(()) => tracing::info!("AF_XDP workers stopped"),
+                    Err(e) => tracing::warn!(error = %e, "stopping the AF_XDP workers failed"),
+                }
             }
             if let Err(e) = p.detach() {
                 tracing::warn!(error = %e, "cannot detach the XDP program");
             }
         }
     }
+
+    fn has_workers(&self) -> bool {
+        self.pool.is_some() && self.path.is_some()
+    }
+
+    /// Every worker gets its own context for the flow (fresh SRTP contexts, its own clone of
+    /// the fallback socket): RSS keeps one 5-tuple on one RX queue, so exactly one of them
+    /// sees its packets, whichever queue that is.
+    fn add_worker_flow(&mut self, local: SocketAddr, spec: WorkerFlowSpec) -> KResult<()> {
+        let pool = self.pool.as_ref().ok_or("no AF_XDP workers are running")?;
+        let key = FlowKey::new(local);
+        let mut stats = Vec::with_capacity(pool.workers().len());
+        let mut result = Ok(());
+        for w in pool.workers() {
+            let made = (|| -> KResult<WorkerFlow> {
+                let mut t = SrtpTransform::new(spec.rx.as_ref(), spec.tx.as_ref())
+                    .map_err(|e| format!("SRTP keys: {e}"))?
+                    .rtcp_port(spec.rtcp_port);
+                if let Some(c) = &spec.counters {
+                    t = t.with_counters(c.clone());
+                }
+                let mut flow = WorkerFlow::new(spec.new_src, spec.new_dst, NextHop::Kernel)
+                    .with_transform(Transform::custom(t));
+                if let Some(s) = &spec.fallback {
+                    flow = flow.with_fallback(
+                        s.try_clone()
+                            .map_err(|e| format!("cannot clone the relay socket: {e}"))?,
+                    );
+                }
+                Ok(flow)
+            })();
+            let added = made.and_then(|flow| {
+                let st = flow.stats.clone();
+                w.add_flow(key, flow).map_err(|e| e.to_string())?;
+                // Applied before the XDP entry sends packets there.
+                w.sync().map_err(|e| e.to_string())?;
+                Ok(st)
+            });
+            match added {
+                Ok(st) => stats.push(st),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_err() {
+            for w in pool.workers() {
+                let _ = w.remove_flow(key);
+            }
+            return result;
+        }
+        self.worker_flows.insert(local, stats);
+        Ok(())
+    }
+
+    fn remove_worker_flow(&mut self, local: SocketAddr) -> KResult<()> {
+        let pool = self.pool.as_ref().ok_or("no AF_XDP workers are running")?;
+        if self.worker_flows.remove(&local).is_none() {
+            return Err(format!("no worker flow for {local}"));
+        }
+        let mut first = Ok(());
+        for w in pool.workers() {
+            if let Err(e) = w.remove_flow(FlowKey::new(local)) {
+                first = first.and(Err(e.to_string()));
+            }
+        }
+        first
+    }
+
+    fn worker_flow_counters(&self, local: SocketAddr) -> KResult<WorkerFlowCounters> {
+        let stats = self
+            .worker_flows
+            .get(&local)
+            .ok_or_else(|| format!("no worker flow for {local}"))?;
+        let mut c = WorkerFlowCounters::default();
+        for s in stats {
+            c.add(s);
+        }
+        Ok(c)
+    }
+
+    fn worker_stats(&self) -> Vec<WorkerStats> {
+        self.pool
+            .as_ref()
+            .map(WorkerPool::stats)
+            .unwrap_or_default()
+    }
 }
 
 impl Xdp {
     fn path(&self) -> KResult<&XdpPath> {
-        self.0
+        self.path
             .as_ref()
             .ok_or_else(|| "the XDP program is detached".into())
     }
     fn path_mut(&mut self) -> KResult<&mut XdpPath> {
-        self.0
+        self.path
             .as_mut()
             .ok_or_else(|| "the XDP program is detached".into())
     }

@@ -47,6 +47,15 @@ enum Cmd {
         /// Interface media arrives on, for the XDP program; repeatable.
         #[arg(long = "xdp-iface")]
         xdp_iface: Vec<String>,
+        /// AF_XDP workers for streams that need work (SRTP termination) while XDP is attached
+        /// (default: one per RX queue, at most one per physical core; 0: none, SRTP stays in
+        /// userspace).
+        #[arg(long)]
+        workers: Option<u64>,
+        /// CPUs to pin the workers to, e.g. 2,3 or 4-7 (default: from the hwloc topology,
+        /// physical cores on the NIC's NUMA node first).
+        #[arg(long = "worker-cores")]
+        worker_cores: Option<String>,
     },
     /// Call the control API of a running sluice and print the reply as JSON.
     Ctl {
@@ -93,6 +102,8 @@ fn main() -> ExitCode {
             allow_remote_control,
             xdp,
             xdp_iface,
+            workers,
+            worker_cores,
         } => {
             let file = match config.as_deref().map(FileConfig::load).transpose() {
                 Ok(f) => f.unwrap_or_default(),
@@ -112,6 +123,8 @@ fn main() -> ExitCode {
                     allow_remote_control,
                     xdp,
                     xdp_iface,
+                    workers,
+                    worker_cores,
                 },
             ) {
                 Ok(c) => c,

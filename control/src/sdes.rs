@@ -8,13 +8,8 @@ use rand::TryRngCore;
 
 use crate::sdp::{Attribute, Crypto};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Suite {
-    AesCm128HmacSha1_80,
-    AesCm128HmacSha1_32,
-    AeadAes128Gcm,
-    AeadAes256Gcm,
-}
+/// The suites are the data plane's SRTP profiles, named as SDES names them.
+pub use sluice_relay::srtp::SrtpProfile as Suite;
 
 /// The order sluice offers suites in: the most widely deployed first (what SIP phones and
 /// gateways answer), then the AEAD suites (RFC 7714) for endpoints that prefer them.
@@ -24,30 +19,6 @@ pub const OFFERED: [Suite; 4] = [
     Suite::AeadAes128Gcm,
     Suite::AeadAes256Gcm,
 ];
-
-impl Suite {
-    pub fn name(self) -> &'static str {
-        match self {
-            Suite::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
-            Suite::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
-            Suite::AeadAes128Gcm => "AEAD_AES_128_GCM",
-            Suite::AeadAes256Gcm => "AEAD_AES_256_GCM",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Suite> {
-        OFFERED.into_iter().find(|s| s.name() == name)
-    }
-
-    /// Master key and master salt lengths (RFC 4568 6.2, RFC 7714 12).
-    pub fn key_salt_len(self) -> (usize, usize) {
-        match self {
-            Suite::AesCm128HmacSha1_80 | Suite::AesCm128HmacSha1_32 => (16, 14),
-            Suite::AeadAes128Gcm => (16, 12),
-            Suite::AeadAes256Gcm => (32, 12),
-        }
-    }
-}
 
 /// One direction's SRTP master key and salt.
 #[derive(Clone, PartialEq, Eq)]
@@ -83,7 +54,7 @@ pub enum SdesError {
 impl SdesKey {
     /// A fresh random key for `suite`, drawn from the OS.
     pub fn generate(tag: u32, suite: Suite) -> SdesKey {
-        let (kl, sl) = suite.key_salt_len();
+        let (kl, sl) = (suite.master_key_len(), suite.master_salt_len());
         let mut buf = vec![0u8; kl + sl];
         rand::rngs::OsRng
             .try_fill_bytes(&mut buf)
@@ -100,7 +71,7 @@ impl SdesKey {
     /// Reads an `a=crypto` line; only single `inline:` keys without MKI are accepted, which is
     /// what SIP endpoints send (RFC 4568 6.1 allows several keys with MKIs; none use them).
     pub fn from_crypto(c: &Crypto) -> Result<SdesKey, SdesError> {
-        let suite = Suite::from_name(&c.suite)
+        let suite = Suite::from_sdes_name(&c.suite)
             .ok_or_else(|| SdesError::UnsupportedSuite(c.suite.clone()))?;
         let bad = |reason: &str| SdesError::BadKey {
             tag: c.tag,
@@ -125,11 +96,11 @@ impl SdesKey {
         let raw = STANDARD
             .decode(b64)
             .map_err(|_| bad("the inline key is not valid base64"))?;
-        let (kl, sl) = suite.key_salt_len();
+        let (kl, sl) = (suite.master_key_len(), suite.master_salt_len());
         if raw.len() != kl + sl {
             return Err(bad(&format!(
                 "{} needs {} bytes of key and salt, the line has {}",
-                suite.name(),
+                suite.sdes_name(),
                 kl + sl,
                 raw.len()
             )));
@@ -161,6 +132,16 @@ impl SdesKey {
         })
     }
 
+    /// The data plane's form of this key.
+    pub fn to_engine(&self) -> sluice_relay::engine::SrtpKeys {
+        let mut master = self.key.clone();
+        master.extend_from_slice(&self.salt);
+        sluice_relay::engine::SrtpKeys {
+            profile: self.suite,
+            master,
+        }
+    }
+
     /// The `a=crypto` attribute carrying this key.
     pub fn to_attribute(&self) -> Attribute {
         let mut raw = self.key.clone();
@@ -170,7 +151,7 @@ impl SdesKey {
             value: Some(format!(
                 "{} {} inline:{}",
                 self.tag,
-                self.suite.name(),
+                self.suite.sdes_name(),
                 STANDARD.encode(raw)
             )),
         }

@@ -24,7 +24,7 @@ use tokio::sync::broadcast;
 
 use sluice_relay::xdp::{FlowCounters, FlowValue};
 
-use crate::kernel::{FlowIds, KernelPath};
+use crate::kernel::{FlowIds, KernelPath, WorkerFlowSpec};
 use crate::port_alloc::{DEFAULT_MAX_TRIES, PortAllocError, PortAllocator};
 use crate::proto;
 use crate::sdes::{OFFERED, SdesError, SdesKey};
@@ -187,6 +187,14 @@ struct Side {
     crypto: SideCrypto,
     /// Keys offered to this side, one per suite, until its answer picks one.
     offered_keys: Vec<SdesKey>,
+    /// Duplicates of this side's relay sockets, kept only while AF_XDP workers run: a worker
+    /// sends what it relays towards this side's endpoint through a clone of them.
+    sockets: Option<SideSockets>,
+}
+
+struct SideSockets {
+    rtp: UdpSocket,
+    rtcp: Option<UdpSocket>,
 }
 
 /// One XDP flow entry: packets from side `side`'s endpoint arriving at `local`.
@@ -195,6 +203,9 @@ struct KernelFlow {
     side: usize,
     local: SocketAddr,
     flow_id: u32,
+    /// A WORKER entry: XDP hands the packets to an AF_XDP worker, which holds a context for
+    /// `local` (SRTP termination).
+    worker: bool,
 }
 
 struct Stream {
@@ -500,6 +511,22 @@ impl Sessions {
             },
             kernel_flows,
             kernel_packets: st.totals.kernel_packets + kernel_packets,
+            workers: st
+                .kernel
+                .as_ref()
+                .map(|k| k.worker_stats())
+                .unwrap_or_default()
+                .iter()
+                .map(|w| proto::WorkerInfo {
+                    index: w.worker as u32,
+                    cpu: w.cpu.map_or(-1, |c| c as i32),
+                    rx: w.rx_packets,
+                    tx: w.tx_packets + w.tx_socket_packets,
+                    dropped: w.dropped(),
+                    transform_errors: w.transform_errors,
+                    load_permille: w.load_permille as u32,
+                })
+                .collect(),
         }
     }
 
@@ -613,7 +640,7 @@ fn kernel_counters(s: &Stream, k: usize, kernel: Option<&dyn KernelPath>) -> Flo
     let mut c = s.sides[k].kernel_base;
     if let Some(kernel) = kernel {
         for f in s.kernel.iter().filter(|f| f.side == k) {
-            match kernel.counters(f.flow_id) {
+            match flow_counters(kernel, f) {
                 Ok(live) => c.merge(&live),
                 Err(e) => {
                     tracing::warn!(error = %e, flow_id = f.flow_id, "cannot read kernel counters")
@@ -670,6 +697,23 @@ impl State {
         })?;
         let endpoint = EndpointId(self.next_endpoint);
         self.next_endpoint += 1;
+        let sockets = if self.kernel.as_ref().is_some_and(|k| k.has_workers()) {
+            let dup = || -> std::io::Result<SideSockets> {
+                Ok(SideSockets {
+                    rtp: rtp.try_clone()?,
+                    rtcp: rtcp.as_ref().map(UdpSocket::try_clone).transpose()?,
+                })
+            };
+            match dup() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot duplicate relay sockets; streams with SRTP termination of this side stay in userspace");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let counters = Arc::new(EndpointCounters::default());
         let side = Side {
             endpoint,
@@ -687,6 +731,7 @@ impl State {
             kernel_base: FlowCounters::default(),
             crypto: SideCrypto::Plain,
             offered_keys: Vec::new(),
+            sockets,
         };
         let cmd = Command::Add {
             id: endpoint,
@@ -916,6 +961,8 @@ impl State {
         for s in &call.streams {
             cmds.push(configure(s, o));
             cmds.push(configure(s, a));
+            cmds.push(srtp_command(s, o));
+            cmds.push(srtp_command(s, a));
         }
         for cmd in cmds {
             self.plane.send(cmd)?;
@@ -1061,6 +1108,8 @@ impl State {
         for s in &call.streams {
             cmds.push(configure(s, a));
             cmds.push(configure(s, o));
+            cmds.push(srtp_command(s, a));
+            cmds.push(srtp_command(s, o));
         }
         for cmd in cmds {
             self.plane.send(cmd)?;
@@ -1079,12 +1128,13 @@ impl State {
         let Some(kernel) = self.kernel.as_deref_mut() else {
             return;
         };
+        let workers = kernel.has_workers();
         for call in self.calls.values_mut() {
             if call.pending_offer.is_some() || now.saturating_sub(call.last_signal_ns) < SETTLE_NS {
                 continue;
             }
             for s in call.streams.iter_mut() {
-                if !s.kernel.is_empty() || s.kernel_failed || !kernel_eligible(s) {
+                if !s.kernel.is_empty() || s.kernel_failed || !kernel_eligible(s, workers) {
                     s.settle = None;
                     continue;
                 }
@@ -1095,6 +1145,15 @@ impl State {
                     s.settle = None;
                     continue;
                 };
+                // Inside the latching window the SDP address may still take over from a source
+                // latched by the sequence rule; the kernel would then hold the wrong one.
+                let window_open =
+                    now.saturating_sub(call.last_signal_ns) < LatchConfig::default().window_ns;
+                if window_open && (Some(l0) != s.sides[0].sdp_rtp || Some(l1) != s.sides[1].sdp_rtp)
+                {
+                    s.settle = None;
+                    continue;
+                }
                 match s.settle {
                     Some((seen, since)) if seen == [l0, l1] => {
                         if now.saturating_sub(since) >= SETTLE_NS {
@@ -1231,7 +1290,7 @@ fn srtp_answer(
             bad(format!(
                 "the answer's a=crypto:{} {} matches no key sluice offered (RFC 4568 5.1.2)",
                 rx.tag,
-                rx.suite.name()
+                rx.suite.sdes_name()
             ))
         })?;
     Ok(SideCrypto::Terminated { rx, tx })
@@ -1239,14 +1298,22 @@ fn srtp_answer(
 
 /// The XDP program forwards every datagram of a port alike, so only streams whose two sides treat
 /// RTP and RTCP the same way, and that forward both ways, go into the kernel. Held streams stay in
-/// userspace, where RTCP keeps flowing while RTP does not.
-fn kernel_eligible(s: &Stream) -> bool {
+/// userspace, where RTCP keeps flowing while RTP does not. Streams whose SRTP sluice terminates
+/// need work on every packet: they leave the kernel through AF_XDP to the workers when there are
+/// some (`workers`), and otherwise stay on the userspace path.
+fn kernel_eligible(s: &Stream, workers: bool) -> bool {
     !s.disabled
-        && s.sides
-            .iter()
-            .all(|d| !matches!(d.crypto, SideCrypto::Terminated { .. }))
+        && s.sides[0].local_ip.is_ipv4() == s.sides[1].local_ip.is_ipv4()
+        && (!needs_worker(s) || (workers && s.sides.iter().all(|d| d.sockets.is_some())))
         && s.sides[0].rtcp_mux == s.sides[1].rtcp_mux
         && s.sides.iter().all(|d| d.direction == Direction::SendRecv)
+}
+
+/// Whether the stream's packets need work (SRTP termination on either side).
+fn needs_worker(s: &Stream) -> bool {
+    s.sides
+        .iter()
+        .any(|d| matches!(d.crypto, SideCrypto::Terminated { .. }))
 }
 
 fn install_stream(
@@ -1256,14 +1323,15 @@ fn install_stream(
     flow_ids: &mut FlowIds,
     call_id: &str,
 ) {
+    let worker = needs_worker(s);
     // (side, relay address the packets arrive at, their source, relay socket they leave from,
-    // where they go)
+    // where they go, whether it is a separate RTCP port)
     let mut wanted = Vec::new();
     for k in 0..2 {
         let (me, other) = (&s.sides[k], &s.sides[1 - k]);
         let local = SocketAddr::new(me.local_ip, me.rtp_port);
         let new_src = SocketAddr::new(other.local_ip, other.rtp_port);
-        wanted.push((k, local, latched[k], new_src, latched[1 - k]));
+        wanted.push((k, local, latched[k], new_src, latched[1 - k], false));
         // Separate RTCP ports: kernelize RTCP too once both of its sources latched.
         if !me.rtcp_mux
             && let (Some(my_port), Some(other_port)) = (me.rtcp_port, other.rtcp_port)
@@ -1272,26 +1340,44 @@ fn install_stream(
         {
             let local = SocketAddr::new(me.local_ip, my_port);
             let new_src = SocketAddr::new(other.local_ip, other_port);
-            wanted.push((k, local, from, new_src, to));
+            wanted.push((k, local, from, new_src, to, true));
         }
     }
     let mut installed = Vec::new();
-    for (side, local, from, new_src, to) in wanted {
+    for (side, local, from, new_src, to, rtcp_port) in wanted {
         let Some(flow_id) = flow_ids.take() else {
             tracing::warn!(%call_id, "no free kernel flow slot; the stream stays in userspace");
             break;
         };
-        let mut value = FlowValue::forward(flow_id, new_src, to);
+        let mut value = if worker {
+            FlowValue::worker(flow_id)
+        } else {
+            FlowValue::forward(flow_id, new_src, to)
+        };
         if s.sides[side].latch.strict_source {
             value = value.strict_source(from);
+        }
+        // The worker's context goes in first, so the first redirected packet finds it.
+        if worker {
+            let added = worker_spec(s, side, new_src, to, rtcp_port)
+                .and_then(|spec| kernel.add_worker_flow(local, spec));
+            if let Err(e) = added {
+                flow_ids.give_back(flow_id);
+                tracing::warn!(%call_id, %local, error = %e, "cannot install worker flow; the stream stays in userspace");
+                break;
+            }
         }
         match kernel.install(local, value) {
             Ok(()) => installed.push(KernelFlow {
                 side,
                 local,
                 flow_id,
+                worker,
             }),
             Err(e) => {
+                if worker {
+                    let _ = kernel.remove_worker_flow(local);
+                }
                 flow_ids.give_back(flow_id);
                 tracing::warn!(%call_id, %local, error = %e, "cannot install kernel flow; the stream stays in userspace");
                 break;
@@ -1304,13 +1390,83 @@ fn install_stream(
     if !complete {
         for f in installed {
             let _ = kernel.remove(f.local);
+            if f.worker {
+                let _ = kernel.remove_worker_flow(f.local);
+            }
             flow_ids.give_back(f.flow_id);
         }
         s.kernel_failed = true;
         return;
     }
-    tracing::info!(%call_id, flows = installed.len(), "stream forwarded in the kernel");
+    if worker {
+        tracing::info!(%call_id, flows = installed.len(), "stream handed to the AF_XDP workers (SRTP)");
+    } else {
+        tracing::info!(%call_id, flows = installed.len(), "stream forwarded in the kernel");
+    }
     s.kernel = installed;
+}
+
+/// The worker context for packets from side `k`'s endpoint: what the engine does for that
+/// direction (unprotect with k's key if sluice terminates k's SRTP, protect with the other side's
+/// key if it terminates the other side's), sent from `new_src` to `to` through a clone of the
+/// other side's relay socket.
+fn worker_spec(
+    s: &Stream,
+    k: usize,
+    new_src: SocketAddr,
+    to: SocketAddr,
+    rtcp_port: bool,
+) -> Result<WorkerFlowSpec, String> {
+    let (me, other) = (&s.sides[k], &s.sides[1 - k]);
+    let rx = match &me.crypto {
+        SideCrypto::Terminated { rx, .. } => Some(rx.to_engine()),
+        _ => None,
+    };
+    let tx = match &other.crypto {
+        SideCrypto::Terminated { tx, .. } => Some(tx.to_engine()),
+        _ => None,
+    };
+    let socks = other
+        .sockets
+        .as_ref()
+        .ok_or("no duplicate of the relay socket to send from")?;
+    let sock = if rtcp_port {
+        socks
+            .rtcp
+            .as_ref()
+            .ok_or("no RTCP relay socket to send from")?
+    } else {
+        &socks.rtp
+    };
+    let fallback = sock
+        .try_clone()
+        .map_err(|e| format!("cannot clone the relay socket: {e}"))?;
+    Ok(WorkerFlowSpec {
+        new_src,
+        new_dst: to,
+        rx,
+        tx,
+        rtcp_port,
+        fallback: Some(fallback),
+        counters: Some(me.counters.clone()),
+    })
+}
+
+/// A flow's counters. XDP counts a WORKER flow's packets as `to_worker` only: those are its
+/// `packets` here (what XDP handed to the worker), with the worker's byte count and last packet.
+fn flow_counters(kernel: &dyn KernelPath, f: &KernelFlow) -> crate::kernel::KResult<FlowCounters> {
+    let mut c = kernel.counters(f.flow_id)?;
+    if f.worker {
+        c.packets = c.to_worker;
+        match kernel.worker_flow_counters(f.local) {
+            Ok(w) => {
+                c.bytes = w.bytes;
+                c.last_seen_ns = c.last_seen_ns.max(w.last_seen_ns);
+            }
+            Err(e) => tracing::warn!(error = %e, local = %f.local, "cannot read worker counters"),
+        }
+    }
+    Ok(c)
 }
 
 /// Takes a call's streams out of the kernel, keeping their counters.
@@ -1329,15 +1485,35 @@ fn unkernelize(
             if let Err(e) = kernel.remove(f.local) {
                 tracing::error!(local = %f.local, error = %e, "cannot remove kernel flow");
             }
-            match kernel.counters(f.flow_id) {
+            match flow_counters(kernel, &f) {
                 Ok(c) => s.sides[f.side].kernel_base.merge(&c),
                 Err(e) => tracing::warn!(error = %e, "cannot read kernel counters"),
+            }
+            // After the XDP entry: nothing is redirected to the worker any more.
+            if f.worker
+                && let Err(e) = kernel.remove_worker_flow(f.local)
+            {
+                tracing::error!(local = %f.local, error = %e, "cannot remove worker flow");
             }
             if let Err(e) = kernel.reset_counters(f.flow_id) {
                 tracing::warn!(error = %e, "cannot reset kernel counters");
             }
             flow_ids.give_back(f.flow_id);
         }
+    }
+}
+
+/// The SRTP keys of side `k` for the engine.
+fn srtp_command(s: &Stream, k: usize) -> Command {
+    let side = &s.sides[k];
+    let (rx, tx) = match &side.crypto {
+        SideCrypto::Terminated { rx, tx } => (Some(rx.to_engine()), Some(tx.to_engine())),
+        SideCrypto::Plain | SideCrypto::Passthrough => (None, None),
+    };
+    Command::SetSrtp {
+        id: side.endpoint,
+        rx,
+        tx,
     }
 }
 
@@ -1443,10 +1619,10 @@ fn stream_info(i: usize, s: &Stream, k: usize, kc: FlowCounters) -> proto::Strea
         srtp: match &side.crypto {
             SideCrypto::Plain => "plain".into(),
             SideCrypto::Passthrough => "passthrough".into(),
-            SideCrypto::Terminated { rx, .. } => rx.suite.name().into(),
+            SideCrypto::Terminated { rx, .. } => rx.suite.sdes_name().into(),
         },
-        srtp_auth_failures: 0,
-        srtp_replayed: 0,
+        srtp_auth_failures: c.srtp_auth_failures.load(Relaxed),
+        srtp_replayed: c.srtp_replayed.load(Relaxed),
     }
 }
 
@@ -1481,7 +1657,7 @@ mod tests {
                     assert!(st.live.remove(&id), "remove of dead {id}");
                     st.configured.remove(&id);
                 }
-                Command::Shutdown => {}
+                Command::Shutdown | Command::SetSrtp { .. } => {}
             }
             Ok(())
         }
@@ -1494,6 +1670,10 @@ mod tests {
     struct FakeKernelState {
         flows: HashMap<SocketAddr, FlowValue>,
         counters: HashMap<u32, FlowCounters>,
+        /// AF_XDP workers run.
+        workers: bool,
+        worker_flows: HashMap<SocketAddr, WorkerFlowSpec>,
+        worker_counters: HashMap<SocketAddr, crate::kernel::WorkerFlowCounters>,
     }
     impl KernelPath for FakeKernel {
         fn install(&mut self, local: SocketAddr, value: FlowValue) -> crate::kernel::KResult<()> {
@@ -1529,10 +1709,54 @@ mod tests {
         fn describe(&self) -> String {
             "fake".into()
         }
+        fn has_workers(&self) -> bool {
+            self.0.lock().unwrap().workers
+        }
+        fn add_worker_flow(
+            &mut self,
+            local: SocketAddr,
+            spec: WorkerFlowSpec,
+        ) -> crate::kernel::KResult<()> {
+            let mut st = self.0.lock().unwrap();
+            assert!(st.workers, "worker flow without workers");
+            assert!(
+                !st.flows.contains_key(&local),
+                "the worker context must come before the XDP entry"
+            );
+            st.worker_flows.insert(local, spec);
+            Ok(())
+        }
+        fn remove_worker_flow(&mut self, local: SocketAddr) -> crate::kernel::KResult<()> {
+            let mut st = self.0.lock().unwrap();
+            assert!(
+                !st.flows.contains_key(&local),
+                "the XDP entry must go before the worker context"
+            );
+            st.worker_counters.remove(&local);
+            st.worker_flows
+                .remove(&local)
+                .map(|_| ())
+                .ok_or_else(|| format!("no worker flow {local}"))
+        }
+        fn worker_flow_counters(
+            &self,
+            local: SocketAddr,
+        ) -> crate::kernel::KResult<crate::kernel::WorkerFlowCounters> {
+            let st = self.0.lock().unwrap();
+            if !st.worker_flows.contains_key(&local) {
+                return Err(format!("no worker flow {local}"));
+            }
+            Ok(st.worker_counters.get(&local).copied().unwrap_or_default())
+        }
     }
 
     fn sessions_with_kernel() -> (Arc<Sessions>, FakeKernel) {
+        sessions_with_kernel_and(false)
+    }
+
+    fn sessions_with_kernel_and(workers: bool) -> (Arc<Sessions>, FakeKernel) {
         let kernel = FakeKernel::default();
+        kernel.0.lock().unwrap().workers = workers;
         let s = Sessions::new(
             SessionConfig {
                 media_ips: vec!["127.0.0.1".parse().unwrap()],
@@ -1591,12 +1815,19 @@ mod tests {
         latch_all(&s, "c", true);
         let t0 = now_ns();
         s.sweep_at(t0 + 2 * SEC);
+        s.sweep_at(t0 + 4 * SEC);
+        assert_eq!(
+            kernel.flow_count().unwrap(),
+            0,
+            "a source other than the SDP address waits for the latching window to close"
+        );
+        s.sweep_at(t0 + 11 * SEC);
         assert_eq!(
             kernel.flow_count().unwrap(),
             0,
             "must stay latched for a while first"
         );
-        s.sweep_at(t0 + 3 * SEC + 1);
+        s.sweep_at(t0 + 12 * SEC + 1);
         // RTP and RTCP, both directions.
         assert_eq!(kernel.flow_count().unwrap(), 4);
         let q = s.query("c").unwrap();
@@ -1629,8 +1860,8 @@ mod tests {
         call_up(&s, "c", "");
         latch_all(&s, "c", false);
         let t0 = now_ns();
-        s.sweep_at(t0 + 2 * SEC);
-        s.sweep_at(t0 + 4 * SEC);
+        s.sweep_at(t0 + 11 * SEC);
+        s.sweep_at(t0 + 13 * SEC);
         assert_eq!(kernel.flow_count().unwrap(), 2);
         let flows = kernel.0.lock().unwrap().flows.clone();
         for v in flows.values() {
@@ -1686,6 +1917,22 @@ mod tests {
     }
 
     #[test]
+    fn sdp_address_sources_move_into_the_kernel_inside_the_window() {
+        let (s, kernel) = sessions_with_kernel();
+        call_up(&s, "c", "");
+        {
+            let st = s.lock();
+            for side in &st.calls["c"].streams[0].sides {
+                side.counters.set_latched(false, side.sdp_rtp);
+            }
+        }
+        let t0 = now_ns();
+        s.sweep_at(t0 + 2 * SEC);
+        s.sweep_at(t0 + 3 * SEC + 1);
+        assert_eq!(kernel.flow_count().unwrap(), 2);
+    }
+
+    #[test]
     fn mixed_rtcp_mux_stays_in_userspace() {
         let (s, kernel) = sessions_with_kernel();
         s.offer(
@@ -1704,8 +1951,8 @@ mod tests {
             .unwrap();
         latch_all(&s, "c", true);
         let t0 = now_ns();
-        s.sweep_at(t0 + 2 * SEC);
-        s.sweep_at(t0 + 4 * SEC);
+        s.sweep_at(t0 + 11 * SEC);
+        s.sweep_at(t0 + 13 * SEC);
         assert_eq!(kernel.flow_count().unwrap(), 0);
     }
 
@@ -1717,14 +1964,183 @@ mod tests {
             latch_all(&s, c, true);
         }
         let t0 = now_ns();
-        s.sweep_at(t0 + 2 * SEC);
-        s.sweep_at(t0 + 4 * SEC);
+        s.sweep_at(t0 + 11 * SEC);
+        s.sweep_at(t0 + 13 * SEC);
         assert_eq!(kernel.flow_count().unwrap(), 12);
         s.delete("c1", "", "").unwrap();
         assert_eq!(kernel.flow_count().unwrap(), 8);
         assert_eq!(s.shutdown(), 2);
         assert_eq!(kernel.flow_count().unwrap(), 0);
         assert_eq!(s.lock().flow_ids.in_use(), 0);
+    }
+
+    /// An SRTP caller (terminated by `--srtp strip`) and a plain callee, with separate RTCP.
+    fn srtp_call_up(s: &Sessions, call_id: &str) {
+        s.offer(
+            call_id,
+            "a",
+            &savp("alice", 4000, ALICE_KEY),
+            opts(SrtpMode::Strip),
+        )
+        .unwrap();
+        s.answer(
+            call_id,
+            "a",
+            "b",
+            &sdp("bob", 5000, ""),
+            LegOptions::default(),
+        )
+        .unwrap();
+    }
+
+    fn local(port: u32) -> SocketAddr {
+        SocketAddr::new("127.0.0.1".parse().unwrap(), port as u16)
+    }
+
+    #[test]
+    fn srtp_stream_goes_to_the_workers_as_worker_flows() {
+        let (s, kernel) = sessions_with_kernel_and(true);
+        srtp_call_up(&s, "c");
+        latch_all(&s, "c", true);
+        let t0 = now_ns();
+        s.sweep_at(t0 + 11 * SEC);
+        s.sweep_at(t0 + 13 * SEC);
+        let (alice_rx, alice_tx) = match crypto_of(&s, "c", 0) {
+            SideCrypto::Terminated { rx, tx } => (rx.to_engine(), tx.to_engine()),
+            other => panic!("{other:?}"),
+        };
+        let q = s.query("c").unwrap();
+        let (a, b) = (&q.legs[0].streams[0], &q.legs[1].streams[0]);
+        assert!(a.kernel_forwarded && b.kernel_forwarded);
+        let st = kernel.0.lock().unwrap();
+        // RTP and RTCP, both directions: four WORKER entries, each with its worker context.
+        assert_eq!(st.flows.len(), 4);
+        assert_eq!(st.worker_flows.len(), 4);
+        for (local, v) in &st.flows {
+            assert_eq!(v.action(), Some(sluice_relay::xdp::FlowAction::Worker));
+            assert_eq!(v.rewrite(), None, "the worker rewrites, not XDP");
+            assert!(st.worker_flows.contains_key(local));
+        }
+        let a_rtp = local(a.local_rtp_port);
+        assert_eq!(
+            st.flows[&a_rtp].expected_source(),
+            Some("127.0.0.10:6000".parse().unwrap())
+        );
+        // From the SRTP caller: unprotect with its key, nothing to protect towards bob, sent
+        // from bob's relay port to bob's latched address.
+        let from_a = &st.worker_flows[&a_rtp];
+        assert_eq!(from_a.rx.as_ref(), Some(&alice_rx));
+        assert_eq!(from_a.tx, None);
+        assert_eq!(from_a.new_src, local(b.local_rtp_port));
+        assert_eq!(from_a.new_dst, "127.0.0.11:6000".parse().unwrap());
+        assert!(!from_a.rtcp_port);
+        assert_eq!(
+            from_a.fallback.as_ref().unwrap().local_addr().unwrap(),
+            local(b.local_rtp_port),
+            "sent through a clone of bob's relay socket"
+        );
+        // From the plain callee: protect with sluice's key for alice.
+        let from_b = &st.worker_flows[&local(b.local_rtp_port)];
+        assert_eq!(
+            (from_b.rx.as_ref(), from_b.tx.as_ref()),
+            (None, Some(&alice_tx))
+        );
+        assert_eq!(from_b.new_dst, "127.0.0.10:6000".parse().unwrap());
+        let from_b_rtcp = &st.worker_flows[&local(b.local_rtcp_port)];
+        assert!(from_b_rtcp.rtcp_port);
+        assert_eq!(from_b_rtcp.new_src, local(a.local_rtcp_port));
+        assert_eq!(from_b_rtcp.new_dst, "127.0.0.10:6001".parse().unwrap());
+        assert_eq!(
+            from_b_rtcp.fallback.as_ref().unwrap().local_addr().unwrap(),
+            local(a.local_rtcp_port)
+        );
+    }
+
+    #[test]
+    fn worker_flows_count_what_xdp_handed_over_and_leave_on_reoffer_and_delete() {
+        let (s, kernel) = sessions_with_kernel_and(true);
+        for c in ["c1", "c2"] {
+            srtp_call_up(&s, c);
+            latch_all(&s, c, false);
+        }
+        let t0 = now_ns();
+        s.sweep_at(t0 + 11 * SEC);
+        s.sweep_at(t0 + 13 * SEC);
+        {
+            let mut st = kernel.0.lock().unwrap();
+            assert_eq!((st.flows.len(), st.worker_flows.len()), (4, 4));
+            let flows: Vec<(SocketAddr, u32)> =
+                st.flows.iter().map(|(l, v)| (*l, v.flow_id())).collect();
+            for (l, id) in flows {
+                st.counters.insert(
+                    id,
+                    FlowCounters {
+                        to_worker: 50,
+                        ..Default::default()
+                    },
+                );
+                st.worker_counters.insert(
+                    l,
+                    crate::kernel::WorkerFlowCounters {
+                        packets: 50,
+                        bytes: 50 * 182,
+                        forwarded: 50,
+                        last_seen_ns: t0 + 30 * SEC,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        let q = s.query("c1").unwrap();
+        assert_eq!(q.legs[0].streams[0].kernel_packets, 50);
+        assert_eq!(q.legs[0].streams[0].kernel_bytes, 50 * 182);
+        // Worker-only media keeps the call alive past the timeout of its userspace counters.
+        assert!(s.sweep_at(t0 + 62 * SEC).is_empty());
+        // A re-offer takes c1 back to userspace: its XDP entries and worker contexts go.
+        s.offer(
+            "c1",
+            "a",
+            &savp("alice", 4000, ALICE_KEY),
+            opts(SrtpMode::Strip),
+        )
+        .unwrap();
+        {
+            let st = kernel.0.lock().unwrap();
+            assert_eq!((st.flows.len(), st.worker_flows.len()), (2, 2));
+        }
+        let q = s.query("c1").unwrap();
+        assert!(!q.legs[0].streams[0].kernel_forwarded);
+        assert_eq!(
+            q.legs[1].streams[0].kernel_packets, 50,
+            "kept after removal"
+        );
+        s.delete("c2", "", "").unwrap();
+        {
+            let st = kernel.0.lock().unwrap();
+            assert_eq!((st.flows.len(), st.worker_flows.len()), (0, 0));
+        }
+        assert_eq!(s.statistics().kernel_packets, 200);
+        s.shutdown();
+        assert_eq!(s.lock().flow_ids.in_use(), 0);
+    }
+
+    #[test]
+    fn srtp_stream_stays_in_userspace_without_workers() {
+        let (s, kernel) = sessions_with_kernel_and(false);
+        srtp_call_up(&s, "c");
+        latch_all(&s, "c", true);
+        let t0 = now_ns();
+        s.sweep_at(t0 + 11 * SEC);
+        s.sweep_at(t0 + 13 * SEC);
+        assert_eq!(kernel.flow_count().unwrap(), 0);
+        assert!(kernel.0.lock().unwrap().worker_flows.is_empty());
+        // No duplicate sockets are kept either.
+        assert!(
+            s.lock().calls["c"].streams[0]
+                .sides
+                .iter()
+                .all(|d| d.sockets.is_none())
+        );
     }
 
     const ALICE_KEY: &str =

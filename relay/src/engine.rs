@@ -20,8 +20,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::clock::now_ns;
 use crate::latch::{DropReason, Latch, LatchConfig, Verdict};
-use crate::rtp::{PacketKind, RtpPacket, classify};
+use crate::rtp::{PacketKind, RtpPacket, classify_relay};
 use crate::rtp_stats::RtpStats;
+use crate::srtp::{SrtpConfig, SrtpContext, SrtpError, SrtpProfile};
 use crate::stats::{EndpointCounters, bump};
 
 /// Identifies one side of one media stream: the relay socket(s) one endpoint sends to.
@@ -63,6 +64,20 @@ impl Default for EndpointConfig {
     }
 }
 
+/// SRTP master key and salt of one direction, as negotiated by SDES (RFC 4568).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SrtpKeys {
+    pub profile: SrtpProfile,
+    /// Master key followed by master salt.
+    pub master: Vec<u8>,
+}
+
+impl std::fmt::Debug for SrtpKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SrtpKeys({:?}, <redacted>)", self.profile)
+    }
+}
+
 /// A signalling event for an endpoint: its SDP addresses, and a new latching window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Signalling {
@@ -83,6 +98,14 @@ pub enum Command {
         id: EndpointId,
         config: EndpointConfig,
         signalling: Option<Signalling>,
+    },
+    /// SRTP termination for an endpoint: `rx` decrypts what it sends, `tx` encrypts what it is
+    /// sent. `None` = plain (or SRTP passed through untouched). Unchanged keys keep their
+    /// contexts (ROC and replay state survive a session refresh).
+    SetSrtp {
+        id: EndpointId,
+        rx: Option<SrtpKeys>,
+        tx: Option<SrtpKeys>,
     },
     /// Closes the endpoint's sockets.
     Remove {
@@ -166,6 +189,7 @@ const BATCH: usize = 32;
 /// Large enough for any RTP packet on a 1500-byte MTU path with room for jumbo-ish video;
 /// longer datagrams are truncated by the kernel and dropped as malformed.
 const BUF_LEN: usize = 2048;
+const SRTP_TAILROOM: usize = crate::srtp::MAX_RTCP_OVERHEAD;
 
 struct Endpoint {
     id: EndpointId,
@@ -179,12 +203,34 @@ struct Endpoint {
     stats: RtpStats,
     counters: Arc<EndpointCounters>,
     started: bool,
+    srtp_rx: Option<(SrtpKeys, Box<SrtpContext>)>,
+    srtp_tx: Option<(SrtpKeys, Box<SrtpContext>)>,
+}
+
+/// Keeps the context when the keys did not change, else builds a new one.
+fn rekey(slot: &mut Option<(SrtpKeys, Box<SrtpContext>)>, keys: Option<SrtpKeys>, id: EndpointId) {
+    match keys {
+        None => *slot = None,
+        Some(k) if slot.as_ref().is_some_and(|(cur, _)| *cur == k) => {}
+        Some(k) => match SrtpContext::new(k.profile, &k.master, SrtpConfig::default()) {
+            Ok(ctx) => *slot = Some((k, Box::new(ctx))),
+            Err(e) => {
+                // The session layer validated the key lengths: this is a bug, and this
+                // endpoint's media must not flow unencrypted.
+                tracing::error!(%id, error = %e, "cannot build SRTP context; dropping its media");
+                *slot = None;
+            }
+        },
+    }
 }
 
 /// What the packet loop needs of the partner, copied once per batch so that the receiving
 /// endpoint can be borrowed mutably.
 #[derive(Clone, Copy)]
 struct Egress {
+    slot: usize,
+    /// Packets to the partner are SRTP-protected (its context is lent to the batch).
+    srtp: bool,
     rtp_fd: RawFd,
     rtcp_fd: RawFd,
     rtp_peer: Option<SocketAddr>,
@@ -286,6 +332,21 @@ impl Engine {
                     ep.rtp_latch.signalling(sig.sdp_rtp, now);
                     ep.rtcp_latch.signalling(sig.sdp_rtcp, now);
                 }
+                // A new SDP address makes the latch forget the old source: the control plane
+                // must not go on seeing (and kernelizing) it.
+                ep.counters.set_latched(false, ep.rtp_latch.latched());
+                ep.counters.set_latched(true, ep.rtcp_latch.latched());
+            }
+            Command::SetSrtp { id, rx, tx } => {
+                let Some(&slot) = self.by_id.get(&id) else {
+                    tracing::warn!(%id, "SRTP keys for an unknown endpoint ignored");
+                    return;
+                };
+                let ep = self.slots[slot]
+                    .as_mut()
+                    .expect("by_id points at a live slot");
+                rekey(&mut ep.srtp_rx, rx, id);
+                rekey(&mut ep.srtp_tx, tx, id);
             }
             Command::Remove { id } => {
                 let Some(slot) = self.by_id.remove(&id) else {
@@ -354,6 +415,8 @@ impl Engine {
             stats: RtpStats::new(config.clock_rate),
             counters,
             started: false,
+            srtp_rx: None,
+            srtp_tx: None,
         });
         self.by_id.insert(id, slot);
         Ok(())
@@ -374,6 +437,8 @@ impl Engine {
             )
         };
         Some(Egress {
+            slot: ep.partner_slot?,
+            srtp: p.srtp_tx.is_some(),
             rtp_fd,
             rtcp_fd,
             rtp_peer: p.rtp_latch.peer(),
@@ -409,13 +474,32 @@ impl Engine {
                 }
             };
             let now = now_ns();
+            // The partner's SRTP context is lent to this batch: both endpoints are borrowed
+            // mutably, and they are never the same slot.
+            let mut tx = egress
+                .filter(|e| e.srtp && e.slot != slot)
+                .and_then(|e| self.slots[e.slot].as_mut())
+                .and_then(|p| p.srtp_tx.take());
             let ep = self.slots[slot].as_mut().expect("checked above");
-            let queued = process_batch(&mut self.io, ep, egress, from_rtcp_port, n, now);
+            let queued = process_batch(
+                &mut self.io,
+                ep,
+                egress,
+                tx.as_mut().map(|(_, c)| &mut **c),
+                from_rtcp_port,
+                n,
+                now,
+            );
             if !ep.started && ep.counters.packets.load(Relaxed) > 0 {
                 ep.started = true;
                 let _ = self
                     .events
                     .try_send(EngineEvent::MediaStarted { id: ep.id });
+            }
+            if let (Some(e), Some(t)) = (egress, tx.take())
+                && let Some(p) = self.slots[e.slot].as_mut()
+            {
+                p.srtp_tx = Some(t);
             }
             let (sent, sent_bytes, failed) = self.io.flush(queued);
             let c = &self.slots[slot].as_ref().expect("checked above").counters;
@@ -439,10 +523,12 @@ fn rtcp_latch_config(rtp: LatchConfig) -> LatchConfig {
 
 /// Runs the per-packet decisions over a received batch and queues what is to be forwarded.
 /// Returns the number of packets queued for sending.
+#[allow(clippy::too_many_arguments)]
 fn process_batch(
     io: &mut BatchIo,
     ep: &mut Endpoint,
     egress: Option<Egress>,
+    mut srtp_tx: Option<&mut SrtpContext>,
     from_rtcp_port: bool,
     n: usize,
     now: u64,
@@ -451,7 +537,8 @@ fn process_batch(
     let mut queued = 0;
     let (mut packets, mut bytes, mut rtcp_packets) = (0u64, 0u64, 0u64);
     for i in 0..n {
-        let len = io.rx_len(i);
+        let wire_len = io.rx_len(i);
+        let mut len = wire_len;
         let Some(src) = io.rx_src(i) else {
             bump(&c.dropped_malformed, 1);
             continue;
@@ -460,17 +547,36 @@ fn process_batch(
             bump(&c.dropped_malformed, 1);
             continue;
         }
-        let buf = &io.bufs[i][..len];
         let kind = if from_rtcp_port {
             // RFC 3605 ports carry RTCP only, but validate it like a muxed one.
-            match classify(buf) {
+            match classify_relay(&io.bufs[i][..len]) {
                 PacketKind::Rtcp => PacketKind::Rtcp,
                 PacketKind::Rtp => PacketKind::Invalid("RTP on the RTCP port"),
                 k => k,
             }
         } else {
-            classify(buf)
+            classify_relay(&io.bufs[i][..len])
         };
+        let is_rtcp = matches!(kind, PacketKind::Rtcp);
+        // SRTP is checked before latching: only authenticated packets may move a latch
+        // (DESIGN security defaults).
+        if !matches!(kind, PacketKind::Invalid(_))
+            && let Some((_, rx)) = ep.srtp_rx.as_mut()
+        {
+            let r = if is_rtcp {
+                rx.unprotect_rtcp(&mut io.bufs[i], len)
+            } else {
+                rx.unprotect_rtp(&mut io.bufs[i], len)
+            };
+            match r {
+                Ok(l) => len = l,
+                Err(e) => {
+                    count_srtp_error(c, e);
+                    continue;
+                }
+            }
+        }
+        let buf = &io.bufs[i][..len];
         let verdict = match kind {
             PacketKind::Invalid(_) => {
                 bump(&c.dropped_malformed, 1);
@@ -517,8 +623,7 @@ fn process_batch(
             }
         }
         packets += 1;
-        bytes += len as u64;
-        let is_rtcp = matches!(kind, PacketKind::Rtcp);
+        bytes += wire_len as u64;
         if is_rtcp {
             rtcp_packets += 1;
         } else {
@@ -545,6 +650,26 @@ fn process_batch(
             bump(&c.dropped_no_peer, 1);
             continue;
         };
+        if eg.srtp {
+            let Some(tx) = srtp_tx.as_deref_mut() else {
+                // Never send plain where SRTP is due.
+                bump(&c.send_errors, 1);
+                continue;
+            };
+            let r = if is_rtcp {
+                tx.protect_rtcp(&mut io.bufs[i], len)
+            } else {
+                tx.protect_rtp(&mut io.bufs[i], len)
+            };
+            match r {
+                Ok(l) => len = l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "SRTP protect failed");
+                    bump(&c.send_errors, 1);
+                    continue;
+                }
+            }
+        }
         io.queue(queued, i, len, fd, dest);
         queued += 1;
     }
@@ -560,6 +685,14 @@ fn process_batch(
         c.jitter_ts.store(ep.stats.jitter_ts(), Relaxed);
     }
     queued
+}
+
+fn count_srtp_error(c: &EndpointCounters, e: SrtpError) {
+    match e {
+        SrtpError::AuthFailed { .. } => bump(&c.srtp_auth_failures, 1),
+        SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => bump(&c.srtp_replayed, 1),
+        _ => bump(&c.dropped_malformed, 1),
+    }
 }
 
 /// Preallocated `recvmmsg`/`sendmmsg` state. Boxed once so the raw pointers inside the message
@@ -580,9 +713,10 @@ impl BatchIo {
         // SAFETY: every field is plain old data for which all-zero bytes are valid.
         let mut io: Box<Self> = unsafe { Box::new_zeroed().assume_init() };
         for i in 0..BATCH {
+            // Room after the datagram for the SRTP/SRTCP tag and index added by protect.
             io.rx_iov[i] = libc::iovec {
                 iov_base: io.bufs[i].as_mut_ptr().cast(),
-                iov_len: BUF_LEN,
+                iov_len: BUF_LEN - SRTP_TAILROOM,
             };
             let iov = &mut io.rx_iov[i] as *mut libc::iovec;
             let name = &mut io.rx_addrs[i] as *mut libc::sockaddr_storage;
@@ -623,7 +757,7 @@ impl BatchIo {
     }
 
     fn rx_len(&self, i: usize) -> usize {
-        (self.rx_hdrs[i].msg_len as usize).min(BUF_LEN)
+        (self.rx_hdrs[i].msg_len as usize).min(BUF_LEN - SRTP_TAILROOM)
     }
 
     fn rx_truncated(&self, i: usize) -> bool {

@@ -409,10 +409,75 @@ pub fn classify(buf: &[u8]) -> PacketKind {
     }
 }
 
+/// Like [`classify`], checking only what a relay can check on any RTP flavour: SRTP and SRTCP
+/// carry a trailer (tag, SRTCP index) after the packet and encrypt the RTP padding count, so the
+/// RTCP compound need not end at the datagram end and RTP padding is not checked. The version,
+/// the fixed headers, the CSRC list, the header extension and the first RTCP packet's length
+/// must still fit.
+pub fn classify_relay(buf: &[u8]) -> PacketKind {
+    if buf.len() < RTCP_MIN_LEN.min(RTP_HEADER_LEN) || buf[0] >> 6 != 2 {
+        return PacketKind::Invalid("not RTP version 2");
+    }
+    if is_rtcp(buf) {
+        let words = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+        if buf.len() < RTCP_MIN_LEN || (words + 1) * 4 > buf.len() {
+            return PacketKind::Invalid("RTCP length runs past the packet end");
+        }
+        return PacketKind::Rtcp;
+    }
+    if buf.len() < RTP_HEADER_LEN {
+        return PacketKind::Invalid("packet shorter than the 12-byte RTP header");
+    }
+    let mut end = RTP_HEADER_LEN + 4 * (buf[0] & 0x0f) as usize;
+    if buf[0] & 0x10 != 0 {
+        if buf.len() < end + 4 {
+            return PacketKind::Invalid("CSRC list or header extension runs past the packet end");
+        }
+        end += 4 + 4 * u16::from_be_bytes([buf[end + 2], buf[end + 3]]) as usize;
+    }
+    if end > buf.len() {
+        return PacketKind::Invalid("CSRC list or header extension runs past the packet end");
+    }
+    PacketKind::Rtp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn relay_classification_accepts_srtcp_trailers_and_rejects_broken_headers() {
+        // An RTCP RR (1 word after the header: 8 bytes) followed by an SRTCP index and a tag.
+        let mut srtcp = vec![0x80, 201, 0x00, 0x01, 0xde, 0xad, 0xbe, 0xef];
+        srtcp.extend_from_slice(&[0x80, 0, 0, 1]);
+        srtcp.extend_from_slice(&[0xaa; 10]);
+        assert!(matches!(classify(&srtcp), PacketKind::Invalid(_)));
+        assert!(matches!(classify_relay(&srtcp), PacketKind::Rtcp));
+        let mut long = srtcp.clone();
+        long[3] = 9;
+        assert!(matches!(classify_relay(&long), PacketKind::Invalid(_)));
+        // SRTP with the padding bit: the count is encrypted, so it is not checked.
+        let mut srtp = PCMU_HEADER.to_vec();
+        srtp[0] |= 0x20;
+        srtp.extend_from_slice(&[0x00; 20]);
+        assert!(matches!(classify_relay(&srtp), PacketKind::Rtp));
+        let mut csrc = PCMU_HEADER.to_vec();
+        csrc[0] |= 0x0f;
+        assert!(matches!(classify_relay(&csrc), PacketKind::Invalid(_)));
+        assert!(matches!(
+            classify_relay(&[0x40; 20]),
+            PacketKind::Invalid(_)
+        ));
+        assert!(matches!(classify_relay(&[]), PacketKind::Invalid(_)));
+    }
+
+    proptest! {
+        #[test]
+        fn relay_classification_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = classify_relay(&bytes);
+        }
+    }
 
     /// PCMU (PT 0), seq 0x1234, ts 0x0001F400, SSRC 0xDEADBEEF, 160 bytes of mu-law silence.
     const PCMU_HEADER: [u8; 12] = [

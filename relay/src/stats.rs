@@ -22,6 +22,10 @@ pub struct EndpointCounters {
     pub dropped_malformed: AtomicU64,
     pub dropped_no_peer: AtomicU64,
     pub send_errors: AtomicU64,
+    /// SRTP/SRTCP packets whose authentication tag did not verify.
+    pub srtp_auth_failures: AtomicU64,
+    /// SRTP/SRTCP replays and packets behind the replay window.
+    pub srtp_replayed: AtomicU64,
     /// `clock::now_ns()` of the last accepted packet; 0 = none yet.
     pub last_packet_ns: AtomicU64,
     pub rtp_lost: AtomicU64,
@@ -62,6 +66,8 @@ impl EndpointCounters {
             + self.dropped_direction.load(Relaxed)
             + self.dropped_malformed.load(Relaxed)
             + self.dropped_no_peer.load(Relaxed)
+            + self.srtp_auth_failures.load(Relaxed)
+            + self.srtp_replayed.load(Relaxed)
     }
     /// Jitter in milliseconds, from the timestamp-unit estimate and the stream's clock rate.
     pub fn jitter_ms(&self) -> f64 {

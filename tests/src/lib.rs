@@ -19,6 +19,8 @@ use tonic::transport::Channel;
 
 pub use sluice_control::proto as pb;
 
+pub mod netns;
+
 /// How long a test may take at most, start to end.
 pub const TEST_LIMIT: Duration = Duration::from_secs(30);
 /// How long a receiving peer waits for a packet that should arrive.
@@ -26,8 +28,11 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a receiving peer listens to be sure that nothing arrives.
 pub const SILENCE: Duration = Duration::from_millis(300);
 
-/// Runs a test body with an upper bound on its duration.
+/// Runs a test body with an upper bound on its duration. The daemon binary is built (if need
+/// be) before the clock starts: a `cargo build` waiting for a busy target directory is not the
+/// test's time.
 pub async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    sluice_bin();
     match tokio::time::timeout(TEST_LIMIT, f).await {
         Ok(out) => out,
         Err(_) => panic!("test did not finish within {TEST_LIMIT:?}"),
@@ -168,6 +173,12 @@ impl Daemon {
     /// `--ports`) and debug logs (unless `args` has `--log-level`), plus `args`. Returns once it
     /// answers Ping.
     pub async fn start(args: &[&str]) -> Daemon {
+        Self::start_in(None, args).await
+    }
+
+    /// [`Daemon::start`] inside network namespace `netns` (a name under /run/netns) when given.
+    /// The control socket is a filesystem path, so the test drives it from its own namespace.
+    pub async fn start_in(netns: Option<&str>, args: &[&str]) -> Daemon {
         let n = DAEMONS.fetch_add(1, Ordering::Relaxed);
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let ports;
@@ -190,16 +201,21 @@ impl Daemon {
             all.push("--log-level".into());
             all.push("debug".into());
         }
-        Self::spawn(n, all, ports).await
+        Self::spawn(n, all, ports, netns).await
     }
 
     /// `sluice run --control unix:PATH` and nothing else: the out-of-the-box configuration.
     pub async fn start_bare() -> Daemon {
         let n = DAEMONS.fetch_add(1, Ordering::Relaxed);
-        Self::spawn(n, Vec::new(), None).await
+        Self::spawn(n, Vec::new(), None, None).await
     }
 
-    async fn spawn(n: u32, args: Vec<String>, ports: Option<(u16, u16)>) -> Daemon {
+    async fn spawn(
+        n: u32,
+        args: Vec<String>,
+        ports: Option<(u16, u16)>,
+        netns: Option<&str>,
+    ) -> Daemon {
         let dir = PathBuf::from(format!("/tmp/sluice-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the daemon's temp dir");
@@ -215,6 +231,9 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup log fd"))
             .stderr(log_file);
+        if let Some(ns) = netns {
+            netns::enter_on_exec(&mut cmd, ns);
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", sluice_bin().display()));

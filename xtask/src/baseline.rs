@@ -6,7 +6,7 @@
 //! then it relays until stdin is closed or readable again, so it never outlives the bench.
 
 use std::io::{self, BufRead, Write};
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result};
@@ -30,6 +30,9 @@ pub struct CallSetup {
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Setup {
     pub calls: Vec<CallSetup>,
+    /// Address to bind both sides on (default 127.0.0.1).
+    #[serde(default)]
+    pub bind: Option<Ipv4Addr>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy)]
@@ -63,9 +66,10 @@ pub fn run() -> Result<()> {
     let epoll = Epoll::new()?;
     let mut pairs = Vec::with_capacity(setup.calls.len());
     let mut bound = Vec::with_capacity(setup.calls.len());
+    let ip = setup.bind.unwrap_or(Ipv4Addr::LOCALHOST);
     for (i, c) in setup.calls.iter().enumerate() {
-        let a = sys::bind_loopback()?;
-        let b = sys::bind_loopback()?;
+        let a = sys::bind_v4(ip).with_context(|| format!("binding call {i} on {ip}"))?;
+        let b = sys::bind_v4(ip).with_context(|| format!("binding call {i} on {ip}"))?;
         epoll.add(a.as_raw_fd(), 2 * i as u64)?;
         epoll.add(b.as_raw_fd(), 2 * i as u64 + 1)?;
         bound.push(CallPorts {

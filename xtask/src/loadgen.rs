@@ -6,17 +6,27 @@
 //! relay port, so one sendmmsg carries a batch of 32 across calls; every call has its own callee
 //! socket, so a relay that delivers to the wrong call is caught. The callers' SDPs all name the
 //! shared caller socket; a relay keys its state on its own ports, so this costs it nothing extra.
+//!
+//! With `--netns` (bench forward --netns) the caller socket lives in the caller namespace and
+//! the callee sockets in the callee namespace (bound to the wildcard address, so that they
+//! receive both relayed packets and the direct probes that arrive over the direct link); a
+//! second caller-side socket sends the direct probes. One process holds them all, so send and
+//! receive times come from one clock.
 
 use std::io::{self, BufRead, Write};
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::netns;
 use crate::packet::{self, PACKET_LEN, Stamp, Verdict};
+use crate::sink::{self, Sink};
 use crate::sys::{self, Epoll, RecvBatch, SendBatch, TimerFd};
+use crate::xdpgen::{self, Gen};
 
 /// Packets per sendmmsg: one timer tick sends one batch.
 pub const BATCH: usize = 32;
@@ -35,14 +45,109 @@ const PROBE_GAP: Duration = Duration::from_millis(1);
 /// Per-wakeup receive batches per socket, so one busy call cannot starve the timer.
 const RECV_ROUNDS: usize = 4;
 const TIMER_TOKEN: u64 = u64::MAX;
+/// Step id of priming packets (never a load step's).
+const PRIME_STEP: u32 = u32::MAX;
+/// Pause between priming rounds (one packet per call per round).
+const PRIME_GAP: Duration = Duration::from_millis(20);
+
+/// Where the sockets live in `--netns` mode.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NetnsSides {
+    /// Namespace file of the caller side (e.g. /run/netns/NAME).
+    #[arg(long, requires_all = ["callee_ns", "caller_ip", "callee_ip", "direct_ip"])]
+    pub caller_ns: Option<PathBuf>,
+    #[arg(long)]
+    pub callee_ns: Option<PathBuf>,
+    /// The caller's address as the relay sees it.
+    #[arg(long)]
+    pub caller_ip: Option<Ipv4Addr>,
+    /// The callees' address as the relay sees it.
+    #[arg(long)]
+    pub callee_ip: Option<Ipv4Addr>,
+    /// The callees' address on the direct link (latency baseline).
+    #[arg(long)]
+    pub direct_ip: Option<Ipv4Addr>,
+    /// XDP receiver (xtask/bpf/sink.c, compiled) to attach to `callee_iface`, for load steps
+    /// that ask for it.
+    #[arg(long, requires = "callee_iface")]
+    pub sink_object: Option<PathBuf>,
+    /// The callee namespace's veth towards the relay.
+    #[arg(long)]
+    pub callee_iface: Option<String>,
+    /// XDP sender (xtask/bpf/gen.c, compiled) for load steps that ask for it: frames leave
+    /// through `caller_iface` with these MACs.
+    #[arg(long, requires_all = ["caller_iface", "caller_mac", "gateway_mac"])]
+    pub gen_object: Option<PathBuf>,
+    /// The caller namespace's veth towards the relay.
+    #[arg(long)]
+    pub caller_iface: Option<String>,
+    #[arg(long)]
+    pub caller_mac: Option<String>,
+    /// The relay veth's MAC (the caller's next hop).
+    #[arg(long)]
+    pub gateway_mac: Option<String>,
+}
+
+impl NetnsSides {
+    /// Arguments that make a `loadgen` child place its sockets like this.
+    pub fn args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut push = |k: &str, val: Option<String>| {
+            if let Some(val) = val {
+                v.push(k.to_string());
+                v.push(val);
+            }
+        };
+        push(
+            "--caller-ns",
+            self.caller_ns.as_ref().map(|p| p.display().to_string()),
+        );
+        push(
+            "--callee-ns",
+            self.callee_ns.as_ref().map(|p| p.display().to_string()),
+        );
+        push("--caller-ip", self.caller_ip.map(|a| a.to_string()));
+        push("--callee-ip", self.callee_ip.map(|a| a.to_string()));
+        push("--direct-ip", self.direct_ip.map(|a| a.to_string()));
+        push(
+            "--sink-object",
+            self.sink_object.as_ref().map(|p| p.display().to_string()),
+        );
+        push("--callee-iface", self.callee_iface.clone());
+        push(
+            "--gen-object",
+            self.gen_object.as_ref().map(|p| p.display().to_string()),
+        );
+        push("--caller-iface", self.caller_iface.clone());
+        push("--caller-mac", self.caller_mac.clone());
+        push("--gateway-mac", self.gateway_mac.clone());
+        v
+    }
+}
 
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
     /// Where the caller sends each call's media (the relay's caller-facing ports, call order).
     Targets { dests: Vec<SocketAddrV4> },
-    /// Paced load of `rate` packets/s shared equally by all calls, for `secs`.
-    Load { rate: u32, secs: f64 },
+    /// `packets` packets from each callee socket to its `dests` entry (the relay's callee-facing
+    /// port), one per call per round, 20 ms apart: lets a relay latch the callee side, which
+    /// sluice needs before it moves a stream into the kernel. What the relay forwards to the
+    /// caller is not read.
+    Prime {
+        dests: Vec<SocketAddrV4>,
+        packets: u32,
+    },
+    /// Paced load of `rate` packets/s shared equally by all calls, for `secs`. With `xdp`
+    /// (--netns, generator and sink loaded), the XDP generator sends instead of the caller
+    /// socket and the XDP sink counts on the callee veth instead of the sockets: cheaper checks
+    /// (length, RTP version and type, SSRC and call index), no reordering check.
+    Load {
+        rate: u32,
+        secs: f64,
+        #[serde(default)]
+        xdp: bool,
+    },
     /// `samples` probes per path, one in flight at a time, alternating between the direct path
     /// (caller -> callee socket, bypassing the relay) and the path through the relay.
     Latency { samples: u32 },
@@ -99,6 +204,9 @@ pub enum Reply {
     Ready {
         caller: SocketAddrV4,
         callees: Vec<SocketAddrV4>,
+        /// Where direct probes go per call (empty: the callee addresses themselves).
+        #[serde(default)]
+        direct: Vec<SocketAddrV4>,
     },
     Ok,
     Load(LoadReport),
@@ -113,8 +221,15 @@ pub enum Reply {
 
 struct Loadgen {
     caller: UdpSocket,
+    /// Sends the direct probes (netns mode; else the caller socket does).
+    direct_tx: Option<UdpSocket>,
+    caller_addr: SocketAddrV4,
     callees: Vec<UdpSocket>,
     callee_addrs: Vec<SocketAddrV4>,
+    /// Where direct probes go, per call.
+    direct_addrs: Vec<SocketAddrV4>,
+    sink: Option<Sink>,
+    sender: Option<Gen>,
     targets: Vec<SocketAddrV4>,
     /// Next packet counter per call; it runs on across steps like a real RTP stream's sequence.
     counters: Vec<u32>,
@@ -136,16 +251,28 @@ struct Tally {
     per_call: Vec<u64>,
 }
 
-pub fn run(calls: u32) -> Result<()> {
-    if calls == 0 {
-        bail!("--calls must be at least 1");
+pub fn run(calls: u32, sides: NetnsSides) -> Result<()> {
+    let max = sink::MAX_CALLS.min(xdpgen::MAX_CALLS);
+    if calls == 0 || (sides.sink_object.is_some() && calls as usize > max) {
+        bail!("--calls must be within 1..={max}");
     }
-    let mut lg = Loadgen::new(calls as usize)?;
+    let mut lg = if sides.caller_ns.is_some() {
+        // One socket per callee, plus a few: the soft limit is often 1024.
+        let want = calls as u64 + 256;
+        let got = netns::nofile_capacity(want);
+        if got < want {
+            bail!("{calls} calls need {want} open files; RLIMIT_NOFILE allows {got}");
+        }
+        Loadgen::new_netns(calls as usize, &sides)?
+    } else {
+        Loadgen::new(calls as usize)?
+    };
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let ready = Reply::Ready {
-        caller: sys::local_v4(&lg.caller)?,
+        caller: lg.caller_addr,
         callees: lg.callee_addrs.clone(),
+        direct: lg.direct_addrs.clone(),
     };
     writeln!(out, "{}", serde_json::to_string(&ready)?)?;
     out.flush()?;
@@ -171,6 +298,100 @@ pub fn run(calls: u32) -> Result<()> {
 impl Loadgen {
     fn new(calls: usize) -> Result<Self> {
         let caller = sys::bind_loopback().context("binding the caller socket")?;
+        let caller_addr = sys::local_v4(&caller)?;
+        let mut callees = Vec::with_capacity(calls);
+        for i in 0..calls {
+            callees
+                .push(sys::bind_loopback().with_context(|| format!("binding callee socket {i}"))?);
+        }
+        let callee_addrs = callees
+            .iter()
+            .map(sys::local_v4)
+            .collect::<io::Result<Vec<_>>>()?;
+        Self::assemble(
+            caller,
+            None,
+            caller_addr,
+            callees,
+            callee_addrs.clone(),
+            callee_addrs,
+        )
+    }
+
+    /// Sockets in the caller and callee namespaces; addresses as seen from the relay.
+    fn new_netns(calls: usize, sides: &NetnsSides) -> Result<Self> {
+        let (Some(caller_ns), Some(callee_ns), Some(caller_ip), Some(callee_ip), Some(direct_ip)) = (
+            &sides.caller_ns,
+            &sides.callee_ns,
+            sides.caller_ip,
+            sides.callee_ip,
+            sides.direct_ip,
+        ) else {
+            bail!("--caller-ns needs --callee-ns, --caller-ip, --callee-ip and --direct-ip");
+        };
+        let any = || sys::bind_v4(Ipv4Addr::UNSPECIFIED);
+        let (caller, direct_tx) = netns::with_ns(caller_ns, || {
+            Ok((
+                any().context("binding the caller socket")?,
+                any().context("binding the direct-probe socket")?,
+            ))
+        })?;
+        let callees = netns::with_ns(callee_ns, || {
+            (0..calls)
+                .map(|i| any().with_context(|| format!("binding callee socket {i}")))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let ports = callees
+            .iter()
+            .map(|s| sys::local_v4(s).map(|a| a.port()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let caller_addr = SocketAddrV4::new(caller_ip, sys::local_v4(&caller)?.port());
+        let at = |ip: Ipv4Addr| ports.iter().map(|&p| SocketAddrV4::new(ip, p)).collect();
+        let sink = match (&sides.sink_object, &sides.callee_iface) {
+            (Some(object), Some(iface)) => Some(netns::with_ns(callee_ns, || {
+                Sink::attach(object, iface, &ports)
+            })?),
+            _ => None,
+        };
+        let mut lg = Self::assemble(
+            caller,
+            Some(direct_tx),
+            caller_addr,
+            callees,
+            at(callee_ip),
+            at(direct_ip),
+        )?;
+        lg.sink = sink;
+        if let Some(object) = &sides.gen_object {
+            let (Some(iface), Some(src), Some(dst)) =
+                (&sides.caller_iface, &sides.caller_mac, &sides.gateway_mac)
+            else {
+                bail!("--gen-object needs --caller-iface, --caller-mac and --gateway-mac");
+            };
+            // BPF_PROG_RUN redirects within the namespace of the thread that runs it: this
+            // process stays in the caller namespace from here on (its sockets are bound).
+            netns::enter(caller_ns)?;
+            let index = sys::ifindex(iface)?;
+            lg.sender = Some(Gen::load(
+                object,
+                index,
+                xdpgen::parse_mac(src)?,
+                xdpgen::parse_mac(dst)?,
+                caller_addr,
+            )?);
+        }
+        Ok(lg)
+    }
+
+    fn assemble(
+        caller: UdpSocket,
+        direct_tx: Option<UdpSocket>,
+        caller_addr: SocketAddrV4,
+        callees: Vec<UdpSocket>,
+        callee_addrs: Vec<SocketAddrV4>,
+        direct_addrs: Vec<SocketAddrV4>,
+    ) -> Result<Self> {
+        let calls = callees.len();
         sys::set_buffer(&caller, false, 4 << 20);
         let epoll = Epoll::new()?;
         let timer = TimerFd::new()?;
@@ -178,19 +399,19 @@ impl Loadgen {
         // Enough queue for a few ms of the top rate in total, so the generator's own sockets
         // are never where packets are lost.
         let per_socket = ((8usize << 20) / calls).max(256 << 10);
-        let mut callees = Vec::with_capacity(calls);
-        let mut callee_addrs = Vec::with_capacity(calls);
-        for i in 0..calls {
-            let s = sys::bind_loopback().with_context(|| format!("binding callee socket {i}"))?;
-            sys::set_buffer(&s, true, per_socket);
+        for (i, s) in callees.iter().enumerate() {
+            sys::set_buffer(s, true, per_socket);
             epoll.add(s.as_raw_fd(), i as u64)?;
-            callee_addrs.push(sys::local_v4(&s)?);
-            callees.push(s);
         }
         Ok(Self {
             caller,
+            direct_tx,
+            caller_addr,
             callees,
             callee_addrs,
+            direct_addrs,
+            sink: None,
+            sender: None,
             targets: Vec::new(),
             counters: vec![0; calls],
             next_call: 0,
@@ -214,17 +435,33 @@ impl Loadgen {
                         self.callees.len()
                     );
                 }
+                if let Some(g) = self.sender.as_mut() {
+                    g.targets(&dests)?;
+                }
                 self.targets = dests;
                 Ok(Reply::Ok)
             }
-            Command::Load { rate, secs } => {
+            Command::Prime { dests, packets } => {
+                if dests.len() != self.callees.len() || packets > 100 {
+                    bail!(
+                        "prime needs one destination per call ({}) and at most 100 packets",
+                        self.callees.len()
+                    );
+                }
+                self.prime(&dests, packets)?;
+                Ok(Reply::Ok)
+            }
+            Command::Load { rate, secs, xdp } => {
                 if self.targets.is_empty() {
                     bail!("load before targets");
                 }
                 if rate == 0 || !(0.05..=60.0).contains(&secs) {
                     bail!("load needs rate > 0 and 0.05 <= secs <= 60, got {rate} and {secs}");
                 }
-                Ok(Reply::Load(self.load(rate, secs)?))
+                if xdp && (self.sink.is_none() || self.sender.is_none()) {
+                    bail!("load with the XDP generator and sink, but they are not loaded");
+                }
+                Ok(Reply::Load(self.load(rate, secs, xdp)?))
             }
             Command::Latency { samples } => {
                 if self.targets.is_empty() {
@@ -237,6 +474,29 @@ impl Loadgen {
                 Ok(Reply::Latency { direct, relayed })
             }
         }
+    }
+
+    fn prime(&mut self, dests: &[SocketAddrV4], packets: u32) -> Result<()> {
+        let mut buf = [0u8; PACKET_LEN];
+        for round in 0..packets {
+            for (call, (sock, &dest)) in self.callees.iter().zip(dests).enumerate() {
+                let stamp = Stamp {
+                    sent_ns: sys::monotonic_ns(),
+                    step: PRIME_STEP,
+                    call: call as u32,
+                    counter: round,
+                };
+                packet::write(&mut buf, &stamp);
+                match sock.send_to(&buf, dest) {
+                    Ok(_) => {}
+                    // A full buffer loses this one; the next round sends another.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e).with_context(|| format!("priming call {call}")),
+                }
+            }
+            std::thread::sleep(PRIME_GAP);
+        }
+        Ok(())
     }
 
     fn next_stamp(&mut self, sent_ns: u64) -> Stamp {
@@ -252,8 +512,16 @@ impl Loadgen {
         }
     }
 
-    fn load(&mut self, rate: u32, secs: f64) -> Result<LoadReport> {
+    fn load(&mut self, rate: u32, secs: f64, xdp: bool) -> Result<LoadReport> {
         self.step += 1;
+        let sink_base = match (xdp, self.sink.as_mut()) {
+            (true, Some(s)) => {
+                s.start(self.step)?;
+                Some(s.total()?)
+            }
+            _ => None,
+        };
+        let use_gen = xdp && self.sender.is_some();
         let calls = self.callees.len();
         let mut tally = Tally {
             step: self.step,
@@ -265,13 +533,68 @@ impl Loadgen {
             last: vec![None; calls],
             per_call: vec![0; calls],
         };
+        let (mut sent, mut skipped) = (0u64, 0u64);
+        if use_gen && let Some(g) = self.sender.as_mut() {
+            (sent, skipped) = g.run(rate, secs, self.step, BATCH as u32, MAX_CATCH_UP as u32)?;
+        } else {
+            self.send_paced(rate, secs, &mut tally, &mut sent, &mut skipped)?;
+        }
+        let drain_end = sys::monotonic_ns() + DRAIN.as_nanos() as u64;
+        // Bounded by `drain_end`.
+        loop {
+            let now = sys::monotonic_ns();
+            let r = &tally.report;
+            let counted = match (sink_base, &self.sink) {
+                (Some(base), Some(s)) => s.total()?.saturating_sub(base),
+                _ => r.received + r.mangled,
+            };
+            if now >= drain_end || counted >= sent {
+                break;
+            }
+            if sink_base.is_some() {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            let timeout_ms = ((drain_end - now) / 1_000_000 + 1) as i32;
+            let n = self.epoll.wait(&mut self.events, timeout_ms)?;
+            for i in 0..n {
+                let token = self.events[i].u64;
+                if token != TIMER_TOKEN {
+                    self.drain(token as usize, &mut tally)?;
+                }
+            }
+        }
+        if let (Some(_), Some(s)) = (sink_base, self.sink.as_mut()) {
+            for (call, c) in s.stop()?.iter().enumerate() {
+                let r = &mut tally.report;
+                r.received += c.received;
+                r.mangled += c.mangled;
+                r.late += c.late;
+                tally.per_call[call] += c.received;
+            }
+        }
+        let mut report = tally.report;
+        report.sent = sent;
+        report.skipped = skipped;
+        report.silent_calls = tally.per_call.iter().filter(|&&c| c == 0).count() as u32;
+        Ok(report)
+    }
+
+    /// The socket sender: sendmmsg batches on a timer, receiving what arrives meanwhile.
+    fn send_paced(
+        &mut self,
+        rate: u32,
+        secs: f64,
+        tally: &mut Tally,
+        sent: &mut u64,
+        skipped: &mut u64,
+    ) -> Result<()> {
         let planned = (rate as f64 * secs) as u64;
         let interval_ns = (BATCH as u64 * 1_000_000_000 / rate as u64).max(10_000);
         let start = sys::monotonic_ns();
         let end = start + (secs * 1e9) as u64;
         self.timer
             .set_periodic(Some(Duration::from_nanos(interval_ns)))?;
-        let (mut sent, mut skipped) = (0u64, 0u64);
         // Bounded by `end`: every wait times out by then at the latest.
         loop {
             let now = sys::monotonic_ns();
@@ -283,41 +606,20 @@ impl Loadgen {
             for i in 0..n {
                 let token = self.events[i].u64;
                 if token != TIMER_TOKEN {
-                    self.drain(token as usize, &mut tally)?;
+                    self.drain(token as usize, tally)?;
                     continue;
                 }
                 self.timer.ack();
                 let now = sys::monotonic_ns().min(end);
                 let due = ((now - start) as u128 * rate as u128 / 1_000_000_000) as u64;
-                self.send_due(due.min(planned), &mut sent, &mut skipped)?;
+                self.send_due(due.min(planned), sent, skipped)?;
             }
         }
         // The last tick fell up to one interval before `end`: send what that interval owes.
-        self.send_due(planned, &mut sent, &mut skipped)?;
+        self.send_due(planned, sent, skipped)?;
         self.timer.set_periodic(None)?;
         self.timer.ack();
-        let drain_end = sys::monotonic_ns() + DRAIN.as_nanos() as u64;
-        // Bounded by `drain_end`.
-        loop {
-            let now = sys::monotonic_ns();
-            let r = &tally.report;
-            if now >= drain_end || r.received + r.mangled >= sent {
-                break;
-            }
-            let timeout_ms = ((drain_end - now) / 1_000_000 + 1) as i32;
-            let n = self.epoll.wait(&mut self.events, timeout_ms)?;
-            for i in 0..n {
-                let token = self.events[i].u64;
-                if token != TIMER_TOKEN {
-                    self.drain(token as usize, &mut tally)?;
-                }
-            }
-        }
-        let mut report = tally.report;
-        report.sent = sent;
-        report.skipped = skipped;
-        report.silent_calls = tally.per_call.iter().filter(|&&c| c == 0).count() as u32;
-        Ok(report)
+        Ok(())
     }
 
     /// Sends what is owed to reach `due` packets in this step, at most MAX_CATCH_UP.
@@ -417,18 +719,17 @@ impl Loadgen {
     fn probe(&mut self, direct: bool) -> Result<Option<u64>> {
         let stamp = self.next_stamp(sys::monotonic_ns());
         let call = stamp.call as usize;
-        let dest = if direct {
-            self.callee_addrs[call]
+        let (dest, sock) = if direct {
+            (
+                self.direct_addrs[call],
+                self.direct_tx.as_ref().unwrap_or(&self.caller),
+            )
         } else {
-            self.targets[call]
+            (self.targets[call], &self.caller)
         };
         packet::write(&mut self.bufs[0], &stamp);
         let pkt = (self.bufs[0].as_slice(), dest);
-        if self
-            .tx
-            .send(self.caller.as_raw_fd(), std::iter::once(pkt))?
-            == 0
-        {
+        if self.tx.send(sock.as_raw_fd(), std::iter::once(pkt))? == 0 {
             return Ok(None);
         }
         self.await_probe(&stamp)
@@ -495,6 +796,7 @@ mod tests {
 
     #[test]
     fn commands_round_trip_as_json_lines() {
+        // `sink` may be left out (the loopback bench never sends it).
         let line = r#"{"cmd":"load","rate":20000,"secs":1.5}"#;
         let cmd: Command = serde_json::from_str(line).unwrap();
         assert!(matches!(cmd, Command::Load { rate: 20000, .. }));
@@ -510,7 +812,7 @@ mod tests {
     fn direct_load_and_latency_are_lossless() {
         let mut lg = Loadgen::new(3).unwrap();
         lg.targets = lg.callee_addrs.clone();
-        let r = lg.load(3000, 0.2).unwrap();
+        let r = lg.load(3000, 0.2, false).unwrap();
         assert!(r.sent >= 500, "{r:?}");
         assert_eq!(r.received, r.sent, "{r:?}");
         assert_eq!((r.mangled, r.reordered, r.silent_calls), (0, 0, 0));

@@ -1,19 +1,25 @@
 //! cargo xtask: the project's own tooling.
 //!
 //! `cargo xtask bench forward` measures plain RTP forwarding through sluice, rtpengine and a
-//! baseline relay side by side (see forward.rs); `loadgen` and `baseline-relay` are the
-//! processes it starts.
+//! baseline relay side by side (see forward.rs); with `--netns` it does so across network
+//! namespaces, adding sluice's XDP path and a bare XDP redirect (netns.rs, bare.rs).
+//! `loadgen`, `baseline-relay` and `bare-xdp` are the processes it starts.
 
+mod bare;
 mod baseline;
 mod bencode;
 mod child;
 mod forward;
 mod loadgen;
+mod netns;
 mod packet;
 mod proc_cpu;
 mod relays;
 mod sdp;
+mod sink;
+mod srtp_bench;
 mod sys;
+mod xdpgen;
 
 use std::process::ExitCode;
 
@@ -39,16 +45,31 @@ enum Cmd {
     Loadgen {
         #[arg(long)]
         calls: u32,
+        #[command(flatten)]
+        sides: loadgen::NetnsSides,
     },
     /// Baseline relay process of `bench forward` (setup as one JSON line on stdin).
     #[command(hide = true)]
     BaselineRelay,
+    /// Bare XDP redirect of `bench forward --netns`: holds the program attached to both
+    /// interfaces (each redirects to the other) until stdin closes.
+    #[command(hide = true)]
+    BareXdp {
+        #[arg(long)]
+        object: std::path::PathBuf,
+        /// Exactly two interfaces.
+        #[arg(long, num_args = 1, required = true)]
+        iface: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
 enum Bench {
-    /// Plain RTP forwarding: max rate at <1% loss, CPU per packet, added latency.
+    /// Plain RTP forwarding: max rate at <1% loss, CPU per packet, added latency; on loopback,
+    /// or with --netns across caller/relay/callee namespaces (XDP paths included).
     Forward(forward::ForwardArgs),
+    /// SRTP protect/unprotect per profile and core, against libsrtp2 (srtp_bench.rs).
+    Srtp(srtp_bench::SrtpArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,8 +77,15 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: Bench::Forward(args),
         } => forward::run(args),
-        Cmd::Loadgen { calls } => loadgen::run(calls),
+        Cmd::Bench {
+            which: Bench::Srtp(args),
+        } => srtp_bench::run(args),
+        Cmd::Loadgen { calls, sides } => loadgen::run(calls, sides),
         Cmd::BaselineRelay => baseline::run(),
+        Cmd::BareXdp { object, iface } => match iface.as_slice() {
+            [a, b] => bare::run(&object, a, b),
+            _ => Err(anyhow::anyhow!("bare-xdp needs exactly two --iface")),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -76,8 +76,9 @@ mod tests {
         let pid = std::process::id();
         let t0 = process_cpu_ns(pid).unwrap();
         let mut x = 0u64;
+        // black_box per iteration: in a release build the loop would otherwise fold away.
         for i in 0..20_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
         }
         std::hint::black_box(x);
         assert!(process_cpu_ns(pid).unwrap() > t0);

@@ -13,10 +13,21 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::baseline;
 use crate::bencode::Value;
 use crate::child::{Lines, Proc};
+use crate::netns::{self, Placement};
 use crate::sdp;
 
 /// How long a relay gets to come up and answer its control protocol.
 const STARTUP: Duration = Duration::from_secs(10);
+
+/// Where the two endpoints of one call send their media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallDests {
+    /// The caller sends here (the relay's caller-facing port).
+    pub a: SocketAddrV4,
+    /// The callee would send here (the relay's callee-facing port); None where the relay has
+    /// no such side (the bare redirect).
+    pub b: Option<SocketAddrV4>,
+}
 
 pub trait Relay {
     fn name(&self) -> &'static str;
@@ -24,16 +35,23 @@ pub trait Relay {
     fn command_line(&self) -> String;
     /// The process whose CPU time is measured.
     fn pid(&self) -> u32;
-    /// Sets up one call per callee, all from `caller`; returns, per call, where the caller must
+    /// Sets up one call per callee, all from `caller`; returns, per call, where each side must
     /// send its media.
-    fn setup(
-        &mut self,
-        caller: SocketAddrV4,
-        callees: &[SocketAddrV4],
-    ) -> Result<Vec<SocketAddrV4>>;
+    fn setup(&mut self, caller: SocketAddrV4, callees: &[SocketAddrV4]) -> Result<Vec<CallDests>>;
     /// Ends the calls of the last `setup`.
     fn teardown(&mut self) -> Result<()>;
     fn ensure_running(&mut self) -> Result<()>;
+    /// After the warm-up: waits (at most `timeout`) until the relay forwards the calls of the
+    /// last `setup` on the path under test, and says how it knows. Only sluice's XDP path has
+    /// anything to wait for (streams move into the kernel after they settle).
+    fn settle(&mut self, _timeout: Duration) -> Result<Option<String>> {
+        Ok(None)
+    }
+    /// Packets forwarded in the kernel so far, where the relay counts them (sluice with XDP):
+    /// lets the report prove that the path measured is the one named.
+    fn kernel_packets(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// A free TCP/UDP port on 127.0.0.1 for a control socket. Racy in principle (someone could take
@@ -53,7 +71,7 @@ fn log_file(path: &Path) -> Result<File> {
     File::create(path).with_context(|| format!("creating log file {}", path.display()))
 }
 
-fn describe(cmd: &Command) -> String {
+pub fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|s| s.to_string_lossy().into_owned())
@@ -107,15 +125,28 @@ impl Rtpengine {
             })
     }
 
-    pub fn start(exe: &Path, ports: (u16, u16), threads: u32, log: &Path) -> Result<Self> {
-        let ng_port = free_port()?;
-        let mut cmd = Command::new(exe);
+    /// `interface`: its media address; `placement`: where it runs (its ng port is then opened
+    /// inside that namespace too).
+    pub fn start(
+        exe: &Path,
+        ports: (u16, u16),
+        threads: u32,
+        interface: Ipv4Addr,
+        placement: &Placement,
+        log: &Path,
+    ) -> Result<Self> {
+        // A free port of the namespace it runs in (its loopback is its own).
+        let ng_port = match &placement.netns {
+            Some(ns) => netns::in_ns(ns, free_port)?,
+            None => free_port()?,
+        };
+        let mut cmd = placement.command(exe);
         cmd.args([
             // The Debian package's /etc/rtpengine/rtpengine.conf would add a kernel table and
             // CLI/HTTP listeners on fixed ports; start from nothing instead.
             "--config-file=none".to_string(),
             "--table=-1".to_string(),
-            "--interface=127.0.0.1".to_string(),
+            format!("--interface={interface}"),
             format!("--listen-ng=127.0.0.1:{ng_port}"),
             "--foreground".to_string(),
             "--log-stderr".to_string(),
@@ -132,7 +163,11 @@ impl Rtpengine {
             .stderr(log_out);
         let cmdline = describe(&cmd);
         let mut proc = Proc::spawn("rtpengine", &mut cmd, Some(log.to_path_buf()))?;
-        let ng = NgClient::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, ng_port))?;
+        let server = SocketAddrV4::new(Ipv4Addr::LOCALHOST, ng_port);
+        let ng = match &placement.netns {
+            Some(ns) => netns::in_ns(ns, || NgClient::new(server))?,
+            None => NgClient::new(server)?,
+        };
         let deadline = Instant::now() + STARTUP;
         // Bounded by STARTUP.
         loop {
@@ -187,11 +222,7 @@ impl Relay for Rtpengine {
         self.proc.pid()
     }
 
-    fn setup(
-        &mut self,
-        caller: SocketAddrV4,
-        callees: &[SocketAddrV4],
-    ) -> Result<Vec<SocketAddrV4>> {
+    fn setup(&mut self, caller: SocketAddrV4, callees: &[SocketAddrV4]) -> Result<Vec<CallDests>> {
         self.run += 1;
         let mut dests = Vec::with_capacity(callees.len());
         for (i, &callee) in callees.iter().enumerate() {
@@ -203,8 +234,8 @@ impl Relay for Rtpengine {
                 ("sdp", Value::str(&sdp::audio(i as u64, caller))),
             ]))?;
             self.calls.push((call_id.clone(), from_tag.clone()));
-            // Where the callee would send; unused by one-way media but proves the offer worked.
-            sdp::audio_destination(&offer.get_str("sdp").unwrap_or_default())
+            // Where the callee sends (priming in --netns mode; else it proves the offer worked).
+            let b = sdp::audio_destination(&offer.get_str("sdp").unwrap_or_default())
                 .context("rtpengine's offer reply")?;
             let answer = self.command(Value::dict([
                 ("command", Value::str("answer")),
@@ -213,10 +244,11 @@ impl Relay for Rtpengine {
                 ("to-tag", Value::str(&to_tag)),
                 ("sdp", Value::str(&sdp::audio(i as u64, callee))),
             ]))?;
-            dests.push(
-                sdp::audio_destination(&answer.get_str("sdp").unwrap_or_default())
+            dests.push(CallDests {
+                a: sdp::audio_destination(&answer.get_str("sdp").unwrap_or_default())
                     .context("rtpengine's answer reply")?,
-            );
+                b: Some(b),
+            });
         }
         Ok(dests)
     }
@@ -302,6 +334,7 @@ impl NgClient {
 // ---------------------------------------------------------------------------------------------
 
 pub struct Sluice {
+    name: &'static str,
     proc: Proc,
     cmdline: String,
     rt: tokio::runtime::Runtime,
@@ -310,9 +343,24 @@ pub struct Sluice {
     calls: Vec<(String, String)>,
 }
 
+/// How to run sluice.
+pub struct SluiceOpts {
+    /// Its name in the report.
+    pub name: &'static str,
+    pub ports: (u16, u16),
+    pub media_ip: Ipv4Addr,
+    /// Control over this Unix socket (needed when it runs in another network namespace);
+    /// else TCP on a free loopback port.
+    pub control_socket: Option<PathBuf>,
+    /// `--xdp native --xdp-iface ...` on these interfaces; None: `--xdp off`.
+    pub xdp_ifaces: Option<Vec<String>>,
+    pub placement: Placement,
+}
+
 impl Sluice {
-    pub fn start(exe: &Path, ports: (u16, u16), log: &Path) -> Result<Self> {
-        use sluice_control::proto::{PingRequest, control_client::ControlClient};
+    pub fn start(exe: &Path, opts: SluiceOpts, log: &Path) -> Result<Self> {
+        use sluice_control::config::ControlAddr;
+        use sluice_control::proto::PingRequest;
         if !exe.is_file() {
             bail!(
                 "the sluice binary {} does not exist: build it with \
@@ -320,38 +368,59 @@ impl Sluice {
                 exe.display()
             );
         }
-        let port = free_port()?;
-        let mut cmd = Command::new(exe);
+        let control = match &opts.control_socket {
+            Some(path) => {
+                let _ = std::fs::remove_file(path);
+                ControlAddr::Unix(path.clone())
+            }
+            None => ControlAddr::Tcp((Ipv4Addr::LOCALHOST, free_port()?).into()),
+        };
+        let mut cmd = opts.placement.command(exe);
         cmd.args([
             "run".to_string(),
             "--control".to_string(),
-            format!("tcp:127.0.0.1:{port}"),
+            control.to_string(),
             "--media-ip".to_string(),
-            "127.0.0.1".to_string(),
+            opts.media_ip.to_string(),
             "--ports".to_string(),
-            format!("{}-{}", ports.0, ports.1),
+            format!("{}-{}", opts.ports.0, opts.ports.1),
             "--log-level".to_string(),
             "warn".to_string(),
         ]);
+        if opts.placement.netns.is_some() {
+            // No inactivity timeout during a long run (10,000 calls take a while to set up).
+            cmd.args(["--timeout", "3600"]);
+        }
+        // The path under test and nothing else: never "auto".
+        match &opts.xdp_ifaces {
+            Some(ifaces) => {
+                cmd.args(["--xdp", "native"]);
+                for i in ifaces {
+                    cmd.args(["--xdp-iface", i]);
+                }
+            }
+            None => {
+                cmd.args(["--xdp", "off"]);
+            }
+        }
         let log_out = log_file(log)?;
         cmd.stdin(Stdio::null())
             .stdout(log_out.try_clone()?)
             .stderr(log_out);
         let cmdline = describe(&cmd);
-        let mut proc = Proc::spawn("sluice", &mut cmd, Some(log.to_path_buf()))?;
+        let mut proc = Proc::spawn(opts.name, &mut cmd, Some(log.to_path_buf()))?;
         // One thread: the gRPC client's tasks run on the main thread, which is also the one that
         // spawns children (see Proc::spawn) and the one whose CPU is not measured.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + STARTUP;
         // Bounded by STARTUP.
         let client = loop {
             proc.ensure_running()
                 .context("sluice exited during startup")?;
             let attempt = rt.block_on(async {
-                let mut c = ControlClient::connect(url.clone()).await?;
+                let mut c = sluice_control::client::connect(&control).await?;
                 c.ping(PingRequest {}).await?;
                 anyhow::Ok(c)
             });
@@ -359,7 +428,7 @@ impl Sluice {
                 Ok(c) => break c,
                 Err(e) if Instant::now() >= deadline => {
                     return Err(e.context(format!(
-                        "sluice did not answer gRPC Ping on {url} within {} s{}",
+                        "sluice did not answer gRPC Ping on {control} within {} s{}",
                         STARTUP.as_secs(),
                         proc.log_tail()
                     )));
@@ -368,6 +437,7 @@ impl Sluice {
             }
         };
         Ok(Self {
+            name: opts.name,
             proc,
             cmdline,
             rt,
@@ -376,11 +446,45 @@ impl Sluice {
             calls: Vec::new(),
         })
     }
+
+    fn statistics(&mut self) -> Result<sluice_control::proto::StatisticsReply> {
+        use sluice_control::proto::StatisticsRequest;
+        Ok(self
+            .rt
+            .block_on(self.client.statistics(StatisticsRequest {}))
+            .context("sluice Statistics")?
+            .into_inner())
+    }
+
+    /// Calls of the last setup whose streams are not all forwarded in the kernel (by Query).
+    fn not_kernel_forwarded(&mut self) -> Result<usize> {
+        use sluice_control::proto::QueryRequest;
+        let mut missing = 0;
+        for (call_id, _) in &self.calls {
+            let reply = self
+                .rt
+                .block_on(self.client.query(QueryRequest {
+                    call_id: call_id.clone(),
+                }))
+                .with_context(|| format!("sluice Query of call {call_id}"))?
+                .into_inner();
+            let streams: Vec<_> = reply
+                .call
+                .iter()
+                .flat_map(|c| &c.legs)
+                .flat_map(|l| &l.streams)
+                .collect();
+            if streams.is_empty() || !streams.iter().all(|s| s.kernel_forwarded) {
+                missing += 1;
+            }
+        }
+        Ok(missing)
+    }
 }
 
 impl Relay for Sluice {
     fn name(&self) -> &'static str {
-        "sluice"
+        self.name
     }
 
     fn command_line(&self) -> String {
@@ -391,11 +495,7 @@ impl Relay for Sluice {
         self.proc.pid()
     }
 
-    fn setup(
-        &mut self,
-        caller: SocketAddrV4,
-        callees: &[SocketAddrV4],
-    ) -> Result<Vec<SocketAddrV4>> {
+    fn setup(&mut self, caller: SocketAddrV4, callees: &[SocketAddrV4]) -> Result<Vec<CallDests>> {
         use sluice_control::proto::{AnswerRequest, OfferRequest};
         self.run += 1;
         let mut dests = Vec::with_capacity(callees.len());
@@ -414,7 +514,7 @@ impl Relay for Sluice {
                 .into_inner()
                 .sdp;
             self.calls.push((call_id.clone(), from_tag.clone()));
-            sdp::audio_destination(&offer_sdp).context("sluice's Offer reply")?;
+            let b = sdp::audio_destination(&offer_sdp).context("sluice's Offer reply")?;
             let answer = AnswerRequest {
                 call_id: call_id.clone(),
                 from_tag,
@@ -428,7 +528,10 @@ impl Relay for Sluice {
                 .with_context(|| format!("sluice Answer of call {call_id}"))?
                 .into_inner()
                 .sdp;
-            dests.push(sdp::audio_destination(&answer_sdp).context("sluice's Answer reply")?);
+            dests.push(CallDests {
+                a: sdp::audio_destination(&answer_sdp).context("sluice's Answer reply")?,
+                b: Some(b),
+            });
         }
         Ok(dests)
     }
@@ -452,6 +555,52 @@ impl Relay for Sluice {
     fn ensure_running(&mut self) -> Result<()> {
         self.proc.ensure_running()
     }
+
+    /// Waits for Statistics to count two kernel flows per call (one per direction of its RTP
+    /// stream), then asks Query about every call: each stream must say `kernel_forwarded`.
+    fn settle(&mut self, timeout: Duration) -> Result<Option<String>> {
+        if !self.cmdline.contains("--xdp native") {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let want = 2 * self.calls.len() as u64;
+        // Bounded by `timeout`.
+        loop {
+            self.proc.ensure_running()?;
+            let flows = self.statistics()?.kernel_flows;
+            if flows >= want {
+                break;
+            }
+            if started.elapsed() >= timeout {
+                bail!(
+                    "{} of {want} kernel flows installed after {:.1} s: the streams did not move \
+                     into the kernel{}",
+                    flows,
+                    timeout.as_secs_f64(),
+                    self.proc.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let waited = started.elapsed();
+        let missing = self.not_kernel_forwarded()?;
+        if missing > 0 {
+            bail!(
+                "Query says {missing} of {} calls are not kernel_forwarded although Statistics \
+                 counts {want} kernel flows",
+                self.calls.len()
+            );
+        }
+        Ok(Some(format!(
+            "all {} calls kernel_forwarded (Query) {:.1} s after the warm-up",
+            self.calls.len(),
+            waited.as_secs_f64()
+        )))
+    }
+
+    fn kernel_packets(&mut self) -> Option<u64> {
+        self.statistics().ok().map(|s| s.kernel_packets)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -460,21 +609,26 @@ impl Relay for Sluice {
 pub struct Baseline {
     exe: PathBuf,
     log: PathBuf,
+    bind: Option<Ipv4Addr>,
+    placement: Placement,
     /// Held open: closing it is what tells the relay to exit.
     running: Option<(Proc, ChildStdin)>,
 }
 
 impl Baseline {
-    pub fn new(exe: &Path, log: &Path) -> Self {
+    /// `bind`: the address both sides bind on (default 127.0.0.1).
+    pub fn new(exe: &Path, log: &Path, bind: Option<Ipv4Addr>, placement: Placement) -> Self {
         Self {
             exe: exe.to_path_buf(),
             log: log.to_path_buf(),
+            bind,
+            placement,
             running: None,
         }
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.exe);
+        let mut cmd = self.placement.command(&self.exe);
         cmd.arg("baseline-relay");
         cmd
     }
@@ -496,11 +650,7 @@ impl Relay for Baseline {
         self.running.as_ref().map_or(0, |(p, _)| p.pid())
     }
 
-    fn setup(
-        &mut self,
-        caller: SocketAddrV4,
-        callees: &[SocketAddrV4],
-    ) -> Result<Vec<SocketAddrV4>> {
+    fn setup(&mut self, caller: SocketAddrV4, callees: &[SocketAddrV4]) -> Result<Vec<CallDests>> {
         self.teardown()?;
         let mut cmd = self.command();
         cmd.stdin(Stdio::piped())
@@ -521,6 +671,7 @@ impl Relay for Baseline {
                     b_peer: callee,
                 })
                 .collect(),
+            bind: self.bind,
         };
         writeln!(stdin, "{}", serde_json::to_string(&setup)?)?;
         stdin.flush()?;
@@ -537,7 +688,14 @@ impl Relay for Baseline {
             );
         }
         self.running = Some((proc, stdin));
-        Ok(bound.calls.iter().map(|c| c.a).collect())
+        Ok(bound
+            .calls
+            .iter()
+            .map(|c| CallDests {
+                a: c.a,
+                b: Some(c.b),
+            })
+            .collect())
     }
 
     fn teardown(&mut self) -> Result<()> {

@@ -306,7 +306,12 @@ pub fn set_buffer(sock: &UdpSocket, recv: bool, bytes: usize) {
 
 /// Binds a non-blocking UDP socket on 127.0.0.1 with an ephemeral port.
 pub fn bind_loopback() -> io::Result<UdpSocket> {
-    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    bind_v4(Ipv4Addr::LOCALHOST)
+}
+
+/// Binds a non-blocking UDP socket on `ip` with an ephemeral port.
+pub fn bind_v4(ip: Ipv4Addr) -> io::Result<UdpSocket> {
+    let sock = UdpSocket::bind((ip, 0))?;
     sock.set_nonblocking(true)?;
     Ok(sock)
 }
@@ -315,6 +320,16 @@ pub fn local_v4(sock: &UdpSocket) -> io::Result<SocketAddrV4> {
     match sock.local_addr()? {
         std::net::SocketAddr::V4(a) => Ok(a),
         std::net::SocketAddr::V6(a) => Err(io::Error::other(format!("expected IPv4, got {a}"))),
+    }
+}
+
+/// The index of interface `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(io::Error::other(format!("no interface {name}"))),
+        i => Ok(i),
     }
 }
 

@@ -11,6 +11,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub const MAX_FLOWS: u32 = 65536;
 /// `SLUICE_MAX_EGRESS`: how many interfaces one program can be attached to.
 pub const MAX_EGRESS: u32 = 64;
+/// `SLUICE_MAX_QUEUES`: RX queues per interface that can have an AF_XDP socket.
+pub const MAX_QUEUES: u32 = 64;
+/// `SLUICE_MAX_XSKS`: capacity of the XSKMAP (one slot per interface slot and RX queue).
+pub const MAX_XSKS: u32 = MAX_EGRESS * MAX_QUEUES;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -30,7 +34,8 @@ pub enum FlowAction {
     Pass = ACTION_PASS,
     /// Rewrite and forward in the kernel.
     Forward = ACTION_FORWARD,
-    /// Reserved for AF_XDP workers; the program treats it as `Pass` for now.
+    /// Redirect to the AF_XDP socket of the RX queue the packet arrived on (a worker rewrites
+    /// and transmits it); `Pass` when that queue has no socket.
     Worker = ACTION_WORKER,
     /// Drop in the kernel (e.g. a leg on hold that must not reach userspace either).
     Drop = ACTION_DROP,
@@ -103,6 +108,21 @@ impl FlowKey {
             port: local.port().to_be(),
             addr: addr_words(local.ip()),
         }
+    }
+
+    /// The key from wire-format parts (a worker's parsed frame): `port` and `addr` hold the
+    /// bytes exactly as in the packet (`from_ne_bytes` of them), IPv4 in `addr[0]`.
+    pub(crate) fn from_wire(v6: bool, port: u16, addr: [u32; 4]) -> Self {
+        Self {
+            family: if v6 { FAMILY_V6 } else { FAMILY_V4 },
+            pad: 0,
+            port,
+            addr,
+        }
+    }
+
+    pub(crate) fn is_v6(&self) -> bool {
+        self.family == FAMILY_V6
     }
 
     pub fn local(&self) -> SocketAddr {
@@ -182,6 +202,14 @@ impl FlowValue {
         v
     }
 
+    /// Hand matching packets to the AF_XDP worker of the queue they arrive on (after the strict
+    /// source check, when set), counting them as `to_worker`; the worker owns the rewrite
+    /// (see `crate::worker`). A queue without a worker socket passes them to the kernel stack
+    /// (`passed_no_worker`).
+    pub fn worker(flow_id: u32) -> Self {
+        Self::with_action(FlowAction::Worker, flow_id)
+    }
+
     /// Hand matching packets to the kernel stack (userspace), counting them as `passed_action`.
     pub fn pass(flow_id: u32) -> Self {
         Self::with_action(FlowAction::Pass, flow_id)
@@ -193,7 +221,7 @@ impl FlowValue {
     }
 
     /// Only packets from `source` are accepted; others are dropped and counted
-    /// (`dropped_wrong_source`). Applies to `Forward`.
+    /// (`dropped_wrong_source`). Applies to `Forward` and `Worker`.
     pub fn strict_source(mut self, source: SocketAddr) -> Self {
         self.flags |= FLAG_STRICT_SOURCE;
         self.expect_port = source.port().to_be();
@@ -261,6 +289,10 @@ pub struct FlowCounters {
     pub passed_egress: u64,
     pub passed_ttl: u64,
     pub passed_unusual: u64,
+    /// Action WORKER: redirected to the AF_XDP socket of the queue.
+    pub to_worker: u64,
+    /// Action WORKER without a socket on the interface/queue: passed to the kernel stack.
+    pub passed_no_worker: u64,
 }
 
 // SAFETY: repr(C), u64 fields only.
@@ -281,6 +313,8 @@ impl FlowCounters {
         self.passed_egress += other.passed_egress;
         self.passed_ttl += other.passed_ttl;
         self.passed_unusual += other.passed_unusual;
+        self.to_worker += other.to_worker;
+        self.passed_no_worker += other.passed_no_worker;
     }
 
     /// Every packet the kernel dropped for this flow.
@@ -297,5 +331,6 @@ impl FlowCounters {
             + self.passed_egress
             + self.passed_ttl
             + self.passed_unusual
+            + self.passed_no_worker
     }
 }

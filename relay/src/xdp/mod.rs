@@ -28,7 +28,9 @@ mod table;
 use std::io;
 use std::net::SocketAddr;
 
-pub use abi::{FlowAction, FlowCounters, FlowKey, FlowValue, MAX_EGRESS, MAX_FLOWS};
+pub use abi::{
+    FlowAction, FlowCounters, FlowKey, FlowValue, MAX_EGRESS, MAX_FLOWS, MAX_QUEUES, MAX_XSKS,
+};
 use table::{FlowMaps, FlowTable};
 
 /// Name of the program (and its section function) in ebpf/sluice_xdp.c; how a stale sluice
@@ -37,6 +39,7 @@ pub const PROGRAM_NAME: &str = "sluice_xdp";
 const MAP_FLOWS: &str = "sluice_flows";
 const MAP_COUNTERS: &str = "sluice_counters";
 const MAP_EGRESS: &str = "sluice_egress";
+const MAP_XSKS: &str = "sluice_xsks";
 
 #[cfg(not(sluice_no_xdp))]
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp.o"));
@@ -147,6 +150,16 @@ pub enum XdpError {
         key: SocketAddr,
         reason: &'static str,
     },
+    #[error(
+        "{iface} is not one of the interfaces the XDP program is attached to: an AF_XDP \
+         worker socket can only serve an attached interface (add it to --xdp-iface)"
+    )]
+    NotAttached { iface: String },
+    #[error(
+        "RX queue {queue} of {iface} is beyond the {max} queues per interface the XDP program \
+         can hand to workers; reduce the queues (ethtool -L {iface} combined {max})"
+    )]
+    QueueOutOfRange { iface: String, queue: u32, max: u32 },
     #[error("invalid XDP flow capacity {requested}: must be between 1 and {max}")]
     InvalidCapacity { requested: u32, max: u32 },
     #[error("BPF map {op} failed: {source}")]
@@ -235,6 +248,9 @@ pub struct XdpPath {
     // Field order matters for Drop: the table's map fds go before the program.
     table: FlowTable<AyaMaps>,
     _egress: aya::maps::HashMap<aya::maps::MapData, u32, u32>,
+    xsks: aya::maps::XskMap<aya::maps::MapData>,
+    /// In attach order: the position is the interface's slot (its row in `sluice_xsks`).
+    ifaces: Vec<(String, u32)>,
     links: Vec<(String, aya::programs::xdp::XdpLinkId)>,
     ebpf: aya::Ebpf,
     mode: XdpMode,
@@ -432,6 +448,11 @@ impl XdpPath {
                     detail: format!("{MAP_EGRESS}: {e}"),
                 }
             })?;
+        let xsks = aya::maps::XskMap::try_from(take(&mut ebpf, MAP_XSKS)?).map_err(|e| {
+            XdpError::Load {
+                detail: format!("{MAP_XSKS}: {e}"),
+            }
+        })?;
 
         let program: &mut aya::programs::Xdp = ebpf
             .program_mut(PROGRAM_NAME)
@@ -465,12 +486,15 @@ impl XdpPath {
 
         let mut links = Vec::with_capacity(ifaces.len());
         let result = (|| {
-            for (iface, &index) in ifaces.iter().zip(&indexes) {
+            for (slot, (iface, &index)) in ifaces.iter().zip(&indexes).enumerate() {
                 replace_stale(iface, index)?;
-                egress.insert(index, 1, 0).map_err(|e| XdpError::Map {
-                    op: "insert egress interface",
-                    source: map_syscall_io(e),
-                })?;
+                // The value is the interface's slot: its row in sluice_xsks.
+                egress
+                    .insert(index, slot as u32, 0)
+                    .map_err(|e| XdpError::Map {
+                        op: "insert egress interface",
+                        source: map_syscall_io(e),
+                    })?;
                 let id = program
                     .attach_to_if_index(index, mode.aya())
                     .map_err(|e| attach_error(iface, mode, e))?;
@@ -507,6 +531,12 @@ impl XdpPath {
                 max_flows,
             ),
             _egress: egress,
+            xsks,
+            ifaces: ifaces
+                .iter()
+                .zip(&indexes)
+                .map(|(i, &x)| (i.to_string(), x))
+                .collect(),
             links,
             ebpf,
             mode,
@@ -558,6 +588,67 @@ impl XdpPath {
     /// packet).
     pub fn flow_count(&self) -> Result<usize, XdpError> {
         self.table.flow_count()
+    }
+
+    /// The XSKMAP key of RX queue `queue` of the attached interface `iface`.
+    fn xsk_key(&self, iface: &str, queue: u32) -> Result<u32, XdpError> {
+        let slot = self
+            .ifaces
+            .iter()
+            .position(|(name, _)| name == iface)
+            .ok_or_else(|| XdpError::NotAttached {
+                iface: iface.to_string(),
+            })?;
+        if queue >= MAX_QUEUES {
+            return Err(XdpError::QueueOutOfRange {
+                iface: iface.to_string(),
+                queue,
+                max: MAX_QUEUES,
+            });
+        }
+        Ok(slot as u32 * MAX_QUEUES + queue)
+    }
+
+    /// Interface index of the attached interface `iface` (resolved at attach time).
+    pub fn ifindex(&self, iface: &str) -> Option<u32> {
+        self.ifaces
+            .iter()
+            .find(|(name, _)| name == iface)
+            .map(|&(_, index)| index)
+    }
+
+    /// Registers the AF_XDP socket `xsk` (bound to RX queue `queue` of `iface`) as the
+    /// destination of WORKER flows arriving on that queue. Replaces an earlier registration.
+    /// The kernel drops the entry by itself when the socket is closed, so a crashed or stopped
+    /// worker never leaves a dangling redirect: its queue falls back to the kernel stack.
+    pub fn register_xsk(
+        &mut self,
+        iface: &str,
+        queue: u32,
+        xsk: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), XdpError> {
+        use std::os::fd::AsRawFd;
+        let key = self.xsk_key(iface, queue)?;
+        self.xsks
+            .set(key, xsk.as_raw_fd(), 0)
+            .map_err(|e| XdpError::Map {
+                op: "register AF_XDP socket",
+                source: map_syscall_io(e),
+            })
+    }
+
+    /// Removes the AF_XDP socket of `queue` on `iface`; Ok(false) when there was none. WORKER
+    /// flows arriving there go to the kernel stack again (`passed_no_worker`).
+    pub fn unregister_xsk(&mut self, iface: &str, queue: u32) -> Result<bool, XdpError> {
+        let key = self.xsk_key(iface, queue)?;
+        match self.xsks.unset(key).map_err(map_syscall_io) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(XdpError::Map {
+                op: "unregister AF_XDP socket",
+                source: e,
+            }),
+        }
     }
 
     /// Removes every flow; returns how many there were.
@@ -649,11 +740,15 @@ pub fn abi_layout() -> Vec<(String, u64)> {
             passed_egress,
             passed_ttl,
             passed_unusual,
+            to_worker,
+            passed_no_worker,
         ]
     );
     for (name, v) in [
         ("SLUICE_MAX_FLOWS", MAX_FLOWS as u64),
         ("SLUICE_MAX_EGRESS", MAX_EGRESS as u64),
+        ("SLUICE_MAX_QUEUES", MAX_QUEUES as u64),
+        ("SLUICE_MAX_XSKS", MAX_XSKS as u64),
         ("SLUICE_FAMILY_V4", FAMILY_V4 as u64),
         ("SLUICE_FAMILY_V6", FAMILY_V6 as u64),
         ("SLUICE_ACTION_PASS", ACTION_PASS as u64),

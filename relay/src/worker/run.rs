@@ -1,0 +1,589 @@
+//! One worker: the thread loop over its AF_XDP sockets.
+//!
+//! Per iteration: apply control commands, reclaim transmitted frames from the completion rings,
+//! top up the fill rings, then for each socket take a batch of up to [`BATCH`] frames from its
+//! RX ring, process every frame in place (parse, flow lookup, transform, rewrite) and queue it
+//! on the TX ring of the egress socket (one submit and one `sendto()` kick per socket and batch).
+//! Frames live in the worker's one UMEM and move between its sockets without copies. Nothing on
+//! this path allocates or locks: the flow table is only modified by commands, the free-frame
+//! stack and the TX staging arrays are allocated up front.
+//!
+//! Idle: after [`WorkerSettings::spin_ns`] without work the worker blocks in poll(2) on its
+//! sockets and the control eventfd, so an idle pool costs no CPU.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, TryRecvError};
+
+use super::packet::{self, Bad, WireAddr};
+use super::transform::{Transform, TransformError};
+use super::{Command, FlowStats, NextHop, WorkerCounters, WorkerFlow};
+use crate::afxdp::{EventFd, Umem, XskSocket};
+use crate::clock::now_ns;
+use crate::stats::bump;
+use crate::xdp::FlowKey;
+
+/// Frames taken from an RX ring per batch.
+pub(crate) const BATCH: usize = 64;
+/// Commands applied per loop iteration (the rest wait for the next one).
+const COMMANDS_PER_ITERATION: usize = 64;
+const PUBLISH_NS: u64 = 10_000_000;
+const LOAD_WINDOW_NS: u64 = 1_000_000_000;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WorkerSettings {
+    pub spin_ns: u64,
+    pub idle_poll_ms: i32,
+}
+
+/// FxHash-style hasher for flow keys. The keys are the control plane's (a frame only reaches
+/// a worker after it hit the same key in the XDP flow map), so flooding is not a concern.
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_ne_bytes(w));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.add(i as u64);
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl KeyHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FlowMap = HashMap<FlowKey, FlowCtx, BuildHasherDefault<KeyHasher>>;
+
+enum Hop {
+    /// Out of the socket it came in on, MACs swapped.
+    Ingress,
+    /// Out of this worker's socket `sock`.
+    Xsk {
+        sock: usize,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+    },
+    /// Through the fallback UDP socket (the kernel routes it).
+    Kernel,
+}
+
+struct Fallback {
+    sock: UdpSocket,
+    addr: libc::sockaddr_storage,
+    addr_len: libc::socklen_t,
+}
+
+fn sockaddr(sa: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match sa {
+        std::net::SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+struct FlowCtx {
+    src: WireAddr,
+    dst: WireAddr,
+    hop: Hop,
+    fallback: Option<Fallback>,
+    transform: Transform,
+    stats: Arc<FlowStats>,
+}
+
+/// What became of a received frame.
+enum Outcome {
+    /// Queue on socket `.0`'s TX ring with length `.1`.
+    Tx(usize, u32),
+    /// Sent through the fallback socket; the frame is free again.
+    Sent,
+    Drop(Reason),
+}
+
+#[derive(Clone, Copy)]
+enum Reason {
+    Malformed,
+    Ttl,
+    NoFlow,
+    NoEgress,
+    SocketError,
+    AuthFailed,
+    Replay,
+    TransformMalformed,
+    TransformOther,
+}
+
+impl Reason {
+    fn counter(self, c: &WorkerCounters) -> &std::sync::atomic::AtomicU64 {
+        match self {
+            Reason::Malformed => &c.dropped_malformed,
+            Reason::Ttl => &c.dropped_ttl,
+            Reason::NoFlow => &c.dropped_no_flow,
+            Reason::NoEgress => &c.dropped_no_egress,
+            Reason::SocketError => &c.dropped_socket_error,
+            Reason::AuthFailed => &c.transform_auth_failed,
+            Reason::Replay => &c.transform_replay,
+            Reason::TransformMalformed => &c.transform_malformed,
+            Reason::TransformOther => &c.transform_other,
+        }
+    }
+}
+
+pub(crate) struct Worker {
+    // Field order is drop order: flows (fallback sockets), sockets (rings, fds), then the
+    // UMEM the sockets were registered with.
+    flows: FlowMap,
+    socks: Vec<XskSocket>,
+    umem: Umem,
+    free: Vec<u64>,
+    pending: Vec<Vec<libc::xdp_desc>>,
+    pollfds: Vec<libc::pollfd>,
+    commands: Receiver<Command>,
+    wake: Arc<EventFd>,
+    counters: Arc<WorkerCounters>,
+    settings: WorkerSettings,
+}
+
+impl Worker {
+    /// A worker over `socks`, all registered with `umem`; every frame starts free and the fill
+    /// rings are filled right away, so the sockets can receive as soon as they are in the
+    /// XSKMAP, before the thread runs.
+    pub(crate) fn new(
+        umem: Umem,
+        socks: Vec<XskSocket>,
+        commands: Receiver<Command>,
+        wake: Arc<EventFd>,
+        counters: Arc<WorkerCounters>,
+        settings: WorkerSettings,
+    ) -> Self {
+        let free = (0..umem.frames())
+            .rev()
+            .map(|i| umem.frame_addr(i))
+            .collect();
+        let pending = socks.iter().map(|_| Vec::with_capacity(BATCH)).collect();
+        let mut pollfds: Vec<libc::pollfd> = socks
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        pollfds.push(libc::pollfd {
+            fd: wake.fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let mut w = Self {
+            flows: FlowMap::default(),
+            socks,
+            umem,
+            free,
+            pending,
+            pollfds,
+            commands,
+            wake,
+            counters,
+            settings,
+        };
+        w.refill();
+        w
+    }
+
+    /// The socket on `queue` of `iface`, for registering it in the XSKMAP.
+    pub(crate) fn socket_fd(&self, iface: &str, queue: u32) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.socks
+            .iter()
+            .find(|s| s.iface() == iface && s.queue() == queue)
+            .map(|s| s.fd())
+    }
+
+    pub(crate) fn run(mut self) {
+        let start = now_ns();
+        let (mut last_work, mut last_publish) = (start, start);
+        let (mut window_start, mut window_busy, mut busy_total) = (start, 0u64, 0u64);
+        loop {
+            let t0 = now_ns();
+            let Some(mut work) = self.apply_commands() else {
+                break;
+            };
+            work += self.reclaim();
+            self.refill();
+            for s in 0..self.socks.len() {
+                work += self.receive(s, t0);
+            }
+            let t1 = now_ns();
+            if work > 0 {
+                window_busy += t1 - t0;
+                busy_total += t1 - t0;
+                last_work = t1;
+            }
+            if t1 - last_publish >= PUBLISH_NS {
+                last_publish = t1;
+                let c = &self.counters;
+                c.busy_ns
+                    .store(busy_total, std::sync::atomic::Ordering::Relaxed);
+                c.run_ns
+                    .store(t1 - start, std::sync::atomic::Ordering::Relaxed);
+                if t1 - window_start >= LOAD_WINDOW_NS {
+                    let permille = window_busy * 1000 / (t1 - window_start);
+                    c.load_permille
+                        .store(permille, std::sync::atomic::Ordering::Relaxed);
+                    (window_start, window_busy) = (t1, 0);
+                    self.publish_kernel_stats();
+                }
+            }
+            if work == 0 && t1 - last_work > self.settings.spin_ns {
+                self.sleep();
+                last_work = now_ns();
+            }
+        }
+        self.publish_kernel_stats();
+    }
+
+    /// Applies pending commands; None on shutdown. Returns how many were applied.
+    fn apply_commands(&mut self) -> Option<usize> {
+        for n in 0..COMMANDS_PER_ITERATION {
+            match self.commands.try_recv() {
+                Ok(Command::Add(key, flow)) => {
+                    self.add(key, *flow);
+                    self.publish_flow_count();
+                }
+                Ok(Command::Remove(key)) => {
+                    self.flows.remove(&key);
+                    self.publish_flow_count();
+                }
+                Ok(Command::Barrier(done)) => {
+                    let _ = done.send(());
+                }
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => return Some(n),
+            }
+        }
+        Some(COMMANDS_PER_ITERATION)
+    }
+
+    fn publish_flow_count(&self) {
+        self.counters.flows.store(
+            self.flows.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn add(&mut self, key: FlowKey, flow: WorkerFlow) {
+        let hop = match flow.next_hop {
+            NextHop::Ingress => Hop::Ingress,
+            NextHop::Ethernet {
+                ifindex,
+                src_mac,
+                dst_mac,
+            } => match self.socks.iter().position(|s| s.ifindex() == ifindex) {
+                Some(sock) => Hop::Xsk {
+                    sock,
+                    src_mac,
+                    dst_mac,
+                },
+                None => Hop::Kernel,
+            },
+            NextHop::Kernel => Hop::Kernel,
+        };
+        let fallback = flow.fallback.map(|sock| {
+            let (addr, addr_len) = sockaddr(flow.new_dst);
+            Fallback {
+                sock,
+                addr,
+                addr_len,
+            }
+        });
+        self.flows.insert(
+            key,
+            FlowCtx {
+                src: WireAddr::new(flow.new_src),
+                dst: WireAddr::new(flow.new_dst),
+                hop,
+                fallback,
+                transform: flow.transform,
+                stats: flow.stats,
+            },
+        );
+    }
+
+    /// Frames the kernel finished transmitting go back to the free stack.
+    fn reclaim(&mut self) -> usize {
+        let mut total = 0;
+        for sock in &mut self.socks {
+            let n = sock.comp.available(sock.comp.size());
+            for i in 0..n {
+                self.free.push(self.umem.chunk(sock.comp.read(i)));
+            }
+            if n > 0 {
+                sock.comp.release(n);
+            }
+            total += n as usize;
+        }
+        total
+    }
+
+    /// Tops up every fill ring from the free stack.
+    fn refill(&mut self) {
+        for sock in &mut self.socks {
+            let n = sock.fill.free(sock.fill.size()).min(self.free.len() as u32);
+            if n == 0 {
+                continue;
+            }
+            for i in 0..n {
+                let addr = self.free.pop().expect("counted above");
+                sock.fill.write(i, addr);
+            }
+            sock.fill.submit(n);
+            sock.kick_fill_if_needed();
+        }
+    }
+
+    /// One RX batch of socket `s`; returns the frames taken.
+    fn receive(&mut self, s: usize, now: u64) -> usize {
+        let n = self.socks[s].rx.available(BATCH as u32);
+        if n == 0 {
+            return 0;
+        }
+        let c = &*self.counters;
+        let mut rx_bytes = 0u64;
+        for i in 0..n {
+            let desc = self.socks[s].rx.read(i);
+            rx_bytes += desc.len as u64;
+            let outcome = match self.umem.tail_mut(desc.addr) {
+                Some(frame) if desc.len as usize <= frame.len() => {
+                    process(frame, desc.len as usize, s, &mut self.flows, c, now)
+                }
+                _ => Outcome::Drop(Reason::Malformed),
+            };
+            match outcome {
+                Outcome::Tx(d, len) => self.pending[d].push(libc::xdp_desc {
+                    addr: desc.addr,
+                    len,
+                    options: 0,
+                }),
+                Outcome::Sent => self.free.push(self.umem.chunk(desc.addr)),
+                Outcome::Drop(reason) => {
+                    bump(reason.counter(c), 1);
+                    self.free.push(self.umem.chunk(desc.addr));
+                }
+            }
+        }
+        self.socks[s].rx.release(n);
+        bump(&c.rx_packets, n as u64);
+        bump(&c.rx_bytes, rx_bytes);
+        for d in 0..self.socks.len() {
+            if !self.pending[d].is_empty() {
+                self.transmit(d);
+            }
+        }
+        n as usize
+    }
+
+    /// Moves socket `d`'s staged frames to its TX ring and kicks the kernel.
+    fn transmit(&mut self, d: usize) {
+        let sock = &mut self.socks[d];
+        let staged = &mut self.pending[d];
+        let room = sock.tx.free(staged.len() as u32) as usize;
+        let n = staged.len().min(room);
+        let mut bytes = 0u64;
+        for (i, desc) in staged[..n].iter().enumerate() {
+            sock.tx.write(i as u32, *desc);
+            bytes += desc.len as u64;
+        }
+        sock.tx.submit(n as u32);
+        let c = &*self.counters;
+        for desc in &staged[n..] {
+            self.free.push(self.umem.chunk(desc.addr));
+        }
+        bump(&c.dropped_tx_ring_full, (staged.len() - n) as u64);
+        bump(&c.tx_packets, n as u64);
+        bump(&c.tx_bytes, bytes);
+        staged.clear();
+        sock.kick_tx();
+    }
+
+    fn sleep(&mut self) {
+        let outstanding = self.socks.iter_mut().any(|s| s.tx.outstanding() > 0);
+        let timeout = if outstanding {
+            1
+        } else {
+            self.settings.idle_poll_ms
+        };
+        for p in &mut self.pollfds {
+            p.revents = 0;
+        }
+        bump(&self.counters.sleeps, 1);
+        // SAFETY: pollfds is a valid array of pollfd for its length.
+        unsafe {
+            libc::poll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                timeout,
+            )
+        };
+        if outstanding {
+            for s in &mut self.socks {
+                s.kick_tx();
+            }
+        }
+        self.wake.drain();
+    }
+
+    fn publish_kernel_stats(&self) {
+        let mut sum = crate::afxdp::XskStats::default();
+        for s in &self.socks {
+            if let Ok(k) = s.statistics() {
+                sum.rx_dropped += k.rx_dropped;
+                sum.rx_ring_full += k.rx_ring_full;
+                sum.rx_fill_ring_empty += k.rx_fill_ring_empty;
+                sum.rx_invalid_descs += k.rx_invalid_descs;
+                sum.tx_invalid_descs += k.tx_invalid_descs;
+            }
+        }
+        let c = &self.counters;
+        use std::sync::atomic::Ordering::Relaxed;
+        c.kernel_rx_dropped.store(sum.rx_dropped, Relaxed);
+        c.kernel_rx_ring_full.store(sum.rx_ring_full, Relaxed);
+        c.kernel_fill_ring_empty
+            .store(sum.rx_fill_ring_empty, Relaxed);
+        c.kernel_invalid_descs
+            .store(sum.rx_invalid_descs + sum.tx_invalid_descs, Relaxed);
+    }
+}
+
+/// The per-frame work: parse, look up, transform, rewrite, choose the way out.
+/// `frame` runs from the packet's first byte to the end of its UMEM frame; `len` bytes are the
+/// received packet.
+#[inline]
+fn process(
+    frame: &mut [u8],
+    len: usize,
+    ingress: usize,
+    flows: &mut FlowMap,
+    c: &WorkerCounters,
+    now: u64,
+) -> Outcome {
+    let p = match packet::parse(&frame[..len]) {
+        Ok(p) => p,
+        Err(Bad::Malformed) => return Outcome::Drop(Reason::Malformed),
+        Err(Bad::Ttl) => return Outcome::Drop(Reason::Ttl),
+    };
+    let key = packet::flow_key(frame, &p);
+    let Some(flow) = flows.get_mut(&key) else {
+        return Outcome::Drop(Reason::NoFlow);
+    };
+    let st = &*flow.stats;
+    bump(&st.packets, 1);
+    bump(&st.bytes, p.payload_len as u64);
+    st.last_seen_ns
+        .store(now, std::sync::atomic::Ordering::Relaxed);
+    let at = p.payload();
+    let new_len = match flow.transform.apply(&mut frame[at..], p.payload_len, now) {
+        Ok(n) => n,
+        Err(e) => {
+            bump(&st.transform_errors, 1);
+            bump(&c.transform_errors, 1);
+            return Outcome::Drop(match e {
+                TransformError::AuthFailed => Reason::AuthFailed,
+                TransformError::Replay => Reason::Replay,
+                TransformError::Malformed => Reason::TransformMalformed,
+                _ => Reason::TransformOther,
+            });
+        }
+    };
+    let (sock, macs) = match &flow.hop {
+        Hop::Ingress => (ingress, None),
+        Hop::Xsk {
+            sock,
+            src_mac,
+            dst_mac,
+        } => (*sock, Some((src_mac, dst_mac))),
+        Hop::Kernel => {
+            let Some(fb) = &flow.fallback else {
+                return Outcome::Drop(Reason::NoEgress);
+            };
+            // SAFETY: the payload slice and the prepared address are valid for the call.
+            let rc = unsafe {
+                libc::sendto(
+                    fb.sock.as_raw_fd(),
+                    frame[at..].as_ptr().cast(),
+                    new_len,
+                    libc::MSG_DONTWAIT,
+                    (&fb.addr as *const libc::sockaddr_storage).cast(),
+                    fb.addr_len,
+                )
+            };
+            if rc < 0 {
+                return Outcome::Drop(Reason::SocketError);
+            }
+            bump(&c.tx_socket_packets, 1);
+            bump(&st.forwarded, 1);
+            bump(&st.forwarded_bytes, new_len as u64);
+            return Outcome::Sent;
+        }
+    };
+    let end = packet::rewrite(frame, &p, new_len, &flow.src, &flow.dst);
+    match macs {
+        None => packet::swap_macs(frame),
+        Some((src, dst)) => packet::set_macs(frame, src, dst),
+    }
+    bump(&st.forwarded, 1);
+    bump(&st.forwarded_bytes, new_len as u64);
+    Outcome::Tx(sock, end as u32)
+}

@@ -1,0 +1,266 @@
+//! SRTP termination as a worker [`PayloadTransform`]: what the userspace engine does for one
+//! direction of a stream (relay/src/engine.rs, `process_batch`), on an AF_XDP worker.
+//!
+//! Packets from side k's endpoint are unprotected with side k's receive key when sluice
+//! terminates k's SRTP, then protected with the other side's transmit key when sluice terminates
+//! the other side's SRTP. RTP and RTCP are told apart with [`classify_relay`] (the second byte
+//! of SRTCP is in the clear), exactly as on the userspace path; a flow of a separate RTCP port
+//! refuses RTP, as the engine does.
+//!
+//! The contexts are created fresh when the flow is installed: rollover counters start at 0 and
+//! the replay lists empty (see README, "What is not done yet").
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::engine::SrtpKeys;
+use crate::rtp::{PacketKind, classify_relay};
+use crate::srtp::{KeyError, SrtpConfig, SrtpContext, SrtpError};
+use crate::stats::EndpointCounters;
+use crate::worker::{PayloadTransform, TransformError};
+
+/// Unprotect with `rx` (if any), then protect with `tx` (if any), per packet, in place.
+pub struct SrtpTransform {
+    rx: Option<Box<SrtpContext>>,
+    tx: Option<Box<SrtpContext>>,
+    /// The flow serves a separate RTCP port (RFC 3605): RTP there is malformed.
+    rtcp_port: bool,
+    /// The receiving leg's counters: authentication failures and replays are counted there too,
+    /// so `Query` shows them whichever path the stream is on.
+    counters: Option<Arc<EndpointCounters>>,
+}
+
+impl std::fmt::Debug for SrtpTransform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Contexts redact their keys themselves; keep the output short anyway.
+        f.debug_struct("SrtpTransform")
+            .field("rx", &self.rx.as_ref().map(|c| c.profile()))
+            .field("tx", &self.tx.as_ref().map(|c| c.profile()))
+            .field("rtcp_port", &self.rtcp_port)
+            .finish()
+    }
+}
+
+impl SrtpTransform {
+    /// Contexts from SDES keys: `rx` decrypts what arrives, `tx` encrypts what leaves.
+    pub fn new(rx: Option<&SrtpKeys>, tx: Option<&SrtpKeys>) -> Result<Self, KeyError> {
+        let ctx = |k: &SrtpKeys| {
+            SrtpContext::new(k.profile, &k.master, SrtpConfig::default()).map(Box::new)
+        };
+        Ok(Self {
+            rx: rx.map(ctx).transpose()?,
+            tx: tx.map(ctx).transpose()?,
+            rtcp_port: false,
+            counters: None,
+        })
+    }
+
+    /// For a flow of a separate RTCP port.
+    pub fn rtcp_port(mut self, yes: bool) -> Self {
+        self.rtcp_port = yes;
+        self
+    }
+
+    /// Also counts auth failures and replays in the receiving leg's counters.
+    pub fn with_counters(mut self, counters: Arc<EndpointCounters>) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
+    /// The receive context (tests, statistics).
+    pub fn rx(&self) -> Option<&SrtpContext> {
+        self.rx.as_deref()
+    }
+
+    /// The transmit context (tests, statistics).
+    pub fn tx(&self) -> Option<&SrtpContext> {
+        self.tx.as_deref()
+    }
+
+    #[cold]
+    fn rx_failed(&self, e: SrtpError) -> TransformError {
+        if let Some(c) = &self.counters {
+            match e {
+                SrtpError::AuthFailed { .. } => {
+                    c.srtp_auth_failures.fetch_add(1, Relaxed);
+                }
+                SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => {
+                    c.srtp_replayed.fetch_add(1, Relaxed);
+                }
+                _ => {}
+            }
+        }
+        transform_error(e)
+    }
+}
+
+/// How an SRTP failure is counted by the worker.
+pub fn transform_error(e: SrtpError) -> TransformError {
+    match e {
+        SrtpError::AuthFailed { .. } => TransformError::AuthFailed,
+        SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => TransformError::Replay,
+        SrtpError::Malformed { .. } => TransformError::Malformed,
+        SrtpError::BufferTooSmall { .. } => TransformError::NoRoom,
+        SrtpError::IndexExhausted { .. } => {
+            TransformError::Other("SRTP index exhausted: the leg must be re-keyed")
+        }
+    }
+}
+
+impl PayloadTransform for SrtpTransform {
+    fn apply(&mut self, buf: &mut [u8], len: usize, _now_ns: u64) -> Result<usize, TransformError> {
+        let rtcp = match classify_relay(buf.get(..len).ok_or(TransformError::Malformed)?) {
+            PacketKind::Rtcp => true,
+            PacketKind::Rtp if !self.rtcp_port => false,
+            _ => return Err(TransformError::Malformed),
+        };
+        let mut len = len;
+        if let Some(rx) = self.rx.as_deref_mut() {
+            let r = if rtcp {
+                rx.unprotect_rtcp(buf, len)
+            } else {
+                rx.unprotect_rtp(buf, len)
+            };
+            len = match r {
+                Ok(l) => l,
+                Err(e) => return Err(self.rx_failed(e)),
+            };
+        }
+        if let Some(tx) = self.tx.as_deref_mut() {
+            let r = if rtcp {
+                tx.protect_rtcp(buf, len)
+            } else {
+                tx.protect_rtp(buf, len)
+            };
+            len = r.map_err(transform_error)?;
+        }
+        Ok(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::srtp::SrtpProfile;
+
+    fn keys(profile: SrtpProfile, seed: u8) -> SrtpKeys {
+        SrtpKeys {
+            profile,
+            master: (0..profile.master_len() as u8)
+                .map(|i| i.wrapping_mul(13) ^ seed)
+                .collect(),
+        }
+    }
+
+    fn ctx(k: &SrtpKeys) -> SrtpContext {
+        SrtpContext::new(k.profile, &k.master, SrtpConfig::default()).unwrap()
+    }
+
+    fn rtp(seq: u16) -> Vec<u8> {
+        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 160, 0x12, 0x34, 0x56, 0x78];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p.extend((0..160).map(|i| i as u8 ^ seq as u8));
+        p
+    }
+
+    fn sr() -> Vec<u8> {
+        let mut p = vec![0x80, 200, 0, 6, 0x12, 0x34, 0x56, 0x78];
+        p.extend([0u8; 20]);
+        p
+    }
+
+    fn run(t: &mut SrtpTransform, pkt: &[u8]) -> Result<Vec<u8>, TransformError> {
+        let mut buf = pkt.to_vec();
+        buf.resize(pkt.len() + crate::worker::MAX_GROWTH, 0);
+        let n = t.apply(&mut buf, pkt.len(), 0)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn protect(c: &mut SrtpContext, pkt: &[u8], rtcp: bool) -> Vec<u8> {
+        let mut buf = pkt.to_vec();
+        buf.resize(pkt.len() + 64, 0);
+        let n = if rtcp {
+            c.protect_rtcp(&mut buf, pkt.len())
+        } else {
+            c.protect_rtp(&mut buf, pkt.len())
+        }
+        .unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn unprotect(c: &mut SrtpContext, pkt: &[u8], rtcp: bool) -> Vec<u8> {
+        let mut buf = pkt.to_vec();
+        let n = if rtcp {
+            c.unprotect_rtcp(&mut buf, pkt.len())
+        } else {
+            c.unprotect_rtp(&mut buf, pkt.len())
+        }
+        .unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn protects_plain_rtp_and_rtcp_towards_an_srtp_side() {
+        for profile in [
+            SrtpProfile::AesCm128HmacSha1_80,
+            SrtpProfile::AesCm128HmacSha1_32,
+            SrtpProfile::AeadAes128Gcm,
+            SrtpProfile::AeadAes256Gcm,
+        ] {
+            let k = keys(profile, 1);
+            let mut t = SrtpTransform::new(None, Some(&k)).unwrap();
+            let mut peer = ctx(&k);
+            for seq in 1..5 {
+                let wire = run(&mut t, &rtp(seq)).unwrap();
+                assert_ne!(wire, rtp(seq));
+                assert_eq!(unprotect(&mut peer, &wire, false), rtp(seq), "{profile:?}");
+            }
+            let wire = run(&mut t, &sr()).unwrap();
+            assert_eq!(unprotect(&mut peer, &wire, true), sr(), "{profile:?}");
+        }
+    }
+
+    #[test]
+    fn unprotects_and_reprotects_and_refuses_forgeries_and_replays() {
+        let (ka, kb) = (
+            keys(SrtpProfile::AesCm128HmacSha1_80, 2),
+            keys(SrtpProfile::AeadAes128Gcm, 3),
+        );
+        let counters = Arc::new(EndpointCounters::default());
+        let mut t = SrtpTransform::new(Some(&ka), Some(&kb))
+            .unwrap()
+            .with_counters(counters.clone());
+        let (mut a_tx, mut b_rx) = (ctx(&ka), ctx(&kb));
+        let first = protect(&mut a_tx, &rtp(7), false);
+        let out = run(&mut t, &first).unwrap();
+        assert_eq!(unprotect(&mut b_rx, &out, false), rtp(7));
+        let out = run(&mut t, &protect(&mut a_tx, &sr(), true)).unwrap();
+        assert_eq!(unprotect(&mut b_rx, &out, true), sr());
+
+        assert_eq!(run(&mut t, &first), Err(TransformError::Replay));
+        let mut forged = protect(&mut a_tx, &rtp(8), false);
+        *forged.last_mut().unwrap() ^= 1;
+        assert_eq!(run(&mut t, &forged), Err(TransformError::AuthFailed));
+        assert_eq!(run(&mut t, &[1, 2, 3]), Err(TransformError::Malformed));
+        assert_eq!(counters.srtp_auth_failures.load(Relaxed), 1);
+        assert_eq!(counters.srtp_replayed.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn unprotects_towards_a_plain_side_and_an_rtcp_port_refuses_rtp() {
+        let k = keys(SrtpProfile::AesCm128HmacSha1_80, 4);
+        let mut t = SrtpTransform::new(Some(&k), None).unwrap();
+        let mut a_tx = ctx(&k);
+        let out = run(&mut t, &protect(&mut a_tx, &rtp(1), false)).unwrap();
+        assert_eq!(out, rtp(1));
+        let mut t = SrtpTransform::new(Some(&k), None).unwrap().rtcp_port(true);
+        assert_eq!(
+            run(&mut t, &protect(&mut a_tx, &rtp(2), false)),
+            Err(TransformError::Malformed)
+        );
+        assert_eq!(run(&mut t, &protect(&mut a_tx, &sr(), true)).unwrap(), sr());
+    }
+}

@@ -1,0 +1,886 @@
+//! AF_XDP workers on a real kernel: the three-namespace veth topology of `xdp_netns.rs`
+//! (caller - relay - callee), the XDP program attached natively to both relay-side veths, WORKER
+//! flows redirected to the AF_XDP sockets of one worker, which rewrites and transmits them.
+//!
+//! ```text
+//!  caller ns            relay ns                          callee ns
+//!  c0 10.200.1.2  <->  r1 10.200.1.1   r2 10.200.2.1  <->  e0 10.200.2.2
+//!     fd00:200:1::2       fd00:200:1::1   fd00:200:2::1       fd00:200:2::2
+//! ```
+//!
+//! The worker computes full IPv4 header and UDP checksums; the receiving sockets' kernels
+//! verify them, so a datagram arriving at all proves them valid. The tests in this file run one
+//! at a time (they share two CPUs, and the fd-leak test counts this process's descriptors).
+//!
+//! Needs root; otherwise every test prints "skipped: needs root" and passes.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sluice_relay::worker::{
+    FlowStats, NextHop, PayloadTransform, Transform, TransformError, WorkerConfig, WorkerFlow,
+    WorkerPool,
+};
+use sluice_relay::xdp::{FlowKey, FlowValue, XdpMode, XdpPath};
+
+// ---------------------------------------------------------------------------------------------
+// namespaces (as in xdp_netns.rs)
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serializes the tests of this file; None (test skipped) without root or the XDP program.
+fn setup() -> Option<MutexGuard<'static, ()>> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: needs root");
+        return None;
+    }
+    if sluice_relay::xdp::program_object().is_none() {
+        println!(
+            "skipped: sluice was built without the XDP program (apt-get install clang-19 libbpf-dev)"
+        );
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ip(args: &str) {
+    run("ip", &args.split_whitespace().collect::<Vec<_>>());
+}
+
+fn ns_exec(ns: &str, args: &str) {
+    let mut v = vec!["netns", "exec", ns];
+    v.extend(args.split_whitespace());
+    run("ip", &v);
+}
+
+/// Runs `f` on a thread inside network namespace `ns`. Sockets it creates stay in `ns`.
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|s| {
+        let h = s.spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: valid fd; setns only affects this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+            f()
+        });
+        match h.join() {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    })
+}
+
+/// Namespaces deleted on drop, panics included.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "sx{}-{}{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed),
+        prefix
+    )
+}
+
+const C_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
+const R1_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+const R2_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
+const E_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+struct Topo {
+    caller: String,
+    relay: String,
+    callee: String,
+    _guard: Namespaces,
+}
+
+fn topo() -> Topo {
+    let (caller, relay, callee) = (unique("c"), unique("r"), unique("e"));
+    let guard = Namespaces(vec![caller.clone(), relay.clone(), callee.clone()]);
+    for ns in &guard.0 {
+        ip(&format!("netns add {ns}"));
+        ip(&format!("-n {ns} link set lo up"));
+    }
+    let (c, r, e) = (&caller, &relay, &callee);
+    ip(&format!(
+        "-n {r} link add r1 address {} type veth peer name c0 address {} netns {c}",
+        mac(R1_MAC),
+        mac(C_MAC)
+    ));
+    ip(&format!(
+        "-n {r} link add r2 address {} type veth peer name e0 address {} netns {e}",
+        mac(R2_MAC),
+        mac(E_MAC)
+    ));
+    for (ns, dev, v4, v6) in [
+        (c, "c0", "10.200.1.2/24", "fd00:200:1::2/64"),
+        (r, "r1", "10.200.1.1/24", "fd00:200:1::1/64"),
+        (r, "r2", "10.200.2.1/24", "fd00:200:2::1/64"),
+        (e, "e0", "10.200.2.2/24", "fd00:200:2::2/64"),
+    ] {
+        ip(&format!("-n {ns} addr add {v4} dev {dev}"));
+        ip(&format!("-n {ns} addr add {v6} dev {dev} nodad"));
+        ip(&format!("-n {ns} link set {dev} up"));
+    }
+    ip(&format!("-n {c} route add default via 10.200.1.1"));
+    ip(&format!("-n {c} -6 route add default via fd00:200:1::1"));
+    ip(&format!("-n {e} route add default via 10.200.2.1"));
+    ip(&format!("-n {e} -6 route add default via fd00:200:2::1"));
+    for (ns, dev, addr, m) in [
+        (r, "r1", "10.200.1.2", C_MAC),
+        (r, "r1", "fd00:200:1::2", C_MAC),
+        (r, "r2", "10.200.2.2", E_MAC),
+        (r, "r2", "fd00:200:2::2", E_MAC),
+        (c, "c0", "10.200.1.1", R1_MAC),
+        (c, "c0", "fd00:200:1::1", R1_MAC),
+        (e, "e0", "10.200.2.1", R2_MAC),
+        (e, "e0", "fd00:200:2::1", R2_MAC),
+    ] {
+        ip(&format!(
+            "-n {ns} neigh replace {addr} lladdr {} dev {dev} nud permanent",
+            mac(m)
+        ));
+    }
+    ns_exec(
+        r,
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
+    );
+    // Full checksums from the senders' sockets (MEASURED.md trap 2), NAPI on the far ends.
+    ns_exec(c, "ethtool -K c0 tx off gro on");
+    ns_exec(e, "ethtool -K e0 tx off gro on");
+    Topo {
+        caller,
+        relay,
+        callee,
+        _guard: guard,
+    }
+}
+
+fn attach(t: &Topo) -> XdpPath {
+    in_ns(&t.relay, || XdpPath::attach(&["r1", "r2"], XdpMode::Native))
+        .unwrap_or_else(|e| panic!("attach: {e}"))
+}
+
+fn one_worker() -> WorkerConfig {
+    WorkerConfig {
+        workers: Some(1),
+        ..Default::default()
+    }
+}
+
+fn start(t: &Topo, xdp: &mut XdpPath) -> WorkerPool {
+    in_ns(&t.relay, || {
+        WorkerPool::start(xdp, &["r1", "r2"], &one_worker())
+    })
+    .unwrap_or_else(|e| panic!("worker pool: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// sockets and packets
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn udp(ns: &str, addr: &str) -> UdpSocket {
+    let addr = sa(addr);
+    in_ns(ns, move || {
+        let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    })
+}
+
+fn rtp(seq: u16, len: usize) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(seq as u32 * 160).to_be_bytes());
+    p.extend_from_slice(&0x5151_1ce0u32.to_be_bytes());
+    p.extend((0..len.saturating_sub(12)).map(|i| (i as u8) ^ (seq as u8)));
+    p
+}
+
+fn recv(sock: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 2048];
+    match sock.recv_from(&mut buf) {
+        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("recv: {e}"),
+    }
+}
+
+fn assert_silent(sock: &UdpSocket, wait: Duration, what: &str) {
+    sock.set_read_timeout(Some(wait)).unwrap();
+    if let Some((p, from)) = recv(sock) {
+        panic!("{what}: unexpected {} bytes from {from}", p.len());
+    }
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+}
+
+/// Sends `n` RTP packets of 172 bytes from `from` to `to`; `rx` must get every one from
+/// `expect_src`, with the payload `expect(seq)`.
+fn send_and_expect(
+    from: &UdpSocket,
+    to: &str,
+    n: u16,
+    rx: &UdpSocket,
+    expect_src: &str,
+    expect: impl Fn(u16) -> Vec<u8>,
+) {
+    for seq in 0..n {
+        from.send_to(&rtp(seq, 172), sa(to)).unwrap();
+        let (p, src) = recv(rx).unwrap_or_else(|| panic!("packet {seq} to {to} never arrived"));
+        assert_eq!(src, sa(expect_src), "source of packet {seq} to {to}");
+        assert_eq!(p, expect(seq), "payload of packet {seq} to {to}");
+    }
+}
+
+/// The test transform: appends 10 bytes (0xa5), as SRTP protect appends a tag.
+struct Append10;
+
+impl PayloadTransform for Append10 {
+    fn apply(&mut self, buf: &mut [u8], len: usize, _now: u64) -> Result<usize, TransformError> {
+        let out = buf.get_mut(len..len + 10).ok_or(TransformError::NoRoom)?;
+        out.fill(0xa5);
+        Ok(len + 10)
+    }
+}
+
+fn appended(seq: u16) -> Vec<u8> {
+    let mut p = rtp(seq, 172);
+    p.extend_from_slice(&[0xa5; 10]);
+    p
+}
+
+struct Call {
+    caller: UdpSocket,
+    callee: UdpSocket,
+    relay_a: UdpSocket,
+    relay_b: UdpSocket,
+    caller_addr: String,
+    callee_addr: String,
+    relay_a_addr: String,
+    relay_b_addr: String,
+}
+
+fn call(t: &Topo, v6: bool) -> Call {
+    let (c, ra, rb, e) = if v6 {
+        (
+            "[fd00:200:1::2]:4000",
+            "[fd00:200:1::1]:30000",
+            "[fd00:200:2::1]:30002",
+            "[fd00:200:2::2]:5000",
+        )
+    } else {
+        (
+            "10.200.1.2:4000",
+            "10.200.1.1:30000",
+            "10.200.2.1:30002",
+            "10.200.2.2:5000",
+        )
+    };
+    Call {
+        caller: udp(&t.caller, c),
+        callee: udp(&t.callee, e),
+        relay_a: udp(&t.relay, ra),
+        relay_b: udp(&t.relay, rb),
+        caller_addr: c.into(),
+        callee_addr: e.into(),
+        relay_a_addr: ra.into(),
+        relay_b_addr: rb.into(),
+    }
+}
+
+/// WORKER entries in the XDP map for both directions (strict source; flow ids `id`,
+/// `id + 1`) and the worker contexts: caller -> callee with the identity transform, callee
+/// -> caller through `Append10`. Returns the keys and the flows' counters.
+fn install(
+    xdp: &mut XdpPath,
+    pool: &WorkerPool,
+    call: &Call,
+    id: u32,
+) -> ((FlowKey, FlowKey), (Arc<FlowStats>, Arc<FlowStats>)) {
+    let ka = FlowKey::new(sa(&call.relay_a_addr));
+    let kb = FlowKey::new(sa(&call.relay_b_addr));
+    xdp.insert(
+        ka,
+        FlowValue::worker(id).strict_source(sa(&call.caller_addr)),
+    )
+    .unwrap();
+    xdp.insert(
+        kb,
+        FlowValue::worker(id + 1).strict_source(sa(&call.callee_addr)),
+    )
+    .unwrap();
+    xdp.reset_counters(id).unwrap();
+    xdp.reset_counters(id + 1).unwrap();
+    let (r1, r2) = (pool.interface("r1").unwrap(), pool.interface("r2").unwrap());
+    let to_callee = WorkerFlow::new(
+        sa(&call.relay_b_addr),
+        sa(&call.callee_addr),
+        NextHop::Ethernet {
+            ifindex: r2.ifindex,
+            src_mac: r2.mac,
+            dst_mac: E_MAC,
+        },
+    );
+    let to_caller = WorkerFlow::new(
+        sa(&call.relay_a_addr),
+        sa(&call.caller_addr),
+        NextHop::Ethernet {
+            ifindex: r1.ifindex,
+            src_mac: r1.mac,
+            dst_mac: C_MAC,
+        },
+    )
+    .with_transform(Transform::custom(Append10));
+    let stats = (to_callee.stats.clone(), to_caller.stats.clone());
+    let w = pool.worker(0).unwrap();
+    w.add_flow(ka, to_callee).unwrap();
+    w.add_flow(kb, to_caller).unwrap();
+    w.sync().unwrap();
+    ((ka, kb), stats)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Waits until `f` holds (worker counters are published per batch; kernel stats per second).
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tests
+
+fn relays_both_directions(v6: bool) {
+    let Some(_serial) = setup() else { return };
+    let t = topo();
+    let mut xdp = attach(&t);
+    let pool = start(&t, &mut xdp);
+    assert_eq!(pool.workers().len(), 1);
+    assert_eq!(
+        pool.worker(0).unwrap().queues(),
+        &[("r1".to_string(), 0), ("r2".to_string(), 0)]
+    );
+    let call = call(&t, v6);
+    let (_, (sa_, sb)) = install(&mut xdp, &pool, &call, 10);
+
+    const N: u16 = 50;
+    // Caller -> callee, identity: the payload arrives unchanged from the relay's r2 socket.
+    send_and_expect(
+        &call.caller,
+        &call.relay_a_addr,
+        N,
+        &call.callee,
+        &call.relay_b_addr,
+        |seq| rtp(seq, 172),
+    );
+    // Callee -> caller through Append10: 10 bytes longer (lengths and checksums redone).
+    send_and_expect(
+        &call.callee,
+        &call.relay_b_addr,
+        N,
+        &call.caller,
+        &call.relay_a_addr,
+        appended,
+    );
+    // The kernel stack and the relay's userspace sockets saw nothing.
+    assert_silent(&call.relay_a, Duration::from_millis(50), "relay socket a");
+    assert_silent(&call.relay_b, Duration::from_millis(50), "relay socket b");
+
+    // Worker counters: exactly what was sent, nothing dropped.
+    let s = pool.worker(0).unwrap().stats();
+    assert_eq!(
+        (s.rx_packets, s.tx_packets, s.dropped()),
+        (2 * N as u64, 2 * N as u64, 0),
+        "{s:?}"
+    );
+    let frame = if v6 { 14 + 40 + 8 } else { 14 + 20 + 8 } as u64;
+    assert_eq!(s.rx_bytes, 2 * N as u64 * (frame + 172), "{s:?}");
+    assert_eq!(s.tx_bytes, 2 * N as u64 * (frame + 172) + N as u64 * 10);
+    assert_eq!(s.flows, 2);
+    for (st, out) in [(&sa_, 172u64), (&sb, 182)] {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(get(&st.packets), N as u64);
+        assert_eq!(get(&st.bytes), N as u64 * 172);
+        assert_eq!(get(&st.forwarded), N as u64);
+        assert_eq!(get(&st.forwarded_bytes), N as u64 * out);
+        assert_eq!(get(&st.transform_errors), 0);
+        assert!(get(&st.last_seen_ns) > 0);
+    }
+    // The kernel redirected every packet to the worker.
+    for id in [10, 11] {
+        let c = xdp.counters(id).unwrap();
+        assert_eq!(c.to_worker, N as u64, "flow {id}: {c:?}");
+        assert_eq!((c.packets, c.dropped(), c.passed()), (0, 0, 0), "{c:?}");
+    }
+    let fds = open_fds();
+    pool.stop().unwrap();
+    assert!(open_fds() < fds, "stopping the pool must close its sockets");
+}
+
+#[test]
+fn afxdp_worker_relays_both_directions_ipv4() {
+    relays_both_directions(false);
+}
+
+#[test]
+fn afxdp_worker_relays_both_directions_ipv6() {
+    relays_both_directions(true);
+}
+
+#[test]
+fn afxdp_wrong_source_is_dropped_in_the_kernel_before_the_worker() {
+    let Some(_serial) = setup() else { return };
+    let t = topo();
+    let mut xdp = attach(&t);
+    let pool = start(&t, &mut xdp);
+    for (v6, id, intruder_addr) in [
+        (false, 20, "10.200.1.2:4999"),
+        (true, 22, "[fd00:200:1::2]:4999"),
+    ] {
+        let call = call(&t, v6);
+        install(&mut xdp, &pool, &call, id);
+        let intruder = udp(&t.caller, intruder_addr);
+        let before = pool.worker(0).unwrap().stats().rx_packets;
+        for seq in 0..7 {
+            intruder
+                .send_to(&rtp(seq, 172), sa(&call.relay_a_addr))
+                .unwrap();
+        }
+        // The legitimate source still goes through afterwards.
+        send_and_expect(
+            &call.caller,
+            &call.relay_a_addr,
+            3,
+            &call.callee,
+            &call.relay_b_addr,
+            |seq| rtp(seq, 172),
+        );
+        assert_silent(&call.callee, Duration::from_millis(50), "callee");
+        assert_silent(&call.relay_a, Duration::from_millis(50), "relay socket");
+        let c = xdp.counters(id).unwrap();
+        assert_eq!((c.dropped_wrong_source, c.to_worker), (7, 3), "{c:?}");
+        let s = pool.worker(0).unwrap().stats();
+        assert_eq!(
+            s.rx_packets - before,
+            3,
+            "the worker only saw the legitimate packets"
+        );
+        assert_eq!(s.dropped(), 0, "{s:?}");
+    }
+}
+
+#[test]
+fn afxdp_removing_the_flow_stops_it() {
+    let Some(_serial) = setup() else { return };
+    let t = topo();
+    let mut xdp = attach(&t);
+    let pool = start(&t, &mut xdp);
+    let call = call(&t, false);
+    let ((ka, _), (st, _)) = install(&mut xdp, &pool, &call, 30);
+    send_and_expect(
+        &call.caller,
+        &call.relay_a_addr,
+        3,
+        &call.callee,
+        &call.relay_b_addr,
+        |seq| rtp(seq, 172),
+    );
+    let w = pool.worker(0).unwrap();
+
+    // Worker context removed, XDP entry kept: redirected, then dropped and counted.
+    w.remove_flow(ka).unwrap();
+    w.sync().unwrap();
+    assert_eq!(w.stats().flows, 1);
+    call.caller
+        .send_to(&rtp(3, 172), sa(&call.relay_a_addr))
+        .unwrap();
+    assert_silent(&call.callee, Duration::from_millis(100), "callee");
+    eventually("dropped_no_flow", || w.stats().dropped_no_flow == 1);
+    assert_eq!(st.packets.load(Ordering::Relaxed), 3);
+
+    // XDP entry removed too: the kernel stack delivers to the relay's own socket again.
+    assert!(xdp.remove(&ka).unwrap());
+    call.caller
+        .send_to(&rtp(4, 172), sa(&call.relay_a_addr))
+        .unwrap();
+    let (p, from) = recv(&call.relay_a).expect("removed flow must reach the relay socket");
+    assert_eq!((p, from), (rtp(4, 172), sa(&call.caller_addr)));
+    assert_silent(&call.callee, Duration::from_millis(50), "callee");
+    assert_eq!(w.stats().rx_packets, 4);
+}
+
+#[test]
+fn afxdp_queue_without_a_worker_falls_back_to_the_kernel_stack() {
+    let Some(_serial) = setup() else { return };
+    let t = topo();
+    let mut xdp = attach(&t);
+    let call = call(&t, false);
+    let ka = FlowKey::new(sa(&call.relay_a_addr));
+    xdp.insert(ka, FlowValue::worker(5)).unwrap();
+    xdp.reset_counters(5).unwrap();
+    // No pool yet: the XSKMAP slot is empty.
+    call.caller
+        .send_to(&rtp(1, 172), sa(&call.relay_a_addr))
+        .unwrap();
+    let (p, _) = recv(&call.relay_a).expect("no worker: the kernel stack delivers it");
+    assert_eq!(p, rtp(1, 172));
+    // A stopped pool leaves no socket behind in the XSKMAP either.
+    let pool = start(&t, &mut xdp);
+    pool.stop().unwrap();
+    call.caller
+        .send_to(&rtp(2, 172), sa(&call.relay_a_addr))
+        .unwrap();
+    let (p, _) = recv(&call.relay_a).expect("stopped pool: the kernel stack delivers it");
+    assert_eq!(p, rtp(2, 172));
+    let c = xdp.counters(5).unwrap();
+    assert_eq!((c.passed_no_worker, c.to_worker), (2, 0), "{c:?}");
+}
+
+#[test]
+fn afxdp_fallback_socket_and_hairpin_next_hops() {
+    let Some(_serial) = setup() else { return };
+    let t = topo();
+    let mut xdp = attach(&t);
+    let pool = start(&t, &mut xdp);
+    let w = pool.worker(0).unwrap();
+
+    // NextHop::Kernel: the worker transforms, a clone of the relay's r2 socket sends.
+    let call = call(&t, false);
+    let ka = FlowKey::new(sa(&call.relay_a_addr));
+    xdp.insert(
+        ka,
+        FlowValue::worker(1).strict_source(sa(&call.caller_addr)),
+    )
+    .unwrap();
+    let flow = WorkerFlow::new(
+        sa(&call.relay_b_addr),
+        sa(&call.callee_addr),
+        NextHop::Kernel,
+    )
+    .with_transform(Transform::custom(Append10))
+    .with_fallback(call.relay_b.try_clone().unwrap());
+    w.add_flow(ka, flow).unwrap();
+    w.sync().unwrap();
+    send_and_expect(
+        &call.caller,
+        &call.relay_a_addr,
+        5,
+        &call.callee,
+        &call.relay_b_addr,
+        appended,
+    );
+    // Counted after sendto() returns, which may be after the callee got the datagram.
+    eventually("tx_socket_packets", || w.stats().tx_socket_packets == 5);
+
+    // NextHop::Ingress: caller port 4100 talks to caller port 4200 through r1, out of the
+    // interface it came in on with the MACs swapped.
+    let a = udp(&t.caller, "10.200.1.2:4100");
+    let b = udp(&t.caller, "10.200.1.2:4200");
+    let key = FlowKey::new(sa("10.200.1.1:30010"));
+    xdp.insert(key, FlowValue::worker(2)).unwrap();
+    w.add_flow(
+        key,
+        WorkerFlow::new(
+            sa("10.200.1.1:30012"),
+            sa("10.200.1.2:4200"),
+            NextHop::Ingress,
+        ),
+    )
+    .unwrap();
+    w.sync().unwrap();
+    send_and_expect(&a, "10.200.1.1:30010", 5, &b, "10.200.1.1:30012", |seq| {
+        rtp(seq, 172)
+    });
+    let s = w.stats();
+    assert_eq!((s.tx_packets, s.dropped()), (5, 0), "{s:?}");
+
+    // An address family the key does not have is refused up front.
+    let err = w
+        .add_flow(
+            key,
+            WorkerFlow::new(
+                sa("[fd00:200:1::1]:1"),
+                sa("10.200.1.2:1"),
+                NextHop::Ingress,
+            ),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("address family"), "{err}");
+}
+
+#[test]
+fn afxdp_bad_worker_configuration_is_refused_with_a_reason() {
+    let Some(_serial) = setup() else { return };
+    let t = topo();
+    let mut xdp = attach(&t);
+    let start_with = |xdp: &mut XdpPath, ifaces: &[&str], cfg: WorkerConfig| {
+        in_ns(&t.relay, || WorkerPool::start(xdp, ifaces, &cfg)).unwrap_err()
+    };
+    let err = start_with(
+        &mut xdp,
+        &["r1"],
+        WorkerConfig {
+            workers: Some(0),
+            ..Default::default()
+        },
+    );
+    assert!(err.to_string().contains("--workers"), "{err}");
+    let err = start_with(
+        &mut xdp,
+        &["r1"],
+        WorkerConfig {
+            cores: Some(vec![4096]),
+            ..Default::default()
+        },
+    );
+    assert!(err.to_string().contains("--worker-cores"), "{err}");
+    let err = start_with(&mut xdp, &["lo"], WorkerConfig::default());
+    assert!(err.to_string().contains("--xdp-iface"), "{err}");
+    // Nothing was left behind: a valid pool starts on the same queues right after.
+    start(&t, &mut xdp).stop().unwrap();
+}
+
+#[test]
+fn afxdp_stopping_the_pool_releases_every_socket_and_umem() {
+    let Some(_serial) = setup() else { return };
+    let t = topo();
+    let mut xdp = attach(&t);
+    let call = call(&t, false);
+    let before = open_fds();
+    let umems_before = umem_mappings();
+    for round in 0..3 {
+        let pool = start(&t, &mut xdp);
+        let ((ka, kb), _) = install(&mut xdp, &pool, &call, 40);
+        send_and_expect(
+            &call.caller,
+            &call.relay_a_addr,
+            3,
+            &call.callee,
+            &call.relay_b_addr,
+            |seq| rtp(seq, 172),
+        );
+        // A fallback socket handed to the worker is closed with it.
+        let flow = WorkerFlow::new(
+            sa(&call.relay_b_addr),
+            sa(&call.callee_addr),
+            NextHop::Kernel,
+        )
+        .with_fallback(call.relay_b.try_clone().unwrap());
+        pool.worker(0).unwrap().add_flow(ka, flow).unwrap();
+        pool.worker(0).unwrap().sync().unwrap();
+        assert!(open_fds() > before, "round {round}: sockets are open");
+        assert!(ring_mappings() > 0 && umem_mappings() > umems_before);
+        pool.stop().unwrap();
+        assert_eq!(open_fds(), before, "round {round}: leaked descriptors");
+        assert_eq!(ring_mappings(), 0, "round {round}: ring mappings left");
+        assert_eq!(
+            umem_mappings(),
+            umems_before,
+            "round {round}: UMEM left mapped"
+        );
+        xdp.remove(&ka).unwrap();
+        xdp.remove(&kb).unwrap();
+    }
+}
+
+/// The socket ring mappings of this process (they show as `socket:[inode]`).
+fn ring_mappings() -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines().filter(|l| l.contains("socket:[")).count()
+}
+
+/// Anonymous mappings the size of one worker's UMEM with the default configuration
+/// (2 sockets x 2 x 2048 frames x 2048 bytes = 16 MiB).
+fn umem_mappings() -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter(|l| {
+            let mut f = l.split_whitespace();
+            let range = f.next().unwrap_or("");
+            let anonymous = f.nth(4).is_none();
+            let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
+            let size =
+                u64::from_str_radix(b, 16).unwrap_or(0) - u64::from_str_radix(a, 16).unwrap_or(0);
+            anonymous && size == 16 << 20
+        })
+        .count()
+}
+
+/// Packets per second through one worker: the caller blasts 172-byte RTP (sendmmsg, 64 per
+/// call, on CPU 1) for a few seconds to one identity WORKER flow; the worker runs pinned on
+/// CPU 0; the callee's veth drops the relayed packets in XDP (our program with a DROP flow for
+/// the callee's address), which counts them. Run with `cargo test -p sluice-relay --release
+/// --test afxdp_netns -- --ignored --nocapture` (`SPIN_US=N` sets the worker's busy-poll time
+/// before it sleeps). The worker-thread CPU per packet comes from its schedstat, so it stays
+/// meaningful when other processes compete for the worker's CPU; packets/s does not.
+#[test]
+#[ignore = "benchmark: prints packets/s through one worker"]
+fn afxdp_throughput_one_worker() {
+    let Some(_serial) = setup() else { return };
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    if cpus.len() < 2 {
+        println!("skipped: needs two CPUs");
+        return;
+    }
+    let t = topo();
+    let mut xdp = attach(&t);
+    let cfg = WorkerConfig {
+        workers: Some(1),
+        cores: Some(vec![cpus[0].id]),
+        spin_us: std::env::var("SPIN_US").ok().and_then(|v| v.parse().ok()),
+        ..Default::default()
+    };
+    let pool = in_ns(&t.relay, || {
+        WorkerPool::start(&mut xdp, &["r1", "r2"], &cfg)
+    })
+    .unwrap();
+    let call = call(&t, false);
+    install(&mut xdp, &pool, &call, 50);
+    let mut sink = in_ns(&t.callee, || XdpPath::attach(&["e0"], XdpMode::Native)).unwrap();
+    sink.insert(FlowKey::new(sa(&call.callee_addr)), FlowValue::drop_all(0))
+        .unwrap();
+    sink.reset_counters(0).unwrap();
+
+    const SECS: f64 = 3.0;
+    std::thread::sleep(Duration::from_millis(20)); // a fresh 10 ms stats publication
+    let s0 = pool.worker(0).unwrap().stats();
+    let sched0 = worker_schedstat();
+    let sender_cpu = cpus[1];
+    let sent = std::thread::scope(|s| {
+        s.spawn(|| {
+            core_affinity::set_for_current(sender_cpu);
+            let payload = rtp(1, 172);
+            let dst: SocketAddr = sa(&call.relay_a_addr);
+            let SocketAddr::V4(dst) = dst else {
+                unreachable!()
+            };
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: dst.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let mut iov = libc::iovec {
+                iov_base: payload.as_ptr() as *mut libc::c_void,
+                iov_len: payload.len(),
+            };
+            // SAFETY: all-zero mmsghdr is valid; the pointers set below outlive the calls.
+            let mut msgs: Vec<libc::mmsghdr> =
+                (0..64).map(|_| unsafe { std::mem::zeroed() }).collect();
+            for m in &mut msgs {
+                m.msg_hdr.msg_name = (&sin as *const libc::sockaddr_in) as *mut libc::c_void;
+                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                m.msg_hdr.msg_iov = &mut iov;
+                m.msg_hdr.msg_iovlen = 1;
+            }
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while start.elapsed().as_secs_f64() < SECS {
+                // SAFETY: msgs is a valid array of mmsghdr.
+                let n =
+                    unsafe { libc::sendmmsg(call.caller.as_raw_fd(), msgs.as_mut_ptr(), 64, 0) };
+                if n > 0 {
+                    sent += n as u64;
+                }
+            }
+            sent
+        })
+        .join()
+        .unwrap()
+    });
+    let sched1 = worker_schedstat();
+    let s1 = pool.worker(0).unwrap().stats();
+    std::thread::sleep(Duration::from_millis(1100)); // kernel stats are published every second
+    let s = pool.worker(0).unwrap().stats();
+    let delivered = sink.counters(0).unwrap().dropped_action;
+    let relayed = s1.tx_packets - s0.tx_packets;
+    let on_cpu_ns = sched1.0 - sched0.0;
+    println!(
+        "offered {:.0} pps; relayed by the worker {:.0} pps; delivered to the callee's veth \
+         {:.0} pps; worker drops {}; kernel drops: rx_ring_full {} fill_ring_empty {}",
+        sent as f64 / SECS,
+        relayed as f64 / SECS,
+        delivered as f64 / SECS,
+        s.dropped(),
+        s.kernel_rx_ring_full,
+        s.kernel_fill_ring_empty,
+    );
+    println!(
+        "worker thread: on CPU {:.0}% of the run, runnable but waiting for the CPU {:.0}%; \
+         {:.2} us of worker-thread CPU per relayed packet (=> {:.0} pps per dedicated core); \
+         busy fraction by its own clock {:.0}%",
+        on_cpu_ns as f64 / SECS / 1e7,
+        (sched1.1 - sched0.1) as f64 / SECS / 1e7,
+        on_cpu_ns as f64 / 1e3 / relayed.max(1) as f64,
+        relayed as f64 * 1e9 / on_cpu_ns.max(1) as f64,
+        (s1.busy_ns - s0.busy_ns) as f64 * 100.0 / (s1.run_ns - s0.run_ns).max(1) as f64,
+    );
+    pool.stop().unwrap();
+}
+
+/// (run ns, wait ns, timeslices) of the worker thread, from /proc/self/task/*/schedstat.
+fn worker_schedstat() -> (u64, u64, u64) {
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "sluice-worker-0" {
+            let s = std::fs::read_to_string(task.path().join("schedstat")).unwrap();
+            let v: Vec<u64> = s.split_whitespace().map(|x| x.parse().unwrap()).collect();
+            return (v[0], v[1], v[2]);
+        }
+    }
+    (0, 0, 0)
+}

@@ -1,0 +1,409 @@
+//! The report of `bench forward --netns`: the table, the issue's targets with a verdict each,
+//! and how it was measured.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::{
+    LOSS_LIMIT, MIN_SEND_SHARE, NETNS_PORTS, Plan, Run, STEP_TRIES, Step, fmt_int, fmt_rate,
+    machine, us,
+};
+use crate::netns::{HARNESS_CPU, RELAY_CPU};
+
+/// Issue 3's targets on this machine.
+const TARGET_CPU_RATIO: f64 = 15.0;
+const TARGET_BARE_SHARE: f64 = 0.75;
+
+const XDP: &str = "sluice-xdp";
+const RTPENGINE: &str = "rtpengine";
+const BARE: &str = "bare-redirect";
+
+fn find<'a>(runs: &'a [Run], relay: &str, calls: u32) -> Option<&'a Run> {
+    runs.iter()
+        .find(|r| r.relay == relay && r.calls == calls && r.error.is_none())
+}
+
+/// Packets per CPU-second at a step.
+fn pkts_per_cpu_s(s: &Step) -> Option<f64> {
+    s.cpu_per_packet().filter(|&c| c > 0.0).map(|c| 1e9 / c)
+}
+
+/// Delivered pps at the highest passing step, and whether the relay's limit lies above it
+/// (no step failed on loss: top of the ladder, or the generator fell short).
+fn rate_of(run: &Run) -> Option<(f64, bool)> {
+    run.best()
+        .map(|s| (s.report.delivered_pps(), run.first_failure().is_none()))
+}
+
+/// The highest ladder rate at which both runs passed.
+fn common_rate(a: &Run, b: &Run) -> Option<u32> {
+    let ra = a.best()?.report.rate;
+    let rb = b.best()?.report.rate;
+    Some(ra.min(rb))
+}
+
+#[derive(Debug, PartialEq)]
+pub(super) enum Verdict {
+    Met,
+    NotMet,
+    Undecided(&'static str),
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Met => write!(f, "**met**"),
+            Verdict::NotMet => write!(f, "**not met**"),
+            Verdict::Undecided(why) => write!(f, "**not decided** ({why})"),
+        }
+    }
+}
+
+/// Verdict on "v / base >= target" where either side's limit may only be known as a lower
+/// bound (`*_above`: the relay passed every step it ran).
+pub(super) fn bounded_verdict(v: (f64, bool), base: (f64, bool), target: f64) -> Verdict {
+    let ratio = v.0 / base.0;
+    match (v.1, base.1) {
+        (false, false) => {
+            if ratio >= target {
+                Verdict::Met
+            } else {
+                Verdict::NotMet
+            }
+        }
+        // v's true limit is higher: the ratio is a lower bound.
+        (true, false) if ratio >= target => Verdict::Met,
+        (true, false) => Verdict::Undecided("sluice-xdp's own limit was not reached"),
+        // base's true limit is higher: the ratio is an upper bound.
+        (false, true) if ratio < target => Verdict::NotMet,
+        (false, true) => Verdict::Undecided("bare redirect's own limit was not reached"),
+        (true, true) => Verdict::Undecided("neither limit was reached: the generator was"),
+    }
+}
+
+fn cpu_cell(s: Option<&Step>) -> String {
+    match s {
+        Some(s) => match (s.cpu_per_packet(), s.napi_per_packet()) {
+            (Some(t), Some(n)) => format!("{} ({} + {})", fmt_int(t), fmt_int(t - n), fmt_int(n)),
+            _ => "-".into(),
+        },
+        None => "-".into(),
+    }
+}
+
+pub(super) fn render(
+    plan: &Plan,
+    runs: &[Run],
+    cmdlines: &[(&'static str, String)],
+    notes: &[String],
+    took: Duration,
+    noise: &str,
+) -> String {
+    let mut o = String::new();
+    let cr = fmt_rate(plan.cpu_rate);
+    let top = *plan.rates.last().expect("plan has rates");
+    let _ = writeln!(
+        o,
+        "## bench forward --netns: RTP relaying caller ns -> relay ns -> callee ns (veth), 172-byte packets\n"
+    );
+    let _ = writeln!(
+        o,
+        "| relay | calls | max rate <1% loss | delivered pps | loss at next step | CPU ns/pkt @{cr}: total (process + NAPI) | CPU ns/pkt @max | packets per CPU-second @{cr} | added latency p50 / p99 (us) | mangled / reordered | pps vs bare-redirect | packets/CPU-s vs rtpengine @{cr} |"
+    );
+    let _ = writeln!(
+        o,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in runs {
+        if let Some(e) = &r.error
+            && r.steps.is_empty()
+        {
+            let first_line = e.lines().next().unwrap_or_default();
+            let calls = match r.calls {
+                0 => "-".to_string(),
+                n => n.to_string(),
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {calls} | failed: {} | | | | | | | | | |",
+                r.relay,
+                first_line.replace('|', "/")
+            );
+            continue;
+        }
+        let best = r.best();
+        let max_rate = match (best, &r.harness_limited) {
+            (Some(s), _) if s.report.rate == top => {
+                format!(">= {} (top of ladder)", fmt_rate(top))
+            }
+            (Some(s), Some(h)) => format!(
+                ">= {} (harness limit at {})",
+                fmt_rate(s.report.rate),
+                fmt_rate(h.rate)
+            ),
+            (Some(s), None) => fmt_rate(s.report.rate),
+            (None, _) => format!("< {}", fmt_rate(plan.rates[0])),
+        };
+        let delivered = best.map_or("-".into(), |s| fmt_int(s.report.delivered_pps()));
+        let next = r.first_failure().map_or("-".into(), |s| {
+            format!(
+                "{:.1}% @{}",
+                s.report.loss() * 100.0,
+                fmt_rate(s.report.rate)
+            )
+        });
+        let at_cpu = r.at_rate(plan.cpu_rate);
+        let lat = match (&r.direct, &r.through) {
+            (Some(d), Some(t)) if t.count > 0 => format!(
+                "{} / {}",
+                us(t.p50_ns as i64 - d.p50_ns as i64),
+                us(t.p99_ns as i64 - d.p99_ns as i64)
+            ),
+            _ => "-".into(),
+        };
+        let mangled: u64 = r.reports().map(|x| x.mangled).sum();
+        let reordered: u64 = r.reports().map(|x| x.reordered).sum();
+        let vs_bare = if r.relay == BARE {
+            "base".into()
+        } else {
+            match (rate_of(r), find(runs, BARE, r.calls).and_then(rate_of)) {
+                (Some(v), Some(b)) => super::rate_ratio(Some(v), Some(b)),
+                _ => "-".into(),
+            }
+        };
+        let vs_rtpe = if r.relay == RTPENGINE {
+            "base".into()
+        } else {
+            let base = find(runs, RTPENGINE, r.calls)
+                .and_then(|b| b.at_rate(plan.cpu_rate))
+                .and_then(pkts_per_cpu_s);
+            match (at_cpu.and_then(pkts_per_cpu_s), base) {
+                (Some(v), Some(b)) => format!("{:.1}x", v / b),
+                _ => "-".into(),
+            }
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {max_rate} | {delivered} | {next} | {} | {} | {} | {lat} | {mangled} / {reordered} | {vs_bare} | {vs_rtpe} |",
+            r.relay,
+            r.calls,
+            cpu_cell(at_cpu),
+            cpu_cell(best),
+            at_cpu.and_then(pkts_per_cpu_s).map_or("-".into(), fmt_int),
+        );
+    }
+
+    render_targets(&mut o, plan, runs);
+
+    let _ = writeln!(o, "\n### Detail\n");
+    let _ = writeln!(
+        o,
+        "| relay | calls | direct p50 / p99 (us) | through relay p50 / p99 / max (us) | probes lost | veth drops relay -> callee (ladder) | delivered pps @max: sent pps |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|");
+    for r in runs {
+        let (Some(d), Some(t)) = (&r.direct, &r.through) else {
+            continue;
+        };
+        let drops: Option<u64> = r.steps.iter().map(|s| s.ring_drops).sum();
+        let at_max = r.best().map_or("-".into(), |s| {
+            format!(
+                "{}: {}",
+                fmt_int(s.report.delivered_pps()),
+                fmt_int(s.report.sent_pps())
+            )
+        });
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} / {} | {} / {} / {} | {} + {} | {} | {at_max} |",
+            r.relay,
+            r.calls,
+            us(d.p50_ns as i64),
+            us(d.p99_ns as i64),
+            us(t.p50_ns as i64),
+            us(t.p99_ns as i64),
+            us(t.max_ns as i64),
+            d.lost,
+            t.lost,
+            drops.map_or("-".into(), |d| fmt_int(d as f64)),
+        );
+    }
+
+    let _ = writeln!(o, "\n### How it was measured\n");
+    let rates: Vec<String> = plan.rates.iter().map(|&r| fmt_rate(r)).collect();
+    let _ = writeln!(
+        o,
+        "- Topology: caller ns -> veth -> relay ns -> veth -> callee ns, private addresses (10.201.0.0/16) inside the namespaces only; every relay binds its media on 10.201.0.1 (relay ns lo) and runs alone in the relay ns, ports {}-{}. Forwarding on in the relay ns, GRO on for the four veths of the relay path (so each has NAPI), `tx off` on the sending veths, static neighbours, IPv6 off. A third veth pair joins caller and callee directly: the latency baseline.",
+        NETNS_PORTS.0, NETNS_PORTS.1
+    );
+    let _ = writeln!(
+        o,
+        "- Placement (2 CPUs): CPU {HARNESS_CPU}: load generator (one process: sender and every receiving socket), the bench, and the NAPI threads of the caller/callee veths; CPU {RELAY_CPU}: the relay process (all its threads) and the NAPI threads of the relay's two veths. Threaded NAPI (`/sys/class/net/DEV/threaded` = 1, set after every XDP attach) on all four veths of the relay path."
+    );
+    let _ = writeln!(
+        o,
+        "- CPU counted for a relay: on-CPU time of every thread of the relay process plus the NAPI kthreads (`napi/DEV-ID`) of the relay ns's two veths, from /proc/PID/task/*/schedstat and /proc/PID/schedstat, over each step, divided by packets delivered intact. The NAPI part is the softirq work of receiving on the relay's veths: for the XDP paths it is all of the forwarding (program, redirect, transmit into the callee veth's ring); for userspace relays it is the IP/UDP receive up to the socket queue. The callee veth's NAPI (building the skb the callee socket receives) runs on CPU {HARNESS_CPU} and is the harness's. Shown as total (process + NAPI)."
+    );
+    let _ = writeln!(
+        o,
+        "- Ladder (pps, all calls together, one direction caller -> relay -> callee): {}; {:.1} s per step; a step fails at >= {:.0}% loss in two runs in a row; a step counts only if the generator sent >= {:.0}% of the offered rate (up to {STEP_TRIES} tries), else the ladder stops as harness-limited.",
+        rates.join(", "),
+        plan.step_secs,
+        LOSS_LIMIT * 100.0,
+        MIN_SEND_SHARE * 100.0
+    );
+    let _ = writeln!(
+        o,
+        "- Before measuring: each callee sends 3 packets to the relay's callee-facing port (so sluice latches both sides), a warm-up proves every call forwards, and for sluice-xdp the bench waits until Statistics counts two kernel flows per call and Query says `kernel_forwarded` for every call, then proves every call forwards again."
+    );
+    let _ = writeln!(
+        o,
+        "- Latency: {} probes per path, one in flight, 1 ms apart; direct = caller ns -> callee ns over the direct veth pair (one veth hop), through = via the relay (two veth hops + relay); added = through minus direct, per percentile.",
+        plan.latency_samples
+    );
+    let _ = writeln!(
+        o,
+        "- bare-redirect: xtask/bpf/bare_redirect.c, `bpf_redirect_map` on a devmap keyed by ingress ifindex, nothing else (no parsing, no rewrite); the caller addresses 10.201.9.9 (owned by the callee ns) and the callee veth carries the relay ingress veth's MAC, so untouched frames reach the callee sockets."
+    );
+    let _ = writeln!(
+        o,
+        "- Threads: rtpengine --num-threads={} (its housekeeping threads counted too); sluice's userspace path is one thread (its tokio control threads counted too); baseline is one thread.",
+        plan.rtpengine_threads
+    );
+    for (name, cmd) in cmdlines {
+        let _ = writeln!(o, "- `{name}`: `{cmd}`");
+    }
+    for r in runs {
+        for n in &r.notes {
+            let _ = writeln!(o, "- {} calls={}: {n}", r.relay, r.calls);
+        }
+    }
+    for n in notes {
+        let _ = writeln!(o, "- {n}");
+    }
+    let _ = writeln!(
+        o,
+        "- Machine: {}; run took {:.0} s. Other work on the machine skews the figures: {}.",
+        machine(),
+        took.as_secs_f64(),
+        noise
+    );
+    super::render_warnings(&mut o, runs);
+    o
+}
+
+fn render_targets(o: &mut String, plan: &Plan, runs: &[Run]) {
+    let cr = fmt_rate(plan.cpu_rate);
+    let _ = writeln!(o, "\n### Targets (issue 3)\n");
+    for &calls in &plan.calls {
+        let xdp = find(runs, XDP, calls);
+        let rtpe = find(runs, RTPENGINE, calls);
+        let bare = find(runs, BARE, calls);
+        let _ = writeln!(o, "calls={calls}:");
+        // Packets per CPU-second, sluice XDP vs rtpengine.
+        let xdp_eff = xdp
+            .and_then(|r| r.at_rate(plan.cpu_rate))
+            .and_then(pkts_per_cpu_s);
+        let rtpe_eff = rtpe
+            .and_then(|r| r.at_rate(plan.cpu_rate))
+            .and_then(pkts_per_cpu_s);
+        match (xdp_eff, rtpe_eff) {
+            (Some(x), Some(b)) => {
+                let ratio = x / b;
+                let v = if ratio >= TARGET_CPU_RATIO {
+                    Verdict::Met
+                } else {
+                    Verdict::NotMet
+                };
+                let _ = writeln!(
+                    o,
+                    "- packets per CPU-second @{cr}, sluice-xdp / rtpengine: {} / {} = **{ratio:.1}x** (target >= {TARGET_CPU_RATIO:.0}x): {v}",
+                    fmt_int(x),
+                    fmt_int(b)
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    o,
+                    "- packets per CPU-second, sluice-xdp / rtpengine: not measured (a run failed or did not reach {cr})"
+                );
+            }
+        }
+        // Delivered pps at <1% loss, sluice XDP vs bare redirect.
+        match (xdp.and_then(rate_of), bare.and_then(rate_of)) {
+            (Some(x), Some(b)) => {
+                let v = bounded_verdict(x, b, TARGET_BARE_SHARE);
+                let _ = writeln!(
+                    o,
+                    "- delivered pps at <1% loss, sluice-xdp / bare-redirect: {} / {} = **{}** (target >= {:.0}%): {v}",
+                    fmt_int(x.0),
+                    fmt_int(b.0),
+                    super::rate_ratio(Some(x), Some(b)),
+                    TARGET_BARE_SHARE * 100.0
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    o,
+                    "- delivered pps, sluice-xdp / bare-redirect: not measured (a run failed)"
+                );
+            }
+        }
+        // The same question answered by CPU cost, which the generator's limit does not hide.
+        if let (Some(x), Some(b)) = (xdp, bare)
+            && let Some(rate) = common_rate(x, b)
+            && let (Some(xs), Some(bs)) = (x.at_rate(rate), b.at_rate(rate))
+            && let (Some(xe), Some(be)) = (pkts_per_cpu_s(xs), pkts_per_cpu_s(bs))
+        {
+            let share = xe / be;
+            let _ = writeln!(
+                o,
+                "- by CPU cost instead (at {}, the highest rate both passed): sluice-xdp {} ns/pkt vs bare-redirect {} ns/pkt, i.e. sluice-xdp forwards **{:.0}%** of the bare redirect's packets per CPU-second ({} the 75% target if the relay CPU were the bottleneck)",
+                fmt_rate(rate),
+                fmt_int(1e9 / xe),
+                fmt_int(1e9 / be),
+                share * 100.0,
+                if share >= TARGET_BARE_SHARE {
+                    "meets"
+                } else {
+                    "misses"
+                }
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_verdicts() {
+        assert_eq!(
+            bounded_verdict((80.0, false), (100.0, false), 0.75),
+            Verdict::Met
+        );
+        assert_eq!(
+            bounded_verdict((70.0, false), (100.0, false), 0.75),
+            Verdict::NotMet
+        );
+        // sluice-xdp not at its limit, already >= 75%: met.
+        assert_eq!(
+            bounded_verdict((80.0, true), (100.0, false), 0.75),
+            Verdict::Met
+        );
+        assert!(matches!(
+            bounded_verdict((70.0, true), (100.0, false), 0.75),
+            Verdict::Undecided(_)
+        ));
+        // bare not at its limit: a ratio below target only gets worse.
+        assert_eq!(
+            bounded_verdict((70.0, false), (100.0, true), 0.75),
+            Verdict::NotMet
+        );
+        assert!(matches!(
+            bounded_verdict((100.0, true), (100.0, true), 0.75),
+            Verdict::Undecided(_)
+        ));
+    }
+}
