@@ -11,8 +11,10 @@
  * the XDP paths.
  *
  * Pacing: packets become due in groups of `burst` (32, like one sendmmsg of the socket
- * sender), group k at start + k * burst / rate; a generator that fell behind (preempted) sends
- * at most max_burst packets at once and counts the rest as skipped, as the socket sender does.
+ * sender), group k at start + k * burst / rate. A generator that fell behind (preempted) owes
+ * at most max_burst packets (the rest are counted as skipped, as the socket sender does) and
+ * catches up at twice the rate (groups at least min_gap_ns apart), never in one burst: frames
+ * built into skbs are charged a whole page each against a relay's socket buffer.
  *
  * Per packet: the Ethernet/IPv4/UDP headers are copied from gen_cfg.hdr (the frame's page may
  * come back from a relay that rewrote them: live-frames pages are recycled as they are); calls
@@ -55,6 +57,8 @@ struct gen_cfg {
 	__u64 planned;
 	__u64 sent;
 	__u64 skipped;
+	__u64 min_gap_ns;
+	__u64 last_group_ns;
 	/* Ethernet + IPv4 + UDP header of every packet (ports and checksum set per packet). */
 	__u8 hdr[HDR_ALLOC];
 };
@@ -107,8 +111,18 @@ int gen(struct xdp_md *ctx)
 		due = cfg->planned;
 	if (due <= done)
 		return XDP_DROP;
-	if (due - done > cfg->max_burst)
-		cfg->skipped += due - done - cfg->max_burst;
+	if (due - done > cfg->max_burst) {
+		__u64 skip = due - done - cfg->max_burst;
+		if (cfg->burst > 1)
+			skip -= skip % cfg->burst;
+		cfg->skipped += skip;
+		done += skip;
+	}
+	if (cfg->burst <= 1 || done % cfg->burst == 0) {
+		if (now < cfg->last_group_ns + cfg->min_gap_ns)
+			return XDP_DROP;
+		cfg->last_group_ns = now;
+	}
 	cfg->sent += 1;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);

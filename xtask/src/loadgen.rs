@@ -49,6 +49,9 @@ const TIMER_TOKEN: u64 = u64::MAX;
 const PRIME_STEP: u32 = u32::MAX;
 /// Pause between priming rounds (one packet per call per round).
 const PRIME_GAP: Duration = Duration::from_millis(20);
+/// Within a round: this many packets, then a pause.
+const PRIME_BURST: usize = 64;
+const PRIME_BURST_GAP: Duration = Duration::from_millis(1);
 
 /// Where the sockets live in `--netns` mode.
 #[derive(clap::Args, Debug, Clone)]
@@ -492,6 +495,11 @@ impl Loadgen {
                     // A full buffer loses this one; the next round sends another.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e).with_context(|| format!("priming call {call}")),
+                }
+                // Paced: a veth ring holds 256 frames, and 10,000 back to back would overflow
+                // it before the relay's NAPI thread had a chance to drain it.
+                if call % PRIME_BURST == PRIME_BURST - 1 {
+                    std::thread::sleep(PRIME_BURST_GAP);
                 }
             }
             std::thread::sleep(PRIME_GAP);

@@ -8,6 +8,7 @@
 mod bare;
 mod baseline;
 mod bencode;
+mod bridge_bench;
 mod child;
 mod forward;
 mod loadgen;
@@ -70,6 +71,8 @@ enum Bench {
     Forward(forward::ForwardArgs),
     /// SRTP protect/unprotect per profile and core, against libsrtp2 (srtp_bench.rs).
     Srtp(srtp_bench::SrtpArgs),
+    /// Plain RTP -> SDES-SRTP bridging through sluice and rtpengine (bridge_bench.rs).
+    Bridge(bridge_bench::BridgeArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +83,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: Bench::Srtp(args),
         } => srtp_bench::run(args),
+        Cmd::Bench {
+            which: Bench::Bridge(args),
+        } => bridge_bench::run(args),
         Cmd::Loadgen { calls, sides } => loadgen::run(calls, sides),
         Cmd::BaselineRelay => baseline::run(),
         Cmd::BareXdp { object, iface } => match iface.as_slice() {

@@ -406,27 +406,45 @@ impl Topology {
     /// frames). That ring is emptied by se0's NAPI thread on the harness CPU, so these drops
     /// can be the harness's as much as the relay's; the report shows them beside the loss.
     pub fn callee_ring_drops(&self) -> Result<u64> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.relay, "ethtool", "-S", &self.devs.r2])
-            .output()
-            .context("running ethtool -S")?;
-        let mut total = parse_xmit_errors(&String::from_utf8_lossy(&out.stdout));
-        let out = Command::new("ip")
-            .args([
-                "-n",
-                &self.relay,
-                "-s",
-                "-s",
-                "link",
-                "show",
-                "dev",
-                &self.devs.r2,
-            ])
-            .output()
-            .context("running ip -s link")?;
-        total += parse_tx_dropped(&String::from_utf8_lossy(&out.stdout));
-        Ok(total)
+        veth_tx_drops(&self.relay, &self.devs.r2)
     }
+
+    /// The same on the way in: frames the caller veth could not put into the relay veth's
+    /// ring (emptied by the relay-side NAPI thread, so these are the relay's losses).
+    pub fn relay_ring_drops(&self) -> Result<u64> {
+        veth_tx_drops(&self.caller, &self.devs.c0)
+    }
+}
+
+/// TX drops of veth `dev` in `ns`: XDP xmit errors plus the skb path's tx_dropped.
+fn veth_tx_drops(ns: &str, dev: &str) -> Result<u64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ethtool", "-S", dev])
+        .output()
+        .context("running ethtool -S")?;
+    let mut total = parse_xmit_errors(&String::from_utf8_lossy(&out.stdout));
+    let out = Command::new("ip")
+        .args(["-n", ns, "-s", "-s", "link", "show", "dev", dev])
+        .output()
+        .context("running ip -s link")?;
+    total += parse_tx_dropped(&String::from_utf8_lossy(&out.stdout));
+    Ok(total)
+}
+
+/// UDP receive errors (RcvbufErrors, InErrors counts them too) in the network namespace of
+/// process `pid`, from /proc/PID/net/snmp: datagrams the relay's sockets had no room for.
+pub fn udp_in_errors(pid: u32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/snmp"))
+        .with_context(|| format!("reading /proc/{pid}/net/snmp"))?;
+    parse_snmp(&text, "Udp:", "InErrors").context("no Udp InErrors in /proc/net/snmp")
+}
+
+fn parse_snmp(text: &str, proto: &str, field: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(proto));
+    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let i = header.iter().position(|h| *h == field)?;
+    values.get(i)?.parse().ok()
 }
 
 fn parse_xmit_errors(ethtool_s: &str) -> u64 {
@@ -683,6 +701,17 @@ mod tests {
         assert_eq!(args, ["netns", "exec", "x", "/bin/true"]);
         let plain = Placement::default().command(Path::new("/bin/true"));
         assert_eq!(plain.get_program(), "/bin/true");
+    }
+
+    #[test]
+    fn counters_parse() {
+        let ethtool = "NIC statistics:\n     peer_ifindex: 2\n     tx_queue_0_xdp_xmit: 10\n     tx_queue_0_xdp_xmit_errors: 7\n";
+        assert_eq!(parse_xmit_errors(ethtool), 7);
+        let ip_s = "2: sr2@if2: <UP>\n    RX:  bytes packets errors dropped  missed   mcast\n           1       2      0       0       0       0\n    TX:  bytes packets errors dropped carrier collsns\n           3       4      0       5       0       0\n";
+        assert_eq!(parse_tx_dropped(ip_s), 5);
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\nUdp: 10 0 3 9 3\n";
+        assert_eq!(parse_snmp(snmp, "Udp:", "InErrors"), Some(3));
+        assert_eq!(parse_snmp(snmp, "Udp:", "Nope"), None);
     }
 
     #[test]

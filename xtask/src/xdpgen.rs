@@ -36,6 +36,8 @@ struct Cfg {
     planned: u64,
     sent: u64,
     skipped: u64,
+    min_gap_ns: u64,
+    last_group_ns: u64,
     /// Ethernet + IPv4 + UDP header (HDR_LEN bytes used).
     hdr: [u8; 48],
 }
@@ -183,8 +185,9 @@ impl Gen {
         Ok(())
     }
 
-    /// One step: `rate` packets/s for `secs` in groups of `burst` packets, step id `step`,
-    /// bursts of at most `max_burst` after a delay. Returns (sent, skipped). Runs the program in one BPF_PROG_RUN call that
+    /// One step: `rate` packets/s for `secs` in groups of `burst` packets, step id `step`;
+    /// after a delay it owes at most `max_burst` packets and catches up at twice the rate.
+    /// Returns (sent, skipped). Runs the program in one BPF_PROG_RUN call that
     /// a timer signal ends, busy on this CPU for the whole step; the calling thread is moved to
     /// SCHED_OTHER for that time (a SCHED_FIFO thread busy for a second would be throttled by
     /// the kernel, and with it every real-time thread on the CPU, the callee's NAPI included).
@@ -210,6 +213,9 @@ impl Gen {
             planned: (rate as f64 * secs) as u64,
             sent: 0,
             skipped: 0,
+            // Catching up at twice the rate at most.
+            min_gap_ns: burst.max(1) as u64 * 1_000_000_000 / rate.max(1) as u64 / 2,
+            last_group_ns: 0,
             ..self.cfg
         };
         self.cfg_map.set(0, self.cfg, 0)?;
