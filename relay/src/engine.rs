@@ -107,6 +107,12 @@ pub enum Command {
         rx: Option<SrtpKeys>,
         tx: Option<SrtpKeys>,
     },
+    /// Transcoding of what this endpoint sends, on its way to the partner: `None` relays it as
+    /// is. An unchanged plan keeps its codec state.
+    SetTranscode {
+        id: EndpointId,
+        plan: Option<crate::transcode::DirectionPlan>,
+    },
     /// Closes the endpoint's sockets.
     Remove {
         id: EndpointId,
@@ -347,6 +353,13 @@ impl Engine {
                     .expect("by_id points at a live slot");
                 rekey(&mut ep.srtp_rx, rx, id);
                 rekey(&mut ep.srtp_tx, tx, id);
+            }
+            Command::SetTranscode { id, plan } => {
+                // Wired to the packet loop in the transcoding work (issue 5); until then a plan
+                // is refused loudly rather than ignored.
+                if plan.is_some() {
+                    tracing::error!(%id, "transcoding is not wired into the userspace engine yet");
+                }
             }
             Command::Remove { id } => {
                 let Some(slot) = self.by_id.remove(&id) else {

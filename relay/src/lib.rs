@@ -10,5 +10,6 @@ pub mod rtp;
 pub mod rtp_stats;
 pub mod srtp;
 pub mod stats;
+pub mod transcode;
 pub mod worker;
 pub mod xdp;
