@@ -24,6 +24,7 @@ use crate::rtp::{PacketKind, RtpPacket, classify_relay};
 use crate::rtp_stats::RtpStats;
 use crate::srtp::{SrtpConfig, SrtpContext, SrtpError, SrtpProfile};
 use crate::stats::{EndpointCounters, bump};
+use crate::transcode::{DirectionPlan, TranscodeStats, Transcoder};
 
 /// Identifies one side of one media stream: the relay socket(s) one endpoint sends to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -192,6 +193,8 @@ impl Drop for EngineHandle {
 
 const WAKER: Token = Token(usize::MAX);
 const BATCH: usize = 32;
+/// Spare buffers for transcoder output sent in one round.
+const SPARE: usize = 32;
 /// Large enough for any RTP packet on a 1500-byte MTU path with room for jumbo-ish video;
 /// longer datagrams are truncated by the kernel and dropped as malformed.
 const BUF_LEN: usize = 2048;
@@ -211,6 +214,37 @@ struct Endpoint {
     started: bool,
     srtp_rx: Option<(SrtpKeys, Box<SrtpContext>)>,
     srtp_tx: Option<(SrtpKeys, Box<SrtpContext>)>,
+    /// Transcoding of what this endpoint sends, on its way to the partner.
+    transcode: Option<Box<Transcoder>>,
+    /// A plan was given but no transcoder could be built: its RTP is dropped, never relayed in
+    /// a codec the other leg did not agree to.
+    transcode_broken: bool,
+}
+
+/// Keeps the transcoder (and its codec state) when the plan did not change.
+fn set_transcode(ep: &mut Endpoint, plan: Option<DirectionPlan>) {
+    ep.transcode_broken = false;
+    let Some(plan) = plan else {
+        ep.transcode = None;
+        return;
+    };
+    if ep.transcode.as_ref().is_some_and(|t| *t.plan() == plan) {
+        return;
+    }
+    let mut seq = [0u8; 2];
+    // A random first sequence number (RFC 3550 5.1); a failing RNG only makes it predictable.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seq);
+    match Transcoder::new(&plan, u16::from_be_bytes(seq)) {
+        Ok(t) => {
+            tracing::info!(id = %ep.id, input = ?plan.input, output = ?plan.output, "transcoding");
+            ep.transcode = Some(Box::new(t));
+        }
+        Err(e) => {
+            tracing::error!(id = %ep.id, error = %e, "cannot build the transcoder; dropping this endpoint's RTP");
+            ep.transcode = None;
+            ep.transcode_broken = true;
+        }
+    }
 }
 
 /// Keeps the context when the keys did not change, else builds a new one.
@@ -252,6 +286,8 @@ struct Engine {
     free: Vec<usize>,
     by_id: HashMap<EndpointId, usize>,
     io: Box<BatchIo>,
+    /// Slots of endpoints with a transcoder: their reorder windows expire on timers.
+    timers: Vec<usize>,
 }
 
 impl Engine {
@@ -264,18 +300,23 @@ impl Engine {
             free: Vec::new(),
             by_id: HashMap::new(),
             io: BatchIo::new(),
+            timers: Vec::new(),
         }
     }
 
     fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            let timeout = self
+                .next_timer()
+                .map(|t| std::time::Duration::from_nanos(t.saturating_sub(now_ns())));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
+            self.run_timers();
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     if !self.drain_commands() {
@@ -355,10 +396,17 @@ impl Engine {
                 rekey(&mut ep.srtp_tx, tx, id);
             }
             Command::SetTranscode { id, plan } => {
-                // Wired to the packet loop in the transcoding work (issue 5); until then a plan
-                // is refused loudly rather than ignored.
-                if plan.is_some() {
-                    tracing::error!(%id, "transcoding is not wired into the userspace engine yet");
+                let Some(&slot) = self.by_id.get(&id) else {
+                    tracing::warn!(%id, "transcoding plan for an unknown endpoint ignored");
+                    return;
+                };
+                let ep = self.slots[slot]
+                    .as_mut()
+                    .expect("by_id points at a live slot");
+                set_transcode(ep, plan);
+                self.timers.retain(|&s| s != slot);
+                if ep.transcode.is_some() {
+                    self.timers.push(slot);
                 }
             }
             Command::Remove { id } => {
@@ -373,6 +421,7 @@ impl Engine {
                     }
                     // Dropping `ep` closes its sockets.
                 }
+                self.timers.retain(|&s| s != slot);
                 self.free.push(slot);
             }
             Command::Shutdown => unreachable!("handled by drain_commands"),
@@ -430,6 +479,8 @@ impl Engine {
             started: false,
             srtp_rx: None,
             srtp_tx: None,
+            transcode: None,
+            transcode_broken: false,
         });
         self.by_id.insert(id, slot);
         Ok(())
@@ -458,6 +509,68 @@ impl Engine {
             rtcp_peer,
             receives: p.cfg.receives,
         })
+    }
+
+    /// The earliest deadline of any transcoder's reorder window.
+    fn next_timer(&self) -> Option<u64> {
+        self.timers
+            .iter()
+            .filter_map(|&s| self.slots[s].as_ref()?.transcode.as_ref()?.poll_timeout())
+            .min()
+    }
+
+    fn run_timers(&mut self) {
+        if self.timers.is_empty() {
+            return;
+        }
+        let now = now_ns();
+        for i in 0..self.timers.len() {
+            let slot = self.timers[i];
+            let due = self.slots[slot]
+                .as_ref()
+                .and_then(|ep| ep.transcode.as_ref()?.poll_timeout())
+                .is_some_and(|t| t <= now);
+            if due {
+                self.pump_transcoder(slot, Some(now));
+            }
+        }
+    }
+
+    /// Sends what `slot`'s transcoder has ready (after running its timers when `timeout` is
+    /// set), in rounds of the spare buffers.
+    fn pump_transcoder(&mut self, slot: usize, timeout: Option<u64>) {
+        loop {
+            let Some(ep) = self.slots[slot].as_ref() else {
+                return;
+            };
+            let egress = self.egress(ep);
+            let mut tx = egress
+                .filter(|e| e.srtp && e.slot != slot)
+                .and_then(|e| self.slots[e.slot].as_mut())
+                .and_then(|p| p.srtp_tx.take());
+            let ep = self.slots[slot].as_mut().expect("checked above");
+            let Some(t) = ep.transcode.as_deref_mut() else {
+                return;
+            };
+            if let Some(now) = timeout {
+                t.handle_timeout(now);
+            }
+            let (queued, more) =
+                drain_transcoded(&mut self.io, ep, egress, tx.as_mut().map(|(_, c)| &mut **c));
+            if let (Some(e), Some(t)) = (egress, tx.take())
+                && let Some(p) = self.slots[e.slot].as_mut()
+            {
+                p.srtp_tx = Some(t);
+            }
+            let (sent, sent_bytes, failed) = self.io.flush(queued);
+            let c = &self.slots[slot].as_ref().expect("checked above").counters;
+            bump(&c.forwarded, sent);
+            bump(&c.forwarded_bytes, sent_bytes);
+            bump(&c.send_errors, failed);
+            if !more {
+                return;
+            }
+        }
     }
 
     /// Reads `slot`'s socket until the kernel queue is empty (mio is edge-triggered).
@@ -515,10 +628,14 @@ impl Engine {
                 p.srtp_tx = Some(t);
             }
             let (sent, sent_bytes, failed) = self.io.flush(queued);
-            let c = &self.slots[slot].as_ref().expect("checked above").counters;
+            let ep = self.slots[slot].as_ref().expect("checked above");
+            let c = &ep.counters;
             bump(&c.forwarded, sent);
             bump(&c.forwarded_bytes, sent_bytes);
             bump(&c.send_errors, failed);
+            if ep.transcode.is_some() {
+                self.pump_transcoder(slot, None);
+            }
             if n < BATCH {
                 return;
             }
@@ -663,6 +780,19 @@ fn process_batch(
             bump(&c.dropped_no_peer, 1);
             continue;
         };
+        if ep.transcode_broken {
+            bump(&c.send_errors, 1);
+            continue;
+        }
+        if let Some(t) = ep.transcode.as_deref_mut() {
+            if is_rtcp {
+                bump(&c.rtcp_terminated, 1);
+            } else if t.push(&io.bufs[i][..len], now).is_err() {
+                bump(&c.transcode_dropped, 1);
+            }
+            // Its output leaves from spare buffers (`Engine::pump_transcoder`).
+            continue;
+        }
         if eg.srtp {
             let Some(tx) = srtp_tx.as_deref_mut() else {
                 // Never send plain where SRTP is due.
@@ -700,6 +830,72 @@ fn process_batch(
     queued
 }
 
+/// Pulls the transcoder's ready packets into the spare buffers and queues them for sending
+/// (SRTP-protected for the partner where due). Returns the number queued, and whether the spare
+/// buffers ran out before the transcoder did.
+fn drain_transcoded(
+    io: &mut BatchIo,
+    ep: &mut Endpoint,
+    egress: Option<Egress>,
+    mut srtp_tx: Option<&mut SrtpContext>,
+) -> (usize, bool) {
+    let c = &*ep.counters;
+    let Some(t) = ep.transcode.as_deref_mut() else {
+        return (0, false);
+    };
+    let mut queued = 0;
+    let mut more = true;
+    while queued < SPARE {
+        let b = BATCH + queued;
+        let Some(mut len) = t.pull(&mut io.bufs[b][..BUF_LEN - SRTP_TAILROOM]) else {
+            more = false;
+            break;
+        };
+        // Hold or a vanished peer may have come between the packet's arrival and now.
+        let Some(eg) = egress else {
+            bump(&c.dropped_no_peer, 1);
+            continue;
+        };
+        if !ep.cfg.sends || !eg.receives {
+            bump(&c.dropped_direction, 1);
+            continue;
+        }
+        let Some(dest) = eg.rtp_peer else {
+            bump(&c.dropped_no_peer, 1);
+            continue;
+        };
+        if eg.srtp {
+            let Some(tx) = srtp_tx.as_deref_mut() else {
+                bump(&c.send_errors, 1);
+                continue;
+            };
+            match tx.protect_rtp(&mut io.bufs[b], len) {
+                Ok(l) => len = l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "SRTP protect failed");
+                    bump(&c.send_errors, 1);
+                    continue;
+                }
+            }
+        }
+        io.queue(queued, b, len, eg.rtp_fd, dest);
+        queued += 1;
+    }
+    mirror_transcode_stats(c, t.stats());
+    (queued, more)
+}
+
+fn mirror_transcode_stats(c: &EndpointCounters, s: &TranscodeStats) {
+    c.transcoded_out.store(s.packets_out, Relaxed);
+    c.transcode_concealed.store(s.concealed_frames, Relaxed);
+    c.transcode_fec.store(s.fec_recovered, Relaxed);
+    c.transcode_dtmf.store(s.dtmf_relayed, Relaxed);
+    c.transcode_dropped.store(
+        s.late_dropped + s.duplicate_dropped + s.cn_dropped + s.unknown_pt_dropped + s.malformed,
+        Relaxed,
+    );
+}
+
 fn count_srtp_error(c: &EndpointCounters, e: SrtpError) {
     match e {
         SrtpError::AuthFailed { .. } => bump(&c.srtp_auth_failures, 1),
@@ -710,21 +906,31 @@ fn count_srtp_error(c: &EndpointCounters, e: SrtpError) {
 
 /// Preallocated `recvmmsg`/`sendmmsg` state. Boxed once so the raw pointers inside the message
 /// headers stay valid.
+/// Buffers `BATCH..BATCH + SPARE` hold packets that were not received as such (transcoder
+/// output); every buffer can be queued for sending.
 struct BatchIo {
-    bufs: [[u8; BUF_LEN]; BATCH],
+    bufs: [[u8; BUF_LEN]; BATCH + SPARE],
     rx_addrs: [libc::sockaddr_storage; BATCH],
     rx_iov: [libc::iovec; BATCH],
     rx_hdrs: [libc::mmsghdr; BATCH],
-    tx_addrs: [libc::sockaddr_storage; BATCH],
-    tx_iov: [libc::iovec; BATCH],
-    tx_hdrs: [libc::mmsghdr; BATCH],
-    tx_fd: [RawFd; BATCH],
+    tx_addrs: [libc::sockaddr_storage; BATCH + SPARE],
+    tx_iov: [libc::iovec; BATCH + SPARE],
+    tx_hdrs: [libc::mmsghdr; BATCH + SPARE],
+    tx_fd: [RawFd; BATCH + SPARE],
 }
 
 impl BatchIo {
     fn new() -> Box<Self> {
         // SAFETY: every field is plain old data for which all-zero bytes are valid.
         let mut io: Box<Self> = unsafe { Box::new_zeroed().assume_init() };
+        for i in 0..BATCH + SPARE {
+            let iov = &mut io.tx_iov[i] as *mut libc::iovec;
+            let name = &mut io.tx_addrs[i] as *mut libc::sockaddr_storage;
+            let h = &mut io.tx_hdrs[i].msg_hdr;
+            h.msg_iov = iov;
+            h.msg_iovlen = 1;
+            h.msg_name = name.cast();
+        }
         for i in 0..BATCH {
             // Room after the datagram for the SRTP/SRTCP tag and index added by protect.
             io.rx_iov[i] = libc::iovec {
@@ -734,12 +940,6 @@ impl BatchIo {
             let iov = &mut io.rx_iov[i] as *mut libc::iovec;
             let name = &mut io.rx_addrs[i] as *mut libc::sockaddr_storage;
             let h = &mut io.rx_hdrs[i].msg_hdr;
-            h.msg_iov = iov;
-            h.msg_iovlen = 1;
-            h.msg_name = name.cast();
-            let iov = &mut io.tx_iov[i] as *mut libc::iovec;
-            let name = &mut io.tx_addrs[i] as *mut libc::sockaddr_storage;
-            let h = &mut io.tx_hdrs[i].msg_hdr;
             h.msg_iov = iov;
             h.msg_iovlen = 1;
             h.msg_name = name.cast();

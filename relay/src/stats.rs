@@ -26,6 +26,19 @@ pub struct EndpointCounters {
     pub srtp_auth_failures: AtomicU64,
     /// SRTP/SRTCP replays and packets behind the replay window.
     pub srtp_replayed: AtomicU64,
+    /// RTCP from this endpoint not forwarded because the stream is transcoded: its reports
+    /// describe a stream the other leg never sees (sluice sends its own SSRC there).
+    pub rtcp_terminated: AtomicU64,
+    /// Transcoding of what this endpoint sends (mirrors of the transcoder's own figures,
+    /// refreshed per batch): packets produced towards the partner, frames concealed by PLC,
+    /// frames recovered from Opus in-band FEC, telephone-events relayed, and packets the
+    /// transcoder refused or dropped (late, duplicate, comfort noise, unknown payload type,
+    /// malformed).
+    pub transcoded_out: AtomicU64,
+    pub transcode_concealed: AtomicU64,
+    pub transcode_fec: AtomicU64,
+    pub transcode_dtmf: AtomicU64,
+    pub transcode_dropped: AtomicU64,
     /// `clock::now_ns()` of the last accepted packet; 0 = none yet.
     pub last_packet_ns: AtomicU64,
     pub rtp_lost: AtomicU64,

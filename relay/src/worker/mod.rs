@@ -35,6 +35,7 @@ mod packet;
 pub mod placement;
 mod run;
 pub mod srtp_transform;
+pub mod transcode_transform;
 pub mod transform;
 
 use std::io;
@@ -48,7 +49,8 @@ use crossbeam_channel::Sender;
 use crate::afxdp::{self, AfXdpError, EventFd, Umem, XskConfig, XskSocket};
 use crate::xdp::{FlowKey, MAX_QUEUES, XdpError, XdpPath};
 pub use srtp_transform::SrtpTransform;
-pub use transform::{MAX_GROWTH, PayloadTransform, Transform, TransformError};
+pub use transcode_transform::TranscodeTransform;
+pub use transform::{MAX_GROWTH, PayloadTransform, StreamTransform, Transform, TransformError};
 
 /// How many workers, and where they run. The CLI maps `--workers N` and `--worker-cores LIST`
 /// onto the first two fields.

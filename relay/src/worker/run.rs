@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::packet::{self, Bad, WireAddr};
-use super::transform::{Transform, TransformError};
+use super::transform::{StreamTransform, Transform, TransformError};
 use super::{Command, FlowStats, NextHop, WorkerCounters, WorkerFlow};
 use crate::afxdp::{EventFd, Umem, XskSocket};
 use crate::clock::now_ns;
@@ -196,7 +196,14 @@ pub(crate) struct Worker {
     wake: Arc<EventFd>,
     counters: Arc<WorkerCounters>,
     settings: WorkerSettings,
+    /// Flows with a [`Transform::Stream`]: their timers run from the loop.
+    streams: Vec<FlowKey>,
+    /// Where stream transforms write the packets they give out.
+    scratch: Box<[u8; SCRATCH]>,
 }
+
+/// Room for one UDP payload a stream transform gives out.
+const SCRATCH: usize = 2048;
 
 impl Worker {
     /// A worker over `socks`, all registered with `umem`; every frame starts free and the fill
@@ -239,6 +246,8 @@ impl Worker {
             wake,
             counters,
             settings,
+            streams: Vec::new(),
+            scratch: Box::new([0; SCRATCH]),
         };
         w.refill();
         w
@@ -266,6 +275,7 @@ impl Worker {
             for s in 0..self.socks.len() {
                 work += self.receive(s, t0);
             }
+            work += self.run_timers(t0);
             let t1 = now_ns();
             if work > 0 {
                 window_busy += t1 - t0;
@@ -305,6 +315,7 @@ impl Worker {
                 }
                 Ok(Command::Remove(key)) => {
                     self.flows.remove(&key);
+                    self.streams.retain(|k| *k != key);
                     self.publish_flow_count();
                 }
                 Ok(Command::Barrier(done)) => {
@@ -349,6 +360,10 @@ impl Worker {
                 addr_len,
             }
         });
+        self.streams.retain(|k| *k != key);
+        if matches!(flow.transform, Transform::Stream(_)) {
+            self.streams.push(key);
+        }
         self.flows.insert(
             key,
             FlowCtx {
@@ -407,7 +422,15 @@ impl Worker {
             rx_bytes += desc.len as u64;
             let outcome = match self.umem.tail_mut(desc.addr) {
                 Some(frame) if desc.len as usize <= frame.len() => {
-                    process(frame, desc.len as usize, s, &mut self.flows, c, now)
+                    process(
+                        frame,
+                        desc.len as usize,
+                        s,
+                        &mut self.flows,
+                        c,
+                        now,
+                        &mut self.scratch[..],
+                    )
                 }
                 _ => Outcome::Drop(Reason::Malformed),
             };
@@ -458,13 +481,51 @@ impl Worker {
         sock.kick_tx();
     }
 
+    /// Runs the due timers of stream transforms and sends what they give out; returns how many
+    /// ran.
+    fn run_timers(&mut self, now: u64) -> usize {
+        let mut ran = 0;
+        for key in &self.streams {
+            let Some(flow) = self.flows.get_mut(key) else {
+                continue;
+            };
+            let Transform::Stream(st) = &mut flow.transform else {
+                continue;
+            };
+            if st.poll_timeout().is_some_and(|t| t <= now) {
+                st.handle_timeout(now);
+                if let Some(fb) = &flow.fallback {
+                    drain_stream(&mut **st, fb, &mut self.scratch[..], &flow.stats, &self.counters);
+                }
+                ran += 1;
+            }
+        }
+        ran
+    }
+
+    /// Milliseconds until the earliest stream-transform timer, rounded up.
+    fn next_timer_ms(&self) -> Option<i32> {
+        let now = now_ns();
+        self.streams
+            .iter()
+            .filter_map(|k| match &self.flows.get(k)?.transform {
+                Transform::Stream(st) => st.poll_timeout(),
+                _ => None,
+            })
+            .min()
+            .map(|t| t.saturating_sub(now).div_ceil(1_000_000).min(i32::MAX as u64) as i32)
+    }
+
     fn sleep(&mut self) {
         let outstanding = self.socks.iter_mut().any(|s| s.tx.outstanding() > 0);
-        let timeout = if outstanding {
+        let mut timeout = if outstanding {
             1
         } else {
             self.settings.idle_poll_ms
         };
+        if let Some(ms) = self.next_timer_ms() {
+            timeout = if timeout < 0 { ms } else { timeout.min(ms) };
+        }
         for p in &mut self.pollfds {
             p.revents = 0;
         }
@@ -518,6 +579,7 @@ fn process(
     flows: &mut FlowMap,
     c: &WorkerCounters,
     now: u64,
+    scratch: &mut [u8],
 ) -> Outcome {
     let p = match packet::parse(&frame[..len]) {
         Ok(p) => p,
@@ -534,17 +596,25 @@ fn process(
     st.last_seen_ns
         .store(now, std::sync::atomic::Ordering::Relaxed);
     let at = p.payload();
+    if let Transform::Stream(stream) = &mut flow.transform {
+        // Its packets leave through the kernel: a transcoder's output is not the frame it got.
+        let Some(fb) = &flow.fallback else {
+            return Outcome::Drop(Reason::NoEgress);
+        };
+        if let Err(e) = stream.push(&frame[at..at + p.payload_len], now) {
+            bump(&flow.stats.transform_errors, 1);
+            bump(&c.transform_errors, 1);
+            return Outcome::Drop(reason_of(e));
+        }
+        drain_stream(&mut **stream, fb, scratch, &flow.stats, c);
+        return Outcome::Sent;
+    }
     let new_len = match flow.transform.apply(&mut frame[at..], p.payload_len, now) {
         Ok(n) => n,
         Err(e) => {
             bump(&st.transform_errors, 1);
             bump(&c.transform_errors, 1);
-            return Outcome::Drop(match e {
-                TransformError::AuthFailed => Reason::AuthFailed,
-                TransformError::Replay => Reason::Replay,
-                TransformError::Malformed => Reason::TransformMalformed,
-                _ => Reason::TransformOther,
-            });
+            return Outcome::Drop(reason_of(e));
         }
     };
     let (sock, macs) = match &flow.hop {
@@ -586,4 +656,43 @@ fn process(
     bump(&st.forwarded, 1);
     bump(&st.forwarded_bytes, new_len as u64);
     Outcome::Tx(sock, end as u32)
+}
+
+fn reason_of(e: TransformError) -> Reason {
+    match e {
+        TransformError::AuthFailed => Reason::AuthFailed,
+        TransformError::Replay => Reason::Replay,
+        TransformError::Malformed => Reason::TransformMalformed,
+        _ => Reason::TransformOther,
+    }
+}
+
+/// Sends everything `st` has ready through the flow's fallback socket.
+fn drain_stream(
+    st: &mut dyn StreamTransform,
+    fb: &Fallback,
+    scratch: &mut [u8],
+    fs: &FlowStats,
+    c: &WorkerCounters,
+) {
+    while let Some(len) = st.pull(scratch) {
+        // SAFETY: the scratch slice and the prepared address are valid for the call.
+        let rc = unsafe {
+            libc::sendto(
+                fb.sock.as_raw_fd(),
+                scratch.as_ptr().cast(),
+                len,
+                libc::MSG_DONTWAIT,
+                (&fb.addr as *const libc::sockaddr_storage).cast(),
+                fb.addr_len,
+            )
+        };
+        if rc < 0 {
+            bump(&c.dropped_socket_error, 1);
+            continue;
+        }
+        bump(&c.tx_socket_packets, 1);
+        bump(&fs.forwarded, 1);
+        bump(&fs.forwarded_bytes, len as u64);
+    }
 }

@@ -38,11 +38,28 @@ pub trait PayloadTransform: Send {
     fn apply(&mut self, buf: &mut [u8], len: usize, now_ns: u64) -> Result<usize, TransformError>;
 }
 
+/// A per-flow transform that takes packets in and gives packets out on its own schedule (a
+/// transcoder: repacketization turns one packet into several or several into one, and a reorder
+/// window holds packets back). Its output leaves through the flow's fallback UDP socket.
+///
+/// Like [`PayloadTransform`], owned by one worker and called on its thread only; no blocking,
+/// no allocation per packet.
+pub trait StreamTransform: Send {
+    /// Takes one received UDP payload.
+    fn push(&mut self, payload: &[u8], now_ns: u64) -> Result<(), TransformError>;
+    /// Writes the next UDP payload to send into `out` and returns its length.
+    fn pull(&mut self, out: &mut [u8]) -> Option<usize>;
+    /// When [`StreamTransform::handle_timeout`] must run next (monotonic ns).
+    fn poll_timeout(&self) -> Option<u64>;
+    fn handle_timeout(&mut self, now_ns: u64);
+}
+
 /// A flow's transform.
 pub enum Transform {
     /// The payload is forwarded unchanged (plain relaying through a worker).
     Identity,
     Custom(Box<dyn PayloadTransform>),
+    Stream(Box<dyn StreamTransform>),
 }
 
 impl std::fmt::Debug for Transform {
@@ -50,6 +67,7 @@ impl std::fmt::Debug for Transform {
         match self {
             Transform::Identity => f.write_str("Identity"),
             Transform::Custom(_) => f.write_str("Custom(..)"),
+            Transform::Stream(_) => f.write_str("Stream(..)"),
         }
     }
 }
@@ -75,6 +93,8 @@ impl Transform {
                 }
                 Ok(n)
             }
+            // The worker drives stream transforms itself (push, then pull).
+            Transform::Stream(_) => Err(TransformError::Other("stream transform applied in place")),
         }
     }
 }

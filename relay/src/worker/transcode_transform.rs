@@ -1,0 +1,161 @@
+//! Transcoding as a worker [`StreamTransform`]: SRTP unprotect (when sluice terminates the
+//! sending leg's SRTP), the [`Transcoder`], and SRTP protect (when it terminates the receiving
+//! leg's): what the userspace engine does for one direction of a transcoded stream.
+//!
+//! RTCP of a transcoded stream is terminated: its reports describe a stream the other leg never
+//! sees (sluice sends its own SSRC there). It is counted in the leg's `rtcp_terminated`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::engine::SrtpKeys;
+use crate::rtp::{PacketKind, classify_relay};
+use crate::srtp::{KeyError, SrtpConfig, SrtpContext, SrtpError};
+use crate::stats::{EndpointCounters, bump};
+use crate::transcode::{DirectionPlan, TranscodeError, Transcoder};
+use crate::worker::srtp_transform::transform_error;
+use crate::worker::{StreamTransform, TransformError};
+
+/// Size of the scratch buffer a pushed packet is unprotected in.
+const SCRATCH: usize = 2048;
+
+pub struct TranscodeTransform {
+    rx: Option<Box<SrtpContext>>,
+    tx: Option<Box<SrtpContext>>,
+    transcoder: Box<Transcoder>,
+    counters: Option<Arc<EndpointCounters>>,
+    scratch: Box<[u8; SCRATCH]>,
+}
+
+/// Why a [`TranscodeTransform`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TranscodeSetupError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Transcode(#[from] TranscodeError),
+}
+
+impl TranscodeTransform {
+    /// `rx` decrypts what arrives, `tx` encrypts what leaves; `seq_start` is the first
+    /// sequence number sent.
+    pub fn new(
+        plan: &DirectionPlan,
+        seq_start: u16,
+        rx: Option<&SrtpKeys>,
+        tx: Option<&SrtpKeys>,
+    ) -> Result<Self, TranscodeSetupError> {
+        let ctx = |k: &SrtpKeys| {
+            SrtpContext::new(k.profile, &k.master, SrtpConfig::default()).map(Box::new)
+        };
+        Ok(Self {
+            rx: rx.map(ctx).transpose()?,
+            tx: tx.map(ctx).transpose()?,
+            transcoder: Box::new(Transcoder::new(plan, seq_start)?),
+            counters: None,
+            scratch: Box::new([0; SCRATCH]),
+        })
+    }
+
+    /// Counts terminated RTCP, SRTP failures and the transcoder's figures in the sending leg's
+    /// counters, so `Query` shows them whichever path the stream is on.
+    pub fn with_counters(mut self, counters: Arc<EndpointCounters>) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
+    pub fn transcoder(&self) -> &Transcoder {
+        &self.transcoder
+    }
+
+    #[cold]
+    fn rx_failed(&self, e: SrtpError) -> TransformError {
+        if let Some(c) = &self.counters {
+            match e {
+                SrtpError::AuthFailed { .. } => bump(&c.srtp_auth_failures, 1),
+                SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => {
+                    bump(&c.srtp_replayed, 1)
+                }
+                _ => {}
+            }
+        }
+        transform_error(e)
+    }
+
+    fn mirror(&self) {
+        if let Some(c) = &self.counters {
+            let s = self.transcoder.stats();
+            c.transcoded_out.store(s.packets_out, Relaxed);
+            c.transcode_concealed.store(s.concealed_frames, Relaxed);
+            c.transcode_fec.store(s.fec_recovered, Relaxed);
+            c.transcode_dtmf.store(s.dtmf_relayed, Relaxed);
+            c.transcode_dropped.store(
+                s.late_dropped
+                    + s.duplicate_dropped
+                    + s.cn_dropped
+                    + s.unknown_pt_dropped
+                    + s.malformed,
+                Relaxed,
+            );
+        }
+    }
+}
+
+impl StreamTransform for TranscodeTransform {
+    fn push(&mut self, payload: &[u8], now_ns: u64) -> Result<(), TransformError> {
+        match classify_relay(payload) {
+            PacketKind::Rtp => {}
+            PacketKind::Rtcp => {
+                if let Some(c) = &self.counters {
+                    bump(&c.rtcp_terminated, 1);
+                }
+                return Ok(());
+            }
+            PacketKind::Invalid(_) => return Err(TransformError::Malformed),
+        }
+        let len = payload.len();
+        if len > SCRATCH {
+            return Err(TransformError::Malformed);
+        }
+        let len = match self.rx.as_deref_mut() {
+            Some(rx) => {
+                self.scratch[..len].copy_from_slice(payload);
+                match rx.unprotect_rtp(&mut self.scratch[..], len) {
+                    Ok(l) => l,
+                    Err(e) => return Err(self.rx_failed(e)),
+                }
+            }
+            None => {
+                self.scratch[..len].copy_from_slice(payload);
+                len
+            }
+        };
+        let r = self.transcoder.push(&self.scratch[..len], now_ns);
+        self.mirror();
+        r.map_err(|_| TransformError::Malformed)
+    }
+
+    fn pull(&mut self, out: &mut [u8]) -> Option<usize> {
+        let room = out.len().checked_sub(crate::worker::MAX_GROWTH)?;
+        loop {
+            let len = self.transcoder.pull(&mut out[..room])?;
+            let Some(tx) = self.tx.as_deref_mut() else {
+                return Some(len);
+            };
+            match tx.protect_rtp(out, len) {
+                Ok(l) => return Some(l),
+                // Never send plain where SRTP is due: skip the packet.
+                Err(e) => tracing::debug!(error = %e, "SRTP protect of transcoded packet failed"),
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<u64> {
+        self.transcoder.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now_ns: u64) {
+        self.transcoder.handle_timeout(now_ns);
+        self.mirror();
+    }
+}
