@@ -401,7 +401,14 @@ impl Transcoder {
         else {
             return;
         };
-        self.lost_pending += lowest - self.next_seq;
+        let skipped = lowest - self.next_seq;
+        self.lost_pending += skipped;
+        // The skipped numbers stay unmarked in `seen`: should one arrive, it is late.
+        self.seen = if skipped >= 64 {
+            0
+        } else {
+            self.seen << skipped
+        };
         self.next_seq = lowest;
         self.drain();
     }
