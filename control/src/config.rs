@@ -100,6 +100,7 @@ pub struct FileConfig {
     pub xdp_iface: Option<Vec<String>>,
     pub workers: Option<u64>,
     pub worker_cores: Option<String>,
+    pub transcode: Option<String>,
 }
 
 impl FileConfig {
@@ -128,6 +129,7 @@ pub struct Overrides {
     pub xdp_iface: Vec<String>,
     pub workers: Option<u64>,
     pub worker_cores: Option<String>,
+    pub transcode: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +148,8 @@ pub struct Config {
     pub workers: Option<usize>,
     /// `--worker-cores`: CPUs to pin the workers to (None: chosen from the hwloc topology).
     pub worker_cores: Option<Vec<usize>>,
+    /// `--transcode`: the transcoding mode of offers that do not choose one.
+    pub transcode: crate::codecs::TranscodeMode,
 }
 
 /// Most workers `--workers` accepts: the XDP program hands at most this many RX queues of an
@@ -288,6 +292,14 @@ impl Config {
                 why: "workers = 0 starts no worker to pin; drop one of the two".into(),
             });
         }
+        let transcode = match cli.transcode.or(file.transcode) {
+            None => crate::codecs::TranscodeMode::default(),
+            Some(s) => s.parse().map_err(|_| ConfigError::Invalid {
+                key: "transcode",
+                value: s.clone(),
+                why: "one of auto, off".into(),
+            })?,
+        };
         Ok(Config {
             control,
             media_ips,
@@ -299,6 +311,7 @@ impl Config {
             xdp_ifaces,
             workers,
             worker_cores,
+            transcode,
         })
     }
 
@@ -412,6 +425,24 @@ mod tests {
         assert_eq!((c.port_low, c.port_high), DEFAULT_PORTS);
         assert_eq!(c.timeout, Duration::from_secs(60));
         assert!(matches!(c.control, ControlAddr::Unix(_)));
+        assert_eq!(c.transcode, crate::codecs::TranscodeMode::Auto);
+    }
+
+    #[test]
+    fn transcode_default_from_file_or_flag() {
+        let c = resolve("transcode = \"off\"\n", Overrides::default()).unwrap();
+        assert_eq!(c.transcode, crate::codecs::TranscodeMode::Off);
+        let c = resolve(
+            "transcode = \"off\"\n",
+            Overrides {
+                transcode: Some("auto".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.transcode, crate::codecs::TranscodeMode::Auto);
+        let err = resolve("transcode = \"maybe\"\n", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("auto, off"), "{err}");
     }
 
     #[test]

@@ -87,6 +87,25 @@ pub struct OptionArgs {
     /// incoming SDP must be SRTP; re-keyed).
     #[arg(long, value_enum)]
     srtp: Option<SrtpArg>,
+    /// Transcoding (offers only): auto appends PCMU, PCMA and opus where the offer lacks them and
+    /// transcodes when the answer picks one; off passes the codecs as they are.
+    #[arg(long, value_enum)]
+    transcode: Option<TranscodeArg>,
+    /// Codecs to append to the offer instead of all missing ones, e.g. opus,PCMA.
+    #[arg(long, value_delimiter = ',')]
+    codec_transcode: Vec<String>,
+    /// Codecs to remove from the offer and from use on this side.
+    #[arg(long, value_delimiter = ',')]
+    codec_strip: Vec<String>,
+    /// Codecs to hide from the other side but keep using on this one (forces transcoding).
+    #[arg(long, value_delimiter = ',')]
+    codec_mask: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TranscodeArg {
+    Auto,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -155,6 +174,15 @@ impl OptionArgs {
                 Some(SrtpArg::Strip) => proto::Srtp::Strip,
                 Some(SrtpArg::Require) => proto::Srtp::Require,
             } as i32,
+            transcode: match self.transcode {
+                None => proto::Transcode::Unspecified,
+                Some(TranscodeArg::Auto) => proto::Transcode::Auto,
+                Some(TranscodeArg::Off) => proto::Transcode::Off,
+            } as i32,
+            // Names are checked by the server, which knows what it transcodes.
+            codec_transcode: self.codec_transcode.clone(),
+            codec_strip: self.codec_strip.clone(),
+            codec_mask: self.codec_mask.clone(),
         }
     }
 }

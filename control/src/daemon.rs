@@ -46,6 +46,7 @@ pub async fn run_until(
             port_low: cfg.port_low,
             port_high: cfg.port_high,
             timeout: cfg.timeout,
+            transcode: cfg.transcode,
         },
         Box::new(engine),
         attach_xdp(&cfg)?,

@@ -9,6 +9,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
+use crate::codecs::{CodecList, TranscodeMode};
 use crate::proto::{self, control_server::Control};
 use crate::sdp::Direction;
 use crate::session::{
@@ -37,6 +38,7 @@ impl From<SessionError> for Status {
                 Status::invalid_argument(msg)
             }
             SessionError::NotFound(_) => Status::not_found(msg),
+            SessionError::NoCodecBridge(_) => Status::failed_precondition(msg),
             SessionError::NoPorts(_) => Status::resource_exhausted(msg),
             SessionError::ShuttingDown | SessionError::Engine(_) => Status::unavailable(msg),
         }
@@ -83,6 +85,17 @@ pub fn leg_options(o: Option<proto::LegOptions>) -> Result<LegOptions, Status> {
         proto::Srtp::Strip => SrtpMode::Strip,
         proto::Srtp::Require => SrtpMode::Require,
     };
+    out.codecs.mode = match enum_value("transcode", o.transcode)? {
+        proto::Transcode::Unspecified => None,
+        proto::Transcode::Auto => Some(TranscodeMode::Auto),
+        proto::Transcode::Off => Some(TranscodeMode::Off),
+    };
+    out.codecs.transcode = CodecList::parse("codec_transcode", &o.codec_transcode)
+        .map_err(Status::invalid_argument)?;
+    out.codecs.strip =
+        CodecList::parse("codec_strip", &o.codec_strip).map_err(Status::invalid_argument)?;
+    out.codecs.mask =
+        CodecList::parse("codec_mask", &o.codec_mask).map_err(Status::invalid_argument)?;
     Ok(out)
 }
 

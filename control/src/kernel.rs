@@ -73,6 +73,9 @@ pub struct WorkerFlowSpec {
     pub fallback: Option<UdpSocket>,
     /// The receiving leg's counters (SRTP auth failures and replays are counted there).
     pub counters: Option<Arc<EndpointCounters>>,
+    /// Transcoding of the flow's direction (after `rx`, before `tx`). On a separate RTCP port's
+    /// flow it marks the stream as transcoded: its reports describe sources sluice replaced.
+    pub transcode: Option<sluice_relay::transcode::DirectionPlan>,
 }
 
 impl std::fmt::Debug for WorkerFlowSpec {
@@ -85,6 +88,7 @@ impl std::fmt::Debug for WorkerFlowSpec {
             .field("tx", &self.tx)
             .field("rtcp_port", &self.rtcp_port)
             .field("fallback", &self.fallback.is_some())
+            .field("transcode", &self.transcode)
             .finish()
     }
 }

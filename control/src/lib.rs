@@ -2,6 +2,7 @@
 //! allocation, the gRPC control API and its CLI client.
 
 pub mod client;
+pub mod codecs;
 pub mod config;
 pub mod ctl;
 pub mod daemon;

@@ -56,6 +56,10 @@ enum Cmd {
         /// physical cores on the NIC's NUMA node first).
         #[arg(long = "worker-cores")]
         worker_cores: Option<String>,
+        /// Transcoding of offers that do not choose: auto (default: append PCMU, PCMA and opus
+        /// where the offer lacks them, transcode when the answer picks one) or off.
+        #[arg(long)]
+        transcode: Option<String>,
     },
     /// Call the control API of a running sluice and print the reply as JSON.
     Ctl {
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
             xdp_iface,
             workers,
             worker_cores,
+            transcode,
         } => {
             let file = match config.as_deref().map(FileConfig::load).transpose() {
                 Ok(f) => f.unwrap_or_default(),
@@ -125,6 +130,7 @@ fn main() -> ExitCode {
                     xdp_iface,
                     workers,
                     worker_cores,
+                    transcode,
                 },
             ) {
                 Ok(c) => c,

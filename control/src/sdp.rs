@@ -900,6 +900,11 @@ impl Media {
         remove_where(&mut self.lines, |a| a.name == name);
     }
 
+    /// Removes every media-level attribute `matches` selects.
+    pub fn remove_attributes_where(&mut self, matches: impl Fn(&Attribute) -> bool) {
+        remove_where(&mut self.lines, matches);
+    }
+
     /// Appends at the end of this media section.
     pub fn push_attribute(&mut self, a: Attribute) {
         self.lines.push(Line::Attribute(a));

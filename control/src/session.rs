@@ -24,6 +24,9 @@ use tokio::sync::broadcast;
 
 use sluice_relay::xdp::{FlowCounters, FlowValue};
 
+use crate::codecs::{
+    self, CodecError, CodecOptions, Decision, DirectionPlan, OfferCodecs, TranscodeMode,
+};
 use crate::kernel::{FlowIds, KernelPath, WorkerFlowSpec};
 use crate::port_alloc::{DEFAULT_MAX_TRIES, PortAllocError, PortAllocator};
 use crate::proto;
@@ -65,10 +68,38 @@ pub enum SessionError {
     Engine(#[from] EngineGone),
     #[error("sluice is shutting down and takes no new calls")]
     ShuttingDown,
+    /// The answer's codec can be neither relayed nor transcoded to the offerer's (a SIP B2BUA
+    /// answers 488).
+    #[error("{0}")]
+    NoCodecBridge(String),
+}
+
+impl From<CodecError> for SessionError {
+    fn from(e: CodecError) -> SessionError {
+        match e {
+            CodecError::BadOption(m) => SessionError::BadRequest(m),
+            CodecError::NoBridge(m) => SessionError::NoCodecBridge(m),
+        }
+    }
 }
 
 fn bad(msg: impl Into<String>) -> SessionError {
     SessionError::BadRequest(msg.into())
+}
+
+impl SessionError {
+    /// Says which m= line (0-based `i`) the error is about.
+    fn in_line(self, i: usize) -> SessionError {
+        match self {
+            SessionError::NoCodecBridge(m) => {
+                SessionError::NoCodecBridge(format!("m= line {}: {m}", i + 1))
+            }
+            SessionError::BadRequest(m) => {
+                SessionError::BadRequest(format!("m= line {}: {m}", i + 1))
+            }
+            e => e,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -126,6 +157,8 @@ pub struct LegOptions {
     /// Overrides the direction of every media section of this side (hold).
     pub direction: Option<Direction>,
     pub srtp: SrtpMode,
+    /// Offer only (ignored in answers): transcoding mode and codec lists (see `codecs`).
+    pub codecs: CodecOptions,
 }
 
 impl Default for LegOptions {
@@ -137,6 +170,7 @@ impl Default for LegOptions {
             rtcp_mux: RtcpMuxMode::Default,
             direction: None,
             srtp: SrtpMode::Default,
+            codecs: CodecOptions::default(),
         }
     }
 }
@@ -147,6 +181,8 @@ pub struct SessionConfig {
     pub port_low: u16,
     pub port_high: u16,
     pub timeout: Duration,
+    /// The transcoding mode of offers that do not set one.
+    pub transcode: TranscodeMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +226,8 @@ struct Side {
     /// Duplicates of this side's relay sockets, kept only while AF_XDP workers run: a worker
     /// sends what it relays towards this side's endpoint through a clone of them.
     sockets: Option<SideSockets>,
+    /// The codec this side sends and receives, as SDP names it ("" before the answer).
+    codec: String,
 }
 
 struct SideSockets {
@@ -219,6 +257,21 @@ struct Stream {
     settle: Option<([SocketAddr; 2], u64)>,
     /// Installing failed since the last signalling event: do not retry until the next one.
     kernel_failed: bool,
+    /// What the last offer's codec negotiation left to decide on its answer; `None` when it
+    /// did not negotiate (not audio, transcoding off, SRTP passed through).
+    codecs: Option<OfferCodecs>,
+    transcode: Option<StreamTranscode>,
+    /// sluice's own SSRC for what it sends when transcoding, by the side whose packets it
+    /// transcodes: drawn once, so re-offers do not make the far end see a new source.
+    ssrcs: [u32; 2],
+}
+
+/// A transcoded stream, by side.
+struct StreamTranscode {
+    /// Codec and payload type each side sends and receives.
+    formats: [codecs::Format; 2],
+    /// For packets from each side's endpoint.
+    plans: [DirectionPlan; 2],
 }
 
 struct Call {
@@ -732,6 +785,7 @@ impl State {
             crypto: SideCrypto::Plain,
             offered_keys: Vec::new(),
             sockets,
+            codec: String::new(),
         };
         let cmd = Command::Add {
             id: endpoint,
@@ -761,9 +815,30 @@ impl State {
     ) -> Result<String, SessionError> {
         let a = 1 - o;
         let existing = self.calls.get(call_id).map_or(0, |c| c.streams.len());
+        let mode = opts.codecs.mode.unwrap_or(self.cfg.transcode);
         // Check everything that can fail for a reason of the request before any port is taken.
         let mut ips = Vec::with_capacity(offer.media.len());
+        let mut rewrites = Vec::with_capacity(offer.media.len());
         for (i, m) in offer.media.iter().enumerate() {
+            // SRTP relayed untouched is opaque to sluice: there is nothing it could transcode.
+            let opaque = opts.srtp == SrtpMode::Default && is_savp(&m.proto);
+            let previous = self
+                .calls
+                .get(call_id)
+                .and_then(|c| c.streams.get(i))
+                .and_then(|s| s.codecs.as_ref());
+            rewrites.push(if opaque {
+                if opts.codecs.has_lists() && !m.is_disabled() {
+                    return Err(bad(format!(
+                        "m= line {} is SRTP relayed end to end ({}), which sluice cannot                          transcode; drop the codec options or terminate SRTP with an srtp option",
+                        i + 1,
+                        m.proto
+                    )));
+                }
+                None
+            } else {
+                codecs::rewrite_offer(m, &opts.codecs, mode, previous)?
+            });
             if opts.rtcp_mux == RtcpMuxMode::Require && !m.is_disabled() && !m.rtcp_mux() {
                 return Err(bad(format!(
                     "m= line {} ({}) lacks a=rtcp-mux, which the rtcp_mux REQUIRE option demands",
@@ -820,6 +895,9 @@ impl State {
                         kernel: Vec::new(),
                         settle: None,
                         kernel_failed: false,
+                        codecs: None,
+                        transcode: None,
+                        ssrcs: [rand::random(), rand::random()],
                     });
                 }
                 Err(e) => {
@@ -869,6 +947,13 @@ impl State {
         for (i, m) in out.media.iter_mut().enumerate() {
             let stream = &mut call.streams[i];
             stream.media = m.media.clone();
+            stream.codecs = match rewrites[i].take() {
+                Some((media, codecs)) => {
+                    *m = media;
+                    Some(codecs)
+                }
+                None => None,
+            };
             let offered_mux = m.rtcp_mux();
             {
                 let so = &mut stream.sides[o];
@@ -879,7 +964,10 @@ impl State {
                 // accepts it on the RTP port if it offered mux.
                 so.rtcp_mux = offered_mux && opts.rtcp_mux != RtcpMuxMode::Strip;
                 so.latch = latch_config(&opts);
-                so.clock_rate = clock_rate(offer, i);
+                // A transcoded stream keeps each side's codec clock until the answer decides.
+                if stream.transcode.is_none() {
+                    so.clock_rate = clock_rate(offer, i);
+                }
             }
             let mux_out = match opts.rtcp_mux {
                 RtcpMuxMode::Default => offered_mux,
@@ -911,9 +999,12 @@ impl State {
                 Some(_) => SideCrypto::Passthrough,
                 None => SideCrypto::Plain,
             };
+            let transcoding = stream.transcode.is_some();
             let sa = &mut stream.sides[a];
             sa.offered_mux = mux_out;
-            sa.clock_rate = clock;
+            if !transcoding {
+                sa.clock_rate = clock;
+            }
             match opts.srtp {
                 SrtpMode::Default => sa.offered_keys.clear(),
                 SrtpMode::Offer | SrtpMode::Require => {
@@ -1045,6 +1136,28 @@ impl State {
                 srtp_answer(i, m, &sa.offered_keys, opts.srtp)?
             });
         }
+        let mut decisions = Vec::with_capacity(answer.media.len());
+        for (i, m) in answer.media.iter().enumerate() {
+            let s = &call.streams[i];
+            let decided = match &s.codecs {
+                Some(oc) if !m.is_disabled() && !s.disabled => {
+                    let (d, back) = codecs::decide(oc, m, [s.ssrcs[o], s.ssrcs[a]])
+                        .map_err(|e| SessionError::from(e).in_line(i))?;
+                    if matches!(d, Decision::Transcode(_))
+                        && answer_crypto[i] == SideCrypto::Passthrough
+                    {
+                        return Err(bad(format!(
+                            "m= line {} of the answer needs transcoding but is SRTP that sluice                              did not offer and cannot decrypt",
+                            i + 1
+                        )));
+                    }
+                    Some((d, back))
+                }
+                _ => None,
+            };
+            decisions.push(decided);
+        }
+        let had_transcode: Vec<bool> = call.streams.iter().map(|s| s.transcode.is_some()).collect();
         call.tags[a] = to_tag.to_string();
         call.last_signal_ns = now_ns();
         call.pending_offer = None;
@@ -1062,15 +1175,45 @@ impl State {
                 sa.latch = latch_config(&opts);
                 sa.crypto = std::mem::take(&mut answer_crypto[i]);
             }
-            let so = &mut stream.sides[o];
-            // The relay terminates rtcp-mux per side, so the offerer gets mux if it asked for it,
-            // whatever the answerer chose.
-            so.rtcp_mux = so.rtcp_mux && opts.rtcp_mux != RtcpMuxMode::Strip;
+            {
+                let so = &mut stream.sides[o];
+                // The relay terminates rtcp-mux per side, so the offerer gets mux if it asked for
+                // it, whatever the answerer chose.
+                so.rtcp_mux = so.rtcp_mux && opts.rtcp_mux != RtcpMuxMode::Strip;
+            }
             stream.disabled = m.is_disabled() || stream.disabled;
             if stream.disabled {
                 m.set_port(0);
+                stream.transcode = None;
                 continue;
             }
+            match decisions[i].take() {
+                Some((Decision::Transcode(t), back)) => {
+                    *m = back;
+                    let [from_o, from_a] = t.plans;
+                    let mut formats = [t.offerer; 2];
+                    formats[a] = t.answerer;
+                    let mut plans = [from_o.clone(), from_o];
+                    plans[a] = from_a;
+                    for (k, side) in stream.sides.iter_mut().enumerate() {
+                        side.clock_rate = formats[k].codec.clock_rate();
+                        side.codec = codecs::codec_label(formats[k].codec);
+                    }
+                    stream.transcode = Some(StreamTranscode { formats, plans });
+                }
+                decided => {
+                    if let Some((_, back)) = decided {
+                        *m = back;
+                    }
+                    stream.transcode = None;
+                    let codec = codecs::relayed_codec(&answer.media[i]).unwrap_or_default();
+                    for side in stream.sides.iter_mut() {
+                        side.clock_rate = clock_rate(answer, i);
+                        side.codec = codec.clone();
+                    }
+                }
+            }
+            let so = &stream.sides[o];
             if m.connection.is_some()
                 || answer.connection.is_none()
                 || first_ip != Some(so.local_ip)
@@ -1105,11 +1248,19 @@ impl State {
         }
         set_version(&mut call.sdp_versions[o], &mut out, answer_text);
         let mut cmds = Vec::new();
-        for s in &call.streams {
+        for (i, s) in call.streams.iter().enumerate() {
             cmds.push(configure(s, a));
             cmds.push(configure(s, o));
             cmds.push(srtp_command(s, a));
             cmds.push(srtp_command(s, o));
+            if s.transcode.is_some() || had_transcode[i] {
+                for k in [a, o] {
+                    cmds.push(Command::SetTranscode {
+                        id: s.sides[k].endpoint,
+                        plan: s.transcode.as_ref().map(|t| t.plans[k].clone()),
+                    });
+                }
+            }
         }
         for cmd in cmds {
             self.plane.send(cmd)?;
@@ -1309,11 +1460,12 @@ fn kernel_eligible(s: &Stream, workers: bool) -> bool {
         && s.sides.iter().all(|d| d.direction == Direction::SendRecv)
 }
 
-/// Whether the stream's packets need work (SRTP termination on either side).
+/// Whether the stream's packets need work (SRTP termination on either side, transcoding).
 fn needs_worker(s: &Stream) -> bool {
-    s.sides
-        .iter()
-        .any(|d| matches!(d.crypto, SideCrypto::Terminated { .. }))
+    s.transcode.is_some()
+        || s.sides
+            .iter()
+            .any(|d| matches!(d.crypto, SideCrypto::Terminated { .. }))
 }
 
 fn install_stream(
@@ -1399,7 +1551,7 @@ fn install_stream(
         return;
     }
     if worker {
-        tracing::info!(%call_id, flows = installed.len(), "stream handed to the AF_XDP workers (SRTP)");
+        tracing::info!(%call_id, flows = installed.len(), transcoded = s.transcode.is_some(), "stream handed to the AF_XDP workers");
     } else {
         tracing::info!(%call_id, flows = installed.len(), "stream forwarded in the kernel");
     }
@@ -1449,6 +1601,7 @@ fn worker_spec(
         rtcp_port,
         fallback: Some(fallback),
         counters: Some(me.counters.clone()),
+        transcode: s.transcode.as_ref().map(|t| t.plans[k].clone()),
     })
 }
 
@@ -1623,6 +1776,12 @@ fn stream_info(i: usize, s: &Stream, k: usize, kc: FlowCounters) -> proto::Strea
         },
         srtp_auth_failures: c.srtp_auth_failures.load(Relaxed),
         srtp_replayed: c.srtp_replayed.load(Relaxed),
+        transcoded: s.transcode.is_some(),
+        codec: side.codec.clone(),
+        payload_type: s
+            .transcode
+            .as_ref()
+            .map_or(-1, |t| i32::from(t.formats[k].pt)),
     }
 }
 
@@ -1639,6 +1798,9 @@ mod tests {
     struct FakeState {
         live: HashSet<EndpointId>,
         configured: HashMap<EndpointId, (EndpointConfig, Option<Signalling>)>,
+        /// Transcoding plans in force.
+        plans: HashMap<EndpointId, DirectionPlan>,
+        transcode_commands: usize,
     }
     impl MediaPlane for FakePlane {
         fn send(&mut self, cmd: Command) -> Result<(), EngineGone> {
@@ -1656,6 +1818,15 @@ mod tests {
                 Command::Remove { id } => {
                     assert!(st.live.remove(&id), "remove of dead {id}");
                     st.configured.remove(&id);
+                    st.plans.remove(&id);
+                }
+                Command::SetTranscode { id, plan } => {
+                    assert!(st.live.contains(&id), "transcode plan for dead {id}");
+                    st.transcode_commands += 1;
+                    match plan {
+                        Some(p) => st.plans.insert(id, p),
+                        None => st.plans.remove(&id),
+                    };
                 }
                 Command::Shutdown | Command::SetSrtp { .. } => {}
             }
@@ -1763,6 +1934,7 @@ mod tests {
                 port_low: 22000,
                 port_high: 22999,
                 timeout: Duration::from_secs(60),
+                transcode: TranscodeMode::Auto,
             },
             Box::new(FakePlane::default()),
             Some(Box::new(kernel.clone())),
@@ -2330,6 +2502,7 @@ mod tests {
                 port_low: low,
                 port_high: high,
                 timeout,
+                transcode: TranscodeMode::Auto,
             },
             Box::new(plane.clone()),
             None,
