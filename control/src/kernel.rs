@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use sluice_relay::engine::SrtpKeys;
 use sluice_relay::stats::EndpointCounters;
 use sluice_relay::worker::{
-    FlowStats, NextHop, SrtpTransform, Transform, WorkerFlow, WorkerPool, WorkerStats,
+    FlowStats, NextHop, SrtpTransform, TranscodeTransform, Transform, WorkerFlow, WorkerPool, WorkerStats,
 };
 use sluice_relay::xdp::{FlowCounters, FlowKey, FlowValue, MAX_FLOWS, XdpPath};
 
@@ -203,14 +203,32 @@ impl KernelPath for Xdp {
         let mut result = Ok(());
         for w in pool.workers() {
             let made = (|| -> KResult<WorkerFlow> {
-                let mut t = SrtpTransform::new(spec.rx.as_ref(), spec.tx.as_ref())
-                    .map_err(|e| format!("SRTP keys: {e}"))?
-                    .rtcp_port(spec.rtcp_port);
-                if let Some(c) = &spec.counters {
-                    t = t.with_counters(c.clone());
-                }
+                let transform = match &spec.transcode {
+                    Some(plan) => {
+                        let mut t = TranscodeTransform::new(
+                            plan,
+                            random_seq(),
+                            spec.rx.as_ref(),
+                            spec.tx.as_ref(),
+                        )
+                        .map_err(|e| format!("transcoder: {e}"))?;
+                        if let Some(c) = &spec.counters {
+                            t = t.with_counters(c.clone());
+                        }
+                        Transform::Stream(Box::new(t))
+                    }
+                    None => {
+                        let mut t = SrtpTransform::new(spec.rx.as_ref(), spec.tx.as_ref())
+                            .map_err(|e| format!("SRTP keys: {e}"))?
+                            .rtcp_port(spec.rtcp_port);
+                        if let Some(c) = &spec.counters {
+                            t = t.with_counters(c.clone());
+                        }
+                        Transform::custom(t)
+                    }
+                };
                 let mut flow = WorkerFlow::new(spec.new_src, spec.new_dst, NextHop::Kernel)
-                    .with_transform(Transform::custom(t));
+                    .with_transform(transform);
                 if let Some(s) = &spec.fallback {
                     flow = flow.with_fallback(
                         s.try_clone()
@@ -314,4 +332,9 @@ impl FlowIds {
     pub fn in_use(&self) -> usize {
         self.next as usize - self.free.len()
     }
+}
+
+/// A random first RTP sequence number (RFC 3550 5.1).
+fn random_seq() -> u16 {
+    rand::random()
 }
