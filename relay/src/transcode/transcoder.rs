@@ -198,8 +198,8 @@ impl Transcoder {
             }
         }
         let dec = match plan.input {
-            Codec::Pcmu => Decoder::G711(Law::Ulaw, Box::new(G711Plc::new())),
-            Codec::Pcma => Decoder::G711(Law::Alaw, Box::new(G711Plc::new())),
+            Codec::Pcmu => Decoder::G711(Law::Ulaw, Box::default()),
+            Codec::Pcma => Decoder::G711(Law::Alaw, Box::default()),
             Codec::Opus => Decoder::Opus(OpusDecoder::new()?),
         };
         let enc = match plan.output {
