@@ -205,9 +205,15 @@ impl KernelPath for Xdp {
             let made = (|| -> KResult<WorkerFlow> {
                 let transform = match &spec.transcode {
                     Some(plan) => {
+                        // Continue the sequence the engine's transcoder sent.
+                        let seq = spec
+                            .counters
+                            .as_ref()
+                            .and_then(|c| c.transcode_seq_start())
+                            .unwrap_or_else(random_seq);
                         let mut t = TranscodeTransform::new(
                             plan,
-                            random_seq(),
+                            seq,
                             spec.rx.as_ref(),
                             spec.tx.as_ref(),
                         )

@@ -24,7 +24,7 @@ use crate::rtp::{PacketKind, RtpPacket, classify_relay};
 use crate::rtp_stats::RtpStats;
 use crate::srtp::{SrtpConfig, SrtpContext, SrtpError, SrtpProfile};
 use crate::stats::{EndpointCounters, bump};
-use crate::transcode::{DirectionPlan, TranscodeStats, Transcoder};
+use crate::transcode::{DirectionPlan, Transcoder};
 
 /// Identifies one side of one media stream: the relay socket(s) one endpoint sends to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -221,20 +221,35 @@ struct Endpoint {
     transcode_broken: bool,
 }
 
-/// Keeps the transcoder (and its codec state) when the plan did not change.
+/// A worker sent for this direction since this transcoder last did (the stream was in the
+/// kernel path): its sequence numbers are ahead, and this one must not reuse them.
+fn transcoder_stale(c: &EndpointCounters, t: &Transcoder) -> bool {
+    let published = c.transcode_next_seq.load(Relaxed);
+    published & 1 << 16 != 0 && published as u16 != t.next_out_seq()
+}
+
+/// Keeps the transcoder (and its codec state) when the plan did not change and nobody else
+/// transcoded this direction since.
 fn set_transcode(ep: &mut Endpoint, plan: Option<DirectionPlan>) {
     ep.transcode_broken = false;
     let Some(plan) = plan else {
         ep.transcode = None;
         return;
     };
-    if ep.transcode.as_ref().is_some_and(|t| *t.plan() == plan) {
+    if let Some(t) = &ep.transcode
+        && *t.plan() == plan
+        && !transcoder_stale(&ep.counters, t)
+    {
         return;
     }
-    let mut seq = [0u8; 2];
-    // A random first sequence number (RFC 3550 5.1); a failing RNG only makes it predictable.
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seq);
-    match Transcoder::new(&plan, u16::from_be_bytes(seq)) {
+    let seq = ep.counters.transcode_seq_start().unwrap_or_else(|| {
+        let mut seq = [0u8; 2];
+        // A random first sequence number (RFC 3550 5.1); a failing RNG only makes it
+        // predictable.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seq);
+        u16::from_be_bytes(seq)
+    });
+    match Transcoder::new(&plan, seq) {
         Ok(t) => {
             tracing::info!(id = %ep.id, input = ?plan.input, output = ?plan.output, "transcoding");
             ep.transcode = Some(Box::new(t));
@@ -607,6 +622,12 @@ impl Engine {
                 .and_then(|e| self.slots[e.slot].as_mut())
                 .and_then(|p| p.srtp_tx.take());
             let ep = self.slots[slot].as_mut().expect("checked above");
+            if let Some(t) = &ep.transcode
+                && transcoder_stale(&ep.counters, t)
+            {
+                let plan = t.plan().clone();
+                set_transcode(ep, Some(plan));
+            }
             let queued = process_batch(
                 &mut self.io,
                 ep,
@@ -881,11 +902,13 @@ fn drain_transcoded(
         io.queue(queued, b, len, eg.rtp_fd, dest);
         queued += 1;
     }
-    mirror_transcode_stats(c, t.stats());
+    mirror_transcode_stats(c, t);
     (queued, more)
 }
 
-fn mirror_transcode_stats(c: &EndpointCounters, s: &TranscodeStats) {
+fn mirror_transcode_stats(c: &EndpointCounters, t: &Transcoder) {
+    c.publish_transcode_seq(t.next_out_seq());
+    let s = t.stats();
     c.transcoded_out.store(s.packets_out, Relaxed);
     c.transcode_concealed.store(s.concealed_frames, Relaxed);
     c.transcode_fec.store(s.fec_recovered, Relaxed);

@@ -39,6 +39,9 @@ pub struct EndpointCounters {
     pub transcode_fec: AtomicU64,
     pub transcode_dtmf: AtomicU64,
     pub transcode_dropped: AtomicU64,
+    /// The next sequence number the transcoder of this direction sends, with bit 16 set once
+    /// there is one: whichever path (engine or worker) takes the stream over continues from it.
+    pub transcode_next_seq: AtomicU32,
     /// `clock::now_ns()` of the last accepted packet; 0 = none yet.
     pub last_packet_ns: AtomicU64,
     pub rtp_lost: AtomicU64,
@@ -50,6 +53,11 @@ pub struct EndpointCounters {
     latched_rtp: Mutex<Option<SocketAddr>>,
     latched_rtcp: Mutex<Option<SocketAddr>>,
 }
+
+/// Sequence numbers skipped when a transcoded stream moves between the engine and a worker: the
+/// old owner may send a few more packets (already queued in its socket) after the new one read
+/// where to start. A receiver sees the jump as that many lost packets, never duplicates.
+pub const TRANSCODE_SEQ_MARGIN: u16 = 16;
 
 #[inline]
 pub(crate) fn bump(c: &AtomicU64, n: u64) {
@@ -71,6 +79,17 @@ impl EndpointCounters {
             &self.latched_rtp
         };
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+    }
+    /// The sequence number a new transcoder for this direction should start at: past what the
+    /// previous one sent (by a margin for packets it may still send while the stream moves).
+    pub fn transcode_seq_start(&self) -> Option<u16> {
+        let v = self.transcode_next_seq.load(Relaxed);
+        (v & 1 << 16 != 0).then(|| (v as u16).wrapping_add(TRANSCODE_SEQ_MARGIN))
+    }
+    /// Published by the transcoder's owner after each batch.
+    pub fn publish_transcode_seq(&self, next: u16) {
+        self.transcode_next_seq
+            .store(u32::from(next) | 1 << 16, Relaxed);
     }
     /// Sum of every drop reason.
     pub fn dropped(&self) -> u64 {

@@ -493,3 +493,44 @@ fn malformed_input_is_refused() {
     let msg = TranscodeError::Malformed(RtpError::TooShort).to_string();
     assert!(msg.contains("12-byte"), "{msg}");
 }
+
+#[test]
+fn silence_without_loss_is_not_concealed_and_timestamps_jump() {
+    // Packets 10.. come 60 ms later on the timestamp clock, with no sequence number missing:
+    // the sender was silent (DTX, or comfort noise sluice dropped).
+    let mut input = pcmu_stream(20, 160);
+    for (i, p) in input.iter_mut().enumerate().skip(10) {
+        let ts = 1000 + (i as u32 + 3) * 160;
+        p[4..8].copy_from_slice(&ts.to_be_bytes());
+    }
+    let mut t = Transcoder::new(&plan(Codec::Pcmu, Codec::Opus, 20), 0).unwrap();
+    let out = run(&mut t, &input);
+    assert_eq!(out.len(), 20, "no concealment frames are added");
+    let ts: Vec<u32> = out.iter().map(|p| hdr(p).3).collect();
+    assert_eq!(ts[10].wrapping_sub(ts[9]), 4 * 960, "the output is silent too");
+    let seqs: Vec<u16> = out.iter().map(|p| hdr(p).2).collect();
+    assert_eq!(seqs, (0..20).collect::<Vec<u16>>());
+    assert_eq!(t.stats().concealed_frames, 0);
+}
+
+#[test]
+fn transcoders_of_one_plan_share_a_timeline_wherever_they_start() {
+    // The userspace engine transcodes the first packets, then the stream moves to a worker,
+    // whose transcoder starts in the middle: its timestamps must continue the engine's.
+    for (input, output, stream) in [
+        (Codec::Pcmu, Codec::Opus, pcmu_stream(20, 160)),
+        (Codec::Opus, Codec::Pcmu, opus_stream(20, 20)),
+    ] {
+        let p = plan(input, output, 20);
+        let mut engine = Transcoder::new(&p, 0).unwrap();
+        let mut worker = Transcoder::new(&p, 500).unwrap();
+        let early = run(&mut engine, &stream);
+        let late = run(&mut worker, &stream[10..]);
+        assert_eq!(late.len(), 10);
+        for (a, b) in early[10..].iter().zip(&late) {
+            assert_eq!(hdr(a).3, hdr(b).3, "{input:?} -> {output:?}: timestamps");
+            assert_eq!(hdr(b).2, hdr(a).2 + 490, "sequence from seq_start");
+        }
+        assert_eq!(worker.next_out_seq(), 510);
+    }
+}

@@ -259,6 +259,12 @@ impl Transcoder {
         &self.plan
     }
 
+    /// The sequence number the next output packet gets: published so that a transcoder for
+    /// the same stream built elsewhere can continue the sequence.
+    pub fn next_out_seq(&self) -> u16 {
+        self.out_seq
+    }
+
     pub fn stats(&self) -> &TranscodeStats {
         &self.stats
     }
@@ -500,6 +506,18 @@ impl Transcoder {
         };
         self.last_in_ts = ts;
         self.last_in_ext = ext;
+        if self.anchor.is_none() && self.stats.packets_out == 0 && self.pos_end() == 0 {
+            // The very first audio: output timestamps are a fixed function of the input's
+            // (scaled, plus the SSRC-derived base), so a transcoder for the same plan built
+            // elsewhere (the stream moving between the userspace engine and an AF_XDP worker)
+            // continues the same timeline.
+            let pos = ext.div_euclid(self.in_div);
+            self.anchor = Some(Anchor {
+                in_ext: pos * self.in_div,
+                pos: pos as u64,
+            });
+            self.pcm_pos = pos as u64;
+        }
         let end = self.pos_end();
         let anchor = *self.anchor.get_or_insert(Anchor {
             in_ext: ext,
@@ -514,7 +532,12 @@ impl Transcoder {
                 pos: end,
             });
         } else if gap as u64 > MAX_CONCEAL_SAMPLES {
-            self.skip_gap(pos as u64);
+            self.skip_gap(pos as u64, true);
+        } else if gap > 0 && lost == 0 {
+            // Timestamps moved on with no packet missing: the sender was silent on purpose
+            // (DTX, comfort noise dropped here, a DTMF event). Filling that with concealment
+            // would replay speech over the silence; the output jumps too.
+            self.skip_gap(pos as u64, false);
         } else if gap > 0 {
             self.fill_gap(gap as usize, lost, payload);
         }
@@ -524,9 +547,10 @@ impl Transcoder {
         self.decode(payload)
     }
 
-    /// A gap too long to conceal: the partial frame is completed by concealment, then output
-    /// resumes at `pos` (so output timestamps jump as the input's did), decoders reset.
-    fn skip_gap(&mut self, pos: u64) {
+    /// A gap not to conceal (too long, or silence the sender chose): the partial frame is
+    /// completed by concealment, then output resumes at `pos` (so output timestamps jump as the
+    /// input's did); decoders are reset after a loss (`reset`).
+    fn skip_gap(&mut self, pos: u64, reset: bool) {
         self.stats.gaps_skipped += 1;
         if self.pcm_len > 0 {
             let fill = self.frame - self.pcm_len;
@@ -535,7 +559,9 @@ impl Transcoder {
         debug_assert_eq!(self.pcm_len, 0);
         self.pcm_pos = pos.max(self.pcm_pos);
         self.lost_pending = 0;
-        self.reset_decoder();
+        if reset {
+            self.reset_decoder();
+        }
     }
 
     fn reset_decoder(&mut self) {

@@ -84,6 +84,7 @@ impl TranscodeTransform {
 
     fn mirror(&self) {
         if let Some(c) = &self.counters {
+            c.publish_transcode_seq(self.transcoder.next_out_seq());
             let s = self.transcoder.stats();
             c.transcoded_out.store(s.packets_out, Relaxed);
             c.transcode_concealed.store(s.concealed_frames, Relaxed);
