@@ -4,6 +4,7 @@
 
 pub mod afxdp;
 pub mod clock;
+pub mod codec;
 pub mod engine;
 pub mod latch;
 pub mod rtp;
