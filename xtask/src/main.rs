@@ -20,6 +20,7 @@ mod sdp;
 mod sink;
 mod srtp_bench;
 mod sys;
+mod transcode_bench;
 mod xdpgen;
 
 use std::process::ExitCode;
@@ -73,6 +74,9 @@ enum Bench {
     Srtp(srtp_bench::SrtpArgs),
     /// Plain RTP -> SDES-SRTP bridging through sluice and rtpengine (bridge_bench.rs).
     Bridge(bridge_bench::BridgeArgs),
+    /// Bidirectional G.711 <-> Opus channels per core: sluice's Transcoder, libopus alone and
+    /// rtpengine (transcode_bench.rs).
+    Transcode(transcode_bench::TranscodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +90,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: Bench::Bridge(args),
         } => bridge_bench::run(args),
+        Cmd::Bench {
+            which: Bench::Transcode(args),
+        } => transcode_bench::run(args),
         Cmd::Loadgen { calls, sides } => loadgen::run(calls, sides),
         Cmd::BaselineRelay => baseline::run(),
         Cmd::BareXdp { object, iface } => match iface.as_slice() {
