@@ -76,6 +76,10 @@ pub struct WorkerFlowSpec {
     /// Transcoding of the flow's direction (after `rx`, before `tx`). On a separate RTCP port's
     /// flow it marks the stream as transcoded: its reports describe sources sluice replaced.
     pub transcode: Option<sluice_relay::transcode::DirectionPlan>,
+    /// The other leg's counters: the loss it reports sets this direction's Opus FEC.
+    pub peer_counters: Option<Arc<EndpointCounters>>,
+    /// SSRC of the stream sluice sends to this flow's sender (its RTCP reports on it).
+    pub report_ssrc: Option<u32>,
 }
 
 impl std::fmt::Debug for WorkerFlowSpec {
@@ -220,6 +224,9 @@ impl KernelPath for Xdp {
                         .map_err(|e| format!("transcoder: {e}"))?;
                         if let Some(c) = &spec.counters {
                             t = t.with_counters(c.clone());
+                        }
+                        if let Some(p) = &spec.peer_counters {
+                            t = t.with_feedback(p.clone(), spec.report_ssrc);
                         }
                         Transform::Stream(Box::new(t))
                     }

@@ -1602,6 +1602,8 @@ fn worker_spec(
         fallback: Some(fallback),
         counters: Some(me.counters.clone()),
         transcode: s.transcode.as_ref().map(|t| t.plans[k].clone()),
+        peer_counters: Some(other.counters.clone()),
+        report_ssrc: s.transcode.as_ref().map(|t| t.plans[1 - k].ssrc),
     })
 }
 

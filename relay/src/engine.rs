@@ -291,6 +291,9 @@ struct Egress {
     rtp_peer: Option<SocketAddr>,
     rtcp_peer: Option<SocketAddr>,
     receives: bool,
+    /// SSRC of the transcoded stream the partner's transcoder sends to this endpoint: what this
+    /// endpoint's RTCP reports on.
+    transcode_ssrc: Option<u32>,
 }
 
 struct Engine {
@@ -523,6 +526,7 @@ impl Engine {
             rtp_peer: p.rtp_latch.peer(),
             rtcp_peer,
             receives: p.cfg.receives,
+            transcode_ssrc: p.transcode.as_ref().map(|t| t.plan().ssrc),
         })
     }
 
@@ -643,10 +647,18 @@ impl Engine {
                     .events
                     .try_send(EngineEvent::MediaStarted { id: ep.id });
             }
-            if let (Some(e), Some(t)) = (egress, tx.take())
+            let loss = ep.counters.reported_loss_pct();
+            if let Some(e) = egress
                 && let Some(p) = self.slots[e.slot].as_mut()
             {
-                p.srtp_tx = Some(t);
+                if let Some(t) = tx.take() {
+                    p.srtp_tx = Some(t);
+                }
+                // What this endpoint reports losing of the stream the partner's transcoder
+                // sends it sets that encoder's FEC.
+                if let (Some(pct), Some(t)) = (loss, p.transcode.as_deref_mut()) {
+                    t.set_expected_loss(pct);
+                }
             }
             let (sent, sent_bytes, failed) = self.io.flush(queued);
             let ep = self.slots[slot].as_ref().expect("checked above");
@@ -808,6 +820,11 @@ fn process_batch(
         if let Some(t) = ep.transcode.as_deref_mut() {
             if is_rtcp {
                 bump(&c.rtcp_terminated, 1);
+                if let Some(ssrc) = eg.transcode_ssrc
+                    && let Some(f) = crate::rtp::rtcp_fraction_lost(&io.bufs[i][..len], ssrc)
+                {
+                    c.report_loss(f);
+                }
             } else if t.push(&io.bufs[i][..len], now).is_err() {
                 bump(&c.transcode_dropped, 1);
             }
@@ -908,6 +925,8 @@ fn drain_transcoded(
 
 fn mirror_transcode_stats(c: &EndpointCounters, t: &Transcoder) {
     c.publish_transcode_seq(t.next_out_seq());
+    c.transcode_fec_loss_pct
+        .store(u32::from(t.expected_loss()), Relaxed);
     let s = t.stats();
     c.transcoded_out.store(s.packets_out, Relaxed);
     c.transcode_concealed.store(s.concealed_frames, Relaxed);

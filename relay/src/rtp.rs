@@ -238,6 +238,40 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> RtpPacket<T> {
     }
 }
 
+/// The fraction lost (RFC 3550 6.4.1: lost/expected in 1/256ths) that a receiver reports for
+/// the source `ssrc` in an RTCP compound packet's SR or RR report blocks; `None` when it has no
+/// block about that source. Stops at the first malformed packet of the compound.
+pub fn rtcp_fraction_lost(buf: &[u8], ssrc: u32) -> Option<u8> {
+    let mut at = 0;
+    while at + 8 <= buf.len() {
+        let p = &buf[at..];
+        if p[0] >> 6 != VERSION {
+            return None;
+        }
+        let len = (usize::from(be16(p, 2)) + 1) * 4;
+        let p = p.get(..len)?;
+        let blocks_at = match p[1] {
+            200 => 28,
+            201 => 8,
+            _ => {
+                at += len;
+                continue;
+            }
+        };
+        for i in 0..usize::from(p[0] & 0x1f) {
+            let b = blocks_at + 24 * i;
+            if b + 24 > p.len() {
+                return None;
+            }
+            if be32(p, b) == ssrc {
+                return Some(p[b + 4]);
+            }
+        }
+        at += len;
+    }
+    None
+}
+
 /// RFC 5761 section 4: distinguishes RTCP from RTP on a muxed port by the second byte
 /// (payload type 192..=223 means RTCP).
 #[inline]
@@ -703,6 +737,38 @@ mod tests {
         p.set_ssrc(1);
         p.set_marker(true);
         assert_eq!(buf, [0x80, 0x80, 0x00]);
+    }
+
+    #[test]
+    fn fraction_lost_is_found_in_sr_and_rr_blocks_of_a_compound() {
+        fn block(ssrc: u32, fraction: u8) -> Vec<u8> {
+            let mut b = ssrc.to_be_bytes().to_vec();
+            b.push(fraction);
+            b.extend([0u8; 19]);
+            b
+        }
+        // RR with two blocks, then SDES.
+        let mut rr = vec![0x82, 201, 0, 13, 0, 0, 0, 9];
+        rr.extend(block(0x1111, 10));
+        rr.extend(block(0x2222, 64));
+        let mut compound = rr.clone();
+        compound.extend([0x81, 202, 0, 1, 0, 0, 0, 9]);
+        assert_eq!(rtcp_fraction_lost(&compound, 0x2222), Some(64));
+        assert_eq!(rtcp_fraction_lost(&compound, 0x1111), Some(10));
+        assert_eq!(rtcp_fraction_lost(&compound, 0x3333), None);
+        // SR: blocks after the 20-byte sender info; an SDES first is skipped.
+        let mut sr = vec![0x81, 200, 0, 12, 0, 0, 0, 9];
+        sr.extend([0u8; 20]);
+        sr.extend(block(0x2222, 26));
+        let mut compound = vec![0x81, 202, 0, 1, 0, 0, 0, 9];
+        compound.extend(&sr);
+        assert_eq!(rtcp_fraction_lost(&compound, 0x2222), Some(26));
+        // A count larger than the packet, or a length past the end: nothing, no panic.
+        let mut bad = rr.clone();
+        bad[0] = 0x85;
+        assert_eq!(rtcp_fraction_lost(&bad, 0x9999), None);
+        assert_eq!(rtcp_fraction_lost(&rr[..20], 0x2222), None);
+        assert_eq!(rtcp_fraction_lost(&[], 1), None);
     }
 
     #[test]

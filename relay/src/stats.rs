@@ -39,9 +39,15 @@ pub struct EndpointCounters {
     pub transcode_fec: AtomicU64,
     pub transcode_dtmf: AtomicU64,
     pub transcode_dropped: AtomicU64,
+    /// The loss (percent) this direction's Opus encoder spends in-band FEC on, from what the
+    /// receiving leg reports.
+    pub transcode_fec_loss_pct: AtomicU32,
     /// The next sequence number the transcoder of this direction sends, with bit 16 set once
     /// there is one: whichever path (engine or worker) takes the stream over continues from it.
     pub transcode_next_seq: AtomicU32,
+    /// Loss this endpoint reports (RTCP RR/SR fraction lost, 1/256ths, bit 8 set once there is
+    /// a report) about the transcoded stream sluice sends it: drives that stream's Opus FEC.
+    pub reported_loss: AtomicU32,
     /// `clock::now_ns()` of the last accepted packet; 0 = none yet.
     pub last_packet_ns: AtomicU64,
     pub rtp_lost: AtomicU64,
@@ -85,6 +91,16 @@ impl EndpointCounters {
     pub fn transcode_seq_start(&self) -> Option<u16> {
         let v = self.transcode_next_seq.load(Relaxed);
         (v & 1 << 16 != 0).then(|| (v as u16).wrapping_add(TRANSCODE_SEQ_MARGIN))
+    }
+    /// Records the fraction lost (1/256ths) this endpoint reported about the stream sent to it.
+    pub fn report_loss(&self, fraction: u8) {
+        self.reported_loss
+            .store(u32::from(fraction) | 1 << 8, Relaxed);
+    }
+    /// The loss this endpoint last reported, in percent (rounded up), if it reported any.
+    pub fn reported_loss_pct(&self) -> Option<u8> {
+        let v = self.reported_loss.load(Relaxed);
+        (v & 1 << 8 != 0).then(|| ((v & 0xff) * 100).div_ceil(256) as u8)
     }
     /// Published by the transcoder's owner after each batch.
     pub fn publish_transcode_seq(&self, next: u16) {

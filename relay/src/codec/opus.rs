@@ -79,6 +79,15 @@ impl OpusEncoder {
         Ok(Self { enc })
     }
 
+    /// How much loss in percent the encoder should protect against with in-band FEC (0 spends
+    /// no bits on it).
+    pub fn set_expected_loss(&mut self, pct: u8) -> Result<(), OpusError> {
+        ctx(
+            "set_packet_loss_perc",
+            self.enc.set_packet_loss_perc(pct.min(100)),
+        )
+    }
+
     /// Pins the encoder to SILK so that every frame carries the same TOC configuration, which
     /// a multi-frame (code 3) packet requires of all its frames.
     pub fn force_silk(&mut self) -> Result<(), OpusError> {

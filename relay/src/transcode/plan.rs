@@ -54,7 +54,8 @@ pub struct OpusParams {
     pub complexity: u8,
     /// Add in-band FEC (the receiver said `useinbandfec=1`).
     pub inband_fec: bool,
-    /// Expected loss in percent, which tells libopus how much FEC to spend.
+    /// Expected loss in percent at the start, which tells libopus how much FEC to spend (none
+    /// at 0); the receiver's RTCP reports adjust it during the call.
     pub expected_loss_pct: u8,
     /// The receiver's `maxplaybackrate` (Hz), if it gave one; caps the encoded bandwidth.
     pub max_playback_rate: Option<u32>,
@@ -66,7 +67,9 @@ impl Default for OpusParams {
             bitrate: 24_000,
             complexity: DEFAULT_OPUS_COMPLEXITY,
             inband_fec: true,
-            expected_loss_pct: 5,
+            // Raised from the receiver's RTCP reports (Transcoder::set_expected_loss): in-band
+            // FEC costs quality on a clean path (see README, "Transcoding").
+            expected_loss_pct: 0,
             max_playback_rate: None,
         }
     }

@@ -534,3 +534,26 @@ fn transcoders_of_one_plan_share_a_timeline_wherever_they_start() {
         assert_eq!(worker.next_out_seq(), 510);
     }
 }
+
+#[test]
+fn reported_loss_sets_the_opus_fec_budget() {
+    let mut p = plan(Codec::Pcmu, Codec::Opus, 20);
+    let mut t = Transcoder::new(&p, 0).unwrap();
+    assert_eq!(t.expected_loss(), 0, "no FEC bits on a path nobody reported loss on");
+    t.set_expected_loss(7);
+    assert_eq!(t.expected_loss(), 7);
+    t.set_expected_loss(90);
+    assert_eq!(t.expected_loss(), 20, "capped");
+    // Still encodes.
+    let out = run(&mut t, &pcmu_stream(10, 160));
+    assert_eq!(out.len(), 10);
+    // A receiver that did not ask for FEC gets none, whatever it reports.
+    p.opus.inband_fec = false;
+    let mut t = Transcoder::new(&p, 0).unwrap();
+    t.set_expected_loss(10);
+    assert_eq!(t.expected_loss(), 0);
+    // G.711 output has no FEC to tune.
+    let mut t = Transcoder::new(&plan(Codec::Opus, Codec::Pcmu, 20), 0).unwrap();
+    t.set_expected_loss(10);
+    assert_eq!(t.expected_loss(), 0);
+}

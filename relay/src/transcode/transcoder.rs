@@ -149,6 +149,8 @@ pub struct Transcoder {
     marker_pos: Option<u64>,
 
     out_seq: u16,
+    /// What the Opus encoder was told to expect (percent).
+    expected_loss: u8,
     out_ts_base: u32,
     ring: Box<[u8]>,
     ring_lens: [usize; OUT_RING],
@@ -246,6 +248,7 @@ impl Transcoder {
             scratch: vec![0i16; MAX_PACKET_SAMPLES].into_boxed_slice(),
             marker_pos: None,
             out_seq: seq_start,
+            expected_loss: plan.opus.expected_loss_pct,
             out_ts_base: ts_base(plan.ssrc),
             ring: vec![0u8; OUT_RING * MAX_OUT_PACKET].into_boxed_slice(),
             ring_lens: [0; OUT_RING],
@@ -257,6 +260,27 @@ impl Transcoder {
 
     pub fn plan(&self) -> &DirectionPlan {
         &self.plan
+    }
+
+    /// Tells the Opus encoder how much loss the receiving leg reports (percent, e.g. from its
+    /// RTCP receiver reports), so that it spends in-band FEC bits only where they pay: FEC on a
+    /// clean path costs about 0.2-0.4 MOS at 24 kbit/s. Capped at 20 %. No effect on G.711
+    /// output or when the receiver did not ask for FEC (`useinbandfec`).
+    pub fn set_expected_loss(&mut self, pct: u8) {
+        let pct = pct.min(20);
+        if !self.plan.opus.inband_fec || pct == self.expected_loss {
+            return;
+        }
+        if let Encoder::Opus(e) = &mut self.enc
+            && e.set_expected_loss(pct).is_ok()
+        {
+            self.expected_loss = pct;
+        }
+    }
+
+    /// The loss percentage the Opus encoder currently protects against.
+    pub fn expected_loss(&self) -> u8 {
+        self.expected_loss
     }
 
     /// The sequence number the next output packet gets: published so that a transcoder for

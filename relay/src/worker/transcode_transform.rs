@@ -24,6 +24,12 @@ pub struct TranscodeTransform {
     tx: Option<Box<SrtpContext>>,
     transcoder: Box<Transcoder>,
     counters: Option<Arc<EndpointCounters>>,
+    /// The receiving leg's counters: the loss it reports (its RTCP, terminated by the flow of
+    /// the other direction) sets this direction's Opus FEC.
+    peer: Option<Arc<EndpointCounters>>,
+    /// SSRC of the stream the other direction sends to this flow's sender (what its RTCP
+    /// reports are about); `None` takes the first report block.
+    report_ssrc: Option<u32>,
     scratch: Box<[u8; SCRATCH]>,
 }
 
@@ -53,6 +59,8 @@ impl TranscodeTransform {
             tx: tx.map(ctx).transpose()?,
             transcoder: Box::new(Transcoder::new(plan, seq_start)?),
             counters: None,
+            peer: None,
+            report_ssrc: None,
             scratch: Box::new([0; SCRATCH]),
         })
     }
@@ -61,6 +69,18 @@ impl TranscodeTransform {
     /// counters, so `Query` shows them whichever path the stream is on.
     pub fn with_counters(mut self, counters: Arc<EndpointCounters>) -> Self {
         self.counters = Some(counters);
+        self
+    }
+
+    /// The receiving leg's counters (loss feedback for this direction's encoder), and the SSRC
+    /// the other direction sends with, which this flow's sender reports on.
+    pub fn with_feedback(
+        mut self,
+        peer: Arc<EndpointCounters>,
+        report_ssrc: Option<u32>,
+    ) -> Self {
+        self.peer = Some(peer);
+        self.report_ssrc = report_ssrc;
         self
     }
 
@@ -82,9 +102,26 @@ impl TranscodeTransform {
         transform_error(e)
     }
 
+    /// The fraction lost in an RTCP packet from this flow's sender (SRTCP unprotected first).
+    fn rtcp_loss(&mut self, payload: &[u8]) -> Option<u8> {
+        let len = payload.len().min(SCRATCH);
+        self.scratch[..len].copy_from_slice(&payload[..len]);
+        let len = match self.rx.as_deref_mut() {
+            Some(rx) => rx.unprotect_rtcp(&mut self.scratch[..], len).ok()?,
+            None => len,
+        };
+        let rtcp = &self.scratch[..len];
+        match self.report_ssrc {
+            Some(ssrc) => crate::rtp::rtcp_fraction_lost(rtcp, ssrc),
+            None => first_fraction_lost(rtcp),
+        }
+    }
+
     fn mirror(&self) {
         if let Some(c) = &self.counters {
             c.publish_transcode_seq(self.transcoder.next_out_seq());
+            c.transcode_fec_loss_pct
+                .store(u32::from(self.transcoder.expected_loss()), Relaxed);
             let s = self.transcoder.stats();
             c.transcoded_out.store(s.packets_out, Relaxed);
             c.transcode_concealed.store(s.concealed_frames, Relaxed);
@@ -107,8 +144,11 @@ impl StreamTransform for TranscodeTransform {
         match classify_relay(payload) {
             PacketKind::Rtp => {}
             PacketKind::Rtcp => {
-                if let Some(c) = &self.counters {
+                if let Some(c) = self.counters.clone() {
                     bump(&c.rtcp_terminated, 1);
+                    if let Some(f) = self.rtcp_loss(payload) {
+                        c.report_loss(f);
+                    }
                 }
                 return Ok(());
             }
@@ -131,6 +171,9 @@ impl StreamTransform for TranscodeTransform {
                 len
             }
         };
+        if let Some(pct) = self.peer.as_ref().and_then(|p| p.reported_loss_pct()) {
+            self.transcoder.set_expected_loss(pct);
+        }
         let r = self.transcoder.push(&self.scratch[..len], now_ns);
         self.mirror();
         r.map_err(|_| TransformError::Malformed)
@@ -159,4 +202,14 @@ impl StreamTransform for TranscodeTransform {
         self.transcoder.handle_timeout(now_ns);
         self.mirror();
     }
+}
+
+/// The fraction lost of the first report block of an SR or RR.
+fn first_fraction_lost(rtcp: &[u8]) -> Option<u8> {
+    let at = match *rtcp.get(1)? {
+        200 => 28,
+        201 => 8,
+        _ => return None,
+    };
+    (rtcp[0] & 0x1f > 0).then(|| rtcp.get(at + 4).copied())?
 }
