@@ -438,7 +438,7 @@ fn transcoded_speech_scores_close_to_g711() {
     let a = score("a_g711", g711);
 
     // (b) PCMU -> sluice -> Opus, on a leg without loss: sluice's encoder at its default
-    // complexity, FEC negotiated but 0% expected loss (so no LBRR bits are spent).
+    // complexity, FEC negotiated but no loss reported yet (so no LBRR bits are spent).
     let pcmu_in = pcmu_stream(speech);
     let b = score(
         "b_pcmu_to_opus",
@@ -447,9 +447,9 @@ fn transcoded_speech_scores_close_to_g711() {
             &pcmu_in,
         )),
     );
-    // Not asserted, for the record: the same with the plan's default 5% expected loss, where
-    // libopus spends part of the 24 kbit/s on LBRR (FEC) data.
-    let default_loss = OpusParams::default().expected_loss_pct;
+    // Not asserted, for the record: the same once the callee reports 5% loss (its RTCP sets the
+    // encoder's expected loss), where libopus spends part of the 24 kbit/s on LBRR (FEC) data.
+    let default_loss = LOSS_PCT as u8;
     let b_fec = score(
         "b_pcmu_to_opus_fec_default",
         play_opus(&transcode(
