@@ -2,27 +2,29 @@
 //! (20 ms ptime, 24 kbit/s, 8 kHz), three ways in one run:
 //!
 //! - the bound set by libopus alone: CPU time to Opus-encode and Opus-decode the same 20 ms
-//!   frames of speech (the encoder configured like sluice's: 8 kHz, VoIP, narrowband, in-band
-//!   FEC for 5% expected loss), per complexity;
+//!   frames of speech (the encoder configured like sluice's at the start of a call: 8 kHz, VoIP,
+//!   narrowband, in-band FEC negotiated with 0% expected loss, so no FEC bits until the receiver
+//!   reports loss), per complexity;
 //! - sluice's sans-IO `Transcoder`, in process: the same frames as PCMU RTP through a
 //!   PCMU -> Opus Transcoder and as Opus RTP through an Opus -> PCMU Transcoder (G.711, RTP,
 //!   reorder window and all); a bidirectional channel is one of each;
 //! - rtpengine transcoding real calls on loopback: the caller offers PCMU only, rtpengine is
 //!   told to transcode to Opus (`codec: { transcode: [...] }`), the callee answers Opus only;
 //!   both sides send real-time 20 ms RTP for a bounded time and rtpengine's CPU (all threads,
-//!   /proc/PID/task/*/schedstat) gives channels per core.
+//!   /proc/PID/task/*/schedstat) gives channels per core;
+//! - the sluice daemon (`sluice run --xdp off`, driven over gRPC on a Unix socket) with the same
+//!   calls and traffic: offered PCMU only it appends opus itself (dynamic PT), the callee
+//!   answers Opus only with that PT; it encodes at its default complexity
+//!   (`DEFAULT_OPUS_COMPLEXITY`).
 //!
-//! Channels per core = audio seconds processed / CPU seconds spent (for rtpengine: calls x wall
-//! seconds / CPU seconds).
+//! Channels per core = audio seconds processed / CPU seconds spent (for the daemons: calls x
+//! wall seconds / CPU seconds).
 //!
 //! The default complexity (5) trade-off, measured on the 2-core dev VM (libopus 1.3.1): with
 //! 24 kbit/s and no FEC bits spent, PCMU -> sluice -> Opus scores PESQ NB 3.841 at complexity
 //! 0, 3.929 at 5 and 3.937 at 10 against 3.957 for plain G.711 (target: within 0.1, so 0
 //! misses by 0.016); complexity 0 gives 706 bidirectional channels per core in process, 5
 //! gives 273. rtpengine (its own default Opus settings, one media thread) gave 58.
-//!
-//! The sluice daemon column is not measured yet: the daemon's engine
-//! does not run transcoded streams on this branch.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -35,6 +37,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use audiopus::coder::{Decoder, Encoder};
 use audiopus::packet::Packet;
 use audiopus::{Application, Bandwidth, Bitrate, Channels, SampleRate};
+use sluice_control::proto::control_client::ControlClient;
 use sluice_relay::codec::g711;
 use sluice_relay::transcode::{
     Codec, DEFAULT_OPUS_COMPLEXITY, DirectionPlan, MAX_OUT_PACKET, OpusParams, Transcoder,
@@ -49,6 +52,7 @@ const FRAME: usize = 160;
 const BITRATE: u32 = 24_000;
 const PT_OPUS: u8 = 96;
 const RTPENGINE_PORTS: (u16, u16) = (30_000, 33_999);
+const SLUICE_PORTS: (u16, u16) = (34_000, 37_999);
 const STARTUP: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args, Debug)]
@@ -59,10 +63,10 @@ pub struct TranscodeArgs {
     /// Audio seconds per in-process measurement (per direction).
     #[arg(long, default_value_t = 60)]
     audio_secs: u32,
-    /// Concurrent calls through rtpengine (0: skip rtpengine).
+    /// Concurrent calls through each daemon, rtpengine and sluice (0: skip both).
     #[arg(long, default_value_t = 50)]
     calls: u32,
-    /// Seconds of real-time media through rtpengine (after a 2 s warm-up).
+    /// Seconds of real-time media through each daemon (after a 2 s warm-up).
     #[arg(long, default_value_t = 10.0)]
     secs: f64,
     /// The codec rtpengine transcodes to (its ng `codec: { transcode: [...] }` entry).
@@ -71,6 +75,9 @@ pub struct TranscodeArgs {
     /// The rtpengine executable.
     #[arg(long, default_value = "/usr/bin/rtpengine")]
     rtpengine: PathBuf,
+    /// The sluice executable (default: target/release/sluice).
+    #[arg(long)]
+    sluice: Option<PathBuf>,
     /// Also write the report as Markdown to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -379,38 +386,225 @@ fn opus_pt(sdp: &str) -> Option<u8> {
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
 }
 
+/// What one daemon did with `calls` transcoded calls.
 struct EngineRun {
+    name: &'static str,
+    cmdline: String,
+    /// The Opus encoder setting the daemon transcodes with, in words.
+    opus: String,
     calls: u32,
-    secs: f64,
-    cpu_ns: u64,
-    /// Packets each side sent, and received in the other codec, in the measured interval.
-    caller_sent: u64,
-    caller_rcvd: u64,
-    callee_sent: u64,
-    callee_rcvd: u64,
+    /// The Opus PT the daemon offered the callee (the callee answers with it).
     offer_pt: u8,
+    traffic: Traffic,
 }
 
 impl EngineRun {
     fn per_core(&self) -> f64 {
-        self.calls as f64 * self.secs / (self.cpu_ns as f64 / 1e9)
+        self.calls as f64 * self.traffic.secs / (self.traffic.cpu_ns as f64 / 1e9)
     }
 }
 
-fn rtpengine_run(args: &TranscodeArgs, speech: &[i16], log: &Path) -> Result<(EngineRun, String)> {
+/// The sockets of K calls: each caller (PCMU) and callee (Opus), and where each sends.
+struct Legs {
+    callers: Vec<UdpSocket>,
+    callees: Vec<UdpSocket>,
+    /// Where each caller sends (the daemon's caller-facing port).
+    to_a: Vec<SocketAddrV4>,
+    /// Where each callee sends (the daemon's callee-facing port).
+    to_b: Vec<SocketAddrV4>,
+    opus_pt: u8,
+}
+
+impl Legs {
+    fn new() -> Self {
+        Self {
+            callers: Vec::new(),
+            callees: Vec::new(),
+            to_a: Vec::new(),
+            to_b: Vec::new(),
+            opus_pt: 0,
+        }
+    }
+
+    /// A caller and a callee socket on loopback, not yet added.
+    fn pair() -> Result<(UdpSocket, UdpSocket, SocketAddrV4, SocketAddrV4)> {
+        let a = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let b = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let (a_at, b_at) = (crate::sys::local_v4(&a)?, crate::sys::local_v4(&b)?);
+        Ok((a, b, a_at, b_at))
+    }
+
+    fn add(
+        &mut self,
+        a: UdpSocket,
+        b: UdpSocket,
+        to_a: SocketAddrV4,
+        to_b: SocketAddrV4,
+    ) -> Result<()> {
+        for s in [&a, &b] {
+            s.set_nonblocking(true)?;
+        }
+        self.callers.push(a);
+        self.callees.push(b);
+        self.to_a.push(to_a);
+        self.to_b.push(to_b);
+        Ok(())
+    }
+}
+
+/// The caller's PCMU-only offer.
+fn caller_sdp(i: usize, at: SocketAddrV4) -> String {
+    sdp(i as u64, at, "0", "a=rtpmap:0 PCMU/8000\r\n")
+}
+
+/// Counters of the measured interval: packets each side sent, received in the other codec
+/// (PT 0 with 160 bytes of payload at the caller, 20 ms Opus with the offered PT at the
+/// callee), and received as anything else (RTCP, which a daemon may send to port + 1, is not
+/// counted).
+struct Traffic {
+    secs: f64,
+    cpu_ns: u64,
+    caller_sent: u64,
+    caller_rcvd: u64,
+    caller_other: u64,
+    callee_sent: u64,
+    callee_rcvd: u64,
+    callee_other: u64,
+}
+
+impl Traffic {
+    /// The share of what one side sent that arrived, transcoded, at the other.
+    fn delivered(&self) -> (f64, f64) {
+        (
+            self.callee_rcvd as f64 / self.caller_sent.max(1) as f64,
+            self.caller_rcvd as f64 / self.callee_sent.max(1) as f64,
+        )
+    }
+
+    /// Every packet arrived in the expected codec, and at least 99% of them (both ways).
+    fn verified(&self) -> bool {
+        let (ab, ba) = self.delivered();
+        self.caller_other == 0 && self.callee_other == 0 && ab >= 0.99 && ba >= 0.99
+    }
+}
+
+/// An Opus packet of 20 ms (RFC 6716 TOC, frame count), not G.711 relabelled.
+fn is_opus_20ms(payload: &[u8]) -> bool {
+    payload.len() != FRAME
+        && Packet::try_from(payload)
+            .ok()
+            .and_then(|p| audiopus::packet::nb_samples(p, SampleRate::Hz48000).ok())
+            == Some(960)
+}
+
+fn is_rtcp(p: &[u8]) -> bool {
+    p.len() >= 8 && (192..=223).contains(&p[1])
+}
+
+/// Real-time media for a 2 s warm-up then `secs`: every 20 ms each caller sends a PCMU frame
+/// and each callee an Opus frame (24 kbit/s, FEC) of the same speech; what arrives is checked
+/// and counted, and `proc`'s CPU (all threads) is read over the measured interval.
+fn drive(proc: &mut Proc, legs: &Legs, speech: &[i16], secs: f64) -> Result<Traffic> {
+    let calls = legs.callers.len();
+    let frames = speech.len() / FRAME;
+    let enc = encoder(&opus_params(DEFAULT_OPUS_COMPLEXITY))?;
+    let mut buf = [0u8; 1500];
+    let mut opus_frames = Vec::with_capacity(frames);
+    let mut pcmu_frames = Vec::with_capacity(frames);
+    for f in speech.chunks_exact(FRAME) {
+        let n = enc.encode(f, &mut buf)?;
+        opus_frames.push(buf[..n].to_vec());
+        pcmu_frames.push(f.iter().map(|&s| g711::ulaw_encode(s)).collect::<Vec<u8>>());
+    }
+    let opus_pt = legs.opus_pt;
+    let warmup = Duration::from_secs(2);
+    let total = warmup + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tick = 0u64;
+    let mut t = Traffic {
+        secs: 0.0,
+        cpu_ns: 0,
+        caller_sent: 0,
+        caller_rcvd: 0,
+        caller_other: 0,
+        callee_sent: 0,
+        callee_rcvd: 0,
+        callee_other: 0,
+    };
+    let mut counting = None;
+    let mut rbuf = [0u8; 2048];
+    // Bounded: one tick per 20 ms until `total` has passed.
+    while start.elapsed() < total {
+        if counting.is_none() && start.elapsed() >= warmup {
+            proc.ensure_running()?;
+            counting = Some((Instant::now(), process_cpu_ns(proc.pid())?));
+            t.caller_sent = 0;
+            t.caller_rcvd = 0;
+            t.caller_other = 0;
+            t.callee_sent = 0;
+            t.callee_rcvd = 0;
+            t.callee_other = 0;
+        }
+        let f = tick as usize % frames;
+        for i in 0..calls {
+            let seq = tick as u16;
+            let pa = rtp(
+                0,
+                seq,
+                (tick * 160) as u32,
+                0xA000 + i as u32,
+                &pcmu_frames[f],
+            );
+            let pb = rtp(
+                opus_pt,
+                seq,
+                (tick * 960) as u32,
+                0xB000 + i as u32,
+                &opus_frames[f],
+            );
+            t.caller_sent += legs.callers[i].send_to(&pa, legs.to_a[i]).is_ok() as u64;
+            t.callee_sent += legs.callees[i].send_to(&pb, legs.to_b[i]).is_ok() as u64;
+        }
+        for i in 0..calls {
+            // Bounded by the socket buffers: each recv takes one queued packet.
+            // Only what was transcoded counts: PCMU (PT 0) to the caller, Opus to the callee.
+            while let Ok(n) = legs.callers[i].recv(&mut rbuf) {
+                let p = &rbuf[..n];
+                if n == 12 + FRAME && p[1] & 0x7F == 0 {
+                    t.caller_rcvd += 1;
+                } else if !is_rtcp(p) {
+                    t.caller_other += 1;
+                }
+            }
+            while let Ok(n) = legs.callees[i].recv(&mut rbuf) {
+                let p = &rbuf[..n];
+                if n > 12 && p[1] & 0x7F == opus_pt && is_opus_20ms(&p[12..]) {
+                    t.callee_rcvd += 1;
+                } else if !is_rtcp(p) {
+                    t.callee_other += 1;
+                }
+            }
+        }
+        tick += 1;
+        let next = start + Duration::from_millis(20 * tick);
+        if let Some(d) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    let (t0, cpu0) = counting.context("no measured interval")?;
+    t.secs = t0.elapsed().as_secs_f64();
+    t.cpu_ns = process_cpu_ns(proc.pid())? - cpu0;
+    proc.ensure_running()?;
+    Ok(t)
+}
+
+fn rtpengine_run(args: &TranscodeArgs, speech: &[i16], log: &Path) -> Result<EngineRun> {
     let mut rtpe = Rtpengine::start(&args.rtpengine, log)?;
     let cmdline = rtpe.cmdline.clone();
     let calls = args.calls as usize;
-    let mut callers = Vec::new();
-    let mut callees = Vec::new();
-    let mut to_a = Vec::new(); // where each caller sends (rtpengine's caller-facing port)
-    let mut to_b = Vec::new(); // where each callee sends
-    let mut offer_pt = 0;
+    let mut legs = Legs::new();
     for i in 0..calls {
-        let a = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let b = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let a_at = crate::sys::local_v4(&a)?;
-        let b_at = crate::sys::local_v4(&b)?;
+        let (a, b, a_at, b_at) = Legs::pair()?;
         let call_id = format!("transcode-{i}");
         let offer = rtpe.request(&Value::dict([
             ("command", Value::str("offer")),
@@ -423,16 +617,14 @@ fn rtpengine_run(args: &TranscodeArgs, speech: &[i16], log: &Path) -> Result<(En
                     Value::List(vec![Value::str(&args.rtpengine_codec)]),
                 )]),
             ),
-            (
-                "sdp",
-                Value::str(&sdp(i as u64, a_at, "0", "a=rtpmap:0 PCMU/8000\r\n")),
-            ),
+            ("sdp", Value::str(&caller_sdp(i, a_at))),
         ]))?;
         let offer_sdp = offer.get_str("sdp").unwrap_or_default();
-        offer_pt = opus_pt(&offer_sdp).ok_or_else(|| {
+        let offer_pt = opus_pt(&offer_sdp).ok_or_else(|| {
             anyhow!("rtpengine's offer to the callee has no opus (transcode flag not taken):\n{offer_sdp}")
         })?;
-        to_b.push(crate::sdp::audio_destination(&offer_sdp)?);
+        legs.opus_pt = offer_pt;
+        let to_b = crate::sdp::audio_destination(&offer_sdp)?;
         // The callee takes Opus only.
         let answer = rtpe.request(&Value::dict([
             ("command", Value::str("answer")),
@@ -456,77 +648,9 @@ fn rtpengine_run(args: &TranscodeArgs, speech: &[i16], log: &Path) -> Result<(En
         if !answer_sdp.contains("PCMU") {
             bail!("rtpengine's answer to the caller has no PCMU:\n{answer_sdp}");
         }
-        to_a.push(crate::sdp::audio_destination(&answer_sdp)?);
-        for s in [&a, &b] {
-            s.set_nonblocking(true)?;
-        }
-        callers.push(a);
-        callees.push(b);
+        legs.add(a, b, crate::sdp::audio_destination(&answer_sdp)?, to_b)?;
     }
-    // Media: the same speech, PCMU from callers and Opus (24 kbit/s, FEC) from callees.
-    let frames = speech.len() / FRAME;
-    let enc = encoder(&opus_params(DEFAULT_OPUS_COMPLEXITY))?;
-    let mut buf = [0u8; 1500];
-    let mut opus_frames = Vec::with_capacity(frames);
-    let mut pcmu_frames = Vec::with_capacity(frames);
-    for f in speech.chunks_exact(FRAME) {
-        let n = enc.encode(f, &mut buf)?;
-        opus_frames.push(buf[..n].to_vec());
-        pcmu_frames.push(f.iter().map(|&s| g711::ulaw_encode(s)).collect::<Vec<u8>>());
-    }
-    let warmup = Duration::from_secs(2);
-    let total = warmup + Duration::from_secs_f64(args.secs);
-    let start = Instant::now();
-    let mut tick = 0u64;
-    let (mut a_sent, mut b_sent, mut a_rcvd, mut b_rcvd) = (0u64, 0u64, 0u64, 0u64);
-    let mut counting = None;
-    let mut rbuf = [0u8; 2048];
-    // Bounded: one tick per 20 ms until `total` has passed.
-    while start.elapsed() < total {
-        if counting.is_none() && start.elapsed() >= warmup {
-            counting = Some((Instant::now(), process_cpu_ns(rtpe.proc.pid())?));
-            (a_sent, b_sent, a_rcvd, b_rcvd) = (0, 0, 0, 0);
-        }
-        let f = tick as usize % frames;
-        for i in 0..calls {
-            let seq = tick as u16;
-            let pa = rtp(
-                0,
-                seq,
-                (tick * 160) as u32,
-                0xA000 + i as u32,
-                &pcmu_frames[f],
-            );
-            let pb = rtp(
-                offer_pt,
-                seq,
-                (tick * 960) as u32,
-                0xB000 + i as u32,
-                &opus_frames[f],
-            );
-            a_sent += callers[i].send_to(&pa, to_a[i]).is_ok() as u64;
-            b_sent += callees[i].send_to(&pb, to_b[i]).is_ok() as u64;
-        }
-        for i in 0..calls {
-            // Bounded by the socket buffers: each recv takes one queued packet.
-            // Only what was transcoded counts: PCMU (PT 0) to the caller, Opus to the callee.
-            while let Ok(n) = callers[i].recv(&mut rbuf) {
-                a_rcvd += (n > 12 && rbuf[1] & 0x7F == 0) as u64;
-            }
-            while let Ok(n) = callees[i].recv(&mut rbuf) {
-                b_rcvd += (n > 12 && rbuf[1] & 0x7F == offer_pt) as u64;
-            }
-        }
-        tick += 1;
-        let next = start + Duration::from_millis(20 * tick);
-        if let Some(d) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(d);
-        }
-    }
-    let (t0, cpu0) = counting.context("no measured interval")?;
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu_ns = process_cpu_ns(rtpe.proc.pid())? - cpu0;
-    rtpe.proc.ensure_running()?;
+    let traffic = drive(&mut rtpe.proc, &legs, speech, args.secs)?;
     for i in 0..calls {
         let _ = rtpe.request(&Value::dict([
             ("command", Value::str("delete")),
@@ -534,19 +658,180 @@ fn rtpengine_run(args: &TranscodeArgs, speech: &[i16], log: &Path) -> Result<(En
             ("from-tag", Value::str("caller")),
         ]));
     }
-    Ok((
-        EngineRun {
-            calls: args.calls,
-            secs,
-            cpu_ns,
-            caller_sent: a_sent,
-            caller_rcvd: a_rcvd,
-            callee_sent: b_sent,
-            callee_rcvd: b_rcvd,
-            offer_pt,
-        },
+    Ok(EngineRun {
+        name: "rtpengine",
         cmdline,
-    ))
+        opus: format!("`{}`, its own default complexity", args.rtpengine_codec),
+        calls: args.calls,
+        offer_pt: legs.opus_pt,
+        traffic,
+    })
+}
+
+// --- sluice daemon ---------------------------------------------------------------------------
+
+/// `sluice run --xdp off` on a Unix control socket, driven over gRPC (as `bench bridge` does).
+struct SluiceDaemon {
+    proc: Proc,
+    cmdline: String,
+    sock: PathBuf,
+    rt: tokio::runtime::Runtime,
+    client: ControlClient<tonic::transport::Channel>,
+}
+
+impl SluiceDaemon {
+    fn start(exe: &Path, sock: &Path, log: &Path) -> Result<Self> {
+        use sluice_control::config::ControlAddr;
+        use sluice_control::proto::PingRequest;
+        if !exe.is_file() {
+            bail!(
+                "{} does not exist (cargo build --release -p sluice-control)",
+                exe.display()
+            );
+        }
+        // A socket left by an earlier run would make the bind fail.
+        let _ = std::fs::remove_file(sock);
+        let control = ControlAddr::Unix(sock.to_path_buf());
+        let mut cmd = Command::new(exe);
+        cmd.args(["run", "--xdp", "off", "--control", &control.to_string()])
+            .args(["--media-ip", "127.0.0.1"])
+            .args(["--ports", &format!("{}-{}", SLUICE_PORTS.0, SLUICE_PORTS.1)])
+            .args(["--log-level", "warn"]);
+        let log_out = std::fs::File::create(log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(log_out.try_clone()?)
+            .stderr(log_out);
+        let cmdline = describe(&cmd);
+        let mut proc = Proc::spawn("sluice", &mut cmd, Some(log.to_path_buf()))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let deadline = Instant::now() + STARTUP;
+        // Bounded by STARTUP.
+        let client = loop {
+            proc.ensure_running()?;
+            let attempt = rt.block_on(async {
+                let mut c = sluice_control::client::connect(&control).await?;
+                c.ping(PingRequest {}).await?;
+                anyhow::Ok(c)
+            });
+            match attempt {
+                Ok(c) => break c,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.context(format!("sluice startup{}", proc.log_tail())));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        Ok(Self {
+            proc,
+            cmdline,
+            sock: sock.to_path_buf(),
+            rt,
+            client,
+        })
+    }
+
+    /// A control call, bounded in time.
+    fn call<T>(
+        &mut self,
+        what: &str,
+        f: impl AsyncFnOnce(
+            &mut ControlClient<tonic::transport::Channel>,
+        ) -> std::result::Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T> {
+        let client = &mut self.client;
+        let r = self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), f(client))
+                .await
+                .map_err(|_| anyhow!("sluice {what}: no reply in 5 s"))
+        })?;
+        match r {
+            Ok(r) => Ok(r.into_inner()),
+            Err(e) => Err(anyhow!("sluice {what}: {e}{}", self.proc.log_tail())),
+        }
+    }
+}
+
+impl Drop for SluiceDaemon {
+    fn drop(&mut self) {
+        self.proc.stop();
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
+
+fn sluice_run(args: &TranscodeArgs, speech: &[i16], work: &Path) -> Result<EngineRun> {
+    use sluice_control::proto::{AnswerRequest, DeleteRequest, OfferRequest};
+    let exe = args
+        .sluice
+        .clone()
+        .unwrap_or_else(|| target_dir().join("release/sluice"));
+    let sock = work.join(format!("sluice-{}.sock", std::process::id()));
+    let mut d = SluiceDaemon::start(&exe, &sock, &work.join("sluice.log"))?;
+    let cmdline = d.cmdline.clone();
+    let calls = args.calls as usize;
+    let mut legs = Legs::new();
+    let mut created = Vec::new();
+    let result = (|| -> Result<Traffic> {
+        for i in 0..calls {
+            let (a, b, a_at, b_at) = Legs::pair()?;
+            let call_id = format!("transcode-{i}");
+            // PCMU only, no options: sluice appends opus (and telephone-event) itself.
+            let req = OfferRequest {
+                call_id: call_id.clone(),
+                from_tag: "caller".into(),
+                sdp: caller_sdp(i, a_at),
+                options: None,
+            };
+            let offer_sdp = d.call("Offer", async |c| c.offer(req).await)?.sdp;
+            created.push(call_id.clone());
+            let pt = opus_pt(&offer_sdp)
+                .ok_or_else(|| anyhow!("sluice's offer to the callee has no opus:\n{offer_sdp}"))?;
+            legs.opus_pt = pt;
+            let to_b = crate::sdp::audio_destination(&offer_sdp)?;
+            // The callee takes Opus only.
+            let req = AnswerRequest {
+                call_id,
+                from_tag: "caller".into(),
+                to_tag: "callee".into(),
+                sdp: sdp(
+                    i as u64,
+                    b_at,
+                    &pt.to_string(),
+                    &format!(
+                        "a=rtpmap:{pt} opus/48000/2\r\na=fmtp:{pt} \
+                         useinbandfec=1;maxplaybackrate=8000;stereo=0\r\n"
+                    ),
+                ),
+                options: None,
+            };
+            let answer_sdp = d.call("Answer", async |c| c.answer(req).await)?.sdp;
+            if !answer_sdp.contains("a=rtpmap:0 PCMU/8000") && !answer_sdp.contains(" RTP/AVP 0") {
+                bail!("sluice's answer to the caller has no PCMU:\n{answer_sdp}");
+            }
+            legs.add(a, b, crate::sdp::audio_destination(&answer_sdp)?, to_b)?;
+        }
+        drive(&mut d.proc, &legs, speech, args.secs)
+    })();
+    for call_id in created {
+        let req = DeleteRequest {
+            call_id,
+            from_tag: "caller".into(),
+            ..Default::default()
+        };
+        let _ = d.call("Delete", async |c| c.delete(req).await);
+    }
+    Ok(EngineRun {
+        name: "sluice daemon",
+        cmdline,
+        opus: format!(
+            "complexity {DEFAULT_OPUS_COMPLEXITY} (the daemon's default), {} kbit/s",
+            BITRATE / 1000
+        ),
+        calls: args.calls,
+        offer_pt: legs.opus_pt,
+        traffic: result?,
+    })
 }
 
 pub fn run(args: TranscodeArgs) -> Result<()> {
@@ -572,20 +857,33 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
         );
         rows.push(r);
     }
-    let engine = if args.calls > 0 {
+    let mut daemons = Vec::new();
+    if args.calls > 0 {
         let work = target_dir().join("bench-transcode");
         std::fs::create_dir_all(&work)?;
-        let r = rtpengine_run(&args, &speech, &work.join("rtpengine.log"))?;
-        eprintln!(
-            "[bench transcode] rtpengine x{}: {:.0} ch/core",
-            r.0.calls,
-            r.0.per_core()
-        );
-        Some(r)
-    } else {
-        None
-    };
-    let report = report(&args, &rows, engine.as_ref());
+        let runs: [(&str, &dyn Fn() -> Result<EngineRun>); 2] = [
+            ("rtpengine", &|| {
+                rtpengine_run(&args, &speech, &work.join("rtpengine.log"))
+            }),
+            ("sluice daemon", &|| sluice_run(&args, &speech, &work)),
+        ];
+        for (name, f) in runs {
+            let r = f().with_context(|| format!("{name} x{}", args.calls))?;
+            let (ab, ba) = r.traffic.delivered();
+            eprintln!(
+                "[bench transcode] {name} x{}: {:.0} ch/core (delivered PCMU->Opus {:.1}%, \
+                 Opus->PCMU {:.1}%, wrong {} / {})",
+                r.calls,
+                r.per_core(),
+                100.0 * ab,
+                100.0 * ba,
+                r.traffic.callee_other,
+                r.traffic.caller_other
+            );
+            daemons.push(r);
+        }
+    }
+    let report = report(&args, &rows, &daemons);
     print!("{report}");
     if let Some(out) = &args.out {
         std::fs::File::create(out)?.write_all(report.as_bytes())?;
@@ -593,19 +891,17 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
     Ok(())
 }
 
-fn report(
-    args: &TranscodeArgs,
-    rows: &[InProcess],
-    engine: Option<&(EngineRun, String)>,
-) -> String {
+fn report(args: &TranscodeArgs, rows: &[InProcess], daemons: &[EngineRun]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
         "## G.711 <-> Opus transcoding, bidirectional channels per core\n\n\
          20 ms frames of speech (tests/data/speech_8k.wav, looped), Opus 8 kHz narrowband VoIP \
-         {} kbit/s, in-band FEC for 5% expected loss. In process: {} audio seconds per \
-         direction, thread CPU time. sluice's default complexity: {DEFAULT_OPUS_COMPLEXITY}.\n",
+         {} kbit/s, in-band FEC negotiated with {}% expected loss (sluice's start value: RTCP \
+         reports of loss raise it). In process: {} audio seconds per direction, thread CPU \
+         time. sluice's default complexity: {DEFAULT_OPUS_COMPLEXITY}.\n",
         BITRATE / 1000,
+        OpusParams::default().expected_loss_pct,
         args.audio_secs
     );
     let _ = writeln!(
@@ -629,46 +925,76 @@ fn report(
             us(r.to_pcmu_ns)
         );
     }
-    match engine {
-        Some((e, cmdline)) => {
-            let def = rows
-                .iter()
-                .find(|r| r.complexity == DEFAULT_OPUS_COMPLEXITY)
-                .map(InProcess::sluice);
-            let _ = writeln!(
-                s,
-                "\nrtpengine (`{cmdline}`), {} calls offered PCMU, transcoded to `{}` (callee \
-                 answers opus PT {}), real-time 20 ms RTP both ways for {:.1} s: CPU {:.3} s \
-                 -> **{:.0} bidirectional channels per core**. Packets in the interval: caller \
-                 sent {} / received {}, callee sent {} / received {}.",
-                e.calls,
-                args.rtpengine_codec,
-                e.offer_pt,
-                e.secs,
-                e.cpu_ns as f64 / 1e9,
-                e.per_core(),
-                e.caller_sent,
-                e.caller_rcvd,
-                e.callee_sent,
-                e.callee_rcvd
-            );
-            if let Some(d) = def {
-                let _ = writeln!(
-                    s,
-                    "\nsluice (in process, complexity {DEFAULT_OPUS_COMPLEXITY}) / rtpengine: \
-                     {:.2}x.",
-                    d / e.per_core()
-                );
-            }
-        }
-        None => {
-            let _ = writeln!(s, "\nrtpengine: not run (--calls 0).");
-        }
+    if daemons.is_empty() {
+        let _ = writeln!(s, "\nDaemons: not run (--calls 0).");
+        return s;
     }
     let _ = writeln!(
         s,
-        "\nsluice daemon: NOT MEASURED (the daemon's engine does not run transcoded streams on \
-         this branch yet)."
+        "\n### Daemons transcoding real calls on loopback\n\n\
+         Each call: the caller offers PCMU only, the callee answers Opus only (the PT the daemon \
+         offered it); both send real-time 20 ms RTP of the speech for a 2 s warm-up then the \
+         measured interval. Channels per core = calls x wall seconds / daemon CPU seconds (all \
+         threads, /proc/PID/task/*/schedstat). Delivered: packets that arrived in the other \
+         codec (PT 0 with 160 bytes at the caller, a 20 ms Opus packet with the Opus PT at the \
+         callee) / packets sent the other way; wrong: anything else but RTCP.\n"
     );
+    let _ = writeln!(
+        s,
+        "| daemon | Opus encoder | calls | seconds | CPU s | channels per core | vs rtpengine | \
+         PCMU->Opus delivered | Opus->PCMU delivered | wrong (callee / caller) | verified |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let base = daemons
+        .iter()
+        .find(|d| d.name == "rtpengine")
+        .map(EngineRun::per_core);
+    for d in daemons {
+        let t = &d.traffic;
+        let (ab, ba) = t.delivered();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {:.3} | **{:.0}** | {} | {}/{} ({:.1}%) | {}/{} ({:.1}%) | \
+             {} / {} | {} |",
+            d.name,
+            d.opus,
+            d.calls,
+            t.secs,
+            t.cpu_ns as f64 / 1e9,
+            d.per_core(),
+            base.map_or("-".into(), |b| format!("{:.2}x", d.per_core() / b)),
+            t.callee_rcvd,
+            t.caller_sent,
+            100.0 * ab,
+            t.caller_rcvd,
+            t.callee_sent,
+            100.0 * ba,
+            t.callee_other,
+            t.caller_other,
+            if t.verified() { "yes" } else { "NO" }
+        );
+    }
+    let _ = writeln!(s);
+    for d in daemons {
+        let _ = writeln!(
+            s,
+            "- {}: `{}` (callee answered opus PT {})",
+            d.name, d.cmdline, d.offer_pt
+        );
+    }
+    if let Some(d) = rows
+        .iter()
+        .find(|r| r.complexity == DEFAULT_OPUS_COMPLEXITY)
+        .map(InProcess::sluice)
+    {
+        for e in daemons {
+            let _ = writeln!(
+                s,
+                "\nsluice (in process, complexity {DEFAULT_OPUS_COMPLEXITY}) / {}: {:.2}x.",
+                e.name,
+                d / e.per_core()
+            );
+        }
+    }
     s
 }
