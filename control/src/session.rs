@@ -1449,8 +1449,8 @@ fn srtp_answer(
 
 /// The XDP program forwards every datagram of a port alike, so only streams whose two sides treat
 /// RTP and RTCP the same way, and that forward both ways, go into the kernel. Held streams stay in
-/// userspace, where RTCP keeps flowing while RTP does not. Streams whose SRTP sluice terminates
-/// need work on every packet: they leave the kernel through AF_XDP to the workers when there are
+/// userspace, where RTCP keeps flowing while RTP does not. Streams whose SRTP sluice terminates,
+/// and transcoded ones, need work on every packet (never a plain FORWARD entry): they leave the kernel through AF_XDP to the workers when there are
 /// some (`workers`), and otherwise stay on the userspace path.
 fn kernel_eligible(s: &Stream, workers: bool) -> bool {
     !s.disabled
