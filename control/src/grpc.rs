@@ -218,3 +218,39 @@ impl Control for ControlService {
         Ok(Response::new(Box::pin(stream)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codecs::Codec;
+
+    #[test]
+    fn codec_options_map_and_unknown_names_are_invalid() {
+        let o = leg_options(Some(proto::LegOptions {
+            transcode: proto::Transcode::Auto as i32,
+            codec_transcode: vec!["opus,PCMA".into()],
+            codec_mask: vec!["pcmu".into()],
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(o.codecs.mode, Some(TranscodeMode::Auto));
+        assert_eq!(
+            o.codecs.transcode.iter().collect::<Vec<_>>(),
+            [Codec::Opus, Codec::Pcma]
+        );
+        assert!(o.codecs.mask.contains(Codec::Pcmu) && o.codecs.strip.is_empty());
+        let err = leg_options(Some(proto::LegOptions {
+            codec_strip: vec!["G729".into()],
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("G729"), "{}", err.message());
+        let err = leg_options(Some(proto::LegOptions {
+            transcode: 9,
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert!(err.message().contains("transcode"), "{}", err.message());
+    }
+}
