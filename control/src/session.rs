@@ -1784,6 +1784,14 @@ fn stream_info(i: usize, s: &Stream, k: usize, kc: FlowCounters) -> proto::Strea
             .transcode
             .as_ref()
             .map_or(-1, |t| i32::from(t.formats[k].pt)),
+        rtcp_terminated: c.rtcp_terminated.load(Relaxed),
+        transcoded_out: c.transcoded_out.load(Relaxed),
+        transcode_concealed: c.transcode_concealed.load(Relaxed),
+        transcode_fec_recovered: c.transcode_fec.load(Relaxed),
+        transcode_dtmf: c.transcode_dtmf.load(Relaxed),
+        transcode_dropped: c.transcode_dropped.load(Relaxed),
+        opus_fec_loss_pct: c.transcode_fec_loss_pct.load(Relaxed),
+        reported_loss_pct: c.reported_loss_pct().map_or(-1, i32::from),
     }
 }
 

@@ -804,15 +804,6 @@ fn process_batch(
             bump(&c.dropped_direction, 1);
             continue;
         }
-        let (fd, dest) = if is_rtcp {
-            (eg.rtcp_fd, eg.rtcp_peer)
-        } else {
-            (eg.rtp_fd, eg.rtp_peer)
-        };
-        let Some(dest) = dest else {
-            bump(&c.dropped_no_peer, 1);
-            continue;
-        };
         if ep.transcode_broken {
             bump(&c.send_errors, 1);
             continue;
@@ -825,12 +816,22 @@ fn process_batch(
                 {
                     c.report_loss(f);
                 }
-            } else if t.push(&io.bufs[i][..len], now).is_err() {
-                bump(&c.transcode_dropped, 1);
+            } else {
+                // Refusals are counted in the transcoder's stats, mirrored per batch.
+                let _ = t.push(&io.bufs[i][..len], now);
             }
             // Its output leaves from spare buffers (`Engine::pump_transcoder`).
             continue;
         }
+        let (fd, dest) = if is_rtcp {
+            (eg.rtcp_fd, eg.rtcp_peer)
+        } else {
+            (eg.rtp_fd, eg.rtp_peer)
+        };
+        let Some(dest) = dest else {
+            bump(&c.dropped_no_peer, 1);
+            continue;
+        };
         if eg.srtp {
             let Some(tx) = srtp_tx.as_deref_mut() else {
                 // Never send plain where SRTP is due.

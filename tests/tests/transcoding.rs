@@ -55,6 +55,11 @@ fn tone(freq: f64, frame: u32) -> Vec<i16> {
         .collect()
 }
 
+/// The RTCP port next to an RTP address (RFC 3550: RTP + 1).
+fn to_rtcp(rtp: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(rtp.ip(), rtp.port() + 1)
+}
+
 /// The payload type of `encoding` (e.g. "opus/48000") in an SDP's rtpmaps.
 fn pt_of(sdp: &str, encoding: &str) -> Option<u8> {
     sdp.lines().find_map(|l| {
@@ -328,12 +333,43 @@ async fn pcmu_caller_and_opus_callee_on_loopback() {
         ends.check_audio("loopback", false);
         check_query(&mut c, "tc-loopback").await;
 
+        let q = query(&mut c, "tc-loopback").await.unwrap();
+        let (a, b) = (stream(&q, 0), stream(&q, 1));
+        assert_eq!(a.transcoded_out, 50 + 5, "A's frames and events went out as opus: {a:#?}");
+        assert_eq!(a.transcode_dtmf, 5);
+        assert_eq!(b.transcoded_out, 50, "B's frames went out as PCMU: {b:#?}");
+        assert_eq!((a.transcode_concealed, b.transcode_concealed), (0, 0));
+        assert_eq!((a.reported_loss_pct, a.opus_fec_loss_pct), (-1, 0), "no FEC bits yet");
+
+        // B reports 10 % loss (26/256) on the opus stream it receives: the encoder towards B
+        // starts spending in-band FEC on it. The report itself is not forwarded to A.
+        let opus_ssrc = ends.at_b[0].1.ssrc;
+        let mut rr = vec![0x81, 201, 0, 7];
+        rr.extend(B_SSRC.to_be_bytes());
+        rr.extend(opus_ssrc.to_be_bytes());
+        rr.extend([26, 0, 0, 3]);
+        rr.extend([0u8; 16]);
+        ends.b.send_rtcp(to_rtcp(ends.b_sends), &rr);
+        for i in 0..3 {
+            assert!(ends.exchange(), "frame {i} after the RR was lost");
+        }
+        assert!(ends.a.recv_rtcp().is_none(), "B's RTCP reached A");
+        let q = query(&mut c, "tc-loopback").await.unwrap();
+        let (a, b) = (stream(&q, 0), stream(&q, 1));
+        assert_eq!(b.rtcp_terminated, 1, "{b:#?}");
+        assert_eq!(b.reported_loss_pct, 11, "26/256 rounded up");
+        assert_eq!(a.opus_fec_loss_pct, 11, "A -> B encoder protects against it: {a:#?}");
+
         // Comfort noise and unknown payload types are dropped, never passed to the other leg.
-        let cn = rtp_packet(7, 0, A_SSRC, 13, false, &[40]);
+        let dropped = a.transcode_dropped;
+        let (seq, ts) = (1000 + ends.frames as u16, 8000 + 160 * ends.frames);
+        let cn = rtp_packet(seq, ts, A_SSRC, 13, false, &[40]);
         ends.a.send_rtp(ends.a_sends, &cn);
-        let odd = rtp_packet(8, 0, A_SSRC, 99, false, &[0; 20]);
+        let odd = rtp_packet(seq + 1, ts, A_SSRC, 99, false, &[0; 20]);
         ends.a.send_rtp(ends.a_sends, &odd);
         ends.b.assert_silent("CN or an unknown payload type got through");
+        let q = query(&mut c, "tc-loopback").await.unwrap();
+        assert_eq!(stream(&q, 0).transcode_dropped, dropped + 2);
     })
     .await;
 }
