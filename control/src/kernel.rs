@@ -14,7 +14,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use sluice_relay::engine::SrtpKeys;
 use sluice_relay::stats::EndpointCounters;
 use sluice_relay::worker::{
-    FlowStats, NextHop, SrtpTransform, TranscodeTransform, Transform, WorkerFlow, WorkerPool, WorkerStats,
+    FlowStats, NextHop, SrtpTransform, TranscodeTransform, Transform, WorkerFlow, WorkerPool,
+    WorkerStats,
 };
 use sluice_relay::xdp::{FlowCounters, FlowKey, FlowValue, MAX_FLOWS, XdpPath};
 
@@ -215,13 +216,9 @@ impl KernelPath for Xdp {
                             .as_ref()
                             .and_then(|c| c.transcode_seq_start())
                             .unwrap_or_else(random_seq);
-                        let mut t = TranscodeTransform::new(
-                            plan,
-                            seq,
-                            spec.rx.as_ref(),
-                            spec.tx.as_ref(),
-                        )
-                        .map_err(|e| format!("transcoder: {e}"))?;
+                        let mut t =
+                            TranscodeTransform::new(plan, seq, spec.rx.as_ref(), spec.tx.as_ref())
+                                .map_err(|e| format!("transcoder: {e}"))?;
                         if let Some(c) = &spec.counters {
                             t = t.with_counters(c.clone());
                         }

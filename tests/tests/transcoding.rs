@@ -181,11 +181,22 @@ impl Ends {
         let (last_in_ts, last_out_ts) = (8000 + 160 * (f - 1), last_h.ts);
         let expect_ts = last_out_ts.wrapping_add((in_ts - last_in_ts) * 6);
         let mut sent = Vec::new();
-        for (i, (dur, end)) in [(160u16, false), (320, false), (480, true), (480, true), (480, true)]
-            .into_iter()
-            .enumerate()
+        for (i, (dur, end)) in [
+            (160u16, false),
+            (320, false),
+            (480, true),
+            (480, true),
+            (480, true),
+        ]
+        .into_iter()
+        .enumerate()
         {
-            let payload = [5u8, if end { 0x80 | 10 } else { 10 }, (dur >> 8) as u8, dur as u8];
+            let payload = [
+                5u8,
+                if end { 0x80 | 10 } else { 10 },
+                (dur >> 8) as u8,
+                dur as u8,
+            ];
             let seq = 1000u16.wrapping_add(f as u16).wrapping_add(i as u16);
             let pkt = rtp_packet(seq, in_ts, A_SSRC, 101, i == 0, &payload);
             self.a.send_rtp(self.a_sends, &pkt);
@@ -207,7 +218,11 @@ impl Ends {
             assert_eq!(h.ts, expect_ts, "event {i}: timestamp on B's 48 kHz clock");
             assert_eq!(h.seq, first_seq.wrapping_add(i as u16));
             assert_eq!(h.ssrc, last_h.ssrc, "same stream as the audio");
-            assert_eq!(h.marker, i == 0, "event {i}: marker on the first packet only");
+            assert_eq!(
+                h.marker,
+                i == 0,
+                "event {i}: marker on the first packet only"
+            );
             assert_eq!(p[12], 5, "event code");
             assert_eq!(p[13] & 0x80 != 0, *end, "event {i}: end bit");
             let d = u16::from_be_bytes([p[14], p[15]]);
@@ -223,7 +238,15 @@ impl Ends {
     /// [`TRANSCODE_SEQ_MARGIN`] sequence numbers once per direction (never reuse one).
     fn check_audio(&self, what: &str, moved: bool) {
         for (name, got, clock, tone_hz, other_hz, sender, dtmf) in [
-            ("A -> B", &self.at_b, 960u32, A_TONE, B_TONE, A_SSRC, &self.dtmf_after[..]),
+            (
+                "A -> B",
+                &self.at_b,
+                960u32,
+                A_TONE,
+                B_TONE,
+                A_SSRC,
+                &self.dtmf_after[..],
+            ),
             ("B -> A", &self.at_a, 160, B_TONE, A_TONE, B_SSRC, &[][..]),
         ] {
             assert!(got.len() >= 30, "{what} {name}: only {} frames", got.len());
@@ -257,7 +280,10 @@ impl Ends {
                 "{what} {name}: the tone did not survive transcoding: {tone_hz} Hz share {mine:.3}, {other_hz} Hz share {other:.3}"
             );
         }
-        assert!(self.at_b[0].1.marker, "{what}: the first frame's marker is kept");
+        assert!(
+            self.at_b[0].1.marker,
+            "{what}: the first frame's marker is kept"
+        );
     }
 }
 
@@ -271,7 +297,11 @@ async fn set_up_call(c: &mut ControlClient<Channel>, a: Peer, b: Peer, call_id: 
             to_b.text
         )
     });
-    assert_eq!(pt_of(&to_b.text, "PCMU/8000"), Some(0), "caller's codec first");
+    assert_eq!(
+        pt_of(&to_b.text, "PCMU/8000"),
+        Some(0),
+        "caller's codec first"
+    );
     let to_a = answer(c, call_id, opus_answer(&b, opus_pt, te48_pt), None)
         .await
         .unwrap();
@@ -335,11 +365,19 @@ async fn pcmu_caller_and_opus_callee_on_loopback() {
 
         let q = query(&mut c, "tc-loopback").await.unwrap();
         let (a, b) = (stream(&q, 0), stream(&q, 1));
-        assert_eq!(a.transcoded_out, 50 + 5, "A's frames and events went out as opus: {a:#?}");
+        assert_eq!(
+            a.transcoded_out,
+            50 + 5,
+            "A's frames and events went out as opus: {a:#?}"
+        );
         assert_eq!(a.transcode_dtmf, 5);
         assert_eq!(b.transcoded_out, 50, "B's frames went out as PCMU: {b:#?}");
         assert_eq!((a.transcode_concealed, b.transcode_concealed), (0, 0));
-        assert_eq!((a.reported_loss_pct, a.opus_fec_loss_pct), (-1, 0), "no FEC bits yet");
+        assert_eq!(
+            (a.reported_loss_pct, a.opus_fec_loss_pct),
+            (-1, 0),
+            "no FEC bits yet"
+        );
 
         // B reports 10 % loss (26/256) on the opus stream it receives: the encoder towards B
         // starts spending in-band FEC on it. The report itself is not forwarded to A.
@@ -358,7 +396,10 @@ async fn pcmu_caller_and_opus_callee_on_loopback() {
         let (a, b) = (stream(&q, 0), stream(&q, 1));
         assert_eq!(b.rtcp_terminated, 1, "{b:#?}");
         assert_eq!(b.reported_loss_pct, 11, "26/256 rounded up");
-        assert_eq!(a.opus_fec_loss_pct, 11, "A -> B encoder protects against it: {a:#?}");
+        assert_eq!(
+            a.opus_fec_loss_pct, 11,
+            "A -> B encoder protects against it: {a:#?}"
+        );
 
         // Comfort noise and unknown payload types are dropped, never passed to the other leg.
         let dropped = a.transcode_dropped;
@@ -367,7 +408,8 @@ async fn pcmu_caller_and_opus_callee_on_loopback() {
         ends.a.send_rtp(ends.a_sends, &cn);
         let odd = rtp_packet(seq + 1, ts, A_SSRC, 99, false, &[0; 20]);
         ends.a.send_rtp(ends.a_sends, &odd);
-        ends.b.assert_silent("CN or an unknown payload type got through");
+        ends.b
+            .assert_silent("CN or an unknown payload type got through");
         let q = query(&mut c, "tc-loopback").await.unwrap();
         assert_eq!(stream(&q, 0).transcode_dropped, dropped + 2);
     })
@@ -432,7 +474,10 @@ async fn run_netns(d: &Daemon, topo: &Topology, workers: bool) {
                 "leg {leg}: nothing reached the userspace relay"
             );
         } else {
-            assert!(s1.userspace_packets - s0.userspace_packets >= 55, "leg {leg}");
+            assert!(
+                s1.userspace_packets - s0.userspace_packets >= 55,
+                "leg {leg}"
+            );
             assert_eq!(s1.kernel_packets, 0);
         }
     }

@@ -507,7 +507,11 @@ fn silence_without_loss_is_not_concealed_and_timestamps_jump() {
     let out = run(&mut t, &input);
     assert_eq!(out.len(), 20, "no concealment frames are added");
     let ts: Vec<u32> = out.iter().map(|p| hdr(p).3).collect();
-    assert_eq!(ts[10].wrapping_sub(ts[9]), 4 * 960, "the output is silent too");
+    assert_eq!(
+        ts[10].wrapping_sub(ts[9]),
+        4 * 960,
+        "the output is silent too"
+    );
     let seqs: Vec<u16> = out.iter().map(|p| hdr(p).2).collect();
     assert_eq!(seqs, (0..20).collect::<Vec<u16>>());
     assert_eq!(t.stats().concealed_frames, 0);
@@ -539,7 +543,11 @@ fn transcoders_of_one_plan_share_a_timeline_wherever_they_start() {
 fn reported_loss_sets_the_opus_fec_budget() {
     let mut p = plan(Codec::Pcmu, Codec::Opus, 20);
     let mut t = Transcoder::new(&p, 0).unwrap();
-    assert_eq!(t.expected_loss(), 0, "no FEC bits on a path nobody reported loss on");
+    assert_eq!(
+        t.expected_loss(),
+        0,
+        "no FEC bits on a path nobody reported loss on"
+    );
     t.set_expected_loss(7);
     assert_eq!(t.expected_loss(), 7);
     t.set_expected_loss(90);

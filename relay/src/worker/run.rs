@@ -421,17 +421,15 @@ impl Worker {
             let desc = self.socks[s].rx.read(i);
             rx_bytes += desc.len as u64;
             let outcome = match self.umem.tail_mut(desc.addr) {
-                Some(frame) if desc.len as usize <= frame.len() => {
-                    process(
-                        frame,
-                        desc.len as usize,
-                        s,
-                        &mut self.flows,
-                        c,
-                        now,
-                        &mut self.scratch[..],
-                    )
-                }
+                Some(frame) if desc.len as usize <= frame.len() => process(
+                    frame,
+                    desc.len as usize,
+                    s,
+                    &mut self.flows,
+                    c,
+                    now,
+                    &mut self.scratch[..],
+                ),
                 _ => Outcome::Drop(Reason::Malformed),
             };
             match outcome {
@@ -495,7 +493,13 @@ impl Worker {
             if st.poll_timeout().is_some_and(|t| t <= now) {
                 st.handle_timeout(now);
                 if let Some(fb) = &flow.fallback {
-                    drain_stream(&mut **st, fb, &mut self.scratch[..], &flow.stats, &self.counters);
+                    drain_stream(
+                        &mut **st,
+                        fb,
+                        &mut self.scratch[..],
+                        &flow.stats,
+                        &self.counters,
+                    );
                 }
                 ran += 1;
             }
@@ -513,7 +517,11 @@ impl Worker {
                 _ => None,
             })
             .min()
-            .map(|t| t.saturating_sub(now).div_ceil(1_000_000).min(i32::MAX as u64) as i32)
+            .map(|t| {
+                t.saturating_sub(now)
+                    .div_ceil(1_000_000)
+                    .min(i32::MAX as u64) as i32
+            })
     }
 
     fn sleep(&mut self) {

@@ -74,11 +74,7 @@ impl TranscodeTransform {
 
     /// The receiving leg's counters (loss feedback for this direction's encoder), and the SSRC
     /// the other direction sends with, which this flow's sender reports on.
-    pub fn with_feedback(
-        mut self,
-        peer: Arc<EndpointCounters>,
-        report_ssrc: Option<u32>,
-    ) -> Self {
+    pub fn with_feedback(mut self, peer: Arc<EndpointCounters>, report_ssrc: Option<u32>) -> Self {
         self.peer = Some(peer);
         self.report_ssrc = report_ssrc;
         self
@@ -93,9 +89,7 @@ impl TranscodeTransform {
         if let Some(c) = &self.counters {
             match e {
                 SrtpError::AuthFailed { .. } => bump(&c.srtp_auth_failures, 1),
-                SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => {
-                    bump(&c.srtp_replayed, 1)
-                }
+                SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => bump(&c.srtp_replayed, 1),
                 _ => {}
             }
         }
