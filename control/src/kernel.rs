@@ -225,7 +225,7 @@ impl KernelPath for Xdp {
                         if let Some(p) = &spec.peer_counters {
                             t = t.with_feedback(p.clone(), spec.report_ssrc);
                         }
-                        Transform::Stream(Box::new(t))
+                        Transform::Stream(Box::new(t.take_over()))
                     }
                     None => {
                         let mut t = SrtpTransform::new(spec.rx.as_ref(), spec.tx.as_ref())
@@ -234,7 +234,10 @@ impl KernelPath for Xdp {
                         if let Some(c) = &spec.counters {
                             t = t.with_counters(c.clone());
                         }
-                        Transform::custom(t)
+                        if let Some(p) = &spec.peer_counters {
+                            t = t.with_peer_counters(p.clone());
+                        }
+                        Transform::custom(t.take_over())
                     }
                 };
                 let mut flow = WorkerFlow::new(spec.new_src, spec.new_dst, NextHop::Kernel)

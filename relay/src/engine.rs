@@ -221,6 +221,16 @@ struct Endpoint {
     transcode_broken: bool,
 }
 
+/// Takes over the SRTP state a worker published for this direction, when it is not the one this
+/// context published itself.
+fn sync_srtp(ctx: &mut SrtpContext, c: &EndpointCounters, tx: bool) {
+    if let Some(p) = c.srtp_state(tx)
+        && Some(p) != ctx.handover()
+    {
+        ctx.take_over(p, crate::stats::SRTCP_INDEX_MARGIN);
+    }
+}
+
 /// A worker sent for this direction since this transcoder last did (the stream was in the
 /// kernel path): its sequence numbers are ahead, and this one must not reuse them.
 fn transcoder_stale(c: &EndpointCounters, t: &Transcoder) -> bool {
@@ -625,7 +635,18 @@ impl Engine {
                 .filter(|e| e.srtp && e.slot != slot)
                 .and_then(|e| self.slots[e.slot].as_mut())
                 .and_then(|p| p.srtp_tx.take());
+            // The partner's counters carry the state of what is protected towards it.
+            let partner_counters = egress
+                .filter(|_| tx.is_some())
+                .and_then(|e| Some(self.slots[e.slot].as_ref()?.counters.clone()));
             let ep = self.slots[slot].as_mut().expect("checked above");
+            // A worker may have processed this stream since: continue from its SRTP state.
+            if let Some((_, rx)) = ep.srtp_rx.as_mut() {
+                sync_srtp(rx, &ep.counters, false);
+            }
+            if let (Some((_, t)), Some(pc)) = (tx.as_mut(), &partner_counters) {
+                sync_srtp(t, pc, true);
+            }
             if let Some(t) = &ep.transcode
                 && transcoder_stale(&ep.counters, t)
             {
@@ -646,6 +667,14 @@ impl Engine {
                 let _ = self
                     .events
                     .try_send(EngineEvent::MediaStarted { id: ep.id });
+            }
+            if let Some(h) = ep.srtp_rx.as_ref().and_then(|(_, c)| c.handover()) {
+                ep.counters.publish_srtp(false, h);
+            }
+            if let (Some((_, t)), Some(pc)) = (tx.as_ref(), &partner_counters)
+                && let Some(h) = t.handover()
+            {
+                pc.publish_srtp(true, h);
             }
             let loss = ep.counters.reported_loss_pct();
             if let Some(e) = egress
@@ -1133,6 +1162,42 @@ fn std_to_sockaddr(addr: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_contexts_take_over_what_a_worker_published() {
+        let key = vec![7u8; 30];
+        let profile = SrtpProfile::AesCm128HmacSha1_80;
+        let new = || SrtpContext::new(profile, &key, SrtpConfig::default()).unwrap();
+        let (mut sender, mut worker, mut engine) = (new(), new(), new());
+        let rtp = |seq: u16| {
+            let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0xaa, 0xbb, 0xcc, 0xdd];
+            p[2..4].copy_from_slice(&seq.to_be_bytes());
+            p.extend([0u8; 160]);
+            p.resize(172 + 64, 0);
+            p
+        };
+        let counters = EndpointCounters::default();
+        // The worker saw the stream wrap (ROC 1) and published where it stands.
+        for seq in (65534..=65535).chain(0..2) {
+            let mut p = rtp(seq);
+            let n = sender.protect_rtp(&mut p, 172).unwrap();
+            worker.unprotect_rtp(&mut p, n).unwrap();
+        }
+        counters.publish_srtp(false, worker.handover().unwrap());
+        // Back on the engine (a re-INVITE): its context last saw ROC 0.
+        let mut p = rtp(2);
+        let n = sender.protect_rtp(&mut p, 172).unwrap();
+        let mut copy = p.clone();
+        assert!(engine.unprotect_rtp(&mut copy, n).is_err(), "stale ROC");
+        sync_srtp(&mut engine, &counters, false);
+        assert_eq!(engine.unprotect_rtp(&mut p, n), Ok(172));
+        assert_eq!(engine.rtp_state(0xaabb_ccdd), Some((1, 2)));
+        // Once the engine publishes again, nothing more is taken over.
+        counters.publish_srtp(false, engine.handover().unwrap());
+        let before = engine.handover();
+        sync_srtp(&mut engine, &counters, false);
+        assert_eq!(engine.handover(), before);
+    }
 
     #[test]
     fn sockaddr_round_trips_v4_and_v6() {

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
+use crate::srtp::SrtpHandover;
+
 #[derive(Debug, Default)]
 pub struct EndpointCounters {
     /// RTP and RTCP packets received from this endpoint and accepted (source checks passed).
@@ -45,6 +47,17 @@ pub struct EndpointCounters {
     /// The next sequence number the transcoder of this direction sends, with bit 16 set once
     /// there is one: whichever path (engine or worker) takes the stream over continues from it.
     pub transcode_next_seq: AtomicU32,
+    /// SRTP state of the stream this endpoint sends (`srtp_rx_*`, what sluice unprotects) and of
+    /// the one sent to it (`srtp_tx_*`, what sluice protects), published by whichever path
+    /// (engine or worker) processes it, so that the other continues from it when the stream
+    /// moves. Index: ROC << 16 | SEQ with bit 63 set once known.
+    srtp_rx_ssrc: AtomicU32,
+    srtp_rx_index: AtomicU64,
+    srtp_rx_rtcp: AtomicU32,
+    srtp_tx_ssrc: AtomicU32,
+    srtp_tx_index: AtomicU64,
+    srtp_tx_rtcp: AtomicU32,
+    srtp_published: std::sync::atomic::AtomicBool,
     /// Loss this endpoint reports (RTCP RR/SR fraction lost, 1/256ths, bit 8 set once there is
     /// a report) about the transcoded stream sluice sends it: drives that stream's Opus FEC.
     pub reported_loss: AtomicU32,
@@ -64,6 +77,10 @@ pub struct EndpointCounters {
 /// old owner may send a few more packets (already queued in its socket) after the new one read
 /// where to start. A receiver sees the jump as that many lost packets, never duplicates.
 pub const TRANSCODE_SEQ_MARGIN: u16 = 16;
+
+/// SRTCP indices skipped when an SRTP stream moves between the engine and a worker, for the
+/// same reason (an SRTCP index must never be sent twice).
+pub const SRTCP_INDEX_MARGIN: u32 = 16;
 
 #[inline]
 pub(crate) fn bump(c: &AtomicU64, n: u64) {
@@ -91,6 +108,40 @@ impl EndpointCounters {
     pub fn transcode_seq_start(&self) -> Option<u16> {
         let v = self.transcode_next_seq.load(Relaxed);
         (v & 1 << 16 != 0).then(|| (v as u16).wrapping_add(TRANSCODE_SEQ_MARGIN))
+    }
+    /// Publishes the SRTP state of one direction (`tx`: what sluice protects towards this
+    /// endpoint).
+    pub fn publish_srtp(&self, tx: bool, h: SrtpHandover) {
+        let (ssrc, index, rtcp) = self.srtp_slots(tx);
+        ssrc.store(h.ssrc, Relaxed);
+        rtcp.store(h.srtcp_next_index, Relaxed);
+        index.store(h.rtp_index.map_or(0, |i| i | 1 << 63), Relaxed);
+        self.srtp_published.store(true, Relaxed);
+    }
+    /// The SRTP state last published for one direction.
+    pub fn srtp_state(&self, tx: bool) -> Option<SrtpHandover> {
+        if !self.srtp_published.load(Relaxed) {
+            return None;
+        }
+        let (ssrc, index, rtcp) = self.srtp_slots(tx);
+        let i = index.load(Relaxed);
+        let rtcp_next = rtcp.load(Relaxed);
+        let rtp_index = (i & 1 << 63 != 0).then_some(i & !(1 << 63));
+        if rtp_index.is_none() && rtcp_next == 0 {
+            return None;
+        }
+        Some(SrtpHandover {
+            ssrc: ssrc.load(Relaxed),
+            rtp_index,
+            srtcp_next_index: rtcp_next,
+        })
+    }
+    fn srtp_slots(&self, tx: bool) -> (&AtomicU32, &AtomicU64, &AtomicU32) {
+        if tx {
+            (&self.srtp_tx_ssrc, &self.srtp_tx_index, &self.srtp_tx_rtcp)
+        } else {
+            (&self.srtp_rx_ssrc, &self.srtp_rx_index, &self.srtp_rx_rtcp)
+        }
     }
     /// Records the fraction lost (1/256ths) this endpoint reported about the stream sent to it.
     pub fn report_loss(&self, fraction: u8) {

@@ -83,6 +83,16 @@ impl SrtpConfig {
     }
 }
 
+/// The per-SSRC state one context hands to another with the same keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SrtpHandover {
+    pub ssrc: u32,
+    /// The highest SRTP packet index (ROC << 16 | SEQ) seen or sent.
+    pub rtp_index: Option<u64>,
+    /// The next SRTCP index to send.
+    pub srtcp_next_index: u32,
+}
+
 /// State of one SSRC (RFC 3711 3.2.1 and 3.2.2).
 #[derive(Debug, Clone)]
 struct Stream {
@@ -388,6 +398,33 @@ impl SrtpContext {
     pub fn rtp_state(&self, ssrc: u32) -> Option<(u32, u16)> {
         let top = self.streams.get(ssrc)?.rtp_window.top()?;
         Some(((top >> 16) as u32, top as u16))
+    }
+
+    /// What this context knows of its most recently used SSRC, for a context with the same keys
+    /// elsewhere to continue from ([`SrtpContext::take_over`]).
+    pub fn handover(&self) -> Option<SrtpHandover> {
+        let s = self.streams.slots.get(self.streams.last)?;
+        Some(SrtpHandover {
+            ssrc: s.ssrc,
+            rtp_index: s.rtp_window.top(),
+            srtcp_next_index: s.rtcp_next_index,
+        })
+    }
+
+    /// Continues where another context with the same keys left off (a stream moving between
+    /// the userspace engine and an AF_XDP worker): the SSRC's highest RTP index (so the rollover
+    /// counter is right after a wrap, and that index is never accepted or sent again) and its
+    /// next SRTCP index, plus `srtcp_margin` for packets the other may still send. Only moves
+    /// forward.
+    pub fn take_over(&mut self, h: SrtpHandover, srtcp_margin: u32) {
+        let (s, _) = self.streams.get_or_insert(h.ssrc);
+        if let Some(i) = h.rtp_index
+            && s.rtp_window.top().is_none_or(|top| i > top)
+        {
+            s.rtp_window.accept(i);
+        }
+        let next = h.srtcp_next_index.saturating_add(srtcp_margin);
+        s.rtcp_next_index = s.rtcp_next_index.max(next);
     }
 
     /// The SRTCP index the next `protect_rtcp` for `ssrc` will use.

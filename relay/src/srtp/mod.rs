@@ -92,7 +92,7 @@ mod primitives;
 pub mod replay;
 pub mod suites;
 
-pub use context::{SrtpConfig, SrtpContext, SrtpCounters, SrtpError};
+pub use context::{SrtpConfig, SrtpContext, SrtpCounters, SrtpError, SrtpHandover};
 pub use kdf::{KdfLabel, KeyError, SessionKeys};
 pub use replay::{RTCP_REPLAY_WINDOW, RTP_REPLAY_WINDOW};
 pub use suites::{

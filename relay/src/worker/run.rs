@@ -149,6 +149,15 @@ struct FlowCtx {
 enum Outcome {
     /// Queue on socket `.0`'s TX ring with length `.1`.
     Tx(usize, u32),
+    /// Send the payload at `payload` (`len` bytes, inside the frame) through the flow's
+    /// fallback UDP socket, with the other packets of the batch (one `sendmmsg` per socket).
+    Kernel {
+        fd: libc::c_int,
+        payload: *const u8,
+        len: usize,
+        addr: libc::sockaddr_storage,
+        stats: *const FlowStats,
+    },
     /// Sent through the fallback socket; the frame is free again.
     Sent,
     Drop(Reason),
@@ -160,7 +169,6 @@ enum Reason {
     Ttl,
     NoFlow,
     NoEgress,
-    SocketError,
     AuthFailed,
     Replay,
     TransformMalformed,
@@ -174,7 +182,6 @@ impl Reason {
             Reason::Ttl => &c.dropped_ttl,
             Reason::NoFlow => &c.dropped_no_flow,
             Reason::NoEgress => &c.dropped_no_egress,
-            Reason::SocketError => &c.dropped_socket_error,
             Reason::AuthFailed => &c.transform_auth_failed,
             Reason::Replay => &c.transform_replay,
             Reason::TransformMalformed => &c.transform_malformed,
@@ -200,6 +207,32 @@ pub(crate) struct Worker {
     streams: Vec<FlowKey>,
     /// Where stream transforms write the packets they give out.
     scratch: Box<[u8; SCRATCH]>,
+    /// Packets of the current batch for the kernel's UDP stack.
+    kernel_q: Box<KernelQueue>,
+}
+
+/// `sendmmsg` staging for the packets of one RX batch that leave through fallback sockets:
+/// one system call per socket and batch instead of one `sendto` per packet.
+struct KernelQueue {
+    len: usize,
+    fd: [libc::c_int; BATCH],
+    frame: [u64; BATCH],
+    stats: [*const FlowStats; BATCH],
+    addrs: [libc::sockaddr_storage; BATCH],
+    iov: [libc::iovec; BATCH],
+    hdrs: [libc::mmsghdr; BATCH],
+}
+
+// SAFETY: the raw pointers point into the worker's own UMEM and flow table and are only used
+// on the worker's thread within one batch; the queue moves to that thread with the worker.
+unsafe impl Send for KernelQueue {}
+
+impl KernelQueue {
+    fn new() -> Box<Self> {
+        // SAFETY: every field is plain data for which all-zero bytes are valid (null pointers
+        // are never dereferenced: `len` says which entries are set).
+        unsafe { Box::<Self>::new_zeroed().assume_init() }
+    }
 }
 
 /// Room for one UDP payload a stream transform gives out.
@@ -248,6 +281,7 @@ impl Worker {
             settings,
             streams: Vec::new(),
             scratch: Box::new([0; SCRATCH]),
+            kernel_q: KernelQueue::new(),
         };
         w.refill();
         w
@@ -439,6 +473,25 @@ impl Worker {
                     options: 0,
                 }),
                 Outcome::Sent => self.free.push(self.umem.chunk(desc.addr)),
+                Outcome::Kernel {
+                    fd,
+                    payload,
+                    len,
+                    addr,
+                    stats,
+                } => {
+                    let q = &mut *self.kernel_q;
+                    let k = q.len;
+                    q.fd[k] = fd;
+                    q.frame[k] = desc.addr;
+                    q.stats[k] = stats;
+                    q.addrs[k] = addr;
+                    q.iov[k] = libc::iovec {
+                        iov_base: payload as *mut libc::c_void,
+                        iov_len: len,
+                    };
+                    q.len += 1;
+                }
                 Outcome::Drop(reason) => {
                     bump(reason.counter(c), 1);
                     self.free.push(self.umem.chunk(desc.addr));
@@ -448,12 +501,75 @@ impl Worker {
         self.socks[s].rx.release(n);
         bump(&c.rx_packets, n as u64);
         bump(&c.rx_bytes, rx_bytes);
+        if self.kernel_q.len > 0 {
+            self.send_kernel();
+        }
         for d in 0..self.socks.len() {
             if !self.pending[d].is_empty() {
                 self.transmit(d);
             }
         }
         n as usize
+    }
+
+    /// Sends the batch's fallback-socket packets, one `sendmmsg` per run of the same socket, and
+    /// frees their frames. A full socket buffer drops that packet (counted), never blocks.
+    fn send_kernel(&mut self) {
+        let c = &*self.counters;
+        let q = &mut *self.kernel_q;
+        let n = q.len;
+        for k in 0..n {
+            let h = &mut q.hdrs[k].msg_hdr;
+            h.msg_iov = &mut q.iov[k];
+            h.msg_iovlen = 1;
+            h.msg_name = (&mut q.addrs[k] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = sockaddr_len(&q.addrs[k]);
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        let mut start = 0;
+        while start < n {
+            let fd = q.fd[start];
+            let mut end = start + 1;
+            while end < n && q.fd[end] == fd {
+                end += 1;
+            }
+            let mut at = start;
+            while at < end {
+                // SAFETY: headers at..end point at payloads inside frames this worker owns
+                // until they are freed below, and at addresses in `q`.
+                let r = unsafe {
+                    libc::sendmmsg(
+                        fd,
+                        q.hdrs[at..].as_mut_ptr(),
+                        (end - at) as libc::c_uint,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if r <= 0 {
+                    if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    bump(&c.dropped_socket_error, 1);
+                    at += 1;
+                    continue;
+                }
+                for k in at..at + r as usize {
+                    // SAFETY: flows are only removed by commands, between batches.
+                    let st = unsafe { &*q.stats[k] };
+                    bump(&st.forwarded, 1);
+                    bump(&st.forwarded_bytes, q.iov[k].iov_len as u64);
+                }
+                bump(&c.tx_socket_packets, r as u64);
+                at += r as usize;
+            }
+            start = end;
+        }
+        for k in 0..n {
+            self.free.push(self.umem.chunk(q.frame[k]));
+        }
+        q.len = 0;
     }
 
     /// Moves socket `d`'s staged frames to its TX ring and kicks the kernel.
@@ -636,24 +752,13 @@ fn process(
             let Some(fb) = &flow.fallback else {
                 return Outcome::Drop(Reason::NoEgress);
             };
-            // SAFETY: the payload slice and the prepared address are valid for the call.
-            let rc = unsafe {
-                libc::sendto(
-                    fb.sock.as_raw_fd(),
-                    frame[at..].as_ptr().cast(),
-                    new_len,
-                    libc::MSG_DONTWAIT,
-                    (&fb.addr as *const libc::sockaddr_storage).cast(),
-                    fb.addr_len,
-                )
+            return Outcome::Kernel {
+                fd: fb.sock.as_raw_fd(),
+                payload: frame[at..].as_ptr(),
+                len: new_len,
+                addr: fb.addr,
+                stats: st,
             };
-            if rc < 0 {
-                return Outcome::Drop(Reason::SocketError);
-            }
-            bump(&c.tx_socket_packets, 1);
-            bump(&st.forwarded, 1);
-            bump(&st.forwarded_bytes, new_len as u64);
-            return Outcome::Sent;
         }
     };
     let end = packet::rewrite(frame, &p, new_len, &flow.src, &flow.dst);
@@ -702,5 +807,13 @@ fn drain_stream(
         bump(&c.tx_socket_packets, 1);
         bump(&fs.forwarded, 1);
         bump(&fs.forwarded_bytes, len as u64);
+    }
+}
+
+fn sockaddr_len(ss: &libc::sockaddr_storage) -> libc::socklen_t {
+    if ss.ss_family as libc::c_int == libc::AF_INET6 {
+        std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+    } else {
+        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
     }
 }

@@ -28,6 +28,8 @@ pub struct SrtpTransform {
     /// The receiving leg's counters: authentication failures and replays are counted there too,
     /// so `Query` shows them whichever path the stream is on.
     counters: Option<Arc<EndpointCounters>>,
+    /// The other leg's counters, where the state of what `tx` protects towards it is published.
+    peer: Option<Arc<EndpointCounters>>,
 }
 
 impl std::fmt::Debug for SrtpTransform {
@@ -52,6 +54,7 @@ impl SrtpTransform {
             tx: tx.map(ctx).transpose()?,
             rtcp_port: false,
             counters: None,
+            peer: None,
         })
     }
 
@@ -67,6 +70,32 @@ impl SrtpTransform {
         self
     }
 
+    /// The other leg's counters: the state of what is protected towards it is published there.
+    pub fn with_peer_counters(mut self, peer: Arc<EndpointCounters>) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// Continues from the SRTP state the userspace engine (or another worker) published for
+    /// this flow's two directions, so that nothing is sent or accepted twice and the rollover
+    /// counters stay right when the stream moves here.
+    pub fn take_over(mut self) -> Self {
+        let margin = crate::stats::SRTCP_INDEX_MARGIN;
+        if let (Some(rx), Some(h)) = (
+            self.rx.as_deref_mut(),
+            self.counters.as_ref().and_then(|c| c.srtp_state(false)),
+        ) {
+            rx.take_over(h, margin);
+        }
+        if let (Some(tx), Some(h)) = (
+            self.tx.as_deref_mut(),
+            self.peer.as_ref().and_then(|c| c.srtp_state(true)),
+        ) {
+            tx.take_over(h, margin);
+        }
+        self
+    }
+
     /// The receive context (tests, statistics).
     pub fn rx(&self) -> Option<&SrtpContext> {
         self.rx.as_deref()
@@ -75,6 +104,21 @@ impl SrtpTransform {
     /// The transmit context (tests, statistics).
     pub fn tx(&self) -> Option<&SrtpContext> {
         self.tx.as_deref()
+    }
+
+    /// Where this flow's SRTP state stands, for whichever path takes the stream over.
+    #[inline]
+    fn publish(&self) {
+        if let (Some(rx), Some(c)) = (self.rx.as_deref(), &self.counters)
+            && let Some(h) = rx.handover()
+        {
+            c.publish_srtp(false, h);
+        }
+        if let (Some(tx), Some(c)) = (self.tx.as_deref(), &self.peer)
+            && let Some(h) = tx.handover()
+        {
+            c.publish_srtp(true, h);
+        }
     }
 
     #[cold]
@@ -134,6 +178,7 @@ impl PayloadTransform for SrtpTransform {
             };
             len = r.map_err(transform_error)?;
         }
+        self.publish();
         Ok(len)
     }
 }
@@ -247,6 +292,58 @@ mod tests {
         assert_eq!(run(&mut t, &[1, 2, 3]), Err(TransformError::Malformed));
         assert_eq!(counters.srtp_auth_failures.load(Relaxed), 1);
         assert_eq!(counters.srtp_replayed.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_worker_continues_the_engines_srtp_state_after_a_rollover() {
+        // The engine's contexts have been through a sequence number wrap (ROC 1) when the stream
+        // moves to a worker; the worker's fresh contexts take over what the engine published.
+        let (ka, kb) = (
+            keys(SrtpProfile::AesCm128HmacSha1_80, 5),
+            keys(SrtpProfile::AeadAes128Gcm, 6),
+        );
+        let (a_counters, b_counters) = (
+            Arc::new(EndpointCounters::default()),
+            Arc::new(EndpointCounters::default()),
+        );
+        let mut a_tx = ctx(&ka);
+        let mut b_rx = ctx(&kb);
+        let mut engine = SrtpTransform::new(Some(&ka), Some(&kb))
+            .unwrap()
+            .with_counters(a_counters.clone())
+            .with_peer_counters(b_counters.clone());
+        for seq in (65530..=65535).chain(0..3) {
+            let out = run(&mut engine, &protect(&mut a_tx, &rtp(seq), false)).unwrap();
+            assert_eq!(unprotect(&mut b_rx, &out, false), rtp(seq));
+        }
+        let sr_out = run(&mut engine, &protect(&mut a_tx, &sr(), true)).unwrap();
+        assert_eq!(unprotect(&mut b_rx, &sr_out, true), sr());
+        assert_eq!(engine.rx().unwrap().rtp_state(0x1234_5678), Some((1, 2)));
+
+        // Without the hand-over a fresh context would take seq 3 for ROC 0: auth fails.
+        let mut naive = SrtpTransform::new(Some(&ka), Some(&kb)).unwrap();
+        let next = protect(&mut a_tx, &rtp(3), false);
+        assert_eq!(run(&mut naive, &next), Err(TransformError::AuthFailed));
+
+        let mut worker = SrtpTransform::new(Some(&ka), Some(&kb))
+            .unwrap()
+            .with_counters(a_counters.clone())
+            .with_peer_counters(b_counters.clone())
+            .take_over();
+        let out = run(&mut worker, &next).unwrap();
+        assert_eq!(unprotect(&mut b_rx, &out, false), rtp(3), "ROC 1 on both sides");
+        // What the engine already accepted is a replay for the worker too.
+        let old = protect(&mut ctx(&ka), &rtp(2), false);
+        assert!(run(&mut worker, &old).is_err());
+        // SRTCP towards B continues past the engine's index (with a margin): B accepts it.
+        let sr_out = run(&mut worker, &protect(&mut a_tx, &sr(), true)).unwrap();
+        assert_eq!(unprotect(&mut b_rx, &sr_out, true), sr());
+        let engine_next = engine.tx().unwrap().next_srtcp_index(0x1234_5678);
+        let worker_next = worker.tx().unwrap().next_srtcp_index(0x1234_5678);
+        assert_eq!(
+            worker_next,
+            engine_next + crate::stats::SRTCP_INDEX_MARGIN + 1
+        );
     }
 
     #[test]

@@ -65,6 +65,25 @@ impl TranscodeTransform {
         })
     }
 
+    /// Continues from the SRTP state published for this flow's two directions (see
+    /// `SrtpTransform::take_over`); call after `with_counters` and `with_feedback`.
+    pub fn take_over(mut self) -> Self {
+        let margin = crate::stats::SRTCP_INDEX_MARGIN;
+        if let (Some(rx), Some(h)) = (
+            self.rx.as_deref_mut(),
+            self.counters.as_ref().and_then(|c| c.srtp_state(false)),
+        ) {
+            rx.take_over(h, margin);
+        }
+        if let (Some(tx), Some(h)) = (
+            self.tx.as_deref_mut(),
+            self.peer.as_ref().and_then(|c| c.srtp_state(true)),
+        ) {
+            tx.take_over(h, margin);
+        }
+        self
+    }
+
     /// Counts terminated RTCP, SRTP failures and the transcoder's figures in the sending leg's
     /// counters, so `Query` shows them whichever path the stream is on.
     pub fn with_counters(mut self, counters: Arc<EndpointCounters>) -> Self {
@@ -168,6 +187,11 @@ impl StreamTransform for TranscodeTransform {
         if let Some(pct) = self.peer.as_ref().and_then(|p| p.reported_loss_pct()) {
             self.transcoder.set_expected_loss(pct);
         }
+        if let (Some(rx), Some(c)) = (self.rx.as_deref(), &self.counters)
+            && let Some(h) = rx.handover()
+        {
+            c.publish_srtp(false, h);
+        }
         let r = self.transcoder.push(&self.scratch[..len], now_ns);
         self.mirror();
         r.map_err(|_| TransformError::Malformed)
@@ -181,7 +205,12 @@ impl StreamTransform for TranscodeTransform {
                 return Some(len);
             };
             match tx.protect_rtp(out, len) {
-                Ok(l) => return Some(l),
+                Ok(l) => {
+                    if let (Some(p), Some(h)) = (&self.peer, tx.handover()) {
+                        p.publish_srtp(true, h);
+                    }
+                    return Some(l);
+                }
                 // Never send plain where SRTP is due: skip the packet.
                 Err(e) => tracing::debug!(error = %e, "SRTP protect of transcoded packet failed"),
             }
