@@ -1083,6 +1083,7 @@ fn measure(
             break;
         }
     }
+    run.notes.extend(relay.worker_summary());
     let kernel: Option<u64> = run.steps.iter().map(|s| s.kernel_packets).sum();
     if let Some(k) = kernel {
         let sent: u64 = run.steps.iter().map(|s| s.report.sent).sum();

@@ -70,6 +70,11 @@ pub trait Relay {
     fn kernel_packets(&mut self) -> Option<u64> {
         None
     }
+    /// The AF_XDP workers' counters since they started, where the relay has any (sluice with
+    /// `--workers`): proves the worker path carried the packets, and says where it dropped.
+    fn worker_summary(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// A free TCP/UDP port on 127.0.0.1 for a control socket. Racy in principle (someone could take
@@ -651,6 +656,23 @@ impl Relay for Sluice {
 
     fn kernel_packets(&mut self) -> Option<u64> {
         self.statistics().ok().map(|s| s.kernel_packets)
+    }
+
+    fn worker_summary(&mut self) -> Option<String> {
+        let s = self.statistics().ok()?;
+        (!s.workers.is_empty()).then(|| {
+            s.workers
+                .iter()
+                .map(|w| {
+                    format!(
+                        "AF_XDP worker {} on CPU {}: rx {}, tx {}, dropped {}, transform errors {} \
+                         (since it started, warm-up and repeated steps included)",
+                        w.index, w.cpu, w.rx, w.tx, w.dropped, w.transform_errors
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
     }
 }
 
