@@ -582,7 +582,9 @@ impl Loadgen {
         };
         let (mut sent, mut skipped) = (0u64, 0u64);
         if use_gen && let Some(g) = self.sender.as_mut() {
+            g.sync_counters(&mut self.counters, false)?;
             (sent, skipped) = g.run(rate, secs, self.step, BATCH as u32, MAX_CATCH_UP as u32)?;
+            g.sync_counters(&mut self.counters, true)?;
         } else {
             self.send_paced(rate, secs, &mut tally, &mut sent, &mut skipped)?;
         }
