@@ -175,6 +175,7 @@ impl Relay for Bare {
             .map(|c| CallDests {
                 a: SocketAddrV4::new(BARE_IP, c.port()),
                 b: None,
+                callee_key: None,
             })
             .collect())
     }

@@ -119,13 +119,22 @@ fn b64(bytes: &[u8]) -> String {
 
 /// The callee's SRTP answer: RTP/SAVP with one crypto line answering the relay's offered `tag`.
 fn srtp_answer(session: u64, at: SocketAddrV4, tag: u32) -> String {
-    let key: [u8; 30] = rand::random();
+    srtp_answer_with_key(session, at, tag, &rand::random())
+}
+
+/// `srtp_answer` with the callee's master key and salt given (the sender needs it to protect).
+pub(crate) fn srtp_answer_with_key(
+    session: u64,
+    at: SocketAddrV4,
+    tag: u32,
+    key: &[u8; 30],
+) -> String {
     sdp::audio(session, at).replace("RTP/AVP", "RTP/SAVP")
-        + &format!("a=crypto:{tag} {SUITE} inline:{}\r\n", b64(&key))
+        + &format!("a=crypto:{tag} {SUITE} inline:{}\r\n", b64(key))
 }
 
 /// The tag of the relay's offered AES_CM_128_HMAC_SHA1_80 crypto line.
-fn offered_tag(sdp: &str) -> Result<u32> {
+pub(crate) fn offered_tag(sdp: &str) -> Result<u32> {
     if !sdp.contains("RTP/SAVP") {
         bail!("the relay's offer towards the callee is not RTP/SAVP:\n{sdp}");
     }

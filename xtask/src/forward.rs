@@ -23,6 +23,7 @@ use crate::bare::{self, Bare};
 use crate::child::{Lines, Proc};
 use crate::loadgen::{self, LatencyReport, LoadReport, NetnsSides, Reply};
 use crate::netns::{self, HARNESS_CPU, Placement, RELAY_CPU, Topology};
+use crate::packet;
 use crate::proc_cpu::process_cpu_ns;
 use crate::relays::{Baseline, CallDests, Relay, Rtpengine, Sluice, SluiceOpts};
 
@@ -103,6 +104,13 @@ pub struct ForwardArgs {
     /// CPU 1, and counts the relay's veths' NAPI threads as relay CPU. See BENCHMARKS.md.
     #[arg(long)]
     netns: bool,
+    /// With --netns: the relay bridges plain RTP from the caller to SDES-SRTP
+    /// (AES_CM_128_HMAC_SHA1_80) towards the callee. sluice-xdp then runs one AF_XDP worker
+    /// pinned to the relay CPU, which protects once the stream settles; rtpengine bridges in
+    /// userspace. Relays: sluice-xdp, sluice, rtpengine [default: sluice-xdp,rtpengine;
+    /// calls 1,100].
+    #[arg(long, requires = "netns")]
+    srtp: bool,
     /// Relays to measure, in this order [default: sluice,rtpengine,baseline; --netns:
     /// sluice-xdp,sluice,rtpengine,baseline,bare-redirect].
     #[arg(long, value_delimiter = ',')]
@@ -159,6 +167,8 @@ pub struct ForwardArgs {
 
 struct Plan {
     netns: bool,
+    /// --srtp: RTP -> SDES-SRTP bridging.
+    srtp: bool,
     /// --netns ladder steps through the generator's sockets instead of its XDP sender/sink.
     socket_harness: bool,
     /// Why the plan differs from what was asked, for the report.
@@ -178,6 +188,7 @@ impl Plan {
             (false, true) => (vec![1], QUICK_RATES.to_vec(), 0.8, 200),
             (false, false) => (vec![1, 100], DEFAULT_RATES.to_vec(), 1.5, 1000),
             (true, true) => (vec![1], NETNS_QUICK_RATES.to_vec(), 0.5, 200),
+            (true, false) if a.srtp => (vec![1, 100], NETNS_RATES.to_vec(), 1.0, 500),
             (true, false) => (vec![1, 100, 10_000], NETNS_RATES.to_vec(), 1.0, 500),
         };
         let cpu_rate = a.cpu_rate.unwrap_or(if a.netns { 50_000 } else { 20_000 });
@@ -191,7 +202,9 @@ impl Plan {
         rates.dedup();
         let mut relays = a.relays.clone().unwrap_or_else(|| {
             use RelayKind::*;
-            if a.netns {
+            if a.srtp {
+                vec![SluiceXdp, Rtpengine]
+            } else if a.netns {
                 vec![SluiceXdp, Sluice, Rtpengine, Baseline, BareRedirect]
             } else {
                 vec![Sluice, Rtpengine, Baseline]
@@ -205,6 +218,16 @@ impl Plan {
             && let Some(k) = relays.iter().find(|k| k.needs_netns())
         {
             bail!("{} is measured with --netns only", k.name());
+        }
+        if a.srtp
+            && let Some(k) = relays
+                .iter()
+                .find(|k| matches!(k, RelayKind::Baseline | RelayKind::BareRedirect))
+        {
+            bail!(
+                "{} cannot bridge to SRTP: leave it out with --srtp",
+                k.name()
+            );
         }
         // rtpengine takes 4 ports per call (RTP and RTCP on both sides) from its range.
         let ports = if a.netns {
@@ -266,6 +289,7 @@ impl Plan {
         }
         Ok(Self {
             netns: a.netns,
+            srtp: a.srtp,
             socket_harness: a.socket_harness,
             notes,
             relays,
@@ -530,8 +554,18 @@ impl Generator {
         }
     }
 
-    fn prime(&mut self, dests: Vec<SocketAddrV4>, packets: u32) -> Result<()> {
-        match self.call(&loadgen::Command::Prime { dests, packets }, self.timeout)? {
+    fn prime(
+        &mut self,
+        dests: Vec<SocketAddrV4>,
+        packets: u32,
+        payloads: Option<Vec<Vec<Vec<u8>>>>,
+    ) -> Result<()> {
+        let cmd = loadgen::Command::Prime {
+            dests,
+            packets,
+            payloads,
+        };
+        match self.call(&cmd, self.timeout)? {
             Reply::Ok => Ok(()),
             other => bail!("unexpected reply {other:?}"),
         }
@@ -572,6 +606,7 @@ fn generator_sides(env: &NetnsEnv) -> NetnsSides {
         caller_ip: Some(netns::CALLER_IP),
         callee_ip: Some(netns::CALLEE_IP),
         direct_ip: Some(netns::DIRECT_CALLEE_IP),
+        srtp: env.srtp,
     }
 }
 
@@ -642,6 +677,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
             topo,
             sched: args.sched,
             xdp_harness: None,
+            srtp: plan.srtp,
         })
     } else {
         None
@@ -677,6 +713,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
                             media_ip: std::net::Ipv4Addr::LOCALHOST,
                             control_socket: None,
                             xdp_ifaces: None,
+                            worker_cpu: None,
                             placement: Placement::default(),
                         },
                         &log,
@@ -827,7 +864,7 @@ fn start_in_netns(
                 bail!("{e:#}");
             }
             let xdp = kind == RelayKind::SluiceXdp;
-            let sluice = Sluice::start(
+            let mut sluice = Sluice::start(
                 sluice_exe,
                 SluiceOpts {
                     name,
@@ -835,10 +872,13 @@ fn start_in_netns(
                     media_ip: netns::RELAY_IP,
                     control_socket: Some(logs.join(format!("{name}.sock"))),
                     xdp_ifaces: xdp.then(|| relay_ifaces.clone()),
+                    // SRTP streams settle into WORKER flows: one AF_XDP worker on the relay CPU.
+                    worker_cpu: (xdp && plan.srtp).then_some(RELAY_CPU),
                     placement,
                 },
                 &log,
             )?;
+            sluice.srtp = plan.srtp;
             if xdp {
                 topo.ensure_xdp_attached()?;
             }
@@ -846,14 +886,16 @@ fn start_in_netns(
         }
         RelayKind::Rtpengine => {
             let rtpe = Rtpengine::find(args.rtpengine.as_deref())?;
-            Box::new(Rtpengine::start(
+            let mut r = Rtpengine::start(
                 &rtpe,
                 NETNS_PORTS,
                 plan.rtpengine_threads,
                 netns::RELAY_IP,
                 &placement,
                 &log,
-            )?)
+            )?;
+            r.srtp = plan.srtp;
+            Box::new(r)
         }
         RelayKind::Baseline => Box::new(Baseline::new(exe, &log, Some(netns::RELAY_IP), placement)),
         RelayKind::BareRedirect => {
@@ -883,6 +925,8 @@ struct NetnsEnv {
     sched: netns::Sched,
     /// The compiled XDP sender and sink of the generator, unless --socket-harness.
     xdp_harness: Option<(PathBuf, PathBuf)>,
+    /// --srtp: callees receive SRTP.
+    srtp: bool,
 }
 
 fn measure(
@@ -916,7 +960,7 @@ fn measure(
     if env.is_some()
         && let Some(b) = dests.iter().map(|d| d.b).collect::<Option<Vec<_>>>()
     {
-        lg.prime(b, PRIME_PACKETS)?;
+        lg.prime(b, PRIME_PACKETS, srtp_prime_payloads(&dests)?)?;
     }
 
     let (rate, secs) = plan.warmup(n);
@@ -1039,6 +1083,7 @@ fn measure(
             break;
         }
     }
+    run.notes.extend(relay.worker_summary());
     let kernel: Option<u64> = run.steps.iter().map(|s| s.kernel_packets).sum();
     if let Some(k) = kernel {
         let sent: u64 = run.steps.iter().map(|s| s.report.sent).sum();
@@ -1053,6 +1098,47 @@ fn measure(
         ));
     }
     Ok(())
+}
+
+/// --srtp: the callees' priming packets, protected with each callee's key (a relay latches
+/// only on SRTP that authenticates); None where the calls are plain.
+fn srtp_prime_payloads(dests: &[CallDests]) -> Result<Option<Vec<Vec<Vec<u8>>>>> {
+    use sluice_relay::srtp::{SrtpConfig, SrtpContext, SrtpProfile};
+    let Some(keys) = dests
+        .iter()
+        .map(|d| d.callee_key)
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let mut all = Vec::with_capacity(keys.len());
+    for (call, key) in keys.iter().enumerate() {
+        let mut ctx =
+            SrtpContext::new(SrtpProfile::AesCm128HmacSha1_80, key, SrtpConfig::default())
+                .map_err(|e| anyhow::anyhow!("SRTP key of call {call}: {e:?}"))?;
+        let mut rounds = Vec::new();
+        for counter in 0..PRIME_PACKETS {
+            let mut plain = [0u8; packet::PACKET_LEN];
+            packet::write(
+                &mut plain,
+                &packet::Stamp {
+                    sent_ns: 0,
+                    step: u32::MAX,
+                    call: call as u32,
+                    counter,
+                },
+            );
+            let mut buf = vec![0u8; packet::SRTP_LEN + 16];
+            buf[..plain.len()].copy_from_slice(&plain);
+            let n = ctx
+                .protect_rtp(&mut buf, plain.len())
+                .map_err(|e| anyhow::anyhow!("protecting a priming packet: {e:?}"))?;
+            buf.truncate(n);
+            rounds.push(buf);
+        }
+        all.push(rounds);
+    }
+    Ok(Some(all))
 }
 
 fn check_warmup(name: &str, n: u32, w: &LoadReport, what: &str) -> Result<()> {

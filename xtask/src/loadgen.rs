@@ -89,6 +89,10 @@ pub struct NetnsSides {
     /// The relay veth's MAC (the caller's next hop).
     #[arg(long)]
     pub gateway_mac: Option<String>,
+    /// The relay bridges to SDES-SRTP (bench forward --srtp): callees get 182-byte SRTP, of
+    /// which only the clear header is checked.
+    #[arg(long)]
+    pub srtp: bool,
 }
 
 impl NetnsSides {
@@ -124,6 +128,9 @@ impl NetnsSides {
         push("--caller-iface", self.caller_iface.clone());
         push("--caller-mac", self.caller_mac.clone());
         push("--gateway-mac", self.gateway_mac.clone());
+        if self.srtp {
+            v.push("--srtp".into());
+        }
         v
     }
 }
@@ -137,9 +144,15 @@ pub enum Command {
     /// port), one per call per round, 20 ms apart: lets a relay latch the callee side, which
     /// sluice needs before it moves a stream into the kernel. What the relay forwards to the
     /// caller is not read.
+    ///
+    /// `payloads` (per call, per round), where given, are sent instead of the generator's own
+    /// packets: SRTP protected with the callee's key (--srtp), as a relay latches only on
+    /// packets that authenticate.
     Prime {
         dests: Vec<SocketAddrV4>,
         packets: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payloads: Option<Vec<Vec<Vec<u8>>>>,
     },
     /// Paced load of `rate` packets/s shared equally by all calls, for `secs`. With `xdp`
     /// (--netns, generator and sink loaded), the XDP generator sends instead of the caller
@@ -244,6 +257,8 @@ struct Loadgen {
     rx: RecvBatch,
     tx: SendBatch,
     bufs: Vec<[u8; PACKET_LEN]>,
+    /// Callees receive SRTP (NetnsSides::srtp).
+    srtp: bool,
 }
 
 /// Receive-side tallies of one load step.
@@ -365,6 +380,10 @@ impl Loadgen {
             at(direct_ip),
         )?;
         lg.sink = sink;
+        lg.srtp = sides.srtp;
+        if let Some(s) = lg.sink.as_mut() {
+            s.srtp = sides.srtp;
+        }
         if let Some(object) = &sides.gen_object {
             let (Some(iface), Some(src), Some(dst)) =
                 (&sides.caller_iface, &sides.caller_mac, &sides.gateway_mac)
@@ -425,6 +444,7 @@ impl Loadgen {
             rx: RecvBatch::new(BATCH),
             tx: SendBatch::new(BATCH),
             bufs: vec![[0; PACKET_LEN]; BATCH],
+            srtp: false,
         })
     }
 
@@ -444,14 +464,24 @@ impl Loadgen {
                 self.targets = dests;
                 Ok(Reply::Ok)
             }
-            Command::Prime { dests, packets } => {
-                if dests.len() != self.callees.len() || packets > 100 {
+            Command::Prime {
+                dests,
+                packets,
+                payloads,
+            } => {
+                if dests.len() != self.callees.len()
+                    || packets > 100
+                    || payloads.as_ref().is_some_and(|p| {
+                        p.len() != dests.len() || p.iter().any(|c| c.len() < packets as usize)
+                    })
+                {
                     bail!(
-                        "prime needs one destination per call ({}) and at most 100 packets",
+                        "prime needs one destination (and payloads) per call ({}) and at most \
+                         100 packets",
                         self.callees.len()
                     );
                 }
-                self.prime(&dests, packets)?;
+                self.prime(&dests, packets, payloads.as_deref())?;
                 Ok(Reply::Ok)
             }
             Command::Load { rate, secs, xdp } => {
@@ -479,7 +509,12 @@ impl Loadgen {
         }
     }
 
-    fn prime(&mut self, dests: &[SocketAddrV4], packets: u32) -> Result<()> {
+    fn prime(
+        &mut self,
+        dests: &[SocketAddrV4],
+        packets: u32,
+        payloads: Option<&[Vec<Vec<u8>>]>,
+    ) -> Result<()> {
         let mut buf = [0u8; PACKET_LEN];
         for round in 0..packets {
             for (call, (sock, &dest)) in self.callees.iter().zip(dests).enumerate() {
@@ -490,7 +525,11 @@ impl Loadgen {
                     counter: round,
                 };
                 packet::write(&mut buf, &stamp);
-                match sock.send_to(&buf, dest) {
+                let pkt = match payloads {
+                    Some(p) => &p[call][round as usize][..],
+                    None => &buf[..],
+                };
+                match sock.send_to(pkt, dest) {
                     Ok(_) => {}
                     // A full buffer loses this one; the next round sends another.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -543,7 +582,9 @@ impl Loadgen {
         };
         let (mut sent, mut skipped) = (0u64, 0u64);
         if use_gen && let Some(g) = self.sender.as_mut() {
+            g.sync_counters(&mut self.counters, false)?;
             (sent, skipped) = g.run(rate, secs, self.step, BATCH as u32, MAX_CATCH_UP as u32)?;
+            g.sync_counters(&mut self.counters, true)?;
         } else {
             self.send_paced(rate, secs, &mut tally, &mut sent, &mut skipped)?;
         }
@@ -675,7 +716,19 @@ impl Loadgen {
             let k = self.rx.recv(fd).context("recvmmsg on a callee socket")?;
             for i in 0..k {
                 let r = &mut tally.report;
-                match packet::check(self.rx.packet(i), call as u32) {
+                let pkt = self.rx.packet(i);
+                let verdict = match (self.srtp, packet::check(pkt, call as u32)) {
+                    // Sent in clear where SRTP was due.
+                    (true, Verdict::Intact(_)) => Verdict::Mangled,
+                    (true, _) => packet::check_srtp(pkt, call as u32),
+                    (false, v) => v,
+                };
+                match verdict {
+                    // Step and counter are encrypted: neither late nor reordering is known.
+                    Verdict::Protected { .. } => {
+                        r.received += 1;
+                        tally.per_call[call] += 1;
+                    }
                     Verdict::Intact(s) if s.step == tally.step => {
                         r.received += 1;
                         tally.per_call[call] += 1;
@@ -759,11 +812,21 @@ impl Loadgen {
             let k = self.rx.recv(fd)?;
             let arrived = sys::monotonic_ns();
             for i in 0..k {
-                if let Verdict::Intact(s) = packet::check(self.rx.packet(i), probe.call)
+                let pkt = self.rx.packet(i);
+                if let Verdict::Intact(s) = packet::check(pkt, probe.call)
                     && s.step == probe.step
                     && s.counter == probe.counter
                 {
                     return Ok(Some(arrived.saturating_sub(s.sent_ns)));
+                }
+                // Through an SRTP bridge: the probe is known by its sequence number.
+                if self.srtp
+                    && packet::check_srtp(pkt, probe.call)
+                        == (Verdict::Protected {
+                            seq: probe.counter as u16,
+                        })
+                {
+                    return Ok(Some(arrived.saturating_sub(probe.sent_ns)));
                 }
             }
         }

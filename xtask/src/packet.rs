@@ -48,6 +48,29 @@ pub enum Verdict {
     /// Anything that does not match what the sender wrote: length, header, payload, or a
     /// packet of another call delivered to this call's socket.
     Mangled,
+    /// An SRTP packet (`check_srtp`): what stays in clear matched; the payload is encrypted.
+    Protected {
+        seq: u16,
+    },
+}
+
+/// SRTP of AES_CM_128_HMAC_SHA1_80: the packet plus a 10-byte authentication tag.
+pub const SRTP_LEN: usize = PACKET_LEN + 10;
+
+/// Checks an SRTP packet (`bench forward --srtp`) that arrived on the socket of call `call`:
+/// length, RTP version and type, and SSRC, the parts SRTP leaves in clear. The tag is not
+/// verified (the harness does not hold the relay's key).
+pub fn check_srtp(pkt: &[u8], call: u32) -> Verdict {
+    if pkt.len() != SRTP_LEN
+        || pkt[0] != 0x80
+        || pkt[1] != PT_PCMU
+        || be32(pkt, 8) != SSRC_BASE ^ call
+    {
+        return Verdict::Mangled;
+    }
+    Verdict::Protected {
+        seq: u16::from_be_bytes([pkt[2], pkt[3]]),
+    }
 }
 
 fn be32(b: &[u8], at: usize) -> u32 {
@@ -120,6 +143,28 @@ mod tests {
             bad[i] ^= 0x01;
             assert_eq!(check(&bad, 3), Verdict::Mangled, "byte {i}");
         }
+    }
+
+    #[test]
+    fn srtp_checks_what_stays_in_clear() {
+        let mut buf = [0; PACKET_LEN];
+        write(&mut buf, &stamp());
+        let mut srtp = buf.to_vec();
+        srtp[12..].iter_mut().for_each(|b| *b ^= 0x5a); // "encrypted"
+        srtp.extend_from_slice(&[0xaa; 10]); // "tag"
+        assert_eq!(
+            check_srtp(&srtp, 3),
+            Verdict::Protected {
+                seq: 70_000u32 as u16
+            }
+        );
+        assert_eq!(
+            check_srtp(&srtp, 4),
+            Verdict::Mangled,
+            "another call's SSRC"
+        );
+        assert_eq!(check_srtp(&buf, 3), Verdict::Mangled, "172 bytes: in clear");
+        assert_eq!(check_srtp(&srtp[..181], 3), Verdict::Mangled);
     }
 
     #[test]

@@ -27,6 +27,24 @@ pub struct CallDests {
     /// The callee would send here (the relay's callee-facing port); None where the relay has
     /// no such side (the bare redirect).
     pub b: Option<SocketAddrV4>,
+    /// The callee's SRTP master key and salt (AES_CM_128_HMAC_SHA1_80) where the relay
+    /// bridges to SDES-SRTP towards the callee (--srtp): what the callee protects with.
+    pub callee_key: Option<[u8; 30]>,
+}
+
+/// Bridging to SDES-SRTP towards the callee: the callee's answer to the relay's offer, with a
+/// fresh key of its own. Returns (answer SDP, key).
+fn srtp_callee_answer(
+    i: usize,
+    callee: SocketAddrV4,
+    offer_sdp: &str,
+) -> Result<(String, [u8; 30])> {
+    let tag = crate::bridge_bench::offered_tag(offer_sdp)?;
+    let key: [u8; 30] = rand::random();
+    Ok((
+        crate::bridge_bench::srtp_answer_with_key(i as u64, callee, tag, &key),
+        key,
+    ))
 }
 
 pub trait Relay {
@@ -50,6 +68,11 @@ pub trait Relay {
     /// Packets forwarded in the kernel so far, where the relay counts them (sluice with XDP):
     /// lets the report prove that the path measured is the one named.
     fn kernel_packets(&mut self) -> Option<u64> {
+        None
+    }
+    /// The AF_XDP workers' counters since they started, where the relay has any (sluice with
+    /// `--workers`): proves the worker path carried the packets, and says where it dropped.
+    fn worker_summary(&mut self) -> Option<String> {
         None
     }
 }
@@ -96,6 +119,8 @@ pub struct Rtpengine {
     ng: NgClient,
     run: u32,
     calls: Vec<(String, String)>,
+    /// Bridge to SDES-SRTP towards the callee (bench forward --srtp).
+    pub srtp: bool,
 }
 
 impl Rtpengine {
@@ -191,6 +216,7 @@ impl Rtpengine {
             ng,
             run: 0,
             calls: Vec::new(),
+            srtp: false,
         })
     }
 
@@ -227,27 +253,38 @@ impl Relay for Rtpengine {
         let mut dests = Vec::with_capacity(callees.len());
         for (i, &callee) in callees.iter().enumerate() {
             let (call_id, from_tag, to_tag) = call_ids(self.run, i);
-            let offer = self.command(Value::dict([
+            let mut offer = vec![
                 ("command", Value::str("offer")),
                 ("call-id", Value::str(&call_id)),
                 ("from-tag", Value::str(&from_tag)),
                 ("sdp", Value::str(&sdp::audio(i as u64, caller))),
-            ]))?;
+            ];
+            if self.srtp {
+                offer.push(("transport-protocol", Value::str("RTP/SAVP")));
+            }
+            let offer = self.command(Value::dict(offer))?;
             self.calls.push((call_id.clone(), from_tag.clone()));
             // Where the callee sends (priming in --netns mode; else it proves the offer worked).
-            let b = sdp::audio_destination(&offer.get_str("sdp").unwrap_or_default())
-                .context("rtpengine's offer reply")?;
+            let offer_sdp = offer.get_str("sdp").unwrap_or_default();
+            let b = sdp::audio_destination(&offer_sdp).context("rtpengine's offer reply")?;
+            let (answer_sdp, callee_key) = if self.srtp {
+                let (sdp, key) = srtp_callee_answer(i, callee, &offer_sdp)?;
+                (sdp, Some(key))
+            } else {
+                (sdp::audio(i as u64, callee), None)
+            };
             let answer = self.command(Value::dict([
                 ("command", Value::str("answer")),
                 ("call-id", Value::str(&call_id)),
                 ("from-tag", Value::str(&from_tag)),
                 ("to-tag", Value::str(&to_tag)),
-                ("sdp", Value::str(&sdp::audio(i as u64, callee))),
+                ("sdp", Value::str(&answer_sdp)),
             ]))?;
             dests.push(CallDests {
                 a: sdp::audio_destination(&answer.get_str("sdp").unwrap_or_default())
                     .context("rtpengine's answer reply")?,
                 b: Some(b),
+                callee_key,
             });
         }
         Ok(dests)
@@ -341,6 +378,9 @@ pub struct Sluice {
     client: sluice_control::proto::control_client::ControlClient<tonic::transport::Channel>,
     run: u32,
     calls: Vec<(String, String)>,
+    /// Bridge to SDES-SRTP towards the callee (bench forward --srtp): the callee-side Offer
+    /// asks for `srtp: SRTP_OFFER`.
+    pub srtp: bool,
 }
 
 /// How to run sluice.
@@ -354,6 +394,8 @@ pub struct SluiceOpts {
     pub control_socket: Option<PathBuf>,
     /// `--xdp native --xdp-iface ...` on these interfaces; None: `--xdp off`.
     pub xdp_ifaces: Option<Vec<String>>,
+    /// `--workers 1 --worker-cores CPU`: one AF_XDP worker pinned there (with `xdp_ifaces`).
+    pub worker_cpu: Option<usize>,
     pub placement: Placement,
 }
 
@@ -403,6 +445,9 @@ impl Sluice {
                 cmd.args(["--xdp", "off"]);
             }
         }
+        if let Some(cpu) = opts.worker_cpu {
+            cmd.args(["--workers", "1", "--worker-cores", &cpu.to_string()]);
+        }
         let log_out = log_file(log)?;
         cmd.stdin(Stdio::null())
             .stdout(log_out.try_clone()?)
@@ -444,6 +489,7 @@ impl Sluice {
             client,
             run: 0,
             calls: Vec::new(),
+            srtp: false,
         })
     }
 
@@ -496,7 +542,7 @@ impl Relay for Sluice {
     }
 
     fn setup(&mut self, caller: SocketAddrV4, callees: &[SocketAddrV4]) -> Result<Vec<CallDests>> {
-        use sluice_control::proto::{AnswerRequest, OfferRequest};
+        use sluice_control::proto::{AnswerRequest, LegOptions, OfferRequest, Srtp};
         self.run += 1;
         let mut dests = Vec::with_capacity(callees.len());
         for (i, &callee) in callees.iter().enumerate() {
@@ -505,7 +551,10 @@ impl Relay for Sluice {
                 call_id: call_id.clone(),
                 from_tag: from_tag.clone(),
                 sdp: sdp::audio(i as u64, caller),
-                ..Default::default()
+                options: self.srtp.then(|| LegOptions {
+                    srtp: Srtp::Offer as i32,
+                    ..Default::default()
+                }),
             };
             let offer_sdp = self
                 .rt
@@ -515,11 +564,17 @@ impl Relay for Sluice {
                 .sdp;
             self.calls.push((call_id.clone(), from_tag.clone()));
             let b = sdp::audio_destination(&offer_sdp).context("sluice's Offer reply")?;
+            let (answer_sdp, callee_key) = if self.srtp {
+                let (sdp, key) = srtp_callee_answer(i, callee, &offer_sdp)?;
+                (sdp, Some(key))
+            } else {
+                (sdp::audio(i as u64, callee), None)
+            };
             let answer = AnswerRequest {
                 call_id: call_id.clone(),
                 from_tag,
                 to_tag,
-                sdp: sdp::audio(i as u64, callee),
+                sdp: answer_sdp,
                 ..Default::default()
             };
             let answer_sdp = self
@@ -531,6 +586,7 @@ impl Relay for Sluice {
             dests.push(CallDests {
                 a: sdp::audio_destination(&answer_sdp).context("sluice's Answer reply")?,
                 b: Some(b),
+                callee_key,
             });
         }
         Ok(dests)
@@ -600,6 +656,23 @@ impl Relay for Sluice {
 
     fn kernel_packets(&mut self) -> Option<u64> {
         self.statistics().ok().map(|s| s.kernel_packets)
+    }
+
+    fn worker_summary(&mut self) -> Option<String> {
+        let s = self.statistics().ok()?;
+        (!s.workers.is_empty()).then(|| {
+            s.workers
+                .iter()
+                .map(|w| {
+                    format!(
+                        "AF_XDP worker {} on CPU {}: rx {}, tx {}, dropped {}, transform errors {} \
+                         (since it started, warm-up and repeated steps included)",
+                        w.index, w.cpu, w.rx, w.tx, w.dropped, w.transform_errors
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
     }
 }
 
@@ -694,6 +767,7 @@ impl Relay for Baseline {
             .map(|c| CallDests {
                 a: c.a,
                 b: Some(c.b),
+                callee_key: None,
             })
             .collect())
     }

@@ -16,6 +16,8 @@ pub const MAX_CALLS: usize = 16384;
 struct Cfg {
     on: u32,
     step: u32,
+    /// Must match sink.c: SRTP packets (10 bytes longer, only the clear header checked).
+    srtp: u32,
 }
 
 #[repr(C)]
@@ -39,6 +41,8 @@ pub struct Sink {
     total: PerCpuArray<MapData, u64>,
     /// Per-call counts at the start of the step running now.
     base: Vec<Count>,
+    /// Expect SRTP (bench forward --srtp).
+    pub srtp: bool,
 }
 
 impl Sink {
@@ -79,6 +83,7 @@ impl Sink {
             counts,
             total,
             base: vec![Count::default(); ports.len()],
+            srtp: false,
         })
     }
 
@@ -88,7 +93,15 @@ impl Sink {
             *b = read_count(&self.counts, i as u32)?;
         }
         self.cfg
-            .set(0, Cfg { on: 1, step }, 0)
+            .set(
+                0,
+                Cfg {
+                    on: 1,
+                    step,
+                    srtp: self.srtp as u32,
+                },
+                0,
+            )
             .context("turning the sink on")
     }
 

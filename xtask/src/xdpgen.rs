@@ -185,6 +185,23 @@ impl Gen {
         Ok(())
     }
 
+    /// Makes the program's per-call counters (RTP sequence numbers) `counters` (call order),
+    /// or, with `read_back`, stores the program's counters into `counters`: the generator's
+    /// packets continue each call's stream where the socket sender left it (an SRTP relay
+    /// refuses to protect sequence numbers it has already used).
+    pub fn sync_counters(&mut self, counters: &mut [u32], read_back: bool) -> Result<()> {
+        for (i, c) in counters.iter_mut().enumerate() {
+            let mut call = self.calls_map.get(&(i as u32), 0)?;
+            if read_back {
+                *c = call.counter;
+            } else {
+                call.counter = *c;
+                self.calls_map.set(i as u32, call, 0)?;
+            }
+        }
+        Ok(())
+    }
+
     /// One step: `rate` packets/s for `secs` in groups of `burst` packets, step id `step`;
     /// after a delay it owes at most `max_burst` packets and catches up at twice the rate.
     /// Returns (sent, skipped). Runs the program in one BPF_PROG_RUN call that
