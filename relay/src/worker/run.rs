@@ -548,7 +548,9 @@ impl Worker {
                     )
                 };
                 if r <= 0 {
-                    if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    if r < 0
+                        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                    {
                         continue;
                     }
                     bump(&c.dropped_socket_error, 1);

@@ -331,7 +331,11 @@ mod tests {
             .with_peer_counters(b_counters.clone())
             .take_over();
         let out = run(&mut worker, &next).unwrap();
-        assert_eq!(unprotect(&mut b_rx, &out, false), rtp(3), "ROC 1 on both sides");
+        assert_eq!(
+            unprotect(&mut b_rx, &out, false),
+            rtp(3),
+            "ROC 1 on both sides"
+        );
         // What the engine already accepted is a replay for the worker too.
         let old = protect(&mut ctx(&ka), &rtp(2), false);
         assert!(run(&mut worker, &old).is_err());
