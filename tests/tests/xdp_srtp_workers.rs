@@ -86,16 +86,18 @@ impl Ends {
         let plain = pcmu(sa, 160 * sa as u32, A_SSRC);
         self.a
             .send_rtp(self.a_sends, &protect(&mut self.a_tx, &plain));
-        let Some((got, _)) = self.b.recv_rtp() else {
+        let Some((got, from)) = self.b.recv_rtp() else {
             return false;
         };
         assert_eq!(got, plain, "{what}: A -> B packet {sa} changed");
+        assert_eq!(from, self.b_sends, "{what}: B hears from its relay port");
         // B -> A: plain in, SRTP out.
         let plain = pcmu(sb, 160 * sb as u32, B_SSRC);
         self.b.send_rtp(self.b_sends, &plain);
-        let Some((wire, _)) = self.a.recv_rtp() else {
+        let Some((wire, from)) = self.a.recv_rtp() else {
             return false;
         };
+        assert_eq!(from, self.a_sends, "{what}: A hears from its relay port");
         assert_ne!(wire, plain, "{what}: sent to A in the clear");
         assert_eq!(
             unprotect(&mut self.a_rx, &wire, what),

@@ -157,6 +157,8 @@ enum Outcome {
         len: usize,
         addr: libc::sockaddr_storage,
         stats: *const FlowStats,
+        /// UDP payload bytes (what the flow's byte counters count).
+        payload_len: usize,
     },
     /// Sent through the fallback socket; the frame is free again.
     Sent,
@@ -209,6 +211,10 @@ pub(crate) struct Worker {
     scratch: Box<[u8; SCRATCH]>,
     /// Packets of the current batch for the kernel's UDP stack.
     kernel_q: Box<KernelQueue>,
+    /// A raw IPv4 socket (IPPROTO_RAW: send only, headers included) through which IPv4 packets
+    /// of `Hop::Kernel` flows leave, all flows in one `sendmmsg`; without CAP_NET_RAW, each
+    /// flow's fallback socket is used instead.
+    raw4: Option<std::os::fd::OwnedFd>,
 }
 
 /// `sendmmsg` staging for the packets of one RX batch that leave through fallback sockets:
@@ -218,6 +224,7 @@ struct KernelQueue {
     fd: [libc::c_int; BATCH],
     frame: [u64; BATCH],
     stats: [*const FlowStats; BATCH],
+    bytes: [usize; BATCH],
     addrs: [libc::sockaddr_storage; BATCH],
     iov: [libc::iovec; BATCH],
     hdrs: [libc::mmsghdr; BATCH],
@@ -282,6 +289,7 @@ impl Worker {
             streams: Vec::new(),
             scratch: Box::new([0; SCRATCH]),
             kernel_q: KernelQueue::new(),
+            raw4: raw_socket_v4(),
         };
         w.refill();
         w
@@ -463,6 +471,7 @@ impl Worker {
                     c,
                     now,
                     &mut self.scratch[..],
+                    self.raw4.as_ref().map(|f| f.as_raw_fd()),
                 ),
                 _ => Outcome::Drop(Reason::Malformed),
             };
@@ -479,12 +488,14 @@ impl Worker {
                     len,
                     addr,
                     stats,
+                    payload_len,
                 } => {
                     let q = &mut *self.kernel_q;
                     let k = q.len;
                     q.fd[k] = fd;
                     q.frame[k] = desc.addr;
                     q.stats[k] = stats;
+                    q.bytes[k] = payload_len;
                     q.addrs[k] = addr;
                     q.iov[k] = libc::iovec {
                         iov_base: payload as *mut libc::c_void,
@@ -561,7 +572,7 @@ impl Worker {
                     // SAFETY: flows are only removed by commands, between batches.
                     let st = unsafe { &*q.stats[k] };
                     bump(&st.forwarded, 1);
-                    bump(&st.forwarded_bytes, q.iov[k].iov_len as u64);
+                    bump(&st.forwarded_bytes, q.bytes[k] as u64);
                 }
                 bump(&c.tx_socket_packets, r as u64);
                 at += r as usize;
@@ -706,6 +717,7 @@ fn process(
     c: &WorkerCounters,
     now: u64,
     scratch: &mut [u8],
+    raw4: Option<libc::c_int>,
 ) -> Outcome {
     let p = match packet::parse(&frame[..len]) {
         Ok(p) => p,
@@ -754,12 +766,26 @@ fn process(
             let Some(fb) = &flow.fallback else {
                 return Outcome::Drop(Reason::NoEgress);
             };
+            if let (Some(fd), false) = (raw4, p.v6) {
+                // The whole IPv4 packet through the worker's one raw socket: the batch leaves in
+                // one sendmmsg whatever the number of flows, and the kernel still routes it.
+                let end = packet::rewrite(frame, &p, new_len, &flow.src, &flow.dst);
+                return Outcome::Kernel {
+                    fd,
+                    payload: frame[packet::ETH_LEN..].as_ptr(),
+                    len: end - packet::ETH_LEN,
+                    addr: fb.addr,
+                    stats: st,
+                    payload_len: new_len,
+                };
+            }
             return Outcome::Kernel {
                 fd: fb.sock.as_raw_fd(),
                 payload: frame[at..].as_ptr(),
                 len: new_len,
                 addr: fb.addr,
                 stats: st,
+                payload_len: new_len,
             };
         }
     };
@@ -818,4 +844,26 @@ fn sockaddr_len(ss: &libc::sockaddr_storage) -> libc::socklen_t {
     } else {
         std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
     }
+}
+
+/// The worker's raw IPv4 send socket, if this process may have one.
+fn raw_socket_v4() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket(2) call; the descriptor is owned by the returned OwnedFd.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        tracing::info!(
+            error = %std::io::Error::last_os_error(),
+            "no raw socket for the worker; packets leave through each flow's UDP socket"
+        );
+        return None;
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
