@@ -450,8 +450,12 @@ impl Run {
         self.steps.iter().find(|s| s.relay_failed())
     }
 
+    /// The step at `rate`, if it passed: CPU per packet of a step the relay failed (an overload
+    /// cliff delivering a fraction of the packets) is no basis for a comparison.
     fn at_rate(&self, rate: u32) -> Option<&Step> {
-        self.steps.iter().find(|s| s.report.rate == rate)
+        self.steps
+            .iter()
+            .find(|s| s.report.rate == rate && s.passed())
     }
 
     fn reports(&self) -> impl Iterator<Item = &LoadReport> {

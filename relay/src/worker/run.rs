@@ -709,6 +709,7 @@ impl Worker {
 /// `frame` runs from the packet's first byte to the end of its UMEM frame; `len` bytes are the
 /// received packet.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn process(
     frame: &mut [u8],
     len: usize,
