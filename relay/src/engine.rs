@@ -949,23 +949,8 @@ fn drain_transcoded(
         io.queue(queued, b, len, eg.rtp_fd, dest);
         queued += 1;
     }
-    mirror_transcode_stats(c, t);
+    c.publish_transcoder(t);
     (queued, more)
-}
-
-fn mirror_transcode_stats(c: &EndpointCounters, t: &Transcoder) {
-    c.publish_transcode_seq(t.next_out_seq());
-    c.transcode_fec_loss_pct
-        .store(u32::from(t.expected_loss()), Relaxed);
-    let s = t.stats();
-    c.transcoded_out.store(s.packets_out, Relaxed);
-    c.transcode_concealed.store(s.concealed_frames, Relaxed);
-    c.transcode_fec.store(s.fec_recovered, Relaxed);
-    c.transcode_dtmf.store(s.dtmf_relayed, Relaxed);
-    c.transcode_dropped.store(
-        s.late_dropped + s.duplicate_dropped + s.cn_dropped + s.unknown_pt_dropped + s.malformed,
-        Relaxed,
-    );
 }
 
 fn count_srtp_error(c: &EndpointCounters, e: SrtpError) {

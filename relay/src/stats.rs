@@ -143,6 +143,26 @@ impl EndpointCounters {
             (&self.srtp_rx_ssrc, &self.srtp_rx_index, &self.srtp_rx_rtcp)
         }
     }
+    /// Mirrors a transcoder's figures (and its next sequence number) into these counters, from
+    /// whichever path (engine or worker) runs it.
+    pub fn publish_transcoder(&self, t: &crate::transcode::Transcoder) {
+        self.publish_transcode_seq(t.next_out_seq());
+        self.transcode_fec_loss_pct
+            .store(u32::from(t.expected_loss()), Relaxed);
+        let s = t.stats();
+        self.transcoded_out.store(s.packets_out, Relaxed);
+        self.transcode_concealed.store(s.concealed_frames, Relaxed);
+        self.transcode_fec.store(s.fec_recovered, Relaxed);
+        self.transcode_dtmf.store(s.dtmf_relayed, Relaxed);
+        self.transcode_dropped.store(
+            s.late_dropped
+                + s.duplicate_dropped
+                + s.cn_dropped
+                + s.unknown_pt_dropped
+                + s.malformed,
+            Relaxed,
+        );
+    }
     /// Records the fraction lost (1/256ths) this endpoint reported about the stream sent to it.
     pub fn report_loss(&self, fraction: u8) {
         self.reported_loss

@@ -80,19 +80,12 @@ impl SrtpTransform {
     /// this flow's two directions, so that nothing is sent or accepted twice and the rollover
     /// counters stay right when the stream moves here.
     pub fn take_over(mut self) -> Self {
-        let margin = crate::stats::SRTCP_INDEX_MARGIN;
-        if let (Some(rx), Some(h)) = (
+        take_over_srtp(
             self.rx.as_deref_mut(),
-            self.counters.as_ref().and_then(|c| c.srtp_state(false)),
-        ) {
-            rx.take_over(h, margin);
-        }
-        if let (Some(tx), Some(h)) = (
             self.tx.as_deref_mut(),
-            self.peer.as_ref().and_then(|c| c.srtp_state(true)),
-        ) {
-            tx.take_over(h, margin);
-        }
+            self.counters.as_deref(),
+            self.peer.as_deref(),
+        );
         self
     }
 
@@ -123,18 +116,43 @@ impl SrtpTransform {
 
     #[cold]
     fn rx_failed(&self, e: SrtpError) -> TransformError {
-        if let Some(c) = &self.counters {
-            match e {
-                SrtpError::AuthFailed { .. } => {
-                    c.srtp_auth_failures.fetch_add(1, Relaxed);
-                }
-                SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => {
-                    c.srtp_replayed.fetch_add(1, Relaxed);
-                }
-                _ => {}
+        count_rx_failure(self.counters.as_deref(), e)
+    }
+}
+
+/// Counts an SRTP receive failure in the sending leg's counters (so `Query` shows it whichever
+/// path the stream is on) and maps it to the worker's drop reason.
+pub(crate) fn count_rx_failure(c: Option<&EndpointCounters>, e: SrtpError) -> TransformError {
+    if let Some(c) = c {
+        match e {
+            // Locked adds: the engine counts into the same leg (a stream moving between paths).
+            SrtpError::AuthFailed { .. } => {
+                c.srtp_auth_failures.fetch_add(1, Relaxed);
             }
+            SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => {
+                c.srtp_replayed.fetch_add(1, Relaxed);
+            }
+            _ => {}
         }
-        transform_error(e)
+    }
+    transform_error(e)
+}
+
+/// Continues from the SRTP state published for a flow's two directions: `rx` (what its
+/// sender sends, in the sender's `counters`) and `tx` (what is protected towards the other
+/// leg, in the other leg's `peer` counters).
+pub(crate) fn take_over_srtp(
+    rx: Option<&mut SrtpContext>,
+    tx: Option<&mut SrtpContext>,
+    counters: Option<&EndpointCounters>,
+    peer: Option<&EndpointCounters>,
+) {
+    let margin = crate::stats::SRTCP_INDEX_MARGIN;
+    if let (Some(rx), Some(h)) = (rx, counters.and_then(|c| c.srtp_state(false))) {
+        rx.take_over(h, margin);
+    }
+    if let (Some(tx), Some(h)) = (tx, peer.and_then(|c| c.srtp_state(true))) {
+        tx.take_over(h, margin);
     }
 }
 

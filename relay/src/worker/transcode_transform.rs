@@ -6,14 +6,13 @@
 //! sees (sluice sends its own SSRC there). It is counted in the leg's `rtcp_terminated`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use crate::engine::SrtpKeys;
 use crate::rtp::{PacketKind, classify_relay};
 use crate::srtp::{KeyError, SrtpConfig, SrtpContext, SrtpError};
 use crate::stats::{EndpointCounters, bump};
 use crate::transcode::{DirectionPlan, TranscodeError, Transcoder};
-use crate::worker::srtp_transform::transform_error;
+use crate::worker::srtp_transform::{count_rx_failure, take_over_srtp};
 use crate::worker::{StreamTransform, TransformError};
 
 /// Size of the scratch buffer a pushed packet is unprotected in.
@@ -68,19 +67,12 @@ impl TranscodeTransform {
     /// Continues from the SRTP state published for this flow's two directions (see
     /// `SrtpTransform::take_over`); call after `with_counters` and `with_feedback`.
     pub fn take_over(mut self) -> Self {
-        let margin = crate::stats::SRTCP_INDEX_MARGIN;
-        if let (Some(rx), Some(h)) = (
+        take_over_srtp(
             self.rx.as_deref_mut(),
-            self.counters.as_ref().and_then(|c| c.srtp_state(false)),
-        ) {
-            rx.take_over(h, margin);
-        }
-        if let (Some(tx), Some(h)) = (
             self.tx.as_deref_mut(),
-            self.peer.as_ref().and_then(|c| c.srtp_state(true)),
-        ) {
-            tx.take_over(h, margin);
-        }
+            self.counters.as_deref(),
+            self.peer.as_deref(),
+        );
         self
     }
 
@@ -105,14 +97,7 @@ impl TranscodeTransform {
 
     #[cold]
     fn rx_failed(&self, e: SrtpError) -> TransformError {
-        if let Some(c) = &self.counters {
-            match e {
-                SrtpError::AuthFailed { .. } => bump(&c.srtp_auth_failures, 1),
-                SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => bump(&c.srtp_replayed, 1),
-                _ => {}
-            }
-        }
-        transform_error(e)
+        count_rx_failure(self.counters.as_deref(), e)
     }
 
     /// The fraction lost in an RTCP packet from this flow's sender (SRTCP unprotected first).
@@ -132,22 +117,7 @@ impl TranscodeTransform {
 
     fn mirror(&self) {
         if let Some(c) = &self.counters {
-            c.publish_transcode_seq(self.transcoder.next_out_seq());
-            c.transcode_fec_loss_pct
-                .store(u32::from(self.transcoder.expected_loss()), Relaxed);
-            let s = self.transcoder.stats();
-            c.transcoded_out.store(s.packets_out, Relaxed);
-            c.transcode_concealed.store(s.concealed_frames, Relaxed);
-            c.transcode_fec.store(s.fec_recovered, Relaxed);
-            c.transcode_dtmf.store(s.dtmf_relayed, Relaxed);
-            c.transcode_dropped.store(
-                s.late_dropped
-                    + s.duplicate_dropped
-                    + s.cn_dropped
-                    + s.unknown_pt_dropped
-                    + s.malformed,
-                Relaxed,
-            );
+            c.publish_transcoder(&self.transcoder);
         }
     }
 }
