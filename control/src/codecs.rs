@@ -297,6 +297,7 @@ pub fn opus_params(fmtp: Option<&str>) -> OpusParams {
             "maxaveragebitrate" => {
                 if let Some(b) = v.parse::<u32>().ok().filter(|b| *b >= 6000) {
                     p.bitrate = p.bitrate.min(b);
+                    p.max_average_bitrate = Some(b);
                 }
             }
             _ => {}

@@ -101,6 +101,8 @@ pub struct FileConfig {
     pub workers: Option<u64>,
     pub worker_cores: Option<String>,
     pub transcode: Option<String>,
+    pub opus_complexity: Option<u64>,
+    pub opus_bitrate: Option<u64>,
 }
 
 impl FileConfig {
@@ -130,6 +132,8 @@ pub struct Overrides {
     pub workers: Option<u64>,
     pub worker_cores: Option<String>,
     pub transcode: Option<String>,
+    pub opus_complexity: Option<u64>,
+    pub opus_bitrate: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +154,9 @@ pub struct Config {
     pub worker_cores: Option<Vec<usize>>,
     /// `--transcode`: the transcoding mode of offers that do not choose one.
     pub transcode: crate::codecs::TranscodeMode,
+    /// `--opus-complexity` (0-10) and `--opus-bitrate` (bit/s) of sluice's Opus encoder.
+    pub opus_complexity: u8,
+    pub opus_bitrate: u32,
 }
 
 /// Most workers `--workers` accepts: the XDP program hands at most this many RX queues of an
@@ -300,6 +307,30 @@ impl Config {
                 why: "one of auto, off".into(),
             })?,
         };
+        let opus_complexity = match cli.opus_complexity.or(file.opus_complexity) {
+            None => sluice_relay::transcode::DEFAULT_OPUS_COMPLEXITY,
+            Some(c) if c <= 10 => c as u8,
+            Some(c) => {
+                return Err(ConfigError::Invalid {
+                    key: "opus-complexity",
+                    value: c.to_string(),
+                    why: "0 (cheapest, about 2x the channels per core of 5) to 10 (best); see \
+                          README, Transcoding"
+                        .into(),
+                });
+            }
+        };
+        let opus_bitrate = match cli.opus_bitrate.or(file.opus_bitrate) {
+            None => sluice_relay::transcode::OpusParams::default().bitrate,
+            Some(b) if (6_000..=64_000).contains(&b) => b as u32,
+            Some(b) => {
+                return Err(ConfigError::Invalid {
+                    key: "opus-bitrate",
+                    value: b.to_string(),
+                    why: "bit/s from 6000 to 64000 (narrowband Opus gains nothing above)".into(),
+                });
+            }
+        };
         Ok(Config {
             control,
             media_ips,
@@ -312,6 +343,8 @@ impl Config {
             workers,
             worker_cores,
             transcode,
+            opus_complexity,
+            opus_bitrate,
         })
     }
 
@@ -426,6 +459,31 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(60));
         assert!(matches!(c.control, ControlAddr::Unix(_)));
         assert_eq!(c.transcode, crate::codecs::TranscodeMode::Auto);
+    }
+
+    #[test]
+    fn opus_settings_default_and_bounds() {
+        let c = resolve("", Overrides::default()).unwrap();
+        assert_eq!((c.opus_complexity, c.opus_bitrate), (5, 24_000));
+        let c = resolve(
+            "opus-complexity = 0\nopus-bitrate = 32000\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!((c.opus_complexity, c.opus_bitrate), (0, 32_000));
+        let c = resolve(
+            "opus-complexity = 0\n",
+            Overrides {
+                opus_complexity: Some(10),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.opus_complexity, 10, "the flag wins");
+        let err = resolve("opus-complexity = 11\n", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("opus-complexity"), "{err}");
+        let err = resolve("opus-bitrate = 500\n", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("opus-bitrate"), "{err}");
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub async fn run_until(
             port_high: cfg.port_high,
             timeout: cfg.timeout,
             transcode: cfg.transcode,
+            opus_complexity: cfg.opus_complexity,
+            opus_bitrate: cfg.opus_bitrate,
         },
         Box::new(engine),
         attach_xdp(&cfg)?,

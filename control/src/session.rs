@@ -183,6 +183,10 @@ pub struct SessionConfig {
     pub timeout: Duration,
     /// The transcoding mode of offers that do not set one.
     pub transcode: TranscodeMode,
+    /// sluice's Opus encoder: complexity (0-10) and bitrate (bit/s; a receiver's
+    /// `maxaveragebitrate` caps it).
+    pub opus_complexity: u8,
+    pub opus_bitrate: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1070,6 +1074,7 @@ impl State {
         answer_text: &str,
         opts: LegOptions,
     ) -> Result<String, SessionError> {
+        let (opus_complexity, opus_bitrate) = (self.cfg.opus_complexity, self.cfg.opus_bitrate);
         let call = self
             .calls
             .get_mut(call_id)
@@ -1141,13 +1146,21 @@ impl State {
             let s = &call.streams[i];
             let decided = match &s.codecs {
                 Some(oc) if !m.is_disabled() && !s.disabled => {
-                    let (d, back) = codecs::decide(oc, m, [s.ssrcs[o], s.ssrcs[a]])
+                    let (mut d, back) = codecs::decide(oc, m, [s.ssrcs[o], s.ssrcs[a]])
                         .map_err(|e| SessionError::from(e).in_line(i))?;
+                    if let Decision::Transcode(t) = &mut d {
+                        for p in &mut t.plans {
+                            p.opus.complexity = opus_complexity;
+                            p.opus.bitrate =
+                                opus_bitrate.min(p.opus.max_average_bitrate.unwrap_or(u32::MAX));
+                        }
+                    }
                     if matches!(d, Decision::Transcode(_))
                         && answer_crypto[i] == SideCrypto::Passthrough
                     {
                         return Err(bad(format!(
-                            "m= line {} of the answer needs transcoding but is SRTP that sluice                              did not offer and cannot decrypt",
+                            "m= line {} of the answer needs transcoding but is SRTP that sluice \
+                             did not offer and cannot decrypt",
                             i + 1
                         )));
                     }
@@ -1946,6 +1959,8 @@ mod tests {
                 port_high: 22999,
                 timeout: Duration::from_secs(60),
                 transcode: TranscodeMode::Auto,
+                opus_complexity: sluice_relay::transcode::DEFAULT_OPUS_COMPLEXITY,
+                opus_bitrate: sluice_relay::transcode::OpusParams::default().bitrate,
             },
             Box::new(FakePlane::default()),
             Some(Box::new(kernel.clone())),
@@ -2364,6 +2379,46 @@ mod tests {
     }
 
     #[test]
+    fn opus_encoder_settings_come_from_the_config_capped_by_the_receiver() {
+        let plane = FakePlane::default();
+        let s = Sessions::new(
+            SessionConfig {
+                media_ips: vec!["127.0.0.1".parse().unwrap()],
+                port_low: 20000,
+                port_high: 20999,
+                timeout: Duration::from_secs(60),
+                transcode: TranscodeMode::Auto,
+                opus_complexity: 0,
+                opus_bitrate: 32_000,
+            },
+            Box::new(plane.clone()),
+            None,
+        )
+        .unwrap();
+        transcoded_call_up(&s, "c");
+        let [alice, _] = endpoints(&s, "c");
+        let towards_bob = plans(&plane)[&alice].opus;
+        assert_eq!((towards_bob.complexity, towards_bob.bitrate), (0, 32_000));
+        // A callee whose fmtp caps the average bitrate gets no more.
+        s.offer("d", "a", &sdp("alice", 4002, ""), LegOptions::default())
+            .unwrap();
+        s.answer(
+            "d",
+            "a",
+            "b",
+            &opus_sdp("bob", 5002, "").replace(
+                "maxplaybackrate=16000",
+                "maxplaybackrate=16000;maxaveragebitrate=20000",
+            ),
+            LegOptions::default(),
+        )
+        .unwrap();
+        let [alice, _] = endpoints(&s, "d");
+        let towards_bob = plans(&plane)[&alice].opus;
+        assert_eq!((towards_bob.complexity, towards_bob.bitrate), (0, 20_000));
+    }
+
+    #[test]
     fn transcoding_sends_a_plan_per_endpoint_and_follows_the_codec_clocks() {
         let (s, plane) = sessions(20000, 20999, Duration::from_secs(60));
         let back = transcoded_call_up(&s, "c");
@@ -2575,6 +2630,8 @@ mod tests {
                 port_high: 20999,
                 timeout: Duration::from_secs(60),
                 transcode: TranscodeMode::Off,
+                opus_complexity: sluice_relay::transcode::DEFAULT_OPUS_COMPLEXITY,
+                opus_bitrate: sluice_relay::transcode::OpusParams::default().bitrate,
             },
             Box::new(plane),
             None,
@@ -2838,6 +2895,8 @@ mod tests {
                 port_high: high,
                 timeout,
                 transcode: TranscodeMode::Auto,
+                opus_complexity: sluice_relay::transcode::DEFAULT_OPUS_COMPLEXITY,
+                opus_bitrate: sluice_relay::transcode::OpusParams::default().bitrate,
             },
             Box::new(plane.clone()),
             None,

@@ -59,6 +59,8 @@ pub struct OpusParams {
     pub expected_loss_pct: u8,
     /// The receiver's `maxplaybackrate` (Hz), if it gave one; caps the encoded bandwidth.
     pub max_playback_rate: Option<u32>,
+    /// The receiver's `maxaveragebitrate` (bit/s), if it gave one; caps `bitrate`.
+    pub max_average_bitrate: Option<u32>,
 }
 
 impl Default for OpusParams {
@@ -71,6 +73,7 @@ impl Default for OpusParams {
             // FEC costs quality on a clean path (see README, "Transcoding").
             expected_loss_pct: 0,
             max_playback_rate: None,
+            max_average_bitrate: None,
         }
     }
 }
