@@ -103,6 +103,7 @@ pub struct FileConfig {
     pub transcode: Option<String>,
     pub opus_complexity: Option<u64>,
     pub opus_bitrate: Option<u64>,
+    pub worker_spin_us: Option<u64>,
 }
 
 impl FileConfig {
@@ -134,6 +135,7 @@ pub struct Overrides {
     pub transcode: Option<String>,
     pub opus_complexity: Option<u64>,
     pub opus_bitrate: Option<u64>,
+    pub worker_spin_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,6 +159,9 @@ pub struct Config {
     /// `--opus-complexity` (0-10) and `--opus-bitrate` (bit/s) of sluice's Opus encoder.
     pub opus_complexity: u8,
     pub opus_bitrate: u32,
+    /// `--worker-spin-us`: how long a worker busy-polls after its last packet (None: the
+    /// relay's default).
+    pub worker_spin_us: Option<u64>,
 }
 
 /// Most workers `--workers` accepts: the XDP program hands at most this many RX queues of an
@@ -331,6 +336,16 @@ impl Config {
                 });
             }
         };
+        let worker_spin_us = match cli.worker_spin_us.or(file.worker_spin_us) {
+            Some(us) if us > 10_000 => {
+                return Err(ConfigError::Invalid {
+                    key: "worker-spin-us",
+                    value: us.to_string(),
+                    why: "at most 10000 (10 ms); 0 blocks in poll(2) at once".into(),
+                });
+            }
+            us => us,
+        };
         Ok(Config {
             control,
             media_ips,
@@ -345,6 +360,7 @@ impl Config {
             transcode,
             opus_complexity,
             opus_bitrate,
+            worker_spin_us,
         })
     }
 
@@ -356,6 +372,7 @@ impl Config {
         Some(sluice_relay::worker::WorkerConfig {
             workers: self.workers,
             cores: self.worker_cores.clone(),
+            spin_us: self.worker_spin_us,
             ..Default::default()
         })
     }
@@ -484,6 +501,20 @@ mod tests {
         assert!(err.to_string().contains("opus-complexity"), "{err}");
         let err = resolve("opus-bitrate = 500\n", Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("opus-bitrate"), "{err}");
+    }
+
+    #[test]
+    fn worker_spin_reaches_the_worker_config() {
+        let c = resolve("", Overrides::default()).unwrap();
+        assert_eq!(
+            c.worker_config().unwrap().spin_us,
+            None,
+            "the relay's default"
+        );
+        let c = resolve("worker-spin-us = 50\n", Overrides::default()).unwrap();
+        assert_eq!(c.worker_config().unwrap().spin_us, Some(50));
+        let err = resolve("worker-spin-us = 20000\n", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("worker-spin-us"), "{err}");
     }
 
     #[test]

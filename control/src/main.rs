@@ -68,6 +68,10 @@ enum Cmd {
         /// maxaveragebitrate caps it.
         #[arg(long = "opus-bitrate")]
         opus_bitrate: Option<u64>,
+        /// How long an AF_XDP worker busy-polls after its last packet before it sleeps, in
+        /// microseconds (default 5; more trades CPU for less wake-up latency).
+        #[arg(long = "worker-spin-us")]
+        worker_spin_us: Option<u64>,
     },
     /// Call the control API of a running sluice and print the reply as JSON.
     Ctl {
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
             transcode,
             opus_complexity,
             opus_bitrate,
+            worker_spin_us,
         } => {
             let file = match config.as_deref().map(FileConfig::load).transpose() {
                 Ok(f) => f.unwrap_or_default(),
@@ -143,6 +148,7 @@ fn main() -> ExitCode {
                     transcode,
                     opus_complexity,
                     opus_bitrate,
+                    worker_spin_us,
                 },
             ) {
                 Ok(c) => c,
