@@ -2886,6 +2886,21 @@ mod tests {
         assert!(err.to_string().contains("DTLS"), "{err}");
     }
 
+    #[test]
+    fn an_answer_needing_transcoding_on_srtp_sluice_cannot_decrypt_is_refused() {
+        let (s, plane) = sessions(20000, 20999, Duration::from_secs(60));
+        // A plain PCMU caller: sluice appends opus. The callee answers opus over SRTP keyed
+        // end to end (no `srtp` option), which sluice could not decrypt to transcode.
+        s.offer("c", "a", &sdp("alice", 4000, ""), LegOptions::default())
+            .unwrap();
+        let answer = opus_sdp("bob", 5000, ALICE_KEY).replace("RTP/AVP", "RTP/SAVP");
+        let err = s
+            .answer("c", "a", "b", &answer, LegOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot decrypt"), "{err}");
+        assert!(plans(&plane).is_empty(), "no transcoder was set up");
+    }
+
     fn sessions(low: u16, high: u16, timeout: Duration) -> (Arc<Sessions>, FakePlane) {
         let plane = FakePlane::default();
         let s = Sessions::new(

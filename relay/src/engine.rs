@@ -841,7 +841,7 @@ fn process_batch(
             if is_rtcp {
                 bump(&c.rtcp_terminated, 1);
                 if let Some(ssrc) = eg.transcode_ssrc
-                    && let Some(f) = crate::rtp::rtcp_fraction_lost(&io.bufs[i][..len], ssrc)
+                    && let Some(f) = crate::rtp::rtcp_fraction_lost(&io.bufs[i][..len], Some(ssrc))
                 {
                     c.report_loss(f);
                 }
@@ -1147,6 +1147,35 @@ fn std_to_sockaddr(addr: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transcoder_is_stale_once_a_worker_sent_for_its_direction() {
+        use crate::transcode::{Codec, DirectionPlan, OpusParams};
+        let plan = DirectionPlan {
+            input: Codec::Pcmu,
+            input_pt: 0,
+            output: Codec::Pcma,
+            output_pt: 8,
+            output_ptime_ms: 20,
+            opus: OpusParams::default(),
+            dtmf: None,
+            cn_pts: vec![],
+            ssrc: 7,
+        };
+        let t = Transcoder::new(&plan, 100).unwrap();
+        let c = EndpointCounters::default();
+        assert!(!transcoder_stale(&c, &t), "nobody published yet");
+        c.publish_transcode_seq(100);
+        assert!(!transcoder_stale(&c, &t), "this transcoder published it");
+        // A worker sent 40 packets for this direction while the stream was in the kernel path.
+        c.publish_transcode_seq(140);
+        assert!(transcoder_stale(&c, &t));
+        // The replacement continues past the worker's sequence numbers.
+        let start = c.transcode_seq_start().unwrap();
+        assert_eq!(start, 140 + crate::stats::TRANSCODE_SEQ_MARGIN);
+        let fresh = Transcoder::new(&plan, start).unwrap();
+        assert_eq!(fresh.next_out_seq(), 156);
+    }
 
     #[test]
     fn engine_contexts_take_over_what_a_worker_published() {

@@ -239,9 +239,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> RtpPacket<T> {
 }
 
 /// The fraction lost (RFC 3550 6.4.1: lost/expected in 1/256ths) that a receiver reports for
-/// the source `ssrc` in an RTCP compound packet's SR or RR report blocks; `None` when it has no
-/// block about that source. Stops at the first malformed packet of the compound.
-pub fn rtcp_fraction_lost(buf: &[u8], ssrc: u32) -> Option<u8> {
+/// the source `ssrc` (`None`: the first report block, whatever its source) in an RTCP compound
+/// packet's SR or RR report blocks; `None` when it has no such block. Stops at the first
+/// malformed packet of the compound.
+pub fn rtcp_fraction_lost(buf: &[u8], ssrc: Option<u32>) -> Option<u8> {
     let mut at = 0;
     while at + 8 <= buf.len() {
         let p = &buf[at..];
@@ -263,7 +264,7 @@ pub fn rtcp_fraction_lost(buf: &[u8], ssrc: u32) -> Option<u8> {
             if b + 24 > p.len() {
                 return None;
             }
-            if be32(p, b) == ssrc {
+            if ssrc.is_none_or(|s| be32(p, b) == s) {
                 return Some(p[b + 4]);
             }
         }
@@ -753,22 +754,36 @@ mod tests {
         rr.extend(block(0x2222, 64));
         let mut compound = rr.clone();
         compound.extend([0x81, 202, 0, 1, 0, 0, 0, 9]);
-        assert_eq!(rtcp_fraction_lost(&compound, 0x2222), Some(64));
-        assert_eq!(rtcp_fraction_lost(&compound, 0x1111), Some(10));
-        assert_eq!(rtcp_fraction_lost(&compound, 0x3333), None);
+        assert_eq!(rtcp_fraction_lost(&compound, Some(0x2222)), Some(64));
+        assert_eq!(rtcp_fraction_lost(&compound, Some(0x1111)), Some(10));
+        assert_eq!(rtcp_fraction_lost(&compound, Some(0x3333)), None);
+        assert_eq!(
+            rtcp_fraction_lost(&compound, None),
+            Some(10),
+            "the first block"
+        );
         // SR: blocks after the 20-byte sender info; an SDES first is skipped.
         let mut sr = vec![0x81, 200, 0, 12, 0, 0, 0, 9];
         sr.extend([0u8; 20]);
         sr.extend(block(0x2222, 26));
         let mut compound = vec![0x81, 202, 0, 1, 0, 0, 0, 9];
         compound.extend(&sr);
-        assert_eq!(rtcp_fraction_lost(&compound, 0x2222), Some(26));
+        assert_eq!(rtcp_fraction_lost(&compound, Some(0x2222)), Some(26));
+        assert_eq!(
+            rtcp_fraction_lost(&compound, None),
+            Some(26),
+            "past the SDES"
+        );
         // A count larger than the packet, or a length past the end: nothing, no panic.
         let mut bad = rr.clone();
         bad[0] = 0x85;
-        assert_eq!(rtcp_fraction_lost(&bad, 0x9999), None);
-        assert_eq!(rtcp_fraction_lost(&rr[..20], 0x2222), None);
-        assert_eq!(rtcp_fraction_lost(&[], 1), None);
+        assert_eq!(rtcp_fraction_lost(&bad, Some(0x9999)), None);
+        assert_eq!(rtcp_fraction_lost(&rr[..20], Some(0x2222)), None);
+        assert_eq!(rtcp_fraction_lost(&[], Some(1)), None);
+        let mut no_blocks = rr[..8].to_vec();
+        no_blocks[0] = 0x80;
+        no_blocks[3] = 1;
+        assert_eq!(rtcp_fraction_lost(&no_blocks, None), None);
     }
 
     #[test]

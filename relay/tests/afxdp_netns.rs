@@ -621,8 +621,36 @@ fn afxdp_fallback_socket_and_hairpin_next_hops() {
         &call.relay_b_addr,
         appended,
     );
-    // Counted after sendto() returns, which may be after the callee got the datagram.
+    // Counted after sendmmsg() returns, which may be after the callee got the datagram.
     eventually("tx_socket_packets", || w.stats().tx_socket_packets == 5);
+
+    // The same over IPv6: IPv4 leaves through the worker's raw socket, IPv6 through the
+    // flow's own socket; both must come from the relay's other-leg port.
+    let call6 = self::call(&t, true);
+    let k6 = FlowKey::new(sa(&call6.relay_a_addr));
+    xdp.insert(
+        k6,
+        FlowValue::worker(3).strict_source(sa(&call6.caller_addr)),
+    )
+    .unwrap();
+    let flow = WorkerFlow::new(
+        sa(&call6.relay_b_addr),
+        sa(&call6.callee_addr),
+        NextHop::Kernel,
+    )
+    .with_transform(Transform::custom(Append10))
+    .with_fallback(call6.relay_b.try_clone().unwrap());
+    w.add_flow(k6, flow).unwrap();
+    w.sync().unwrap();
+    send_and_expect(
+        &call6.caller,
+        &call6.relay_a_addr,
+        5,
+        &call6.callee,
+        &call6.relay_b_addr,
+        appended,
+    );
+    eventually("tx_socket_packets v6", || w.stats().tx_socket_packets == 10);
 
     // NextHop::Ingress: caller port 4100 talks to caller port 4200 through r1, out of the
     // interface it came in on with the MACs swapped.

@@ -1557,6 +1557,8 @@ mod tests {
         assert_eq!(run.best().unwrap().report.rate, 20_000);
         assert_eq!(run.first_failure().unwrap().report.rate, 40_000);
         assert_eq!(run.at_rate(20_000).unwrap().cpu_per_packet(), Some(3000.0));
+        // A failed step is no basis for comparing CPU per packet at its rate.
+        assert!(run.at_rate(40_000).is_none());
         // A generator shortfall is neither a pass nor the relay's failure.
         let short = Run {
             steps: vec![step(10_000, 10_000, 10_000), step(20_000, 15_000, 15_000)],

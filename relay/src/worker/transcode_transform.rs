@@ -100,19 +100,30 @@ impl TranscodeTransform {
         count_rx_failure(self.counters.as_deref(), e)
     }
 
-    /// The fraction lost in an RTCP packet from this flow's sender (SRTCP unprotected first).
-    fn rtcp_loss(&mut self, payload: &[u8]) -> Option<u8> {
-        let len = payload.len().min(SCRATCH);
-        self.scratch[..len].copy_from_slice(&payload[..len]);
-        let len = match self.rx.as_deref_mut() {
-            Some(rx) => rx.unprotect_rtcp(&mut self.scratch[..], len).ok()?,
-            None => len,
+    /// Terminates an RTCP packet from this flow's sender: authenticates it (SRTCP) and keeps
+    /// the loss it reports about the stream sluice sends it.
+    fn terminate_rtcp(&mut self, payload: &[u8]) -> Result<(), TransformError> {
+        let fraction = match self.rx.as_deref_mut() {
+            None => crate::rtp::rtcp_fraction_lost(payload, self.report_ssrc),
+            Some(rx) => {
+                let len = payload.len();
+                if len > SCRATCH {
+                    return Err(TransformError::Malformed);
+                }
+                self.scratch[..len].copy_from_slice(payload);
+                match rx.unprotect_rtcp(&mut self.scratch[..], len) {
+                    Ok(l) => crate::rtp::rtcp_fraction_lost(&self.scratch[..l], self.report_ssrc),
+                    Err(e) => return Err(self.rx_failed(e)),
+                }
+            }
         };
-        let rtcp = &self.scratch[..len];
-        match self.report_ssrc {
-            Some(ssrc) => crate::rtp::rtcp_fraction_lost(rtcp, ssrc),
-            None => first_fraction_lost(rtcp),
+        if let Some(c) = &self.counters {
+            bump(&c.rtcp_terminated, 1);
+            if let Some(f) = fraction {
+                c.report_loss(f);
+            }
         }
+        Ok(())
     }
 
     fn mirror(&self) {
@@ -126,43 +137,32 @@ impl StreamTransform for TranscodeTransform {
     fn push(&mut self, payload: &[u8], now_ns: u64) -> Result<(), TransformError> {
         match classify_relay(payload) {
             PacketKind::Rtp => {}
-            PacketKind::Rtcp => {
-                if let Some(c) = self.counters.clone() {
-                    bump(&c.rtcp_terminated, 1);
-                    if let Some(f) = self.rtcp_loss(payload) {
-                        c.report_loss(f);
-                    }
-                }
-                return Ok(());
-            }
+            PacketKind::Rtcp => return self.terminate_rtcp(payload),
             PacketKind::Invalid(_) => return Err(TransformError::Malformed),
         }
-        let len = payload.len();
-        if len > SCRATCH {
-            return Err(TransformError::Malformed);
-        }
-        let len = match self.rx.as_deref_mut() {
-            Some(rx) => {
-                self.scratch[..len].copy_from_slice(payload);
-                match rx.unprotect_rtp(&mut self.scratch[..], len) {
-                    Ok(l) => l,
-                    Err(e) => return Err(self.rx_failed(e)),
-                }
-            }
-            None => {
-                self.scratch[..len].copy_from_slice(payload);
-                len
-            }
-        };
         if let Some(pct) = self.peer.as_ref().and_then(|p| p.reported_loss_pct()) {
             self.transcoder.set_expected_loss(pct);
         }
-        if let (Some(rx), Some(c)) = (self.rx.as_deref(), &self.counters)
-            && let Some(h) = rx.handover()
-        {
-            c.publish_srtp(false, h);
-        }
-        let r = self.transcoder.push(&self.scratch[..len], now_ns);
+        let r = match self.rx.as_deref_mut() {
+            // SRTP is unprotected in the scratch buffer (the frame has no room to spare for the
+            // caller); plain RTP goes to the transcoder as it is, without a copy.
+            Some(rx) => {
+                let len = payload.len();
+                if len > SCRATCH {
+                    return Err(TransformError::Malformed);
+                }
+                self.scratch[..len].copy_from_slice(payload);
+                let len = match rx.unprotect_rtp(&mut self.scratch[..], len) {
+                    Ok(l) => l,
+                    Err(e) => return Err(self.rx_failed(e)),
+                };
+                if let (Some(c), Some(h)) = (&self.counters, rx.handover()) {
+                    c.publish_srtp(false, h);
+                }
+                self.transcoder.push(&self.scratch[..len], now_ns)
+            }
+            None => self.transcoder.push(payload, now_ns),
+        };
         self.mirror();
         r.map_err(|_| TransformError::Malformed)
     }
@@ -197,12 +197,109 @@ impl StreamTransform for TranscodeTransform {
     }
 }
 
-/// The fraction lost of the first report block of an SR or RR.
-fn first_fraction_lost(rtcp: &[u8]) -> Option<u8> {
-    let at = match *rtcp.get(1)? {
-        200 => 28,
-        201 => 8,
-        _ => return None,
-    };
-    (rtcp[0] & 0x1f > 0).then(|| rtcp.get(at + 4).copied())?
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::srtp::SrtpProfile;
+    use crate::transcode::{Codec, OpusParams};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn plan(input: Codec, output: Codec, ssrc: u32) -> DirectionPlan {
+        DirectionPlan {
+            input,
+            input_pt: input.static_pt().unwrap_or(96),
+            output,
+            output_pt: output.static_pt().unwrap_or(96),
+            output_ptime_ms: 20,
+            opus: OpusParams::default(),
+            dtmf: None,
+            cn_pts: vec![13],
+            ssrc,
+        }
+    }
+
+    fn pcmu(seq: u16) -> Vec<u8> {
+        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x0a, 0x0a, 0x0a, 0x0a];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend([0xffu8; 160]);
+        p
+    }
+
+    /// An RR from `from` with one report block about `about` saying `fraction`/256 lost.
+    fn rr(from: u32, about: u32, fraction: u8) -> Vec<u8> {
+        let mut p = vec![0x81, 201, 0, 7];
+        p.extend(from.to_be_bytes());
+        p.extend(about.to_be_bytes());
+        p.extend([fraction, 0, 0, 1]);
+        p.extend([0u8; 16]);
+        p
+    }
+
+    #[test]
+    fn rtcp_is_terminated_and_its_loss_drives_the_other_directions_fec() {
+        // Side A sends PCMU, side B receives Opus (SSRC 0xb0b0) and sends RR about it.
+        let (a, b) = (
+            Arc::new(EndpointCounters::default()),
+            Arc::new(EndpointCounters::default()),
+        );
+        let mut a_to_b =
+            TranscodeTransform::new(&plan(Codec::Pcmu, Codec::Opus, 0xb0b0), 1, None, None)
+                .unwrap()
+                .with_counters(a.clone())
+                .with_feedback(b.clone(), Some(0xa0a0));
+        let mut b_to_a =
+            TranscodeTransform::new(&plan(Codec::Opus, Codec::Pcmu, 0xa0a0), 1, None, None)
+                .unwrap()
+                .with_counters(b.clone())
+                .with_feedback(a.clone(), Some(0xb0b0));
+        a_to_b.push(&pcmu(1), 0).unwrap();
+        assert_eq!(a_to_b.transcoder().expected_loss(), 0);
+
+        // B's RR about another source changes nothing; about sluice's stream, it counts.
+        b_to_a.push(&rr(0xbbbb, 0x1234, 128), 0).unwrap();
+        assert_eq!(b.reported_loss_pct(), None);
+        b_to_a.push(&rr(0xbbbb, 0xb0b0, 26), 0).unwrap();
+        assert_eq!(b.reported_loss_pct(), Some(11));
+        assert_eq!(b.rtcp_terminated.load(Relaxed), 2);
+        let mut out = [0u8; 2048];
+        assert!(b_to_a.pull(&mut out).is_none(), "RTCP never leaves");
+
+        // The next packet A sends is encoded protecting against what B reports.
+        a_to_b.push(&pcmu(2), 20_000_000).unwrap();
+        assert_eq!(a_to_b.transcoder().expected_loss(), 11);
+        assert_eq!(a.transcode_fec_loss_pct.load(Relaxed), 11);
+        assert!(a_to_b.pull(&mut out).is_some());
+    }
+
+    #[test]
+    fn forged_srtcp_is_counted_not_believed() {
+        let key = SrtpKeys {
+            profile: SrtpProfile::AesCm128HmacSha1_80,
+            master: vec![3; 30],
+        };
+        let b = Arc::new(EndpointCounters::default());
+        let mut b_to_a =
+            TranscodeTransform::new(&plan(Codec::Opus, Codec::Pcmu, 0xa0a0), 1, Some(&key), None)
+                .unwrap()
+                .with_counters(b.clone())
+                .with_feedback(Arc::new(EndpointCounters::default()), Some(0xb0b0));
+        let mut sender = SrtpContext::new(key.profile, &key.master, SrtpConfig::default()).unwrap();
+        let plain = rr(0xbbbb, 0xb0b0, 64);
+        let mut wire = plain.clone();
+        wire.resize(plain.len() + 64, 0);
+        let n = sender.protect_rtcp(&mut wire, plain.len()).unwrap();
+        wire.truncate(n);
+        let mut forged = wire.clone();
+        *forged.last_mut().unwrap() ^= 1;
+        assert_eq!(b_to_a.push(&forged, 0), Err(TransformError::AuthFailed));
+        assert_eq!(
+            b.reported_loss_pct(),
+            None,
+            "a forged report is not believed"
+        );
+        assert_eq!(b.srtp_auth_failures.load(Relaxed), 1);
+        b_to_a.push(&wire, 0).unwrap();
+        assert_eq!(b.reported_loss_pct(), Some(25));
+    }
 }
