@@ -17,8 +17,10 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+
+mod common;
+use common::{Namespaces, in_ns, ip, ns_exec};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,81 +37,15 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Serializes the tests of this file; None (test skipped) without root or the XDP program.
 fn setup() -> Option<MutexGuard<'static, ()>> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: needs root");
-        return None;
-    }
-    if sluice_relay::xdp::program_object().is_none() {
-        println!(
-            "skipped: sluice was built without the XDP program (apt-get install clang-19 libbpf-dev)"
-        );
+    if let Some(why) = common::skip_reason() {
+        println!("skipped: {why}");
         return None;
     }
     Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ip(args: &str) {
-    run("ip", &args.split_whitespace().collect::<Vec<_>>());
-}
-
-fn ns_exec(ns: &str, args: &str) {
-    let mut v = vec!["netns", "exec", ns];
-    v.extend(args.split_whitespace());
-    run("ip", &v);
-}
-
-/// Runs `f` on a thread inside network namespace `ns`. Sockets it creates stay in `ns`.
-fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::scope(|s| {
-        let h = s.spawn(move || {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: valid fd; setns only affects this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
-            f()
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e),
-        }
-    })
-}
-
-/// Namespaces deleted on drop, panics included.
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
 fn unique(prefix: &str) -> String {
-    format!(
-        "sx{}-{}{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed),
-        prefix
-    )
+    common::unique("sx", prefix)
 }
 
 const C_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];

@@ -23,7 +23,9 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+
+mod common;
+use common::{Namespaces, in_ns, ip, ns_exec};
 use std::time::{Duration, Instant};
 
 use sluice_relay::clock::now_ns;
@@ -33,81 +35,17 @@ use sluice_relay::xdp::{FlowKey, FlowValue, XdpError, XdpMode, XdpPath};
 // namespaces
 
 fn skip() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: needs root");
-        return true;
-    }
-    if sluice_relay::xdp::program_object().is_none() {
-        println!(
-            "skipped: sluice was built without the XDP program (apt-get install clang-19 libbpf-dev)"
-        );
-        return true;
-    }
-    false
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ip(args: &str) {
-    run("ip", &args.split_whitespace().collect::<Vec<_>>());
-}
-
-fn ns_exec(ns: &str, args: &str) {
-    let mut v = vec!["netns", "exec", ns];
-    v.extend(args.split_whitespace());
-    run("ip", &v);
-}
-
-/// Runs `f` on a thread inside network namespace `ns`. Sockets it creates stay in `ns`.
-fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::scope(|s| {
-        let h = s.spawn(move || {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: valid fd; setns only affects this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
-            f()
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e),
+    match common::skip_reason() {
+        Some(why) => {
+            println!("skipped: {why}");
+            true
         }
-    })
-}
-
-/// Namespaces deleted on drop, panics included.
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
+        None => false,
     }
 }
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn unique(prefix: &str) -> String {
-    format!(
-        "sl{}-{}{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed),
-        prefix
-    )
+    common::unique("sl", prefix)
 }
 
 const C_MAC: &str = "02:00:00:00:01:02";
@@ -969,11 +907,7 @@ fn xdp_attach_is_all_or_nothing_and_detaches_on_drop() {
 
 /// A trivial XDP_PASS object named `other_prog`, built with clang (None without clang).
 fn foreign_object() -> Option<std::path::PathBuf> {
-    let base = std::env::temp_dir().join(format!(
-        "sluice-foreign-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
+    let base = std::env::temp_dir().join(common::unique("sluice-foreign-", ""));
     let (c, o) = (base.with_extension("c"), base.with_extension("o"));
     std::fs::write(
         &c,
@@ -1001,11 +935,7 @@ fn xdp_stale_program_from_an_earlier_run_is_replaced() {
     }
     let t = topo();
     // A "crashed run" that attached through netlink: the program stays after its loader died.
-    let obj = std::env::temp_dir().join(format!(
-        "sluice-stale-{}-{}.o",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
+    let obj = std::env::temp_dir().join(common::unique("sluice-stale-", ".o"));
     std::fs::write(&obj, sluice_relay::xdp::program_object().unwrap()).unwrap();
     let obj_s = obj.to_str().unwrap();
     ip(&format!(
