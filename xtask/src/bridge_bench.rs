@@ -23,8 +23,9 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::bencode::Value;
 use crate::child::Proc;
+use crate::netns::Placement;
 use crate::proc_cpu::process_cpu_ns;
-use crate::relays::{describe, free_port};
+use crate::relays::{NgClient, describe, free_port, spawn_rtpengine};
 use crate::sdp;
 use crate::sys::{RecvBatch, SendBatch, bind_loopback, local_v4, poll_readable, set_buffer};
 
@@ -288,8 +289,7 @@ impl Bridge for Sluice {
 struct Rtpengine {
     proc: Proc,
     cmdline: String,
-    ng: UdpSocket,
-    seq: u64,
+    ng: NgClient,
     calls: Vec<(String, String)>,
 }
 
@@ -298,77 +298,24 @@ impl Rtpengine {
         if !exe.is_file() {
             bail!("rtpengine not found at {}", exe.display());
         }
-        let ng_port = free_port()?;
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "--config-file=none".to_string(),
-            "--table=-1".to_string(),
-            "--interface=127.0.0.1".to_string(),
-            format!("--listen-ng=127.0.0.1:{ng_port}"),
-            "--foreground".to_string(),
-            "--log-stderr".to_string(),
-            "--log-level=4".to_string(),
-            format!("--num-threads={threads}"),
-            format!("--port-min={}", RTPENGINE_PORTS.0),
-            format!("--port-max={}", RTPENGINE_PORTS.1),
-            "--delete-delay=0".to_string(),
-        ]);
-        let log_out = std::fs::File::create(log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(log_out.try_clone()?)
-            .stderr(log_out);
-        let cmdline = describe(&cmd);
-        let proc = Proc::spawn("rtpengine", &mut cmd, Some(log.to_path_buf()))?;
-        let ng = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        ng.connect((Ipv4Addr::LOCALHOST, ng_port))?;
-        ng.set_read_timeout(Some(Duration::from_millis(300)))?;
-        let mut me = Self {
+        let (proc, cmdline, ng) = spawn_rtpengine(
+            exe,
+            RTPENGINE_PORTS,
+            threads,
+            Ipv4Addr::LOCALHOST,
+            &Placement::default(),
+            log,
+        )?;
+        Ok(Self {
             proc,
             cmdline,
             ng,
-            seq: 0,
             calls: Vec::new(),
-        };
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            me.proc.ensure_running()?;
-            match me.request(&Value::dict([("command", Value::str("ping"))])) {
-                Ok(_) => break,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(e.context(format!("rtpengine startup{}", me.proc.log_tail())));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-        Ok(me)
+        })
     }
 
-    /// `<cookie> <bencoded dict>` over UDP; retries reuse the cookie (rtpengine caches replies).
     fn request(&mut self, cmd: &Value) -> Result<Value> {
-        self.seq += 1;
-        let cookie = format!("{}_{}", std::process::id(), self.seq);
-        let mut msg = format!("{cookie} ").into_bytes();
-        cmd.encode(&mut msg);
-        let mut buf = vec![0u8; 65536];
-        for _ in 0..5 {
-            if self.ng.send(&msg).is_err() {
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-            while let Ok(n) = self.ng.recv(&mut buf) {
-                let reply = &buf[..n];
-                if let Some(sp) = reply.iter().position(|&b| b == b' ')
-                    && &reply[..sp] == cookie.as_bytes()
-                {
-                    let v = Value::decode(&reply[sp + 1..])?;
-                    return match v.get_str("result").as_deref() {
-                        Some("ok") | Some("pong") => Ok(v),
-                        _ => bail!("rtpengine refused: {v:?}"),
-                    };
-                }
-            }
-        }
-        bail!("no reply from rtpengine's ng port")
+        self.ng.command(cmd)
     }
 }
 

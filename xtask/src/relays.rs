@@ -160,56 +160,7 @@ impl Rtpengine {
         placement: &Placement,
         log: &Path,
     ) -> Result<Self> {
-        // A free port of the namespace it runs in (its loopback is its own).
-        let ng_port = match &placement.netns {
-            Some(ns) => netns::in_ns(ns, free_port)?,
-            None => free_port()?,
-        };
-        let mut cmd = placement.command(exe);
-        cmd.args([
-            // The Debian package's /etc/rtpengine/rtpengine.conf would add a kernel table and
-            // CLI/HTTP listeners on fixed ports; start from nothing instead.
-            "--config-file=none".to_string(),
-            "--table=-1".to_string(),
-            format!("--interface={interface}"),
-            format!("--listen-ng=127.0.0.1:{ng_port}"),
-            "--foreground".to_string(),
-            "--log-stderr".to_string(),
-            "--log-level=4".to_string(),
-            format!("--num-threads={threads}"),
-            format!("--port-min={}", ports.0),
-            format!("--port-max={}", ports.1),
-            // Free a deleted call's ports at once, so the next setup of the run starts clean.
-            "--delete-delay=0".to_string(),
-        ]);
-        let log_out = log_file(log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(log_out.try_clone()?)
-            .stderr(log_out);
-        let cmdline = describe(&cmd);
-        let mut proc = Proc::spawn("rtpengine", &mut cmd, Some(log.to_path_buf()))?;
-        let server = SocketAddrV4::new(Ipv4Addr::LOCALHOST, ng_port);
-        let ng = match &placement.netns {
-            Some(ns) => netns::in_ns(ns, || NgClient::new(server))?,
-            None => NgClient::new(server)?,
-        };
-        let deadline = Instant::now() + STARTUP;
-        // Bounded by STARTUP.
-        loop {
-            proc.ensure_running()?;
-            match ng.request(&Value::dict([("command", Value::str("ping"))])) {
-                Ok(r) if r.get_str("result").as_deref() == Some("pong") => break,
-                Ok(r) => bail!("rtpengine answered ping with {r:?}"),
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(e.context(format!(
-                        "rtpengine did not answer ng ping on 127.0.0.1:{ng_port} within {} s{}",
-                        STARTUP.as_secs(),
-                        proc.log_tail()
-                    )));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        let (proc, cmdline, ng) = spawn_rtpengine(exe, ports, threads, interface, placement, log)?;
         Ok(Self {
             proc,
             cmdline,
@@ -310,8 +261,71 @@ impl Relay for Rtpengine {
     }
 }
 
+/// Starts rtpengine the way every bench runs it (no config file, no kernel table, its own ports,
+/// `threads` media threads) and waits until its ng port answers a ping.
+pub(crate) fn spawn_rtpengine(
+    exe: &Path,
+    ports: (u16, u16),
+    threads: u32,
+    interface: Ipv4Addr,
+    placement: &Placement,
+    log: &Path,
+) -> Result<(Proc, String, NgClient)> {
+    // A free port of the namespace it runs in (its loopback is its own).
+    let ng_port = match &placement.netns {
+        Some(ns) => netns::in_ns(ns, free_port)?,
+        None => free_port()?,
+    };
+    let mut cmd = placement.command(exe);
+    cmd.args([
+        // The Debian package's /etc/rtpengine/rtpengine.conf would add a kernel table and
+        // CLI/HTTP listeners on fixed ports; start from nothing instead.
+        "--config-file=none".to_string(),
+        "--table=-1".to_string(),
+        format!("--interface={interface}"),
+        format!("--listen-ng=127.0.0.1:{ng_port}"),
+        "--foreground".to_string(),
+        "--log-stderr".to_string(),
+        "--log-level=4".to_string(),
+        format!("--num-threads={threads}"),
+        format!("--port-min={}", ports.0),
+        format!("--port-max={}", ports.1),
+        // Free a deleted call's ports at once, so the next setup of the run starts clean.
+        "--delete-delay=0".to_string(),
+    ]);
+    let log_out = log_file(log)?;
+    cmd.stdin(Stdio::null())
+        .stdout(log_out.try_clone()?)
+        .stderr(log_out);
+    let cmdline = describe(&cmd);
+    let mut proc = Proc::spawn("rtpengine", &mut cmd, Some(log.to_path_buf()))?;
+    let server = SocketAddrV4::new(Ipv4Addr::LOCALHOST, ng_port);
+    let ng = match &placement.netns {
+        Some(ns) => netns::in_ns(ns, || NgClient::new(server))?,
+        None => NgClient::new(server)?,
+    };
+    let deadline = Instant::now() + STARTUP;
+    // Bounded by STARTUP.
+    loop {
+        proc.ensure_running()?;
+        match ng.request(&Value::dict([("command", Value::str("ping"))])) {
+            Ok(r) if r.get_str("result").as_deref() == Some("pong") => break,
+            Ok(r) => bail!("rtpengine answered ping with {r:?}"),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!(
+                    "rtpengine did not answer ng ping on 127.0.0.1:{ng_port} within {} s{}",
+                    STARTUP.as_secs(),
+                    proc.log_tail()
+                )));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    Ok((proc, cmdline, ng))
+}
+
 /// rtpengine's ng protocol: `<cookie> <bencoded dict>` over UDP, the reply echoing the cookie.
-struct NgClient {
+pub(crate) struct NgClient {
     sock: UdpSocket,
     seq: std::cell::Cell<u64>,
 }
@@ -328,6 +342,19 @@ impl NgClient {
             sock,
             seq: std::cell::Cell::new(0),
         })
+    }
+
+    /// A request whose reply must say `result: ok` (or `pong`); anything else is an error
+    /// carrying rtpengine's reply.
+    pub(crate) fn command(&self, cmd: &Value) -> Result<Value> {
+        let reply = self.request(cmd)?;
+        match reply.get_str("result").as_deref() {
+            Some("ok") | Some("pong") => Ok(reply),
+            _ => bail!(
+                "rtpengine refused {}: {reply:?}",
+                cmd.get_str("command").unwrap_or_default()
+            ),
+        }
     }
 
     /// Retries reuse the cookie: rtpengine caches replies per cookie, so a retransmitted offer

@@ -45,8 +45,9 @@ use sluice_relay::transcode::{
 
 use crate::bencode::Value;
 use crate::child::Proc;
+use crate::netns::Placement;
 use crate::proc_cpu::process_cpu_ns;
-use crate::relays::{describe, free_port};
+use crate::relays::{NgClient, describe, spawn_rtpengine};
 
 const FRAME: usize = 160;
 const BITRATE: u32 = 24_000;
@@ -282,8 +283,7 @@ fn in_process(speech: &[i16], complexity: u8, audio_secs: u32) -> Result<InProce
 struct Rtpengine {
     proc: Proc,
     cmdline: String,
-    ng: UdpSocket,
-    seq: u64,
+    ng: NgClient,
 }
 
 impl Rtpengine {
@@ -294,78 +294,20 @@ impl Rtpengine {
                 exe.display()
             );
         }
-        let ng_port = free_port()?;
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "--config-file=none".to_string(),
-            "--table=-1".to_string(),
-            "--interface=127.0.0.1".to_string(),
-            format!("--listen-ng=127.0.0.1:{ng_port}"),
-            "--foreground".to_string(),
-            "--log-stderr".to_string(),
-            "--log-level=4".to_string(),
-            // One media thread: channels per core is then what one core does.
-            "--num-threads=1".to_string(),
-            format!("--port-min={}", RTPENGINE_PORTS.0),
-            format!("--port-max={}", RTPENGINE_PORTS.1),
-            "--delete-delay=0".to_string(),
-        ]);
-        let log_out = std::fs::File::create(log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(log_out.try_clone()?)
-            .stderr(log_out);
-        let cmdline = describe(&cmd);
-        let proc = Proc::spawn("rtpengine", &mut cmd, Some(log.to_path_buf()))?;
-        let ng = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        ng.connect((Ipv4Addr::LOCALHOST, ng_port))?;
-        ng.set_read_timeout(Some(Duration::from_millis(300)))?;
-        let mut me = Self {
-            proc,
-            cmdline,
-            ng,
-            seq: 0,
-        };
-        let deadline = Instant::now() + STARTUP;
-        // Bounded by STARTUP.
-        loop {
-            me.proc.ensure_running()?;
-            match me.request(&Value::dict([("command", Value::str("ping"))])) {
-                Ok(_) => break,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(e.context(format!("rtpengine startup{}", me.proc.log_tail())));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-        Ok(me)
+        // One media thread: channels per core is then what one core does.
+        let (proc, cmdline, ng) = spawn_rtpengine(
+            exe,
+            RTPENGINE_PORTS,
+            1,
+            Ipv4Addr::LOCALHOST,
+            &Placement::default(),
+            log,
+        )?;
+        Ok(Self { proc, cmdline, ng })
     }
 
-    /// `<cookie> <bencoded dict>` over UDP; retries reuse the cookie (rtpengine caches replies).
     fn request(&mut self, cmd: &Value) -> Result<Value> {
-        self.seq += 1;
-        let cookie = format!("{}_{}", std::process::id(), self.seq);
-        let mut msg = format!("{cookie} ").into_bytes();
-        cmd.encode(&mut msg);
-        let mut buf = vec![0u8; 65536];
-        for _ in 0..5 {
-            if self.ng.send(&msg).is_err() {
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-            while let Ok(n) = self.ng.recv(&mut buf) {
-                let reply = &buf[..n];
-                if let Some(sp) = reply.iter().position(|&b| b == b' ')
-                    && &reply[..sp] == cookie.as_bytes()
-                {
-                    let v = Value::decode(&reply[sp + 1..])?;
-                    return match v.get_str("result").as_deref() {
-                        Some("ok") | Some("pong") => Ok(v),
-                        _ => bail!("rtpengine refused: {v:?}"),
-                    };
-                }
-            }
-        }
-        bail!("no reply from rtpengine's ng port")
+        self.ng.command(cmd)
     }
 }
 
