@@ -1051,50 +1051,61 @@ impl BatchIo {
     /// Sends queued messages, one `sendmmsg` per run of equal output sockets. A full socket buffer
     /// drops the rest of that run rather than blocking the loop. Returns (sent, sent bytes, failed).
     fn flush(&mut self, queued: usize) -> (u64, u64, u64) {
-        let (mut sent, mut bytes, mut failed) = (0u64, 0u64, 0u64);
-        let mut start = 0;
-        while start < queued {
-            let fd = self.tx_fd[start];
-            let mut end = start + 1;
-            while end < queued && self.tx_fd[end] == fd {
-                end += 1;
-            }
-            let mut at = start;
-            while at < end {
-                // SAFETY: headers at..end were filled by `queue` and point into `self`.
-                let r = unsafe {
-                    libc::sendmmsg(
-                        fd,
-                        self.tx_hdrs[at..].as_mut_ptr(),
-                        (end - at) as libc::c_uint,
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if r < 0 {
-                    let e = io::Error::last_os_error();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    // The first message failed (full buffer, unreachable, family mismatch): skip
-                    // it and try the rest.
-                    failed += 1;
-                    at += 1;
-                    continue;
-                }
-                let r = r as usize;
-                for k in at..at + r {
-                    bytes += self.tx_iov[k].iov_len as u64;
-                }
-                sent += r as u64;
-                at += r.max(1);
-                if r == 0 {
-                    failed += 1;
-                }
-            }
-            start = end;
-        }
+        let mut bytes = 0u64;
+        let iov = &self.tx_iov;
+        let (sent, failed) = send_runs(&mut self.tx_hdrs[..queued], &self.tx_fd[..queued], |k| {
+            bytes += iov[k].iov_len as u64
+        });
         (sent, bytes, failed)
     }
+}
+
+/// Sends prepared messages with one `sendmmsg` per run of consecutive equal sockets in `fds`,
+/// never blocking: a message the kernel refuses (full buffer, unreachable, wrong family) is
+/// skipped and counted. `sent(k)` is called for every message `k` that went out. Returns
+/// (sent, failed).
+pub(crate) fn send_runs(
+    hdrs: &mut [libc::mmsghdr],
+    fds: &[RawFd],
+    mut sent: impl FnMut(usize),
+) -> (u64, u64) {
+    let n = hdrs.len().min(fds.len());
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut start = 0;
+    while start < n {
+        let fd = fds[start];
+        let mut end = start + 1;
+        while end < n && fds[end] == fd {
+            end += 1;
+        }
+        let mut at = start;
+        while at < end {
+            // SAFETY: the headers at..end were prepared by the caller and point at buffers and
+            // addresses it keeps alive for the call.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    hdrs[at..].as_mut_ptr(),
+                    (end - at) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r <= 0 {
+                if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                failed += 1;
+                at += 1;
+                continue;
+            }
+            let r = r as usize;
+            (at..at + r).for_each(&mut sent);
+            ok += r as u64;
+            at += r;
+        }
+        start = end;
+    }
+    (ok, failed)
 }
 
 fn sockaddr_to_std(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {

@@ -539,46 +539,14 @@ impl Worker {
             h.msg_controllen = 0;
             h.msg_flags = 0;
         }
-        let mut start = 0;
-        while start < n {
-            let fd = q.fd[start];
-            let mut end = start + 1;
-            while end < n && q.fd[end] == fd {
-                end += 1;
-            }
-            let mut at = start;
-            while at < end {
-                // SAFETY: headers at..end point at payloads inside frames this worker owns
-                // until they are freed below, and at addresses in `q`.
-                let r = unsafe {
-                    libc::sendmmsg(
-                        fd,
-                        q.hdrs[at..].as_mut_ptr(),
-                        (end - at) as libc::c_uint,
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if r <= 0 {
-                    if r < 0
-                        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-                    {
-                        continue;
-                    }
-                    bump(&c.dropped_socket_error, 1);
-                    at += 1;
-                    continue;
-                }
-                for k in at..at + r as usize {
-                    // SAFETY: flows are only removed by commands, between batches.
-                    let st = unsafe { &*q.stats[k] };
-                    bump(&st.forwarded, 1);
-                    bump(&st.forwarded_bytes, q.bytes[k] as u64);
-                }
-                bump(&c.tx_socket_packets, r as u64);
-                at += r as usize;
-            }
-            start = end;
-        }
+        let (sent, failed) = crate::engine::send_runs(&mut q.hdrs[..n], &q.fd[..n], |k| {
+            // SAFETY: flows are only removed by commands, between batches.
+            let st = unsafe { &*q.stats[k] };
+            bump(&st.forwarded, 1);
+            bump(&st.forwarded_bytes, q.bytes[k] as u64);
+        });
+        bump(&c.tx_socket_packets, sent);
+        bump(&c.dropped_socket_error, failed);
         for k in 0..n {
             self.free.push(self.umem.chunk(q.frame[k]));
         }
