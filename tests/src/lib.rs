@@ -299,6 +299,16 @@ impl Daemon {
 
     /// Sends SIGTERM and waits up to `limit` for the process to exit; `None` if it did not
     /// (it is then still running, and killed on drop).
+    /// SIGTERM, then asserts the daemon exited successfully within 10 s.
+    pub fn stop_cleanly(&mut self) {
+        let status = self.terminate(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "sluice did not stop cleanly: {status:?}\n{}",
+            self.log_text()
+        );
+    }
+
     pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
         // SAFETY: kill(2) on the pid of a child we have not reaped yet.

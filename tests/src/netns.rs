@@ -290,6 +290,17 @@ impl Topology {
         in_ns(ns, || crate::stranger(ip))
     }
 
+    /// sluice in the relay namespace, either with XDP attached natively and one AF_XDP worker
+    /// (`workers`) or with `--xdp off`: the two paths a stream that needs work can take.
+    pub async fn start_sluice(&self, workers: bool) -> crate::Daemon {
+        let mut args = Self::sluice_args(if workers { "native" } else { "off" });
+        if workers {
+            args.extend(["--workers".into(), "1".into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::Daemon::start_in(Some(&self.relay), &args).await
+    }
+
     /// Arguments for `sluice run` in the relay namespace: both media addresses, the XDP program
     /// on both relay interfaces in `mode`, and a port range of its own (the namespace is ours).
     pub fn sluice_args(mode: &str) -> Vec<String> {

@@ -260,20 +260,10 @@ async fn srtp_caller_and_plain_callee_through_the_worker_and_userspace() {
     }
     bounded(async {
         let topo = Topology::new();
-        for (mode, workers) in [("native", true), ("off", false)] {
-            let mut args = Topology::sluice_args(mode);
-            if workers {
-                args.extend(["--workers".into(), "1".into()]);
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let mut d = Daemon::start_in(Some(&topo.relay), &args).await;
+        for workers in [true, false] {
+            let mut d = topo.start_sluice(workers).await;
             run_call(&d, &topo, workers).await;
-            let status = d.terminate(Duration::from_secs(10));
-            assert!(
-                status.is_some_and(|s| s.success()),
-                "sluice did not stop cleanly: {status:?}\n{}",
-                d.log_text()
-            );
+            d.stop_cleanly();
             if workers {
                 assert!(
                     d.log_text().contains("AF_XDP workers stopped"),
