@@ -84,4 +84,23 @@ struct sluice_flow_counters {
 				       handed to the kernel stack */
 };
 
+/*
+ * XDP metadata in front of a frame handed to a worker (bpf_xdp_adjust_meta; AF_XDP copies it
+ * into the UMEM right before the packet, also in copy mode): the bpf_fib_lookup() result for
+ * the flow's rewritten addresses, so the worker can send the frame from its own TX ring on that
+ * interface instead of through the kernel's IP stack. Absent (no magic) when the value names no
+ * rewrite, the lookup failed (no route, no neighbour entry yet) or the egress is not an
+ * interface sluice is attached to: the worker then lets the kernel route the packet, which
+ * also resolves the neighbour for the next one.
+ */
+#define SLUICE_XSK_META_MAGIC 0x534c4d31 /* "SLM1" */
+struct sluice_xsk_meta {
+	__u32 magic;     /* SLUICE_XSK_META_MAGIC; the worker clears it after reading */
+	__u32 ifindex;   /* egress interface */
+	__u8 smac[6];    /* egress interface's address */
+	__u8 dmac[6];    /* next hop's address */
+	__u16 mtu;       /* egress MTU (L3 bytes) */
+	__u16 pad;       /* 0 */
+};
+
 #endif /* SLUICE_MAPS_H */

@@ -12,11 +12,14 @@
  *   3. bpf_fib_lookup() of the rewritten addresses -> egress ifindex and MACs; any failure ->
  *      XDP_PASS + count (the packet is still untouched at this point),
  *   4. egress must be an interface sluice is attached to (sluice_egress), else XDP_PASS + count,
- *      WORKER stops here: bpf_redirect_map() to the AF_XDP socket registered for the
- *      (ingress interface, RX queue) in sluice_xsks, whose worker rewrites and transmits; a
- *      queue without a socket falls back to XDP_PASS (counted),
  *   5. rewrite MACs, IP src/dst, UDP ports, TTL/hop limit - 1, incremental checksums
  *      (RFC 1624), count, then XDP_TX (egress == ingress) or bpf_redirect().
+ * A WORKER hit takes steps 1 and 2, then bpf_redirect_map() to the AF_XDP socket registered for
+ * the (ingress interface, RX queue) in sluice_xsks, whose worker transforms, rewrites and
+ * transmits (a queue without a socket: XDP_PASS, counted). When the value names the rewrite,
+ * the fib lookup of step 3 (and the check of step 4) runs first and its result travels with the
+ * frame as struct sluice_xsk_meta: the worker sends from its TX ring on that interface. A failed
+ * lookup does not stop the packet; the worker then hands it to the kernel's IP stack.
  *
  * Build: clang-19 -target bpf -O2 -g -c sluice_xdp.c (relay/build.rs does this).
  */
@@ -182,8 +185,22 @@ static __always_inline int family_ok(const struct sluice_flow_value *v, __u8 fam
  * worker rewrites it (and runs its payload transform, e.g. SRTP). No socket there: XDP_PASS, so
  * the kernel stack and the userspace relay see it.
  */
-static __always_inline int to_worker(struct xdp_md *ctx, const struct sluice_flow_value *v)
+static __always_inline int to_worker(struct xdp_md *ctx, const struct sluice_flow_value *v,
+				     const struct bpf_fib_lookup *fib)
 {
+	if (fib && egress_allowed(fib->ifindex) &&
+	    bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct sluice_xsk_meta)) == 0) {
+		/* adjust_meta invalidated every packet pointer: only ctx is used from here on. */
+		struct sluice_xsk_meta *m = (void *)(long)ctx->data_meta;
+		if ((void *)(m + 1) <= (void *)(long)ctx->data) {
+			m->magic = SLUICE_XSK_META_MAGIC;
+			m->ifindex = fib->ifindex;
+			__builtin_memcpy(m->smac, fib->smac, ETH_ALEN);
+			__builtin_memcpy(m->dmac, fib->dmac, ETH_ALEN);
+			m->mtu = fib->mtu_result;
+			m->pad = 0;
+		}
+	}
 	__u32 ifindex = ctx->ingress_ifindex;
 	__u32 queue = ctx->rx_queue_index;
 	__u32 *slot = bpf_map_lookup_elem(&sluice_egress, &ifindex);
@@ -248,8 +265,9 @@ static __always_inline int handle_v4(struct xdp_md *ctx, struct ethhdr *eth, voi
 		COUNT(v, passed_ttl);
 		return XDP_PASS;
 	}
-	if (v->action == SLUICE_ACTION_WORKER)
-		return to_worker(ctx, v);
+	int worker = v->action == SLUICE_ACTION_WORKER;
+	if (worker && !v->new_dst_port)
+		return to_worker(ctx, v, 0);
 
 	struct bpf_fib_lookup fib = {};
 	fib.family = SLUICE_AF_INET;
@@ -257,11 +275,14 @@ static __always_inline int handle_v4(struct xdp_md *ctx, struct ethhdr *eth, voi
 	fib.l4_protocol = IPPROTO_UDP;
 	fib.sport = v->new_src_port;
 	fib.dport = v->new_dst_port;
-	fib.tot_len = tot_len;
+	/* A worker's transform may grow the packet: ask for the MTU instead of a verdict on it. */
+	fib.tot_len = worker ? 0 : tot_len;
 	fib.ipv4_src = v->new_src_addr[0];
 	fib.ipv4_dst = v->new_dst_addr[0];
 	fib.ifindex = ctx->ingress_ifindex;
 	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (worker)
+		return to_worker(ctx, v, rc == BPF_FIB_LKUP_RET_SUCCESS ? &fib : 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return pass_fib(v, rc);
 	if (!egress_allowed(fib.ifindex)) {
@@ -348,8 +369,9 @@ static __always_inline int handle_v6(struct xdp_md *ctx, struct ethhdr *eth, voi
 		COUNT(v, passed_ttl);
 		return XDP_PASS;
 	}
-	if (v->action == SLUICE_ACTION_WORKER)
-		return to_worker(ctx, v);
+	int worker = v->action == SLUICE_ACTION_WORKER;
+	if (worker && !v->new_dst_port)
+		return to_worker(ctx, v, 0);
 
 	struct bpf_fib_lookup fib = {};
 	fib.family = SLUICE_AF_INET6;
@@ -357,7 +379,7 @@ static __always_inline int handle_v6(struct xdp_md *ctx, struct ethhdr *eth, voi
 	fib.l4_protocol = IPPROTO_UDP;
 	fib.sport = v->new_src_port;
 	fib.dport = v->new_dst_port;
-	fib.tot_len = sizeof(*ip6) + payload_len;
+	fib.tot_len = worker ? 0 : sizeof(*ip6) + payload_len;
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
 		fib.ipv6_src[i] = v->new_src_addr[i];
@@ -365,6 +387,8 @@ static __always_inline int handle_v6(struct xdp_md *ctx, struct ethhdr *eth, voi
 	}
 	fib.ifindex = ctx->ingress_ifindex;
 	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (worker)
+		return to_worker(ctx, v, rc == BPF_FIB_LKUP_RET_SUCCESS ? &fib : 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return pass_fib(v, rc);
 	if (!egress_allowed(fib.ifindex)) {

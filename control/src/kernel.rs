@@ -62,8 +62,9 @@ pub trait KernelPath: Send {
 
 /// What a WORKER flow does, in a form from which each worker gets its own context: packets
 /// arriving at the flow's relay address are unprotected with `rx` (if set), protected with
-/// `tx` (if set), and sent from `new_src` to `new_dst` through `fallback`, a socket bound to
-/// `new_src` (the kernel routes them: `NextHop::Kernel`).
+/// `tx` (if set), and sent from `new_src` to `new_dst`: from the worker's TX ring where the XDP
+/// program's route lookup gave a next hop (`NextHop::Fib`), else through `fallback`, a socket
+/// bound to `new_src` (the kernel routes them).
 pub struct WorkerFlowSpec {
     pub new_src: SocketAddr,
     pub new_dst: SocketAddr,
@@ -240,7 +241,7 @@ impl KernelPath for Xdp {
                         Transform::custom(t.take_over())
                     }
                 };
-                let mut flow = WorkerFlow::new(spec.new_src, spec.new_dst, NextHop::Kernel)
+                let mut flow = WorkerFlow::new(spec.new_src, spec.new_dst, NextHop::Fib)
                     .with_transform(transform);
                 if let Some(s) = &spec.fallback {
                     flow = flow.with_fallback(

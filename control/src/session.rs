@@ -582,6 +582,8 @@ impl Sessions {
                     dropped: w.dropped(),
                     transform_errors: w.transform_errors,
                     load_permille: w.load_permille as u32,
+                    tx_ring: w.tx_packets,
+                    tx_kernel: w.tx_socket_packets,
                 })
                 .collect(),
         }
@@ -1515,7 +1517,8 @@ fn install_stream(
             break;
         };
         let mut value = if worker {
-            FlowValue::worker(flow_id)
+            // The program routes it, so the worker can send from its TX ring.
+            FlowValue::worker_routed(flow_id, new_src, to)
         } else {
             FlowValue::forward(flow_id, new_src, to)
         };
@@ -2216,8 +2219,9 @@ mod tests {
         assert_eq!(st.worker_flows.len(), 4);
         for (local, v) in &st.flows {
             assert_eq!(v.action(), Some(sluice_relay::xdp::FlowAction::Worker));
-            assert_eq!(v.rewrite(), None, "the worker rewrites, not XDP");
-            assert!(st.worker_flows.contains_key(local));
+            // The worker rewrites; the program only routes with the same addresses.
+            let spec = &st.worker_flows[local];
+            assert_eq!(v.rewrite(), Some((spec.new_src, spec.new_dst)), "{local}");
         }
         let a_rtp = local(a.local_rtp_port);
         assert_eq!(

@@ -624,6 +624,133 @@ fn afxdp_fallback_socket_and_hairpin_next_hops() {
     assert!(err.to_string().contains("address family"), "{err}");
 }
 
+/// `NextHop::Fib` with a routed WORKER value: the XDP program's route lookup travels with the
+/// frame, so the worker sends from its TX ring on the egress interface; without a neighbour
+/// entry (or when the packet would exceed the route's MTU) the kernel routes the packet, and
+/// once the kernel has resolved the neighbour the TX ring takes over.
+fn routed_flow_uses_the_tx_ring(v6: bool) {
+    let Some(_serial) = setup() else { return };
+    let t = topo();
+    let mut xdp = attach(&t);
+    let pool = start(&t, &mut xdp);
+    let w = pool.worker(0).unwrap();
+    let call = call(&t, v6);
+    let (ka, kb) = (
+        FlowKey::new(sa(&call.relay_a_addr)),
+        FlowKey::new(sa(&call.relay_b_addr)),
+    );
+    let (to_callee, to_caller) = (
+        WorkerFlow::new(sa(&call.relay_b_addr), sa(&call.callee_addr), NextHop::Fib)
+            .with_fallback(call.relay_b.try_clone().unwrap()),
+        WorkerFlow::new(sa(&call.relay_a_addr), sa(&call.caller_addr), NextHop::Fib)
+            .with_transform(Transform::custom(Append10))
+            .with_fallback(call.relay_a.try_clone().unwrap()),
+    );
+    w.add_flow(ka, to_callee).unwrap();
+    w.add_flow(kb, to_caller).unwrap();
+    w.sync().unwrap();
+    xdp.insert(
+        ka,
+        FlowValue::worker_routed(7, sa(&call.relay_b_addr), sa(&call.callee_addr))
+            .strict_source(sa(&call.caller_addr)),
+    )
+    .unwrap();
+    xdp.insert(
+        kb,
+        FlowValue::worker_routed(8, sa(&call.relay_a_addr), sa(&call.caller_addr))
+            .strict_source(sa(&call.callee_addr)),
+    )
+    .unwrap();
+    let callee_ip = sa(&call.callee_addr).ip().to_string();
+
+    // Neighbours known (permanent entries): every packet leaves by the TX ring, both ways.
+    const N: u16 = 20;
+    send_and_expect(
+        &call.caller,
+        &call.relay_a_addr,
+        N,
+        &call.callee,
+        &call.relay_b_addr,
+        |seq| rtp(seq, 172),
+    );
+    send_and_expect(
+        &call.callee,
+        &call.relay_b_addr,
+        N,
+        &call.caller,
+        &call.relay_a_addr,
+        appended,
+    );
+    let s = w.stats();
+    assert_eq!(
+        (s.tx_packets, s.tx_socket_packets, s.dropped()),
+        (2 * N as u64, 0, 0),
+        "{s:?}"
+    );
+
+    // The relay forgets the callee: the lookup fails, the kernel routes the first packet (and
+    // asks for the callee's address), the TX ring takes the rest.
+    ip(&format!("-n {} neigh del {callee_ip} dev r2", t.relay));
+    send_and_expect(
+        &call.caller,
+        &call.relay_a_addr,
+        N,
+        &call.callee,
+        &call.relay_b_addr,
+        |seq| rtp(seq, 172),
+    );
+    eventually("all counted", || {
+        let s = w.stats();
+        s.tx_packets + s.tx_socket_packets == 3 * N as u64
+    });
+    let s = w.stats();
+    assert!(
+        s.tx_socket_packets >= 1,
+        "the first went to the kernel: {s:?}"
+    );
+    assert!(
+        s.tx_packets >= 2 * N as u64 + N as u64 / 2,
+        "the TX ring took over once the neighbour was resolved: {s:?}"
+    );
+    assert_eq!(s.dropped(), 0, "{s:?}");
+
+    // A route MTU the grown packet (+10 bytes) does not fit: the flow's UDP socket, through
+    // which the kernel fragments it. ("lock": for IPv4 the lookup only takes a
+    // route's MTU when it is locked or ip_forward_use_pmtu is set, as the forwarding path does.)
+    let (route, l3) = if v6 {
+        ("replace fd00:200:1::/64 dev r1 metric 256", 40 + 8 + 172)
+    } else {
+        ("change 10.200.1.0/24 dev r1", 20 + 8 + 172)
+    };
+    ip(&format!("-n {} route {route} mtu lock {}", t.relay, l3 + 5));
+    let before = w.stats();
+    send_and_expect(
+        &call.callee,
+        &call.relay_b_addr,
+        5,
+        &call.caller,
+        &call.relay_a_addr,
+        appended,
+    );
+    eventually("kernel path counted", || {
+        w.stats().tx_socket_packets == before.tx_socket_packets + 5
+    });
+    assert_eq!(w.stats().tx_packets, before.tx_packets, "{:?}", w.stats());
+    assert_eq!(xdp.counters(7).unwrap().to_worker, 2 * N as u64);
+    assert_eq!(xdp.counters(8).unwrap().to_worker, N as u64 + 5);
+    pool.stop().unwrap();
+}
+
+#[test]
+fn afxdp_routed_flow_leaves_by_the_tx_ring_ipv4() {
+    routed_flow_uses_the_tx_ring(false);
+}
+
+#[test]
+fn afxdp_routed_flow_leaves_by_the_tx_ring_ipv6() {
+    routed_flow_uses_the_tx_ring(true);
+}
+
 #[test]
 fn afxdp_bad_worker_configuration_is_refused_with_a_reason() {
     let Some(_serial) = setup() else { return };

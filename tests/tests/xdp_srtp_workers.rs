@@ -208,6 +208,15 @@ async fn run_call(d: &Daemon, topo: &Topology, workers: bool) {
         assert_eq!(stats1.forwarding_path, "userspace+xdp-native on r1,r2");
         assert_eq!(rx1 - rx0, 2 * n, "worker rx: {stats0:#?} -> {stats1:#?}");
         assert_eq!(tx1 - tx0, 2 * n, "worker tx: {stats0:#?} -> {stats1:#?}");
+        // The neighbours are known by now (the userspace relay talked to both ends first):
+        // the XDP route lookup gives the next hop and every packet leaves by the TX ring.
+        let ring = |s: &proto::StatisticsReply| s.workers.iter().map(|w| w.tx_ring).sum::<u64>();
+        let kern = |s: &proto::StatisticsReply| s.workers.iter().map(|w| w.tx_kernel).sum::<u64>();
+        assert_eq!(
+            (ring(&stats1) - ring(&stats0), kern(&stats1) - kern(&stats0)),
+            (2 * n, 0),
+            "worker TX ring vs kernel stack: {stats0:#?} -> {stats1:#?}"
+        );
         assert_eq!((drop1 - drop0, err1 - err0), (0, 0), "{stats1:#?}");
         for leg in 0..2 {
             let (s0, s1) = (stream(&q0, leg), stream(&q1, leg));

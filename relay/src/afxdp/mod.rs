@@ -202,6 +202,19 @@ impl Umem {
         })
     }
 
+    /// The `n` bytes right before UMEM address `addr` (where the kernel puts XDP metadata), or
+    /// None when they are not inside `addr`'s frame. The caller must own the frame.
+    pub fn head_mut(&mut self, addr: u64, n: usize) -> Option<&mut [u8]> {
+        if addr >= self.area.len() as u64 || addr - self.chunk(addr) < n as u64 {
+            return None;
+        }
+        // SAFETY: [addr - n, addr) lies inside addr's frame, inside the mapping; &mut self
+        // makes the slice unique on the application side.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.area.as_ptr().add(addr as usize - n), n)
+        })
+    }
+
     fn reg(&self) -> libc::xdp_umem_reg {
         libc::xdp_umem_reg {
             addr: self.area.as_ptr() as u64,

@@ -127,6 +127,12 @@ pub enum NextHop {
     },
     /// Through the flow's fallback UDP socket: the kernel routes it.
     Kernel,
+    /// Where the XDP program's route lookup for the frame says (its flow value is
+    /// `FlowValue::worker_routed`): out of this worker's socket on the egress interface, with
+    /// the MACs of the lookup, when the lookup succeeded, this worker has a socket on that
+    /// interface and the packet fits its MTU; otherwise as `Kernel` (the kernel routes it, and
+    /// resolves a missing neighbour for the packets after it).
+    Fib,
 }
 
 /// Per-flow counters, written by the worker that owns the flow, read by the control plane.

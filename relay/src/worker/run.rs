@@ -25,7 +25,7 @@ use super::{Command, FlowStats, NextHop, WorkerCounters, WorkerFlow};
 use crate::afxdp::{EventFd, Umem, XskSocket};
 use crate::clock::now_ns;
 use crate::stats::bump;
-use crate::xdp::FlowKey;
+use crate::xdp::{FlowKey, XSK_META_MAGIC, XskMeta};
 
 /// Frames taken from an RX ring per batch.
 pub(crate) const BATCH: usize = 64;
@@ -93,6 +93,45 @@ enum Hop {
     },
     /// Through the fallback UDP socket (the kernel routes it).
     Kernel,
+    /// The frame's [`Route`] when it has one, else as `Kernel`.
+    Fib,
+}
+
+/// The XDP program's route for one frame (from its [`XskMeta`]), resolved to a socket of this
+/// worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Route {
+    sock: usize,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    /// Largest IP packet the egress takes.
+    mtu: usize,
+}
+
+fn take_meta(umem: &mut Umem, addr: u64) -> Option<XskMeta> {
+    const N: usize = std::mem::size_of::<XskMeta>();
+    let head = umem.head_mut(addr, N)?;
+    // SAFETY: XskMeta is plain integers (any bit pattern is valid), N bytes are readable.
+    let meta: XskMeta = unsafe { std::ptr::read_unaligned(head.as_ptr().cast()) };
+    if meta.magic != XSK_META_MAGIC {
+        return None;
+    }
+    head[..4].fill(0);
+    Some(meta)
+}
+
+/// Reads and clears the metadata in front of the frame at `addr`: the route, when the XDP
+/// program left one and `socks` has a socket on its interface. Clearing matters because frames
+/// are reused and a later frame may arrive without metadata.
+fn take_route(umem: &mut Umem, addr: u64, socks: &[XskSocket]) -> Option<Route> {
+    let meta = take_meta(umem, addr)?;
+    let sock = socks.iter().position(|s| s.ifindex() == meta.ifindex)?;
+    Some(Route {
+        sock,
+        src_mac: meta.smac,
+        dst_mac: meta.dmac,
+        mtu: meta.mtu as usize,
+    })
 }
 
 struct Fallback {
@@ -393,6 +432,7 @@ impl Worker {
                 None => Hop::Kernel,
             },
             NextHop::Kernel => Hop::Kernel,
+            NextHop::Fib => Hop::Fib,
         };
         let fallback = flow.fallback.map(|sock| {
             let (addr, addr_len) = sockaddr(flow.new_dst);
@@ -462,11 +502,13 @@ impl Worker {
         for i in 0..n {
             let desc = self.socks[s].rx.read(i);
             rx_bytes += desc.len as u64;
+            let route = take_route(&mut self.umem, desc.addr, &self.socks);
             let outcome = match self.umem.tail_mut(desc.addr) {
                 Some(frame) if desc.len as usize <= frame.len() => process(
                     frame,
                     desc.len as usize,
                     s,
+                    route,
                     &mut self.flows,
                     c,
                     now,
@@ -682,6 +724,7 @@ fn process(
     frame: &mut [u8],
     len: usize,
     ingress: usize,
+    route: Option<Route>,
     flows: &mut FlowMap,
     c: &WorkerCounters,
     now: u64,
@@ -724,18 +767,27 @@ fn process(
             return Outcome::Drop(reason_of(e));
         }
     };
-    let (sock, macs) = match &flow.hop {
-        Hop::Ingress => (ingress, None),
-        Hop::Xsk {
-            sock,
-            src_mac,
-            dst_mac,
-        } => (*sock, Some((src_mac, dst_mac))),
-        Hop::Kernel => {
+    // The IP packet's length once rewritten, for the route's MTU.
+    let l3_len = p.payload() - packet::ETH_LEN + new_len;
+    let (sock, macs) = match (&flow.hop, route) {
+        (Hop::Ingress, _) => (ingress, None),
+        (
+            Hop::Xsk {
+                sock,
+                src_mac,
+                dst_mac,
+            },
+            _,
+        ) => (*sock, Some((*src_mac, *dst_mac))),
+        (Hop::Fib, Some(r)) if l3_len <= r.mtu => (r.sock, Some((r.src_mac, r.dst_mac))),
+        (Hop::Kernel | Hop::Fib, route) => {
             let Some(fb) = &flow.fallback else {
                 return Outcome::Drop(Reason::NoEgress);
             };
-            if let (Some(fd), false) = (raw4, p.v6) {
+            // Too big for the route: the flow's UDP socket, which fragments as the userspace
+            // relay's does (the raw socket would keep the sender's DF bit and drop it).
+            let too_big = route.is_some();
+            if let (Some(fd), false, false) = (raw4, p.v6, too_big) {
                 // The whole IPv4 packet through the worker's one raw socket: the batch leaves in
                 // one sendmmsg whatever the number of flows, and the kernel still routes it.
                 let end = packet::rewrite(frame, &p, new_len, &flow.src, &flow.dst);
@@ -761,7 +813,7 @@ fn process(
     let end = packet::rewrite(frame, &p, new_len, &flow.src, &flow.dst);
     match macs {
         None => packet::swap_macs(frame),
-        Some((src, dst)) => packet::set_macs(frame, src, dst),
+        Some((src, dst)) => packet::set_macs(frame, &src, &dst),
     }
     bump(&st.forwarded, 1);
     bump(&st.forwarded_bytes, new_len as u64);
@@ -835,4 +887,49 @@ fn raw_socket_v4() -> Option<std::os::fd::OwnedFd> {
     }
     // SAFETY: fd is a fresh descriptor nobody else owns.
     Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta_bytes(m: &XskMeta) -> [u8; std::mem::size_of::<XskMeta>()] {
+        // SAFETY: XskMeta is repr(C) plain integers without padding (layout test).
+        unsafe { std::mem::transmute_copy(m) }
+    }
+
+    #[test]
+    fn route_metadata_is_read_once_and_only_with_its_magic() {
+        let mut umem = Umem::new(4, 2048).unwrap();
+        let meta = XskMeta {
+            magic: XSK_META_MAGIC,
+            ifindex: 7,
+            smac: [2, 0, 0, 0, 0, 1],
+            dmac: [2, 0, 0, 0, 0, 2],
+            mtu: 1500,
+            pad: 0,
+        };
+        // Frame 1, packet at headroom 256 (where copy mode puts it).
+        let addr = umem.frame_addr(1) + 256;
+        let n = std::mem::size_of::<XskMeta>();
+        umem.head_mut(addr, n)
+            .unwrap()
+            .copy_from_slice(&meta_bytes(&meta));
+        assert_eq!(take_meta(&mut umem, addr), Some(meta));
+        // Cleared: a later frame in the same buffer without metadata is not misread.
+        assert_eq!(take_meta(&mut umem, addr), None);
+
+        let mut other = meta;
+        other.magic ^= 1;
+        umem.head_mut(addr, n)
+            .unwrap()
+            .copy_from_slice(&meta_bytes(&other));
+        assert_eq!(take_meta(&mut umem, addr), None, "no magic, no route");
+
+        // No room before the packet inside its frame: nothing is read from the frame before.
+        let start = umem.frame_addr(2);
+        assert!(umem.head_mut(start, n).is_none());
+        assert_eq!(take_meta(&mut umem, start + 8), None);
+        assert_eq!(take_meta(&mut umem, 1 << 40), None, "outside the UMEM");
+    }
 }

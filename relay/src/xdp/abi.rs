@@ -26,6 +26,24 @@ pub const ACTION_DROP: u8 = 3;
 
 pub const FLAG_STRICT_SOURCE: u8 = 0x01;
 
+/// `SLUICE_XSK_META_MAGIC`: marks a valid [`XskMeta`] in front of a frame.
+pub const XSK_META_MAGIC: u32 = 0x534c_4d31;
+
+/// `struct sluice_xsk_meta`: the XDP program's route for a routed WORKER flow's frame, in the
+/// bytes right before the packet in the UMEM. Host byte order (written by the program on this
+/// machine).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct XskMeta {
+    pub magic: u32,
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// Egress MTU, IP header included.
+    pub mtu: u16,
+    pub pad: u16,
+}
+
 /// What the kernel does with a packet that hits a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -210,6 +228,17 @@ impl FlowValue {
         Self::with_action(FlowAction::Worker, flow_id)
     }
 
+    /// As [`worker`](Self::worker), and the program also looks up the route from `new_src` to
+    /// `new_dst` (`bpf_fib_lookup`, as for `Forward`) and hands the result to the worker with
+    /// the frame ([`XskMeta`]), so the worker can send from its own TX ring on the egress
+    /// interface. The worker still owns the rewrite; the addresses here only route. Both must
+    /// have the key's family.
+    pub fn worker_routed(flow_id: u32, new_src: SocketAddr, new_dst: SocketAddr) -> Self {
+        let mut v = Self::forward(flow_id, new_src, new_dst);
+        v.action = ACTION_WORKER;
+        v
+    }
+
     /// Hand matching packets to the kernel stack (userspace), counting them as `passed_action`.
     pub fn pass(flow_id: u32) -> Self {
         Self::with_action(FlowAction::Pass, flow_id)
@@ -248,20 +277,21 @@ impl FlowValue {
         })
     }
 
-    /// (new source, new destination) of a `Forward` flow.
+    /// (new source, new destination) of a `Forward` flow, or of a routed `Worker` flow.
     pub fn rewrite(&self) -> Option<(SocketAddr, SocketAddr)> {
-        (self.action == ACTION_FORWARD).then(|| {
-            (
-                SocketAddr::new(
-                    words_addr(self.family, self.new_src_addr),
-                    u16::from_be(self.new_src_port),
-                ),
-                SocketAddr::new(
-                    words_addr(self.family, self.new_dst_addr),
-                    u16::from_be(self.new_dst_port),
-                ),
-            )
-        })
+        (self.action == ACTION_FORWARD || (self.action == ACTION_WORKER && self.new_dst_port != 0))
+            .then(|| {
+                (
+                    SocketAddr::new(
+                        words_addr(self.family, self.new_src_addr),
+                        u16::from_be(self.new_src_port),
+                    ),
+                    SocketAddr::new(
+                        words_addr(self.family, self.new_dst_addr),
+                        u16::from_be(self.new_dst_port),
+                    ),
+                )
+            })
     }
 
     /// Every address this value names has the key's family (what the program assumes).

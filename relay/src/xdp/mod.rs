@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 
 pub use abi::{
     FlowAction, FlowCounters, FlowKey, FlowValue, MAX_EGRESS, MAX_FLOWS, MAX_QUEUES, MAX_XSKS,
+    XSK_META_MAGIC, XskMeta,
 };
 use table::{FlowMaps, FlowTable};
 
@@ -744,7 +745,13 @@ pub fn abi_layout() -> Vec<(String, u64)> {
             passed_no_worker,
         ]
     );
+    s!(
+        "sluice_xsk_meta",
+        XskMeta,
+        [magic, ifindex, smac, dmac, mtu, pad]
+    );
     for (name, v) in [
+        ("SLUICE_XSK_META_MAGIC", XSK_META_MAGIC as u64),
         ("SLUICE_MAX_FLOWS", MAX_FLOWS as u64),
         ("SLUICE_MAX_EGRESS", MAX_EGRESS as u64),
         ("SLUICE_MAX_QUEUES", MAX_QUEUES as u64),
