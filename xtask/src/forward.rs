@@ -1093,8 +1093,9 @@ fn measure(
         let sent: u64 = run.steps.iter().map(|s| s.report.sent).sum();
         let received: u64 = run.steps.iter().map(|s| s.report.received).sum();
         run.notes.push(format!(
-            "the relay counted {} packets forwarded in the kernel during the recorded ladder \
-             steps, against {} sent and {} received ({:.1}% of received)",
+            "the relay counted {} packets forwarded in the kernel (with workers: handed to a \
+             worker by XDP, which may still drop them when overloaded) during the recorded \
+             ladder steps, against {} sent and {} received ({:.1}% of received)",
             fmt_int(k as f64),
             fmt_int(sent as f64),
             fmt_int(received as f64),

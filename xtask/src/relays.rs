@@ -692,9 +692,17 @@ impl Relay for Sluice {
                 .iter()
                 .map(|w| {
                     format!(
-                        "AF_XDP worker {} on CPU {}: rx {}, tx {}, dropped {}, transform errors {} \
-                         (since it started, warm-up and repeated steps included)",
-                        w.index, w.cpu, w.rx, w.tx, w.dropped, w.transform_errors
+                        "AF_XDP worker {} on CPU {}: rx {}, tx {} ({} from its TX ring, {} \
+                         through the kernel stack), dropped {}, transform errors {} (since it \
+                         started, warm-up and repeated steps included)",
+                        w.index,
+                        w.cpu,
+                        w.rx,
+                        w.tx,
+                        w.tx_ring,
+                        w.tx_kernel,
+                        w.dropped,
+                        w.transform_errors
                     )
                 })
                 .collect::<Vec<_>>()

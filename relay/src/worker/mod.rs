@@ -15,14 +15,15 @@
 //! ([`WorkerHandle::add_flow`], [`WorkerHandle::remove_flow`]) and reads its counters
 //! ([`WorkerHandle::stats`], single-writer atomics). No locks, no per-packet allocation.
 //!
-//! Next hop: a [`WorkerFlow`] says how its packets leave ([`NextHop`]): back out of the
-//! ingress interface with the MAC addresses swapped (one-armed relays, and any leg whose
-//! peer sits behind the same gateway the packet came from), out of an attached interface with
-//! explicit MAC addresses (the control plane resolves the peer's neighbour entry, e.g. from
-//! `ip neigh` / netlink RTM_GETNEIGH after the userspace path has sent the first packets), or
-//! through a plain UDP socket (the flow's `fallback`, a clone of the relay's socket bound to
-//! the new source address): then the kernel routes, resolves neighbours and fills checksums.
-//! The fallback is also used when the worker has no socket on the egress interface.
+//! Next hop: a [`WorkerFlow`] says how its packets leave ([`NextHop`]): where the XDP program's
+//! route lookup for the frame says (`Fib`: the daemon's choice; the program puts egress
+//! interface, MACs and MTU in front of the frame as XDP metadata), back out of the ingress
+//! interface with the MAC addresses swapped (`Ingress`: one-armed relays), out of an attached
+//! interface with fixed MAC addresses (`Ethernet`), or through the kernel's IP stack (`Kernel`:
+//! IPv4 through one raw socket per worker, IPv6 through the flow's `fallback`, a clone of the
+//! relay's socket bound to the new source address; the kernel routes, resolves neighbours and
+//! fragments). `Fib` falls back to the kernel when the lookup failed (e.g. no neighbour entry
+//! yet), the packet exceeds the route's MTU, or the worker has no socket on the egress.
 //!
 //! Flow placement: per-flow state (SRTP rollover counters, replay windows) lives in exactly one
 //! worker, so a flow must be added to the worker whose queue its packets arrive on. With one
