@@ -14,3 +14,43 @@ pub mod stats;
 pub mod transcode;
 pub mod worker;
 pub mod xdp;
+
+/// Counts the allocations of the calling thread, for the "no allocation per packet" tests of
+/// the unit-test binary.
+#[cfg(test)]
+pub(crate) mod test_alloc {
+    struct Counting;
+
+    thread_local! {
+        static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    // SAFETY: forwards to the system allocator; the counter is a const-initialised thread local
+    // that never allocates.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            ALLOCATIONS.with(|a| a.set(a.get() + 1));
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(
+            &self,
+            ptr: *mut u8,
+            layout: std::alloc::Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            ALLOCATIONS.with(|a| a.set(a.get() + 1));
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    /// Allocations (and reallocations) made by this thread so far.
+    pub(crate) fn allocations() -> u64 {
+        ALLOCATIONS.with(|a| a.get())
+    }
+}

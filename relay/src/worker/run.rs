@@ -892,6 +892,151 @@ fn raw_socket_v4() -> Option<std::os::fd::OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::SrtpKeys;
+    use crate::srtp::SrtpProfile;
+    use crate::worker::srtp_transform::SrtpTransform;
+    use std::net::SocketAddr;
+
+    const LOCAL: &str = "10.0.1.1:30000";
+    const PEER: &str = "10.0.1.2:4000";
+    const NEW_SRC: &str = "10.0.2.1:30002";
+    const NEW_DST: &str = "10.0.2.2:5000";
+
+    /// Ethernet + IPv4 + UDP + a 172-byte RTP packet from PEER to LOCAL.
+    fn rtp_frame() -> Vec<u8> {
+        let (src, dst): (SocketAddr, SocketAddr) = (PEER.parse().unwrap(), LOCAL.parse().unwrap());
+        let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
+            unreachable!()
+        };
+        let payload = 172usize;
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let tot = (20 + 8 + payload) as u16;
+        f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        f[16..18].copy_from_slice(&tot.to_be_bytes());
+        f.extend_from_slice(&src.ip().octets());
+        f.extend_from_slice(&dst.ip().octets());
+        f.extend_from_slice(&src.port().to_be_bytes());
+        f.extend_from_slice(&dst.port().to_be_bytes());
+        f.extend_from_slice(&(8 + payload as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0x11, 0x22, 0x33, 0x44]);
+        f.extend((0..payload - 12).map(|i| i as u8));
+        f
+    }
+
+    fn srtp_flow(hop: Hop) -> FlowMap {
+        let keys = SrtpKeys {
+            profile: SrtpProfile::AesCm128HmacSha1_80,
+            master: (0..30).collect(),
+        };
+        let mut flows = FlowMap::default();
+        flows.insert(
+            FlowKey::new(LOCAL.parse().unwrap()),
+            FlowCtx {
+                src: WireAddr::new(NEW_SRC.parse().unwrap()),
+                dst: WireAddr::new(NEW_DST.parse().unwrap()),
+                hop,
+                fallback: None,
+                transform: Transform::custom(SrtpTransform::new(None, Some(&keys)).unwrap()),
+                stats: Arc::default(),
+            },
+        );
+        flows
+    }
+
+    /// The per-frame path of a routed SRTP-protect flow (parse, lookup, protect, rewrite, MACs
+    /// from the route) allocates nothing once the flow is warm.
+    #[test]
+    fn a_frame_is_protected_and_routed_without_allocating() {
+        let template = rtp_frame();
+        let len = template.len();
+        let mut flows = srtp_flow(Hop::Fib);
+        let route = Route {
+            sock: 1,
+            src_mac: [2, 0, 0, 0, 0, 0xaa],
+            dst_mac: [2, 0, 0, 0, 0, 0xbb],
+            mtu: 1500,
+        };
+        let c = WorkerCounters::default();
+        let mut frame = vec![0u8; 2048];
+        let mut scratch = vec![0u8; SCRATCH];
+        let mut before = 0;
+        for seq in 0..1100u16 {
+            if seq == 100 {
+                before = crate::test_alloc::allocations();
+            }
+            frame[..len].copy_from_slice(&template);
+            frame[44..46].copy_from_slice(&seq.to_be_bytes());
+            let out = process(
+                &mut frame,
+                len,
+                0,
+                Some(route),
+                &mut flows,
+                &c,
+                1_000_000 + seq as u64,
+                &mut scratch,
+                None,
+            );
+            assert!(
+                matches!(out, Outcome::Tx(1, n) if n as usize == len + 10),
+                "packet {seq} not sent on the route's socket with a 10-byte tag"
+            );
+        }
+        let allocated = crate::test_alloc::allocations() - before;
+        assert_eq!(allocated, 0, "allocations for 1,000 packets");
+        // What left: the route's MACs, the new addresses, a consistent packet.
+        assert_eq!(&frame[..6], &route.dst_mac);
+        assert_eq!(&frame[6..12], &route.src_mac);
+        let p = packet::parse(&frame[..len + 10]).unwrap();
+        assert_eq!(p.payload_len, 172 + 10);
+        assert_eq!(
+            packet::source(&frame, &p),
+            NEW_SRC.parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    /// `Fib` without a route, or with one whose MTU the grown packet exceeds, goes to the
+    /// kernel: here there is no fallback socket, so the frame is dropped as having no egress.
+    #[test]
+    fn a_frame_without_a_usable_route_goes_to_the_kernel() {
+        let template = rtp_frame();
+        let len = template.len();
+        let c = WorkerCounters::default();
+        let mut scratch = vec![0u8; SCRATCH];
+        let small = Route {
+            sock: 1,
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+            mtu: 20 + 8 + 172 + 9,
+        };
+        let fits = Route {
+            mtu: small.mtu + 1,
+            ..small
+        };
+        for (route, sent) in [(None, false), (Some(small), false), (Some(fits), true)] {
+            let mut flows = srtp_flow(Hop::Fib);
+            let mut frame = vec![0u8; 2048];
+            frame[..len].copy_from_slice(&template);
+            let out = process(
+                &mut frame,
+                len,
+                0,
+                route,
+                &mut flows,
+                &c,
+                1,
+                &mut scratch,
+                None,
+            );
+            if sent {
+                assert!(matches!(out, Outcome::Tx(1, _)), "{route:?}");
+            } else {
+                assert!(matches!(out, Outcome::Drop(Reason::NoEgress)), "{route:?}");
+            }
+        }
+    }
 
     fn meta_bytes(m: &XskMeta) -> [u8; std::mem::size_of::<XskMeta>()] {
         // SAFETY: XskMeta is repr(C) plain integers without padding (layout test).
