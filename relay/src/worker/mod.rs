@@ -159,7 +159,9 @@ pub struct WorkerFlow {
     pub new_dst: SocketAddr,
     pub next_hop: NextHop,
     /// A UDP socket bound to `new_src` (e.g. `try_clone()` of the relay's socket), used for
-    /// `NextHop::Kernel` and when the worker has no AF_XDP socket on the egress interface.
+    /// `NextHop::Kernel` (IPv6, or IPv4 without a raw socket), for `NextHop::Fib` without a
+    /// usable route, for stream transforms' output, and when the worker has no AF_XDP socket on
+    /// the egress interface.
     pub fallback: Option<std::net::UdpSocket>,
     pub transform: Transform,
     pub stats: Arc<FlowStats>,
