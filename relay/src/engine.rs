@@ -155,7 +155,11 @@ impl EngineHandle {
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("sluice-relay".into())
-            .spawn(move || Engine::new(poll, rx, events).run())?;
+            .spawn(move || {
+                #[cfg(test)]
+                crate::test_alloc::track_this_thread();
+                Engine::new(poll, rx, events).run()
+            })?;
         Ok(Self {
             tx,
             waker,
@@ -1158,6 +1162,82 @@ fn std_to_sockaddr(addr: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The userspace path relaying plain RTP into SRTP, through real sockets: once warm, the
+    /// engine thread allocates nothing per packet. (The only test in this binary that starts
+    /// an engine thread, so the tracked count is this engine's.)
+    #[test]
+    fn the_engine_relays_rtp_into_srtp_without_allocating() {
+        use std::net::UdpSocket;
+        use std::time::Duration;
+        let (ev_tx, _ev_rx) = crossbeam_channel::bounded(64);
+        let engine = EngineHandle::spawn(ev_tx).unwrap();
+        let bind = || UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (ra, rb, a, b) = (bind(), bind(), bind(), bind());
+        let ra_addr = ra.local_addr().unwrap();
+        for (id, partner, sock) in [(1, 2, ra), (2, 1, rb)] {
+            engine
+                .send(Command::Add {
+                    id: EndpointId(id),
+                    rtp: sock,
+                    rtcp: None,
+                    config: EndpointConfig {
+                        partner: Some(EndpointId(partner)),
+                        ..Default::default()
+                    },
+                    counters: Arc::default(),
+                })
+                .unwrap();
+        }
+        // Partners known now that both exist; each side's SDP address is its socket.
+        for (id, partner, peer) in [(1, 2, &a), (2, 1, &b)] {
+            engine
+                .send(Command::Configure {
+                    id: EndpointId(id),
+                    config: EndpointConfig {
+                        partner: Some(EndpointId(partner)),
+                        ..Default::default()
+                    },
+                    signalling: Some(Signalling {
+                        sdp_rtp: Some(peer.local_addr().unwrap()),
+                        sdp_rtcp: None,
+                    }),
+                })
+                .unwrap();
+        }
+        let keys = SrtpKeys {
+            profile: SrtpProfile::AesCm128HmacSha1_80,
+            master: (0..30).collect(),
+        };
+        engine
+            .send(Command::SetSrtp {
+                id: EndpointId(2),
+                rx: None,
+                tx: Some(keys.clone()),
+            })
+            .unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut pkt = [0u8; 172];
+        pkt[0] = 0x80;
+        pkt[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        let mut buf = [0u8; 2048];
+        let mut relay = |seq: u16| {
+            pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+            a.send_to(&pkt, ra_addr).unwrap();
+            let (n, _) = b.recv_from(&mut buf).expect("relayed packet");
+            assert_eq!(n, 182, "RTP 172 + 10-byte tag");
+        };
+        for seq in 0..300 {
+            relay(seq);
+        }
+        let before = crate::test_alloc::tracked_allocations();
+        for seq in 300..2300 {
+            relay(seq);
+        }
+        let allocated = crate::test_alloc::tracked_allocations() - before;
+        assert_eq!(allocated, 0, "engine allocations for 2,000 relayed packets");
+        engine.shutdown().unwrap();
+    }
 
     #[test]
     fn a_transcoder_is_stale_once_a_worker_sent_for_its_direction() {

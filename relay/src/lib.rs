@@ -23,13 +23,33 @@ pub(crate) mod test_alloc {
 
     thread_local! {
         static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        static TRACKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Allocations of every thread that called [`track_this_thread`] (the engine thread does
+    /// in this binary), for tests that watch a thread other than their own.
+    static TRACKED_ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    fn count() {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        if TRACKED.with(|t| t.get()) {
+            TRACKED_ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn track_this_thread() {
+        TRACKED.with(|t| t.set(true));
+    }
+
+    pub(crate) fn tracked_allocations() -> u64 {
+        TRACKED_ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     // SAFETY: forwards to the system allocator; the counter is a const-initialised thread local
     // that never allocates.
     unsafe impl std::alloc::GlobalAlloc for Counting {
         unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-            ALLOCATIONS.with(|a| a.set(a.get() + 1));
+            count();
             unsafe { std::alloc::System.alloc(layout) }
         }
         unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
@@ -41,7 +61,7 @@ pub(crate) mod test_alloc {
             layout: std::alloc::Layout,
             new_size: usize,
         ) -> *mut u8 {
-            ALLOCATIONS.with(|a| a.set(a.get() + 1));
+            count();
             unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
         }
     }

@@ -565,3 +565,38 @@ fn reported_loss_sets_the_opus_fec_budget() {
     t.set_expected_loss(10);
     assert_eq!(t.expected_loss(), 0);
 }
+
+/// Transcoding both ways, with a loss concealed on the Opus side, allocates nothing per packet
+/// once the streams are warm (the packets are built before counting starts).
+#[test]
+fn transcoding_allocates_nothing_per_packet() {
+    let pcmu = pcmu_stream(600, 160);
+    let mut opus = opus_stream(600, 20);
+    opus.remove(400); // one lost: FEC/PLC fill the gap
+    let mut to_opus = Transcoder::new(&plan(Codec::Pcmu, Codec::Opus, 20), 0).unwrap();
+    let mut to_pcmu = Transcoder::new(&plan(Codec::Opus, Codec::Pcmu, 20), 0).unwrap();
+    let mut buf = [0u8; MAX_OUT_PACKET];
+    let mut out = 0;
+    let mut before = 0;
+    for (i, (a, b)) in pcmu.iter().zip(&opus).enumerate() {
+        if i == 100 {
+            before = crate::test_alloc::allocations();
+        }
+        let now = i as u64 * 20 * MS;
+        to_opus.push(a, now).unwrap();
+        to_pcmu.push(b, now).unwrap();
+        for t in [&mut to_opus, &mut to_pcmu] {
+            if t.poll_timeout().is_some_and(|due| due <= now) {
+                t.handle_timeout(now);
+            }
+            while t.pull(&mut buf).is_some() {
+                out += 1;
+            }
+        }
+    }
+    let allocated = crate::test_alloc::allocations() - before;
+    assert!(out >= 2 * 590, "{out} packets out");
+    let s = to_pcmu.stats();
+    assert!(s.concealed_frames + s.fec_recovered >= 1, "{s:?}");
+    assert_eq!(allocated, 0, "allocations for 2 x 500 packets");
+}
