@@ -271,6 +271,32 @@ fn call(t: &Topo, v6: bool) -> Call {
     }
 }
 
+impl Call {
+    /// `n` packets caller -> callee; they must arrive unchanged from the relay's b socket.
+    fn to_callee(&self, n: u16) {
+        send_and_expect(
+            &self.caller,
+            &self.relay_a_addr,
+            n,
+            &self.callee,
+            &self.relay_b_addr,
+            |seq| rtp(seq, 172),
+        );
+    }
+
+    /// `n` packets callee -> caller through `Append10`.
+    fn to_caller_appended(&self, n: u16) {
+        send_and_expect(
+            &self.callee,
+            &self.relay_b_addr,
+            n,
+            &self.caller,
+            &self.relay_a_addr,
+            appended,
+        );
+    }
+}
+
 /// WORKER entries in the XDP map for both directions (strict source; flow ids `id`,
 /// `id + 1`) and the worker contexts: caller -> callee with the identity transform, callee
 /// -> caller through `Append10`. Returns the keys and the flows' counters.
@@ -353,23 +379,9 @@ fn relays_both_directions(v6: bool) {
 
     const N: u16 = 50;
     // Caller -> callee, identity: the payload arrives unchanged from the relay's r2 socket.
-    send_and_expect(
-        &call.caller,
-        &call.relay_a_addr,
-        N,
-        &call.callee,
-        &call.relay_b_addr,
-        |seq| rtp(seq, 172),
-    );
+    call.to_callee(N);
     // Callee -> caller through Append10: 10 bytes longer (lengths and checksums redone).
-    send_and_expect(
-        &call.callee,
-        &call.relay_b_addr,
-        N,
-        &call.caller,
-        &call.relay_a_addr,
-        appended,
-    );
+    call.to_caller_appended(N);
     // The kernel stack and the relay's userspace sockets saw nothing.
     assert_silent(&call.relay_a, Duration::from_millis(50), "relay socket a");
     assert_silent(&call.relay_b, Duration::from_millis(50), "relay socket b");
@@ -435,14 +447,7 @@ fn afxdp_wrong_source_is_dropped_in_the_kernel_before_the_worker() {
                 .unwrap();
         }
         // The legitimate source still goes through afterwards.
-        send_and_expect(
-            &call.caller,
-            &call.relay_a_addr,
-            3,
-            &call.callee,
-            &call.relay_b_addr,
-            |seq| rtp(seq, 172),
-        );
+        call.to_callee(3);
         assert_silent(&call.callee, Duration::from_millis(50), "callee");
         assert_silent(&call.relay_a, Duration::from_millis(50), "relay socket");
         let c = xdp.counters(id).unwrap();
@@ -465,14 +470,7 @@ fn afxdp_removing_the_flow_stops_it() {
     let pool = start(&t, &mut xdp);
     let call = call(&t, false);
     let ((ka, _), (st, _)) = install(&mut xdp, &pool, &call, 30);
-    send_and_expect(
-        &call.caller,
-        &call.relay_a_addr,
-        3,
-        &call.callee,
-        &call.relay_b_addr,
-        |seq| rtp(seq, 172),
-    );
+    call.to_callee(3);
     let w = pool.worker(0).unwrap();
 
     // Worker context removed, XDP entry kept: redirected, then dropped and counted.
@@ -665,22 +663,8 @@ fn routed_flow_uses_the_tx_ring(v6: bool) {
 
     // Neighbours known (permanent entries): every packet leaves by the TX ring, both ways.
     const N: u16 = 20;
-    send_and_expect(
-        &call.caller,
-        &call.relay_a_addr,
-        N,
-        &call.callee,
-        &call.relay_b_addr,
-        |seq| rtp(seq, 172),
-    );
-    send_and_expect(
-        &call.callee,
-        &call.relay_b_addr,
-        N,
-        &call.caller,
-        &call.relay_a_addr,
-        appended,
-    );
+    call.to_callee(N);
+    call.to_caller_appended(N);
     let s = w.stats();
     assert_eq!(
         (s.tx_packets, s.tx_socket_packets, s.dropped()),
@@ -691,14 +675,7 @@ fn routed_flow_uses_the_tx_ring(v6: bool) {
     // The relay forgets the callee: the lookup fails, the kernel routes the first packet (and
     // asks for the callee's address), the TX ring takes the rest.
     ip(&format!("-n {} neigh del {callee_ip} dev r2", t.relay));
-    send_and_expect(
-        &call.caller,
-        &call.relay_a_addr,
-        N,
-        &call.callee,
-        &call.relay_b_addr,
-        |seq| rtp(seq, 172),
-    );
+    call.to_callee(N);
     eventually("all counted", || {
         let s = w.stats();
         s.tx_packets + s.tx_socket_packets == 3 * N as u64
@@ -724,14 +701,7 @@ fn routed_flow_uses_the_tx_ring(v6: bool) {
     };
     ip(&format!("-n {} route {route} mtu lock {}", t.relay, l3 + 5));
     let before = w.stats();
-    send_and_expect(
-        &call.callee,
-        &call.relay_b_addr,
-        5,
-        &call.caller,
-        &call.relay_a_addr,
-        appended,
-    );
+    call.to_caller_appended(5);
     eventually("kernel path counted", || {
         w.stats().tx_socket_packets == before.tx_socket_packets + 5
     });
@@ -794,14 +764,7 @@ fn afxdp_stopping_the_pool_releases_every_socket_and_umem() {
     for round in 0..3 {
         let pool = start(&t, &mut xdp);
         let ((ka, kb), _) = install(&mut xdp, &pool, &call, 40);
-        send_and_expect(
-            &call.caller,
-            &call.relay_a_addr,
-            3,
-            &call.callee,
-            &call.relay_b_addr,
-            |seq| rtp(seq, 172),
-        );
+        call.to_callee(3);
         // A fallback socket handed to the worker is closed with it.
         let flow = WorkerFlow::new(
             sa(&call.relay_b_addr),
