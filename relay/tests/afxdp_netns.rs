@@ -14,12 +14,13 @@
 //!
 //! Needs root; otherwise every test prints "skipped: needs root" and passes.
 
-use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
 mod common;
-use common::{Namespaces, in_ns, ip, ns_exec};
+use common::{
+    Namespaces, assert_silent, in_ns, ip, ns_exec, recv, rtp, sa, send_and_expect_payload, udp,
+};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -151,70 +152,6 @@ fn start(t: &Topo, xdp: &mut XdpPath) -> WorkerPool {
 // ---------------------------------------------------------------------------------------------
 // sockets and packets
 
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn udp(ns: &str, addr: &str) -> UdpSocket {
-    let addr = sa(addr);
-    in_ns(ns, move || {
-        let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s
-    })
-}
-
-fn rtp(seq: u16, len: usize) -> Vec<u8> {
-    let mut p = vec![0x80, 0x00];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(seq as u32 * 160).to_be_bytes());
-    p.extend_from_slice(&0x5151_1ce0u32.to_be_bytes());
-    p.extend((0..len.saturating_sub(12)).map(|i| (i as u8) ^ (seq as u8)));
-    p
-}
-
-fn recv(sock: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
-    let mut buf = [0u8; 2048];
-    match sock.recv_from(&mut buf) {
-        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
-        }
-        Err(e) => panic!("recv: {e}"),
-    }
-}
-
-fn assert_silent(sock: &UdpSocket, wait: Duration, what: &str) {
-    sock.set_read_timeout(Some(wait)).unwrap();
-    if let Some((p, from)) = recv(sock) {
-        panic!("{what}: unexpected {} bytes from {from}", p.len());
-    }
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-}
-
-/// Sends `n` RTP packets of 172 bytes from `from` to `to`; `rx` must get every one from
-/// `expect_src`, with the payload `expect(seq)`.
-fn send_and_expect(
-    from: &UdpSocket,
-    to: &str,
-    n: u16,
-    rx: &UdpSocket,
-    expect_src: &str,
-    expect: impl Fn(u16) -> Vec<u8>,
-) {
-    for seq in 0..n {
-        from.send_to(&rtp(seq, 172), sa(to)).unwrap();
-        let (p, src) = recv(rx).unwrap_or_else(|| panic!("packet {seq} to {to} never arrived"));
-        assert_eq!(src, sa(expect_src), "source of packet {seq} to {to}");
-        assert_eq!(p, expect(seq), "payload of packet {seq} to {to}");
-    }
-}
-
 /// The test transform: appends 10 bytes (0xa5), as SRTP protect appends a tag.
 struct Append10;
 
@@ -274,7 +211,7 @@ fn call(t: &Topo, v6: bool) -> Call {
 impl Call {
     /// `n` packets caller -> callee; they must arrive unchanged from the relay's b socket.
     fn to_callee(&self, n: u16) {
-        send_and_expect(
+        send_and_expect_payload(
             &self.caller,
             &self.relay_a_addr,
             n,
@@ -286,7 +223,7 @@ impl Call {
 
     /// `n` packets callee -> caller through `Append10`.
     fn to_caller_appended(&self, n: u16) {
-        send_and_expect(
+        send_and_expect_payload(
             &self.callee,
             &self.relay_b_addr,
             n,
@@ -547,7 +484,7 @@ fn afxdp_fallback_socket_and_hairpin_next_hops() {
     .with_fallback(call.relay_b.try_clone().unwrap());
     w.add_flow(ka, flow).unwrap();
     w.sync().unwrap();
-    send_and_expect(
+    send_and_expect_payload(
         &call.caller,
         &call.relay_a_addr,
         5,
@@ -576,7 +513,7 @@ fn afxdp_fallback_socket_and_hairpin_next_hops() {
     .with_fallback(call6.relay_b.try_clone().unwrap());
     w.add_flow(k6, flow).unwrap();
     w.sync().unwrap();
-    send_and_expect(
+    send_and_expect_payload(
         &call6.caller,
         &call6.relay_a_addr,
         5,
@@ -602,7 +539,7 @@ fn afxdp_fallback_socket_and_hairpin_next_hops() {
     )
     .unwrap();
     w.sync().unwrap();
-    send_and_expect(&a, "10.200.1.1:30010", 5, &b, "10.200.1.1:30012", |seq| {
+    send_and_expect_payload(&a, "10.200.1.1:30010", 5, &b, "10.200.1.1:30012", |seq| {
         rtp(seq, 172)
     });
     let s = w.stats();

@@ -25,7 +25,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 
 mod common;
-use common::{Namespaces, in_ns, ip, ns_exec};
+use common::{Namespaces, assert_silent, in_ns, ip, ns_exec, recv, rtp, sa, send_and_expect, udp};
 use std::time::{Duration, Instant};
 
 use sluice_relay::clock::now_ns;
@@ -129,64 +129,6 @@ fn attach_mode(relay: &str, mode: XdpMode) -> XdpPath {
 
 // ---------------------------------------------------------------------------------------------
 // sockets and packets
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn udp(ns: &str, addr: &str) -> UdpSocket {
-    let addr = sa(addr);
-    in_ns(ns, move || {
-        let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s
-    })
-}
-
-fn rtp(seq: u16, len: usize) -> Vec<u8> {
-    let mut p = vec![0x80, 0x00];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(seq as u32 * 160).to_be_bytes());
-    p.extend_from_slice(&0x5151_1ce0u32.to_be_bytes());
-    p.extend((0..len.saturating_sub(12)).map(|i| (i as u8) ^ (seq as u8)));
-    p
-}
-
-fn recv(sock: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
-    let mut buf = [0u8; 2048];
-    match sock.recv_from(&mut buf) {
-        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
-        }
-        Err(e) => panic!("recv: {e}"),
-    }
-}
-
-/// Nothing arrives within `wait`.
-fn assert_silent(sock: &UdpSocket, wait: Duration, what: &str) {
-    sock.set_read_timeout(Some(wait)).unwrap();
-    if let Some((p, from)) = recv(sock) {
-        panic!("{what}: unexpected {} bytes from {from}", p.len());
-    }
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-}
-
-/// Sends `n` RTP packets from `from` to `to` and checks that `rx` gets every one, from
-/// `expect_src`, with the payload intact.
-fn send_and_expect(from: &UdpSocket, to: &str, n: u16, rx: &UdpSocket, expect_src: &str) {
-    for seq in 0..n {
-        from.send_to(&rtp(seq, 172), sa(to)).unwrap();
-        let (p, src) = recv(rx).unwrap_or_else(|| panic!("packet {seq} to {to} never arrived"));
-        assert_eq!(src, sa(expect_src), "source of packet {seq} to {to}");
-        assert_eq!(p, rtp(seq, 172), "payload of packet {seq} to {to}");
-    }
-}
 
 /// An AF_PACKET socket on `iface` in `ns`: sees the frames exactly as they cross the veth.
 fn capture(ns: &str, iface: &str) -> OwnedFd {

@@ -1,11 +1,14 @@
-//! Namespace plumbing shared by the relay's netns tests (xdp_netns.rs, afxdp_netns.rs).
+//! Namespace plumbing and socket helpers shared by the relay's netns tests (xdp_netns.rs,
+//! afxdp_netns.rs).
 //! Each test binary uses its own subset.
 #![allow(dead_code)]
 
 use std::io;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 /// Why the netns tests cannot run here, if they cannot: they need root and the XDP program.
 pub fn skip_reason() -> Option<&'static str> {
@@ -82,4 +85,80 @@ pub fn unique(tag: &str, prefix: &str) -> String {
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed),
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// sockets and packets
+
+pub fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A UDP socket bound to `addr` inside `ns`, with a 2 s read timeout.
+pub fn udp(ns: &str, addr: &str) -> UdpSocket {
+    let addr = sa(addr);
+    in_ns(ns, move || {
+        let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    })
+}
+
+/// An RTP packet of `len` bytes whose payload depends on `seq`.
+pub fn rtp(seq: u16, len: usize) -> Vec<u8> {
+    let mut p = vec![0x80, 0x00];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(seq as u32 * 160).to_be_bytes());
+    p.extend_from_slice(&0x5151_1ce0u32.to_be_bytes());
+    p.extend((0..len.saturating_sub(12)).map(|i| (i as u8) ^ (seq as u8)));
+    p
+}
+
+/// One datagram, or None when the read timeout passed.
+pub fn recv(sock: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 2048];
+    match sock.recv_from(&mut buf) {
+        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("recv: {e}"),
+    }
+}
+
+/// Nothing arrives within `wait`.
+pub fn assert_silent(sock: &UdpSocket, wait: Duration, what: &str) {
+    sock.set_read_timeout(Some(wait)).unwrap();
+    if let Some((p, from)) = recv(sock) {
+        panic!("{what}: unexpected {} bytes from {from}", p.len());
+    }
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+}
+
+/// Sends `n` 172-byte RTP packets from `from` to `to`; `rx` must get every one from
+/// `expect_src`, with the payload intact.
+pub fn send_and_expect(from: &UdpSocket, to: &str, n: u16, rx: &UdpSocket, expect_src: &str) {
+    send_and_expect_payload(from, to, n, rx, expect_src, |seq| rtp(seq, 172));
+}
+
+/// As [`send_and_expect`], the payload of packet `seq` having to be `expect(seq)`.
+pub fn send_and_expect_payload(
+    from: &UdpSocket,
+    to: &str,
+    n: u16,
+    rx: &UdpSocket,
+    expect_src: &str,
+    expect: impl Fn(u16) -> Vec<u8>,
+) {
+    for seq in 0..n {
+        from.send_to(&rtp(seq, 172), sa(to)).unwrap();
+        let (p, src) = recv(rx).unwrap_or_else(|| panic!("packet {seq} to {to} never arrived"));
+        assert_eq!(src, sa(expect_src), "source of packet {seq} to {to}");
+        assert_eq!(p, expect(seq), "payload of packet {seq} to {to}");
+    }
 }
