@@ -3,16 +3,9 @@
 //! libsrtp's own `srtp_validate` packet (master key in: key derivation, AES-CM and HMAC-SHA1
 //! together). RFC 3711 B.3 (key derivation) is a unit test in `srtp/kdf.rs`.
 
+mod common;
+use common::{hex, unhex};
 use sluice_relay::srtp::{SessionKeys, SrtpConfig, SrtpContext, SrtpProfile};
-
-fn unhex(s: &str) -> Vec<u8> {
-    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    assert!(s.len().is_multiple_of(2), "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 fn context(profile: SrtpProfile, key: &str, salt: &str) -> SrtpContext {
     let keys =
@@ -44,10 +37,6 @@ fn protect_and_back(
     }
     .unwrap();
     assert_eq!(hex(&buf[..len]), hex(plain));
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// RFC 3711 B.2: session key 2B7E1516..., salt F0F1...FCFD, SSRC 0, index 0. An all-zero

@@ -6,6 +6,8 @@
 //! the system libsrtp2 (`pkg-config libsrtp2`, Debian package libsrtp2-dev). Without
 //! libsrtp2-dev the tests print why and pass without checking anything.
 
+mod common;
+use common::{hex, unhex};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -106,17 +108,6 @@ impl Drop for Libsrtp {
 
 /// libsrtp's srtp_err_status_auth_fail.
 const LIBSRTP_AUTH_FAIL: i32 = 7;
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 fn master(profile: SrtpProfile) -> Vec<u8> {
     (0..profile.master_len())

@@ -222,13 +222,7 @@ impl Drop for SessionKeys {
 mod tests {
     use super::*;
 
-    fn unhex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::srtp::unhex;
 
     /// RFC 3711 Appendix B.3: key derivation test vectors.
     #[test]

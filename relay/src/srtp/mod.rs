@@ -98,3 +98,13 @@ pub use replay::{RTCP_REPLAY_WINDOW, RTP_REPLAY_WINDOW};
 pub use suites::{
     MAX_MASTER_LEN, MAX_RTCP_OVERHEAD, MAX_RTP_OVERHEAD, SrtpProfile, UnsupportedSuite,
 };
+
+/// Bytes from hex digits (whitespace ignored), for the unit tests' vectors.
+#[cfg(test)]
+pub(crate) fn unhex(s: &str) -> Vec<u8> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}

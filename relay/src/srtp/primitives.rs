@@ -202,13 +202,7 @@ impl Gcm {
 mod tests {
     use super::*;
 
-    fn unhex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::srtp::unhex;
 
     /// RFC 2202 test cases 1, 2 and 6-style lengths: the precomputed-pad HMAC must equal the
     /// textbook one for every message length around the block boundaries.

@@ -1,5 +1,5 @@
 //! Namespace plumbing and socket helpers shared by the relay's netns tests (xdp_netns.rs,
-//! afxdp_netns.rs).
+//! afxdp_netns.rs), and hex for the SRTP test vectors.
 //! Each test binary uses its own subset.
 #![allow(dead_code)]
 
@@ -161,4 +161,22 @@ pub fn send_and_expect_payload(
         assert_eq!(src, sa(expect_src), "source of packet {seq} to {to}");
         assert_eq!(p, expect(seq), "payload of packet {seq} to {to}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// hex (test vectors)
+
+/// Bytes from hex digits; whitespace between them is ignored.
+pub fn unhex(s: &str) -> Vec<u8> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    assert!(s.len().is_multiple_of(2), "odd hex length");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Lower-case hex digits of `b`.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
