@@ -442,6 +442,41 @@ impl Step {
 }
 
 impl Run {
+    /// A report row for a run that failed before its first step (`columns` cells in all), or
+    /// None when it has steps to report.
+    fn failed_row(&self, columns: usize) -> Option<String> {
+        let e = self.error.as_ref().filter(|_| self.steps.is_empty())?;
+        let first_line = e.lines().next().unwrap_or_default();
+        let calls = match self.calls {
+            0 => "-".to_string(),
+            n => n.to_string(),
+        };
+        Some(format!(
+            "| {} | {calls} | failed: {} |{}",
+            self.relay,
+            first_line.replace('|', "/"),
+            " |".repeat(columns.saturating_sub(3))
+        ))
+    }
+
+    /// The "max rate <1% loss" cell: the best passing step, ">=" when it is the ladder's `top`
+    /// or the load generator fell short (`short`: what to call that), "<" the lowest rate when
+    /// none passed.
+    fn max_rate_cell(&self, top: u32, lowest: u32, short: &str) -> String {
+        match (self.best(), &self.harness_limited) {
+            (Some(s), _) if s.report.rate == top => {
+                format!(">= {} (top of ladder)", fmt_rate(top))
+            }
+            (Some(s), Some(h)) => format!(
+                ">= {} ({short} at {})",
+                fmt_rate(s.report.rate),
+                fmt_rate(h.rate)
+            ),
+            (Some(s), None) => fmt_rate(s.report.rate),
+            (None, _) => format!("< {}", fmt_rate(lowest)),
+        }
+    }
+
     fn best(&self) -> Option<&Step> {
         self.steps.iter().take_while(|s| s.passed()).last()
     }
@@ -1280,36 +1315,12 @@ fn render(
             .find(|r| r.relay == "rtpengine" && r.calls == calls && r.error.is_none())
     };
     for r in runs {
-        if let Some(e) = &r.error
-            && r.steps.is_empty()
-        {
-            let first_line = e.lines().next().unwrap_or_default();
-            let calls = if r.calls == 0 {
-                "-".to_string()
-            } else {
-                r.calls.to_string()
-            };
-            let _ = writeln!(
-                o,
-                "| {} | {calls} | failed: {} | | | | | | | | |",
-                r.relay,
-                first_line.replace('|', "/")
-            );
+        if let Some(row) = r.failed_row(11) {
+            let _ = writeln!(o, "{row}");
             continue;
         }
         let best = r.best();
-        let max_rate = match (best, &r.harness_limited) {
-            (Some(s), _) if s.report.rate == top => {
-                format!(">= {} (top of ladder)", fmt_rate(top))
-            }
-            (Some(s), Some(h)) => format!(
-                ">= {} (generator short at {})",
-                fmt_rate(s.report.rate),
-                fmt_rate(h.rate)
-            ),
-            (Some(s), None) => fmt_rate(s.report.rate),
-            (None, _) => format!("< {}", fmt_rate(plan.rates[0])),
-        };
+        let max_rate = r.max_rate_cell(top, plan.rates[0], "generator short");
         let delivered = best.map_or("-".into(), |s| fmt_int(s.report.delivered_pps()));
         let next = r.first_failure().map_or("-".into(), |s| {
             format!(
@@ -1567,6 +1578,51 @@ mod tests {
         };
         assert_eq!(short.best().unwrap().report.rate, 10_000);
         assert!(short.first_failure().is_none());
+    }
+
+    #[test]
+    fn report_cells_for_max_rate_and_failed_runs() {
+        let passed_all = Run {
+            steps: vec![step(10_000, 10_000, 10_000), step(40_000, 40_000, 40_000)],
+            ..Default::default()
+        };
+        assert_eq!(
+            passed_all.max_rate_cell(40_000, 10_000, "x"),
+            ">= 40k (top of ladder)"
+        );
+        let stopped = Run {
+            steps: vec![step(10_000, 10_000, 10_000), step(20_000, 20_000, 10_000)],
+            ..Default::default()
+        };
+        assert_eq!(stopped.max_rate_cell(40_000, 10_000, "x"), "10k");
+        let short = Run {
+            steps: vec![step(10_000, 10_000, 10_000)],
+            harness_limited: Some(step(20_000, 12_000, 12_000).report),
+            ..Default::default()
+        };
+        assert_eq!(
+            short.max_rate_cell(40_000, 10_000, "harness limit"),
+            ">= 10k (harness limit at 20k)"
+        );
+        let none = Run {
+            steps: vec![step(10_000, 10_000, 0)],
+            ..Default::default()
+        };
+        assert_eq!(none.max_rate_cell(40_000, 10_000, "x"), "< 10k");
+        assert_eq!(none.failed_row(11), None, "it has steps to report");
+
+        let failed = Run {
+            relay: "rtpengine",
+            calls: 100,
+            error: Some("cannot start | exit 1\nmore".into()),
+            ..Default::default()
+        };
+        let row = failed.failed_row(11).unwrap();
+        assert_eq!(
+            row,
+            "| rtpengine | 100 | failed: cannot start / exit 1 | | | | | | | | |"
+        );
+        assert_eq!(row.matches('|').count(), 12, "11 cells");
     }
 
     #[test]

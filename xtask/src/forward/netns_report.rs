@@ -124,35 +124,12 @@ pub(super) fn render(
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in runs {
-        if let Some(e) = &r.error
-            && r.steps.is_empty()
-        {
-            let first_line = e.lines().next().unwrap_or_default();
-            let calls = match r.calls {
-                0 => "-".to_string(),
-                n => n.to_string(),
-            };
-            let _ = writeln!(
-                o,
-                "| {} | {calls} | failed: {} | | | | | | | | | |",
-                r.relay,
-                first_line.replace('|', "/")
-            );
+        if let Some(row) = r.failed_row(12) {
+            let _ = writeln!(o, "{row}");
             continue;
         }
         let best = r.best();
-        let max_rate = match (best, &r.harness_limited) {
-            (Some(s), _) if s.report.rate == top => {
-                format!(">= {} (top of ladder)", fmt_rate(top))
-            }
-            (Some(s), Some(h)) => format!(
-                ">= {} (harness limit at {})",
-                fmt_rate(s.report.rate),
-                fmt_rate(h.rate)
-            ),
-            (Some(s), None) => fmt_rate(s.report.rate),
-            (None, _) => format!("< {}", fmt_rate(plan.rates[0])),
-        };
+        let max_rate = r.max_rate_cell(top, plan.rates[0], "harness limit");
         let delivered = best.map_or("-".into(), |s| fmt_int(s.report.delivered_pps()));
         let next = r.first_failure().map_or("-".into(), |s| {
             let sent = if s.sent_in_full() {
