@@ -14,7 +14,7 @@ use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use crate::bencode::Value;
 use crate::child::Proc;
 use crate::netns::Placement;
 use crate::proc_cpu::process_cpu_ns;
-use crate::relays::{NgClient, describe, free_port, spawn_rtpengine};
+use crate::relays::{NgClient, SluiceProc, free_port, spawn_rtpengine, start_sluice};
 use crate::sdp;
 use crate::sys::{RecvBatch, SendBatch, bind_loopback, local_v4, poll_readable, set_buffer};
 
@@ -37,7 +37,6 @@ const LOSS_LIMIT: f64 = 0.01;
 const MIN_SEND_SHARE: f64 = 0.95;
 const RTPENGINE_PORTS: (u16, u16) = (20_000, 23_999);
 const SLUICE_PORTS: (u16, u16) = (24_000, 27_999);
-const STARTUP: Duration = Duration::from_secs(10);
 const BATCH: usize = 64;
 
 #[derive(clap::Args, Debug)]
@@ -159,7 +158,6 @@ struct Sluice {
 impl Sluice {
     fn start(exe: &std::path::Path, log: &std::path::Path) -> Result<Self> {
         use sluice_control::config::ControlAddr;
-        use sluice_control::proto::PingRequest;
         if !exe.is_file() {
             bail!(
                 "{} does not exist (cargo build --release -p sluice-control)",
@@ -177,29 +175,12 @@ impl Sluice {
         ])
         .args(["--ports", &format!("{}-{}", SLUICE_PORTS.0, SLUICE_PORTS.1)])
         .args(["--log-level", "warn", "--xdp", "off"]);
-        let log_out = std::fs::File::create(log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(log_out.try_clone()?)
-            .stderr(log_out);
-        let cmdline = describe(&cmd);
-        let mut proc = Proc::spawn("sluice", &mut cmd, Some(log.to_path_buf()))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let deadline = Instant::now() + STARTUP;
-        let client = loop {
-            proc.ensure_running()?;
-            let attempt = rt.block_on(async {
-                let mut c = sluice_control::client::connect(&control).await?;
-                c.ping(PingRequest {}).await?;
-                anyhow::Ok(c)
-            });
-            match attempt {
-                Ok(c) => break c,
-                Err(e) if Instant::now() >= deadline => return Err(e.context("sluice startup")),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        };
+        let SluiceProc {
+            proc,
+            cmdline,
+            rt,
+            client,
+        } = start_sluice("sluice", cmd, &control, log)?;
         Ok(Self {
             proc,
             cmdline,

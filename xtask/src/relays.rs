@@ -102,6 +102,64 @@ pub fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
+/// A sluice daemon started for a bench, and a gRPC client it answered Ping on.
+pub struct SluiceProc {
+    pub proc: Proc,
+    pub cmdline: String,
+    /// One thread: the gRPC client's tasks run on the calling thread, which is also the one
+    /// that spawns children (see Proc::spawn) and the one whose CPU is not measured.
+    pub rt: tokio::runtime::Runtime,
+    pub client: sluice_control::proto::control_client::ControlClient<tonic::transport::Channel>,
+}
+
+/// Starts `cmd` (a `sluice run` command line) with its output in `log` and waits, at most
+/// STARTUP, until it answers gRPC Ping on `control`.
+pub fn start_sluice(
+    name: &'static str,
+    mut cmd: Command,
+    control: &sluice_control::config::ControlAddr,
+    log: &Path,
+) -> Result<SluiceProc> {
+    use sluice_control::proto::PingRequest;
+    let log_out = log_file(log)?;
+    cmd.stdin(Stdio::null())
+        .stdout(log_out.try_clone()?)
+        .stderr(log_out);
+    let cmdline = describe(&cmd);
+    let mut proc = Proc::spawn(name, &mut cmd, Some(log.to_path_buf()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let deadline = Instant::now() + STARTUP;
+    // Bounded by STARTUP.
+    let client = loop {
+        proc.ensure_running()
+            .context("sluice exited during startup")?;
+        let attempt = rt.block_on(async {
+            let mut c = sluice_control::client::connect(control).await?;
+            c.ping(PingRequest {}).await?;
+            anyhow::Ok(c)
+        });
+        match attempt {
+            Ok(c) => break c,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!(
+                    "sluice did not answer gRPC Ping on {control} within {} s{}",
+                    STARTUP.as_secs(),
+                    proc.log_tail()
+                )));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    Ok(SluiceProc {
+        proc,
+        cmdline,
+        rt,
+        client,
+    })
+}
+
 /// Tags and ids per call; `run` keeps call-ids unique across the setups of one relay process.
 fn call_ids(run: u32, i: usize) -> (String, String, String) {
     (
@@ -429,7 +487,6 @@ pub struct SluiceOpts {
 impl Sluice {
     pub fn start(exe: &Path, opts: SluiceOpts, log: &Path) -> Result<Self> {
         use sluice_control::config::ControlAddr;
-        use sluice_control::proto::PingRequest;
         if !exe.is_file() {
             bail!(
                 "the sluice binary {} does not exist: build it with \
@@ -475,39 +532,12 @@ impl Sluice {
         if let Some(cpu) = opts.worker_cpu {
             cmd.args(["--workers", "1", "--worker-cores", &cpu.to_string()]);
         }
-        let log_out = log_file(log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(log_out.try_clone()?)
-            .stderr(log_out);
-        let cmdline = describe(&cmd);
-        let mut proc = Proc::spawn(opts.name, &mut cmd, Some(log.to_path_buf()))?;
-        // One thread: the gRPC client's tasks run on the main thread, which is also the one that
-        // spawns children (see Proc::spawn) and the one whose CPU is not measured.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let deadline = Instant::now() + STARTUP;
-        // Bounded by STARTUP.
-        let client = loop {
-            proc.ensure_running()
-                .context("sluice exited during startup")?;
-            let attempt = rt.block_on(async {
-                let mut c = sluice_control::client::connect(&control).await?;
-                c.ping(PingRequest {}).await?;
-                anyhow::Ok(c)
-            });
-            match attempt {
-                Ok(c) => break c,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(e.context(format!(
-                        "sluice did not answer gRPC Ping on {control} within {} s{}",
-                        STARTUP.as_secs(),
-                        proc.log_tail()
-                    )));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        };
+        let SluiceProc {
+            proc,
+            cmdline,
+            rt,
+            client,
+        } = start_sluice(opts.name, cmd, &control, log)?;
         Ok(Self {
             name: opts.name,
             proc,

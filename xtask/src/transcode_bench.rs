@@ -30,7 +30,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -47,14 +47,13 @@ use crate::bencode::Value;
 use crate::child::Proc;
 use crate::netns::Placement;
 use crate::proc_cpu::process_cpu_ns;
-use crate::relays::{NgClient, describe, spawn_rtpengine};
+use crate::relays::{NgClient, SluiceProc, spawn_rtpengine, start_sluice};
 
 const FRAME: usize = 160;
 const BITRATE: u32 = 24_000;
 const PT_OPUS: u8 = 96;
 const RTPENGINE_PORTS: (u16, u16) = (30_000, 33_999);
 const SLUICE_PORTS: (u16, u16) = (34_000, 37_999);
-const STARTUP: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args, Debug)]
 pub struct TranscodeArgs {
@@ -624,7 +623,6 @@ struct SluiceDaemon {
 impl SluiceDaemon {
     fn start(exe: &Path, sock: &Path, log: &Path) -> Result<Self> {
         use sluice_control::config::ControlAddr;
-        use sluice_control::proto::PingRequest;
         if !exe.is_file() {
             bail!(
                 "{} does not exist (cargo build --release -p sluice-control)",
@@ -639,32 +637,12 @@ impl SluiceDaemon {
             .args(["--media-ip", "127.0.0.1"])
             .args(["--ports", &format!("{}-{}", SLUICE_PORTS.0, SLUICE_PORTS.1)])
             .args(["--log-level", "warn"]);
-        let log_out = std::fs::File::create(log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(log_out.try_clone()?)
-            .stderr(log_out);
-        let cmdline = describe(&cmd);
-        let mut proc = Proc::spawn("sluice", &mut cmd, Some(log.to_path_buf()))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let deadline = Instant::now() + STARTUP;
-        // Bounded by STARTUP.
-        let client = loop {
-            proc.ensure_running()?;
-            let attempt = rt.block_on(async {
-                let mut c = sluice_control::client::connect(&control).await?;
-                c.ping(PingRequest {}).await?;
-                anyhow::Ok(c)
-            });
-            match attempt {
-                Ok(c) => break c,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(e.context(format!("sluice startup{}", proc.log_tail())));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        };
+        let SluiceProc {
+            proc,
+            cmdline,
+            rt,
+            client,
+        } = start_sluice("sluice", cmd, &control, log)?;
         Ok(Self {
             proc,
             cmdline,
