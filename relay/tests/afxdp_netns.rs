@@ -648,6 +648,41 @@ fn routed_flow_uses_the_tx_ring(v6: bool) {
     pool.stop().unwrap();
 }
 
+/// The route names an interface sluice is attached to but this worker has no socket on (the
+/// pool serves r1 only): the kernel stack sends the packet, nothing is lost.
+#[test]
+fn afxdp_route_to_an_interface_without_a_worker_socket_goes_to_the_kernel() {
+    let Some(_serial) = setup() else { return };
+    let t = topo();
+    let mut xdp = attach(&t);
+    let pool = in_ns(&t.relay, || {
+        WorkerPool::start(&mut xdp, &["r1"], &one_worker())
+    })
+    .unwrap_or_else(|e| panic!("worker pool: {e}"));
+    let w = pool.worker(0).unwrap();
+    let call = call(&t, false);
+    let ka = FlowKey::new(sa(&call.relay_a_addr));
+    w.add_flow(
+        ka,
+        WorkerFlow::new(sa(&call.relay_b_addr), sa(&call.callee_addr), NextHop::Fib)
+            .with_fallback(call.relay_b.try_clone().unwrap()),
+    )
+    .unwrap();
+    w.sync().unwrap();
+    xdp.insert(
+        ka,
+        FlowValue::worker_routed(9, sa(&call.relay_b_addr), sa(&call.callee_addr))
+            .strict_source(sa(&call.caller_addr)),
+    )
+    .unwrap();
+    call.to_callee(5);
+    eventually("kernel path counted", || w.stats().tx_socket_packets == 5);
+    let s = w.stats();
+    assert_eq!((s.tx_packets, s.dropped()), (0, 0), "{s:?}");
+    assert_eq!(xdp.counters(9).unwrap().to_worker, 5);
+    pool.stop().unwrap();
+}
+
 #[test]
 fn afxdp_routed_flow_leaves_by_the_tx_ring_ipv4() {
     routed_flow_uses_the_tx_ring(false);
