@@ -786,7 +786,7 @@ fn process(
             };
             // Too big for the route: the flow's UDP socket, which fragments as the userspace
             // relay's does (the raw socket would keep the sender's DF bit and drop it).
-            let too_big = route.is_some();
+            let too_big = matches!(flow.hop, Hop::Fib) && route.is_some();
             if let (Some(fd), false, false) = (raw4, p.v6, too_big) {
                 // The whole IPv4 packet through the worker's one raw socket: the batch leaves in
                 // one sendmmsg whatever the number of flows, and the kernel still routes it.
@@ -995,6 +995,60 @@ mod tests {
             packet::source(&frame, &p),
             NEW_SRC.parse::<SocketAddr>().unwrap()
         );
+    }
+
+    /// Which socket the kernel path uses: IPv4 goes through the worker's raw socket, except a
+    /// `Fib` packet too big for its route, which goes through the flow's UDP socket (the kernel
+    /// fragments it there). A route in front of a `Kernel` flow's frame changes nothing.
+    #[test]
+    fn the_kernel_path_uses_the_udp_socket_only_for_packets_too_big() {
+        const RAW: libc::c_int = 1234;
+        let template = rtp_frame();
+        let len = template.len();
+        let c = WorkerCounters::default();
+        let mut scratch = vec![0u8; SCRATCH];
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let route = |mtu| Route {
+            sock: 1,
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+            mtu,
+        };
+        // (hop, route, through the raw socket)
+        for (hop, route, raw) in [
+            (Hop::Fib, None, true),
+            (Hop::Fib, Some(route(100)), false),
+            (Hop::Kernel, None, true),
+            (Hop::Kernel, Some(route(100)), true),
+            (Hop::Kernel, Some(route(1500)), true),
+        ] {
+            let mut flows = srtp_flow(hop);
+            let (addr, addr_len) = sockaddr(NEW_DST.parse().unwrap());
+            let sock = udp.try_clone().unwrap();
+            let fd = if raw { RAW } else { sock.as_raw_fd() };
+            flows.values_mut().next().unwrap().fallback = Some(Fallback {
+                sock,
+                addr,
+                addr_len,
+            });
+            let mut frame = vec![0u8; 2048];
+            frame[..len].copy_from_slice(&template);
+            let out = process(
+                &mut frame,
+                len,
+                0,
+                route,
+                &mut flows,
+                &c,
+                1,
+                &mut scratch,
+                Some(RAW),
+            );
+            match out {
+                Outcome::Kernel { fd: got, .. } => assert_eq!(got, fd, "{route:?}"),
+                _ => panic!("{route:?}: not the kernel path"),
+            }
+        }
     }
 
     /// `Fib` without a route, or with one whose MTU the grown packet exceeds, goes to the
