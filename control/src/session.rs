@@ -1956,15 +1956,7 @@ mod tests {
         let kernel = FakeKernel::default();
         kernel.0.lock().unwrap().workers = workers;
         let s = Sessions::new(
-            SessionConfig {
-                media_ips: vec!["127.0.0.1".parse().unwrap()],
-                port_low: 22000,
-                port_high: 22999,
-                timeout: Duration::from_secs(60),
-                transcode: TranscodeMode::Auto,
-                opus_complexity: sluice_relay::transcode::DEFAULT_OPUS_COMPLEXITY,
-                opus_bitrate: sluice_relay::transcode::OpusParams::default().bitrate,
-            },
+            test_config(22000, 22999),
             Box::new(FakePlane::default()),
             Some(Box::new(kernel.clone())),
         )
@@ -2387,13 +2379,9 @@ mod tests {
         let plane = FakePlane::default();
         let s = Sessions::new(
             SessionConfig {
-                media_ips: vec!["127.0.0.1".parse().unwrap()],
-                port_low: 20000,
-                port_high: 20999,
-                timeout: Duration::from_secs(60),
-                transcode: TranscodeMode::Auto,
                 opus_complexity: 0,
                 opus_bitrate: 32_000,
+                ..test_config(20000, 20999)
             },
             Box::new(plane.clone()),
             None,
@@ -2629,13 +2617,8 @@ mod tests {
         let plane = FakePlane::default();
         let s = Sessions::new(
             SessionConfig {
-                media_ips: vec!["127.0.0.1".parse().unwrap()],
-                port_low: 20000,
-                port_high: 20999,
-                timeout: Duration::from_secs(60),
                 transcode: TranscodeMode::Off,
-                opus_complexity: sluice_relay::transcode::DEFAULT_OPUS_COMPLEXITY,
-                opus_bitrate: sluice_relay::transcode::OpusParams::default().bitrate,
+                ..test_config(20000, 20999)
             },
             Box::new(plane),
             None,
@@ -2905,17 +2888,27 @@ mod tests {
         assert!(plans(&plane).is_empty(), "no transcoder was set up");
     }
 
+    /// Loopback media, ports `low..=high`, 60 s timeout, transcoding on demand, the daemon's
+    /// Opus defaults.
+    fn test_config(low: u16, high: u16) -> SessionConfig {
+        SessionConfig {
+            media_ips: vec!["127.0.0.1".parse().unwrap()],
+            port_low: low,
+            port_high: high,
+            timeout: Duration::from_secs(60),
+            transcode: TranscodeMode::Auto,
+            opus_complexity: sluice_relay::transcode::DEFAULT_OPUS_COMPLEXITY,
+            opus_bitrate: sluice_relay::transcode::OpusParams::default().bitrate,
+        }
+    }
+
     fn sessions(low: u16, high: u16, timeout: Duration) -> (Arc<Sessions>, FakePlane) {
         let plane = FakePlane::default();
         let s = Sessions::new(
             SessionConfig {
                 media_ips: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
-                port_low: low,
-                port_high: high,
                 timeout,
-                transcode: TranscodeMode::Auto,
-                opus_complexity: sluice_relay::transcode::DEFAULT_OPUS_COMPLEXITY,
-                opus_bitrate: sluice_relay::transcode::OpusParams::default().bitrate,
+                ..test_config(low, high)
             },
             Box::new(plane.clone()),
             None,
