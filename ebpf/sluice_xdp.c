@@ -21,6 +21,12 @@
  * frame as struct sluice_xsk_meta: the worker sends from its TX ring on that interface. A failed
  * lookup does not stop the packet; the worker then hands it to the kernel's IP stack.
  *
+ * Kernel features: bpf_xdp_adjust_meta is optional. Some kernels refuse it to XDP programs
+ * (e.g. 6.18.44-fc-v1300) and some drivers fail it at run time. The loader probes the helper and
+ * sets sluice_use_meta; at 0 the verifier prunes the branch that calls it before checking the
+ * call, so one object loads on both kinds of kernel, and the worker routes such frames through
+ * the kernel's IP stack.
+ *
  * Build: clang-19 -target bpf -O2 -g -c sluice_xdp.c (relay/build.rs does this).
  */
 #include <linux/bpf.h>
@@ -79,6 +85,13 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } sluice_xsks SEC(".maps");
+
+/*
+ * Set by the loader before the program is loaded (.rodata is frozen, so the verifier knows the
+ * value and never visits the dead branch): 1 when the kernel allows bpf_xdp_adjust_meta in XDP.
+ * 0 by default, so that the object as built loads on every kernel, whoever loads it.
+ */
+const volatile __u32 sluice_use_meta = 0;
 
 /* --- checksums (RFC 1624: HC' = ~(~HC + ~m + m')), on 16-bit words as stored in memory --- */
 
@@ -188,7 +201,7 @@ static __always_inline int family_ok(const struct sluice_flow_value *v, __u8 fam
 static __always_inline int to_worker(struct xdp_md *ctx, const struct sluice_flow_value *v,
 				     const struct bpf_fib_lookup *fib)
 {
-	if (fib && egress_allowed(fib->ifindex) &&
+	if (sluice_use_meta && fib && egress_allowed(fib->ifindex) &&
 	    bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct sluice_xsk_meta)) == 0) {
 		/* adjust_meta invalidated every packet pointer: only ctx is used from here on. */
 		struct sluice_xsk_meta *m = (void *)(long)ctx->data_meta;

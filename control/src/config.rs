@@ -98,6 +98,7 @@ pub struct FileConfig {
     pub allow_remote_control: Option<bool>,
     pub xdp: Option<String>,
     pub xdp_iface: Option<Vec<String>>,
+    pub xdp_metadata: Option<String>,
     pub workers: Option<u64>,
     pub worker_cores: Option<String>,
     pub transcode: Option<String>,
@@ -130,6 +131,7 @@ pub struct Overrides {
     pub allow_remote_control: bool,
     pub xdp: Option<String>,
     pub xdp_iface: Vec<String>,
+    pub xdp_metadata: Option<String>,
     pub workers: Option<u64>,
     pub worker_cores: Option<String>,
     pub transcode: Option<String>,
@@ -149,6 +151,9 @@ pub struct Config {
     pub log_level: String,
     pub xdp: XdpSetting,
     pub xdp_ifaces: Vec<String>,
+    /// `--xdp-metadata`: whether routed worker frames carry their route as XDP metadata (auto:
+    /// where the kernel allows `bpf_xdp_adjust_meta`; off: never).
+    pub xdp_metadata: sluice_relay::xdp::MetadataPolicy,
     /// `--workers`: AF_XDP workers to start with XDP (None: one per RX queue; Some(0): none,
     /// so SRTP streams stay on the userspace path).
     pub workers: Option<usize>,
@@ -255,6 +260,17 @@ impl Config {
                 });
             }
         };
+        let xdp_metadata = match cli.xdp_metadata.or(file.xdp_metadata).as_deref() {
+            None | Some("auto") => sluice_relay::xdp::MetadataPolicy::Auto,
+            Some("off") => sluice_relay::xdp::MetadataPolicy::Off,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "xdp-metadata",
+                    value: other.into(),
+                    why: "one of auto, off".into(),
+                });
+            }
+        };
         let xdp_ifaces = if cli.xdp_iface.is_empty() {
             file.xdp_iface.unwrap_or_default()
         } else {
@@ -355,6 +371,7 @@ impl Config {
             log_level,
             xdp,
             xdp_ifaces,
+            xdp_metadata,
             workers,
             worker_cores,
             transcode,
@@ -511,6 +528,12 @@ mod tests {
             None,
             "the relay's default"
         );
+        let c = resolve("xdp-metadata = \"off\"\n", Overrides::default()).unwrap();
+        assert_eq!(c.xdp_metadata, sluice_relay::xdp::MetadataPolicy::Off);
+        let c = resolve("", Overrides::default()).unwrap();
+        assert_eq!(c.xdp_metadata, sluice_relay::xdp::MetadataPolicy::Auto);
+        let err = resolve("xdp-metadata = \"on\"\n", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("xdp-metadata"), "{err}");
         let c = resolve("worker-spin-us = 50\n", Overrides::default()).unwrap();
         assert_eq!(c.worker_config().unwrap().spin_us, Some(50));
         let err = resolve("worker-spin-us = 20000\n", Overrides::default()).unwrap_err();

@@ -145,23 +145,32 @@ async fn bounded<E>(
 /// Attaches the XDP program as `--xdp` says. In `auto` mode every failure is one log line and the
 /// userspace path; an explicit mode fails the start.
 fn attach_xdp(cfg: &Config) -> anyhow::Result<Option<Box<dyn KernelPath>>> {
-    use sluice_relay::xdp::{XdpMode, XdpPath};
+    use sluice_relay::xdp::{XdpMode, XdpOptions, XdpPath};
     let ifaces: Vec<&str> = cfg.xdp_ifaces.iter().map(String::as_str).collect();
+    let attach = |mode| {
+        XdpPath::attach_with(
+            &ifaces,
+            XdpOptions {
+                metadata: cfg.xdp_metadata,
+                ..XdpOptions::new(mode)
+            },
+        )
+    };
     let attached = match cfg.xdp {
         XdpSetting::Off => return Ok(None),
         XdpSetting::Auto if ifaces.is_empty() => {
             tracing::info!("XDP: no --xdp-iface given; all media takes the userspace path");
             return Ok(None);
         }
-        XdpSetting::Auto => match XdpPath::attach(&ifaces, XdpMode::Native) {
+        XdpSetting::Auto => match attach(XdpMode::Native) {
             Err(e) if e.is_native_unsupported() => {
                 tracing::info!(error = %e, "XDP: native mode unsupported; trying generic mode");
-                XdpPath::attach(&ifaces, XdpMode::Generic)
+                attach(XdpMode::Generic)
             }
             r => r,
         },
-        XdpSetting::Native => XdpPath::attach(&ifaces, XdpMode::Native),
-        XdpSetting::Generic => XdpPath::attach(&ifaces, XdpMode::Generic),
+        XdpSetting::Native => attach(XdpMode::Native),
+        XdpSetting::Generic => attach(XdpMode::Generic),
     };
     match attached {
         Ok(mut p) => {

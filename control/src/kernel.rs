@@ -58,6 +58,20 @@ pub trait KernelPath: Send {
     fn worker_stats(&self) -> Vec<WorkerStats> {
         Vec::new()
     }
+    /// The kernel features probed at attach, for Statistics.
+    fn kernel_features(&self) -> Vec<FeatureReport> {
+        Vec::new()
+    }
+}
+
+/// One probed kernel feature and what sluice makes of it (Statistics' `kernel_features`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeatureReport {
+    pub name: &'static str,
+    pub available: bool,
+    pub used: bool,
+    /// What sluice does without it; empty when used.
+    pub without: &'static str,
 }
 
 /// What a WORKER flow does, in a form from which each worker gets its own context: packets
@@ -173,6 +187,24 @@ impl KernelPath for Xdp {
             ),
             None => "xdp (detached)".into(),
         }
+    }
+    fn kernel_features(&self) -> Vec<FeatureReport> {
+        use sluice_relay::xdp::Feature;
+        let Some(p) = &self.path else {
+            return Vec::new();
+        };
+        p.kernel_features()
+            .iter()
+            .map(|(f, available)| {
+                let used = available && (f != Feature::XdpMeta || p.metadata());
+                FeatureReport {
+                    name: f.name(),
+                    available,
+                    used,
+                    without: if used { "" } else { f.without() },
+                }
+            })
+            .collect()
     }
     fn shutdown(&mut self) {
         if let Some(mut p) = self.path.take() {

@@ -47,6 +47,11 @@ enum Cmd {
         /// Interface media arrives on, for the XDP program; repeatable.
         #[arg(long = "xdp-iface")]
         xdp_iface: Vec<String>,
+        /// Whether the XDP program hands a worker's frame its route as XDP metadata, so the
+        /// worker sends from its AF_XDP TX ring: auto (default: where the kernel allows
+        /// bpf_xdp_adjust_meta) or off (the kernel's IP stack routes worker output).
+        #[arg(long = "xdp-metadata")]
+        xdp_metadata: Option<String>,
         /// AF_XDP workers for streams that need work (SRTP termination) while XDP is attached
         /// (default: one per RX queue, at most one per physical core; 0: none, SRTP stays in
         /// userspace).
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
             allow_remote_control,
             xdp,
             xdp_iface,
+            xdp_metadata,
             workers,
             worker_cores,
             transcode,
@@ -143,6 +149,7 @@ fn main() -> ExitCode {
                     allow_remote_control,
                     xdp,
                     xdp_iface,
+                    xdp_metadata,
                     workers,
                     worker_cores,
                     transcode,

@@ -586,6 +586,19 @@ impl Sessions {
                     tx_kernel: w.tx_socket_packets,
                 })
                 .collect(),
+            kernel_features: st
+                .kernel
+                .as_ref()
+                .map(|k| k.kernel_features())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|f| proto::KernelFeature {
+                    name: f.name.into(),
+                    available: f.available,
+                    used: f.used,
+                    without: f.without.into(),
+                })
+                .collect(),
         }
     }
 

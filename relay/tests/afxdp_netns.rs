@@ -12,7 +12,11 @@
 //! verify them, so a datagram arriving at all proves them valid. The tests in this file run one
 //! at a time (they share two CPUs, and the fd-leak test counts this process's descriptors).
 //!
-//! Needs root; otherwise every test prints "skipped: needs root" and passes.
+//! Needs root; otherwise every test prints "skipped: needs root" and passes. The tests whose
+//! routed frames carry the XDP route as metadata need a kernel that allows
+//! `bpf_xdp_adjust_meta` in XDP programs; elsewhere they are reported as ignored, with one line
+//! naming the missing helper (a libtest-mimic harness, so that the skip is not counted as a
+//! pass). Their variant without metadata runs on every kernel.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -29,7 +33,84 @@ use sluice_relay::worker::{
     FlowStats, NextHop, PayloadTransform, Transform, TransformError, WorkerConfig, WorkerFlow,
     WorkerPool,
 };
-use sluice_relay::xdp::{FlowKey, FlowValue, XdpMode, XdpPath};
+use sluice_relay::xdp::{FlowKey, FlowValue, MetadataPolicy, XdpMode, XdpOptions, XdpPath};
+
+// ---------------------------------------------------------------------------------------------
+// harness
+
+fn main() -> std::process::ExitCode {
+    use libtest_mimic::{Arguments, Trial};
+    let args = Arguments::from_args();
+    let test = |name: &'static str, f: fn()| {
+        Trial::test(name, move || {
+            f();
+            Ok(())
+        })
+    };
+    let no_metadata = common::metadata_skip_reason();
+    let needs_metadata =
+        |name: &'static str, f: fn()| test(name, f).with_ignored_flag(no_metadata.is_some());
+    let trials = vec![
+        test(
+            "afxdp_worker_relays_both_directions_ipv4",
+            afxdp_worker_relays_both_directions_ipv4,
+        ),
+        test(
+            "afxdp_worker_relays_both_directions_ipv6",
+            afxdp_worker_relays_both_directions_ipv6,
+        ),
+        test(
+            "afxdp_wrong_source_is_dropped_in_the_kernel_before_the_worker",
+            afxdp_wrong_source_is_dropped_in_the_kernel_before_the_worker,
+        ),
+        test(
+            "afxdp_removing_the_flow_stops_it",
+            afxdp_removing_the_flow_stops_it,
+        ),
+        test(
+            "afxdp_queue_without_a_worker_falls_back_to_the_kernel_stack",
+            afxdp_queue_without_a_worker_falls_back_to_the_kernel_stack,
+        ),
+        test(
+            "afxdp_fallback_socket_and_hairpin_next_hops",
+            afxdp_fallback_socket_and_hairpin_next_hops,
+        ),
+        test(
+            "afxdp_route_to_an_interface_without_a_worker_socket_goes_to_the_kernel",
+            afxdp_route_to_an_interface_without_a_worker_socket_goes_to_the_kernel,
+        ),
+        needs_metadata(
+            "afxdp_routed_flow_leaves_by_the_tx_ring_ipv4",
+            afxdp_routed_flow_leaves_by_the_tx_ring_ipv4,
+        ),
+        needs_metadata(
+            "afxdp_routed_flow_leaves_by_the_tx_ring_ipv6",
+            afxdp_routed_flow_leaves_by_the_tx_ring_ipv6,
+        ),
+        test(
+            "afxdp_routed_flow_without_metadata_goes_through_the_kernel_ipv4",
+            afxdp_routed_flow_without_metadata_goes_through_the_kernel_ipv4,
+        ),
+        test(
+            "afxdp_routed_flow_without_metadata_goes_through_the_kernel_ipv6",
+            afxdp_routed_flow_without_metadata_goes_through_the_kernel_ipv6,
+        ),
+        test(
+            "afxdp_bad_worker_configuration_is_refused_with_a_reason",
+            afxdp_bad_worker_configuration_is_refused_with_a_reason,
+        ),
+        test(
+            "afxdp_stopping_the_pool_releases_every_socket_and_umem",
+            afxdp_stopping_the_pool_releases_every_socket_and_umem,
+        ),
+        // Benchmark: prints packets/s through one worker (run with --ignored).
+        test("afxdp_throughput_one_worker", afxdp_throughput_one_worker).with_ignored_flag(true),
+    ];
+    if let Some(why) = &no_metadata {
+        println!("ignored: the tests of routed frames with XDP metadata: {why}");
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}
 
 // ---------------------------------------------------------------------------------------------
 // namespaces (as in xdp_netns.rs)
@@ -131,7 +212,15 @@ fn topo() -> Topo {
 }
 
 fn attach(t: &Topo) -> XdpPath {
-    in_ns(&t.relay, || XdpPath::attach(&["r1", "r2"], XdpMode::Native))
+    attach_with_metadata(t, MetadataPolicy::Auto)
+}
+
+fn attach_with_metadata(t: &Topo, metadata: MetadataPolicy) -> XdpPath {
+    let opts = XdpOptions {
+        metadata,
+        ..XdpOptions::new(XdpMode::Native)
+    };
+    in_ns(&t.relay, || XdpPath::attach_with(&["r1", "r2"], opts))
         .unwrap_or_else(|e| panic!("attach: {e}"))
 }
 
@@ -354,17 +443,14 @@ fn relays_both_directions(v6: bool) {
     assert!(open_fds() < fds, "stopping the pool must close its sockets");
 }
 
-#[test]
 fn afxdp_worker_relays_both_directions_ipv4() {
     relays_both_directions(false);
 }
 
-#[test]
 fn afxdp_worker_relays_both_directions_ipv6() {
     relays_both_directions(true);
 }
 
-#[test]
 fn afxdp_wrong_source_is_dropped_in_the_kernel_before_the_worker() {
     let Some(_serial) = setup() else { return };
     let t = topo();
@@ -399,7 +485,6 @@ fn afxdp_wrong_source_is_dropped_in_the_kernel_before_the_worker() {
     }
 }
 
-#[test]
 fn afxdp_removing_the_flow_stops_it() {
     let Some(_serial) = setup() else { return };
     let t = topo();
@@ -432,7 +517,6 @@ fn afxdp_removing_the_flow_stops_it() {
     assert_eq!(w.stats().rx_packets, 4);
 }
 
-#[test]
 fn afxdp_queue_without_a_worker_falls_back_to_the_kernel_stack() {
     let Some(_serial) = setup() else { return };
     let t = topo();
@@ -459,7 +543,6 @@ fn afxdp_queue_without_a_worker_falls_back_to_the_kernel_stack() {
     assert_eq!((c.passed_no_worker, c.to_worker), (2, 0), "{c:?}");
 }
 
-#[test]
 fn afxdp_fallback_socket_and_hairpin_next_hops() {
     let Some(_serial) = setup() else { return };
     let t = topo();
@@ -566,7 +649,8 @@ fn afxdp_fallback_socket_and_hairpin_next_hops() {
 fn routed_flow_uses_the_tx_ring(v6: bool) {
     let Some(_serial) = setup() else { return };
     let t = topo();
-    let mut xdp = attach(&t);
+    let mut xdp = attach_with_metadata(&t, MetadataPolicy::On);
+    assert!(xdp.metadata());
     let pool = start(&t, &mut xdp);
     let w = pool.worker(0).unwrap();
     let call = call(&t, v6);
@@ -648,9 +732,62 @@ fn routed_flow_uses_the_tx_ring(v6: bool) {
     pool.stop().unwrap();
 }
 
+/// The same routed flows with the program variant a kernel without `bpf_xdp_adjust_meta` gets:
+/// no route travels with the frame, so the worker hands every packet to the kernel's IP stack
+/// (through the flow's socket or its raw socket), and every packet still arrives intact.
+fn routed_flow_without_metadata_goes_through_the_kernel(v6: bool) {
+    let Some(_serial) = setup() else { return };
+    let t = topo();
+    let mut xdp = attach_with_metadata(&t, MetadataPolicy::Off);
+    assert!(!xdp.metadata());
+    let pool = start(&t, &mut xdp);
+    let w = pool.worker(0).unwrap();
+    let call = call(&t, v6);
+    let (ka, kb) = (
+        FlowKey::new(sa(&call.relay_a_addr)),
+        FlowKey::new(sa(&call.relay_b_addr)),
+    );
+    w.add_flow(
+        ka,
+        WorkerFlow::new(sa(&call.relay_b_addr), sa(&call.callee_addr), NextHop::Fib)
+            .with_fallback(call.relay_b.try_clone().unwrap()),
+    )
+    .unwrap();
+    w.add_flow(
+        kb,
+        WorkerFlow::new(sa(&call.relay_a_addr), sa(&call.caller_addr), NextHop::Fib)
+            .with_transform(Transform::custom(Append10))
+            .with_fallback(call.relay_a.try_clone().unwrap()),
+    )
+    .unwrap();
+    w.sync().unwrap();
+    xdp.insert(
+        ka,
+        FlowValue::worker_routed(7, sa(&call.relay_b_addr), sa(&call.callee_addr))
+            .strict_source(sa(&call.caller_addr)),
+    )
+    .unwrap();
+    xdp.insert(
+        kb,
+        FlowValue::worker_routed(8, sa(&call.relay_a_addr), sa(&call.caller_addr))
+            .strict_source(sa(&call.callee_addr)),
+    )
+    .unwrap();
+    const N: u16 = 20;
+    call.to_callee(N);
+    call.to_caller_appended(N);
+    eventually("all counted", || {
+        w.stats().tx_socket_packets == 2 * N as u64
+    });
+    let s = w.stats();
+    assert_eq!((s.tx_packets, s.dropped()), (0, 0), "{s:?}");
+    assert_eq!(xdp.counters(7).unwrap().to_worker, N as u64);
+    assert_eq!(xdp.counters(8).unwrap().to_worker, N as u64);
+    pool.stop().unwrap();
+}
+
 /// The route names an interface sluice is attached to but this worker has no socket on (the
 /// pool serves r1 only): the kernel stack sends the packet, nothing is lost.
-#[test]
 fn afxdp_route_to_an_interface_without_a_worker_socket_goes_to_the_kernel() {
     let Some(_serial) = setup() else { return };
     let t = topo();
@@ -683,17 +820,22 @@ fn afxdp_route_to_an_interface_without_a_worker_socket_goes_to_the_kernel() {
     pool.stop().unwrap();
 }
 
-#[test]
 fn afxdp_routed_flow_leaves_by_the_tx_ring_ipv4() {
     routed_flow_uses_the_tx_ring(false);
 }
 
-#[test]
 fn afxdp_routed_flow_leaves_by_the_tx_ring_ipv6() {
     routed_flow_uses_the_tx_ring(true);
 }
 
-#[test]
+fn afxdp_routed_flow_without_metadata_goes_through_the_kernel_ipv4() {
+    routed_flow_without_metadata_goes_through_the_kernel(false);
+}
+
+fn afxdp_routed_flow_without_metadata_goes_through_the_kernel_ipv6() {
+    routed_flow_without_metadata_goes_through_the_kernel(true);
+}
+
 fn afxdp_bad_worker_configuration_is_refused_with_a_reason() {
     let Some(_serial) = setup() else { return };
     let t = topo();
@@ -725,7 +867,6 @@ fn afxdp_bad_worker_configuration_is_refused_with_a_reason() {
     start(&t, &mut xdp).stop().unwrap();
 }
 
-#[test]
 fn afxdp_stopping_the_pool_releases_every_socket_and_umem() {
     let Some(_serial) = setup() else { return };
     let t = topo();
@@ -791,8 +932,6 @@ fn umem_mappings() -> usize {
 /// --test afxdp_netns -- --ignored --nocapture` (`SPIN_US=N` sets the worker's busy-poll time
 /// before it sleeps). The worker-thread CPU per packet comes from its schedstat, so it stays
 /// meaningful when other processes compete for the worker's CPU; packets/s does not.
-#[test]
-#[ignore = "benchmark: prints packets/s through one worker"]
 fn afxdp_throughput_one_worker() {
     let Some(_serial) = setup() else { return };
     let cpus = core_affinity::get_core_ids().unwrap_or_default();

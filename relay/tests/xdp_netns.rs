@@ -29,7 +29,10 @@ use common::{Namespaces, assert_silent, in_ns, ip, ns_exec, recv, rtp, sa, send_
 use std::time::{Duration, Instant};
 
 use sluice_relay::clock::now_ns;
-use sluice_relay::xdp::{FlowKey, FlowValue, XdpError, XdpMode, XdpPath};
+use sluice_relay::xdp::{
+    Feature, FlowKey, FlowValue, KernelFeatures, MetadataPolicy, XdpError, XdpMode, XdpOptions,
+    XdpPath,
+};
 
 // ---------------------------------------------------------------------------------------------
 // namespaces
@@ -847,19 +850,113 @@ fn xdp_attach_is_all_or_nothing_and_detaches_on_drop() {
     );
 }
 
+/// The loader's feature probe against two independent witnesses on the running kernel: a tiny
+/// clang-built XDP program that only calls `bpf_xdp_adjust_meta`, and sluice's own program
+/// with the metadata branch forced on. Where the kernel refuses the helper (6.18.44-fc-v1300),
+/// the forced load fails as a missing kernel feature naming it, never as "a bug in
+/// sluice_xdp.c", and the default load still attaches, without metadata.
+#[test]
+fn xdp_feature_probe_tells_the_truth_and_the_load_follows_it() {
+    if skip() {
+        return;
+    }
+    let features = KernelFeatures::probe().unwrap();
+    println!("kernel {}: {features}", common::kernel_release());
+    features
+        .check_required()
+        .expect("every required feature (the rest of this suite passes)");
+    let has_meta = features.has(Feature::XdpMeta);
+
+    match bpf_object(
+        "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n\
+         SEC(\"xdp\") int meta_probe(struct xdp_md *ctx) {\n\
+           return bpf_xdp_adjust_meta(ctx, -8) ? XDP_ABORTED : XDP_PASS;\n}\n\
+         char LICENSE[] SEC(\"license\") = \"GPL\";\n",
+    ) {
+        Some(obj) => {
+            let bytes = std::fs::read(&obj).unwrap();
+            let _ = std::fs::remove_file(&obj);
+            let mut ebpf = aya::Ebpf::load(&bytes).unwrap();
+            let prog: &mut aya::programs::Xdp =
+                ebpf.program_mut("meta_probe").unwrap().try_into().unwrap();
+            let loaded = prog.load();
+            assert_eq!(
+                loaded.is_ok(),
+                has_meta,
+                "probe says {has_meta}, the tiny program's load says {loaded:?}"
+            );
+            if let Err(e) = loaded {
+                let log = format!("{e:?}");
+                assert!(
+                    log.contains("bpf_xdp_adjust_meta"),
+                    "refused for another reason: {log}"
+                );
+            }
+        }
+        None if std::env::var_os("CI").is_some() => panic!("CI: clang could not build the witness"),
+        None => println!("tiny-program witness skipped: no clang to build it"),
+    }
+
+    let t = topo();
+    let with = |metadata| XdpOptions {
+        metadata,
+        ..XdpOptions::new(XdpMode::Native)
+    };
+    match in_ns(&t.relay, || {
+        XdpPath::attach_with(&["r1", "r2"], with(MetadataPolicy::On))
+    }) {
+        Ok(p) => {
+            assert!(
+                has_meta,
+                "the kernel took the helper the probe said it refuses"
+            );
+            assert!(p.metadata());
+        }
+        Err(e) => {
+            assert!(!has_meta, "the probe said yes, the load said: {e}");
+            assert!(matches!(e, XdpError::MissingKernelFeature { .. }), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("bpf_xdp_adjust_meta"), "{text}");
+            assert!(!text.contains("bug"), "{text}");
+            assert!(xdp_detached(&t.relay, "r1") && xdp_detached(&t.relay, "r2"));
+        }
+    }
+    for (policy, expect) in [
+        (MetadataPolicy::Auto, has_meta),
+        (MetadataPolicy::Off, false),
+    ] {
+        let p = in_ns(&t.relay, || {
+            XdpPath::attach_with(&["r1", "r2"], with(policy))
+        })
+        .unwrap_or_else(|e| panic!("{policy:?}: {e}"));
+        assert_eq!(p.metadata(), expect, "{policy:?}");
+        assert_eq!(p.kernel_features(), &features);
+        assert!(xdp_attached(&t.relay, "r1"));
+        drop(p);
+    }
+}
+
 /// A trivial XDP_PASS object named `other_prog`, built with clang (None without clang).
 fn foreign_object() -> Option<std::path::PathBuf> {
-    let base = std::env::temp_dir().join(common::unique("sluice-foreign-", ""));
-    let (c, o) = (base.with_extension("c"), base.with_extension("o"));
-    std::fs::write(
-        &c,
+    bpf_object(
         "__attribute__((section(\"xdp\"), used)) int other_prog(void *ctx) { return 2; }\n\
          char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
     )
-    .ok()?;
+}
+
+/// `source` compiled for BPF by clang into a temporary object (None without clang).
+fn bpf_object(source: &str) -> Option<std::path::PathBuf> {
+    let base = std::env::temp_dir().join(common::unique("sluice-foreign-", ""));
+    let (c, o) = (base.with_extension("c"), base.with_extension("o"));
+    std::fs::write(&c, source).ok()?;
     let ok = ["clang-19", "clang"].iter().any(|cc| {
         Command::new(cc)
             .args(["-target", "bpf", "-O2", "-c"])
+            // <linux/bpf.h> needs <asm/types.h> from the multiarch directory.
+            .args([
+                "-I/usr/include/x86_64-linux-gnu",
+                "-I/usr/include/aarch64-linux-gnu",
+            ])
             .arg(&c)
             .arg("-o")
             .arg(&o)

@@ -22,6 +22,7 @@
 //! Map operations work from any thread afterwards.
 
 mod abi;
+mod features;
 mod netlink;
 mod table;
 
@@ -32,6 +33,7 @@ pub use abi::{
     FlowAction, FlowCounters, FlowKey, FlowValue, MAX_EGRESS, MAX_FLOWS, MAX_QUEUES, MAX_XSKS,
     XSK_META_MAGIC, XskMeta,
 };
+pub use features::{Feature, KernelFeatures};
 use table::{FlowMaps, FlowTable};
 
 /// Name of the program (and its section function) in ebpf/sluice_xdp.c; how a stale sluice
@@ -41,6 +43,8 @@ const MAP_FLOWS: &str = "sluice_flows";
 const MAP_COUNTERS: &str = "sluice_counters";
 const MAP_EGRESS: &str = "sluice_egress";
 const MAP_XSKS: &str = "sluice_xsks";
+/// The program's read-only switch for `bpf_xdp_adjust_meta` (see ebpf/sluice_xdp.c).
+const GLOBAL_USE_META: &str = "sluice_use_meta";
 
 #[cfg(not(sluice_no_xdp))]
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp.o"));
@@ -72,6 +76,39 @@ impl XdpMode {
         match self {
             XdpMode::Native => aya::programs::XdpMode::Driver,
             XdpMode::Generic => aya::programs::XdpMode::Skb,
+        }
+    }
+}
+
+/// Whether routed WORKER frames carry the XDP route lookup to the worker as XDP metadata
+/// (`bpf_xdp_adjust_meta`). Without it the worker sends them through the kernel's IP stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MetadataPolicy {
+    /// When the kernel allows the helper (probed at load).
+    #[default]
+    Auto,
+    /// Always: a kernel that refuses the helper fails the load (tests of the probe).
+    On,
+    /// Never, whatever the kernel allows (the variant a refusing kernel gets; tests run it
+    /// everywhere, and an operator may choose it for a driver whose metadata misbehaves).
+    Off,
+}
+
+/// How [`XdpPath::attach_with`] loads and attaches the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpOptions {
+    pub mode: XdpMode,
+    /// Flow map entries, and flow ids `0..max_flows`.
+    pub max_flows: u32,
+    pub metadata: MetadataPolicy,
+}
+
+impl XdpOptions {
+    pub fn new(mode: XdpMode) -> XdpOptions {
+        XdpOptions {
+            mode,
+            max_flows: MAX_FLOWS,
+            metadata: MetadataPolicy::Auto,
         }
     }
 }
@@ -128,6 +165,11 @@ pub enum XdpError {
     Load { detail: String },
     #[error("the kernel verifier rejected the XDP program (a bug in ebpf/sluice_xdp.c): {log}")]
     Verifier { log: String },
+    #[error("this kernel does not offer {feature} to the XDP fast path: {without}")]
+    MissingKernelFeature {
+        feature: String,
+        without: &'static str,
+    },
     #[error("attaching the XDP program to {iface} failed: {source}")]
     Attach {
         iface: String,
@@ -184,7 +226,7 @@ impl XdpError {
     }
 }
 
-fn is_eperm(e: &io::Error) -> bool {
+pub(crate) fn is_eperm(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
 }
 
@@ -256,6 +298,8 @@ pub struct XdpPath {
     ebpf: aya::Ebpf,
     mode: XdpMode,
     max_flows: u32,
+    features: KernelFeatures,
+    metadata: bool,
 }
 
 impl std::fmt::Debug for XdpPath {
@@ -386,7 +430,7 @@ impl XdpPath {
     /// thread's network namespace), with room for [`MAX_FLOWS`] flows. All or nothing: if one
     /// attach fails, the program is detached from the others and the error says why.
     pub fn attach(ifaces: &[&str], mode: XdpMode) -> Result<XdpPath, XdpError> {
-        Self::attach_with_capacity(ifaces, mode, MAX_FLOWS)
+        Self::attach_with(ifaces, XdpOptions::new(mode))
     }
 
     /// [`XdpPath::attach`] with room for `max_flows` flows (flow map entries, and flow ids
@@ -397,6 +441,24 @@ impl XdpPath {
         mode: XdpMode,
         max_flows: u32,
     ) -> Result<XdpPath, XdpError> {
+        Self::attach_with(
+            ifaces,
+            XdpOptions {
+                max_flows,
+                ..XdpOptions::new(mode)
+            },
+        )
+    }
+
+    /// [`XdpPath::attach`] with every option. The kernel's features are probed first
+    /// ([`KernelFeatures::probe`]): a missing required one is [`XdpError::MissingKernelFeature`],
+    /// a missing optional one a warning and the variant of the program without it.
+    pub fn attach_with(ifaces: &[&str], opts: XdpOptions) -> Result<XdpPath, XdpError> {
+        let XdpOptions {
+            mode,
+            max_flows,
+            metadata,
+        } = opts;
         let object = program_object().ok_or(XdpError::NotBuilt)?;
         const CAPACITY_LIMIT: u32 = 1 << 24;
         if max_flows == 0 || max_flows > CAPACITY_LIMIT {
@@ -419,9 +481,18 @@ impl XdpPath {
             .map(|i| ifindex(i))
             .collect::<Result<Vec<_>, _>>()?;
 
+        let features = KernelFeatures::probe()?;
+        features.check_required()?;
+        let use_meta = match metadata {
+            MetadataPolicy::Auto => features.has(Feature::XdpMeta),
+            MetadataPolicy::On => true,
+            MetadataPolicy::Off => false,
+        };
+
         let mut ebpf = aya::EbpfLoader::new()
             .map_max_entries(MAP_FLOWS, max_flows)
             .map_max_entries(MAP_COUNTERS, max_flows)
+            .override_global(GLOBAL_USE_META, &u32::from(use_meta), true)
             .load(object)
             .map_err(load_error)?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| XdpError::Load {
@@ -474,6 +545,14 @@ impl XdpPath {
                         what: "load BPF programs",
                         source: io_error,
                     }
+                } else if let Some(helper) = features::missing_helper(&verifier_log.to_string()) {
+                    // The probe passed yet the kernel refused a helper (MetadataPolicy::On, or
+                    // a helper the probe does not cover): the kernel's fault, not the program's.
+                    XdpError::MissingKernelFeature {
+                        feature: format!("helper {helper}"),
+                        without: "the kernel refused the program variant that calls it (load \
+                                  with XDP metadata auto or off to get the variant without it)",
+                    }
                 } else {
                     XdpError::Verifier {
                         log: format!("{io_error}: {verifier_log}"),
@@ -520,7 +599,20 @@ impl XdpPath {
             }
             return Err(e);
         }
-        tracing::info!(?ifaces, ?mode, "XDP fast path attached");
+        tracing::info!(?ifaces, ?mode, kernel_features = %features, "XDP fast path attached");
+        if !use_meta {
+            let why = if features.has(Feature::XdpMeta) {
+                "switched off (MetadataPolicy::Off)"
+            } else {
+                "not allowed by this kernel"
+            };
+            tracing::warn!(
+                feature = Feature::XdpMeta.name(),
+                why,
+                "XDP metadata unavailable: {}",
+                Feature::XdpMeta.without()
+            );
+        }
 
         Ok(XdpPath {
             table: FlowTable::new(
@@ -542,7 +634,20 @@ impl XdpPath {
             ebpf,
             mode,
             max_flows,
+            features,
+            metadata: use_meta,
         })
+    }
+
+    /// What the kernel offered when the program was loaded.
+    pub fn kernel_features(&self) -> &KernelFeatures {
+        &self.features
+    }
+
+    /// Whether routed WORKER frames carry their route to the worker (XDP metadata). When false
+    /// the workers send them through the kernel's IP stack.
+    pub fn metadata(&self) -> bool {
+        self.metadata
     }
 
     /// The interfaces the program is attached to.

@@ -24,6 +24,30 @@ pub fn skip_reason() -> Option<&'static str> {
     None
 }
 
+/// Why a test that needs XDP metadata (`bpf_xdp_adjust_meta`) cannot run on this kernel, if it
+/// cannot (probed as the loader probes it). None also when the netns tests skip anyway.
+pub fn metadata_skip_reason() -> Option<String> {
+    use sluice_relay::xdp::{Feature, KernelFeatures};
+    if skip_reason().is_some() {
+        return None;
+    }
+    match KernelFeatures::probe() {
+        Ok(k) if k.has(Feature::XdpMeta) => None,
+        Ok(_) => Some(format!(
+            "this kernel ({}) refuses {} to XDP programs",
+            kernel_release(),
+            Feature::XdpMeta.name()
+        )),
+        Err(e) => Some(format!("probing the kernel's XDP features failed: {e}")),
+    }
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 pub fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd)
         .args(args)
