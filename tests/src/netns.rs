@@ -93,6 +93,20 @@ pub fn skip_without_xdp() -> bool {
     false
 }
 
+/// Why a test that needs XDP metadata (`bpf_xdp_adjust_meta`) cannot run on this kernel, if it
+/// cannot (probed as the loader probes it). None also when the XDP tests skip anyway.
+pub fn metadata_skip_reason() -> Option<String> {
+    use sluice_relay::xdp::{Feature, KernelFeatures};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || sluice_relay::xdp::program_object().is_none() {
+        return None;
+    }
+    match KernelFeatures::probe() {
+        Ok(k) => k.missing_reason(Feature::XdpMeta),
+        Err(e) => Some(format!("probing the kernel's XDP features failed: {e}")),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Entering namespaces
 
@@ -293,10 +307,16 @@ impl Topology {
     /// sluice in the relay namespace, either with XDP attached natively and one AF_XDP worker
     /// (`workers`) or with `--xdp off`: the two paths a stream that needs work can take.
     pub async fn start_sluice(&self, workers: bool) -> crate::Daemon {
+        self.start_sluice_with(workers, &[]).await
+    }
+
+    /// [`Topology::start_sluice`] with `extra` flags for `sluice run`.
+    pub async fn start_sluice_with(&self, workers: bool, extra: &[&str]) -> crate::Daemon {
         let mut args = Self::sluice_args(if workers { "native" } else { "off" });
         if workers {
             args.extend(["--workers".into(), "1".into()]);
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         crate::Daemon::start_in(Some(&self.relay), &args).await
     }

@@ -1157,3 +1157,52 @@ async fn xdp_off_and_auto_fall_back() {
     })
     .await
 }
+
+/// `sluice run --xdp generic` attaches on every kernel the fast path can run on, and says which
+/// optional kernel features it found: where the kernel refuses `bpf_xdp_adjust_meta`
+/// (6.18.44-fc-v1300) one warning at start, and `Statistics.kernel_features` shows the feature
+/// unavailable with what sluice does without it; the log line lists every feature probed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xdp_generic_attaches_and_reports_the_kernel_features() {
+    if netns::skip_without_xdp() {
+        return;
+    }
+    bounded(async {
+        let probed = sluice_relay::xdp::KernelFeatures::probe().unwrap();
+        let has_meta = probed.has(sluice_relay::xdp::Feature::XdpMeta);
+        let topo = Topology::new();
+        let args = Topology::sluice_args("generic");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut d = Daemon::start_in(Some(&topo.relay), &args).await;
+        let mut c = d.client().await;
+        let s = statistics(&mut c).await;
+        assert_eq!(s.forwarding_path, "userspace+xdp-generic on r1,r2");
+        let names: Vec<&str> = s.kernel_features.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            sluice_relay::xdp::Feature::ALL.map(|f| f.name()),
+            "{s:#?}"
+        );
+        for f in &s.kernel_features {
+            let required = f.name != "bpf_xdp_adjust_meta";
+            let expect = if required { true } else { has_meta };
+            assert_eq!((f.available, f.used), (expect, expect), "{f:#?}");
+            assert_eq!(f.without.is_empty(), expect, "{f:#?}");
+        }
+        d.stop_cleanly();
+        let log = d.log_text();
+        assert!(log.contains("XDP fast path attached"), "{log}");
+        assert!(
+            log.contains(&format!("kernel_features={probed}")),
+            "the start line lists the probed features:\n{log}"
+        );
+        assert_eq!(
+            log.matches("XDP metadata unavailable").count(),
+            usize::from(!has_meta),
+            "one warning exactly when the kernel refuses the helper:\n{log}"
+        );
+        assert!(!log.contains("a bug in ebpf"), "{log}");
+        assert!(!topo.xdp_attached("r1"), "detached at shutdown");
+    })
+    .await;
+}

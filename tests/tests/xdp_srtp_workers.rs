@@ -7,11 +7,17 @@
 //! exactly what was sent. The same call with `--xdp off` (the userspace engine does the SRTP)
 //! must deliver the same bytes.
 //!
+//! Where the worker's packets leave: with XDP metadata (a kernel that allows
+//! `bpf_xdp_adjust_meta`) the XDP route lookup travels with each frame and every packet leaves by
+//! the worker's TX ring; with `--xdp-metadata off` (what a kernel without the helper gets) every
+//! packet goes through the kernel's IP stack. The first case is reported as ignored, with one
+//! line naming the helper, on a kernel that refuses it (a libtest-mimic harness).
+//!
 //! The far-end SRTP endpoint is sluice's own `SrtpContext`, whose wire format is proven against
 //! libsrtp by relay/tests/srtp_libsrtp_interop.rs.
 //!
 //! Needs root (namespaces, BPF, AF_XDP) and the XDP program; otherwise it prints why and passes.
-//! About 10 s.
+//! About 10 s a test.
 
 use std::time::{Duration, Instant};
 
@@ -154,7 +160,17 @@ fn worker_totals(s: &proto::StatisticsReply) -> (u64, u64, u64, u64) {
     })
 }
 
-async fn run_call(d: &Daemon, topo: &Topology, workers: bool) {
+/// Where the worker sends the packets of a call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Egress {
+    /// Its AF_XDP TX ring (the route came with the frame as XDP metadata).
+    TxRing,
+    /// The kernel's IP stack (no XDP metadata).
+    Kernel,
+}
+
+async fn run_call(d: &Daemon, topo: &Topology, egress: Option<Egress>) {
+    let workers = egress.is_some();
     let mut c = d.client().await;
     let call_id = if workers {
         "srtp-worker"
@@ -209,13 +225,34 @@ async fn run_call(d: &Daemon, topo: &Topology, workers: bool) {
         assert_eq!(rx1 - rx0, 2 * n, "worker rx: {stats0:#?} -> {stats1:#?}");
         assert_eq!(tx1 - tx0, 2 * n, "worker tx: {stats0:#?} -> {stats1:#?}");
         // The neighbours are known by now (the userspace relay talked to both ends first):
-        // the XDP route lookup gives the next hop and every packet leaves by the TX ring.
+        // with metadata the XDP route lookup gives the next hop and every packet leaves by the
+        // TX ring; without, every packet goes through the kernel's IP stack.
         let ring = |s: &proto::StatisticsReply| s.workers.iter().map(|w| w.tx_ring).sum::<u64>();
         let kern = |s: &proto::StatisticsReply| s.workers.iter().map(|w| w.tx_kernel).sum::<u64>();
+        let expected = match egress {
+            Some(Egress::TxRing) => (2 * n, 0),
+            _ => (0, 2 * n),
+        };
         assert_eq!(
             (ring(&stats1) - ring(&stats0), kern(&stats1) - kern(&stats0)),
-            (2 * n, 0),
-            "worker TX ring vs kernel stack: {stats0:#?} -> {stats1:#?}"
+            expected,
+            "{egress:?}: worker TX ring vs kernel stack: {stats0:#?} -> {stats1:#?}"
+        );
+        // Statistics say which kernel features the path uses, and what it does without one.
+        let meta = stats1
+            .kernel_features
+            .iter()
+            .find(|f| f.name == "bpf_xdp_adjust_meta")
+            .unwrap_or_else(|| panic!("no bpf_xdp_adjust_meta in {stats1:#?}"));
+        assert_eq!(meta.used, egress == Some(Egress::TxRing), "{meta:#?}");
+        assert_eq!(meta.without.is_empty(), meta.used, "{meta:#?}");
+        assert!(
+            stats1
+                .kernel_features
+                .iter()
+                .filter(|f| f.name != "bpf_xdp_adjust_meta")
+                .all(|f| f.available && f.used),
+            "{stats1:#?}"
         );
         assert_eq!((drop1 - drop0, err1 - err0), (0, 0), "{stats1:#?}");
         for leg in 0..2 {
@@ -262,22 +299,30 @@ async fn run_call(d: &Daemon, topo: &Topology, workers: bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn srtp_caller_and_plain_callee_through_the_worker_and_userspace() {
+/// The call through one worker, then through the userspace engine (`--xdp off`); `extra` are
+/// the worker daemon's extra flags.
+fn worker_then_userspace(egress: Egress, extra: &'static [&'static str]) {
     if netns::skip_without_xdp() {
         return;
     }
-    bounded(async {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bounded(async {
         let topo = Topology::new();
-        for workers in [true, false] {
-            let mut d = topo.start_sluice(workers).await;
+        for workers in [Some(egress), None] {
+            let mut d = topo.start_sluice_with(workers.is_some(), extra).await;
             run_call(&d, &topo, workers).await;
             d.stop_cleanly();
-            if workers {
-                assert!(
-                    d.log_text().contains("AF_XDP workers stopped"),
-                    "{}",
-                    d.log_text()
+            if workers.is_some() {
+                let log = d.log_text();
+                assert!(log.contains("AF_XDP workers stopped"), "{log}");
+                assert_eq!(
+                    log.contains("XDP metadata unavailable"),
+                    egress == Egress::Kernel,
+                    "one warning when the workers get no route with a frame:\n{log}"
                 );
                 assert!(
                     !topo.xdp_attached("r1"),
@@ -285,6 +330,34 @@ async fn srtp_caller_and_plain_callee_through_the_worker_and_userspace() {
                 );
             }
         }
-    })
-    .await;
+    }));
+}
+
+fn main() -> std::process::ExitCode {
+    use libtest_mimic::{Arguments, Trial};
+    let mut args = Arguments::from_args();
+    // One at a time: each starts a daemon with XDP and a busy-polling worker on two CPUs.
+    args.test_threads.get_or_insert(1);
+    let no_metadata = netns::metadata_skip_reason();
+    let trials = vec![
+        Trial::test(
+            "srtp_caller_and_plain_callee_through_the_worker_tx_ring_and_userspace",
+            || {
+                worker_then_userspace(Egress::TxRing, &[]);
+                Ok(())
+            },
+        )
+        .with_ignored_flag(no_metadata.is_some()),
+        Trial::test(
+            "srtp_caller_and_plain_callee_through_the_worker_without_xdp_metadata_and_userspace",
+            || {
+                worker_then_userspace(Egress::Kernel, &["--xdp-metadata", "off"]);
+                Ok(())
+            },
+        ),
+    ];
+    if let Some(why) = &no_metadata {
+        println!("ignored: the worker TX-ring case (XDP metadata): {why}");
+    }
+    libtest_mimic::run(&args, trials).exit_code()
 }

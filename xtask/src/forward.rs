@@ -75,6 +75,9 @@ pub enum RelayKind {
     Sluice,
     /// sluice's XDP path (`--xdp native` on the relay's veths; --netns only).
     SluiceXdp,
+    /// sluice-xdp with `--xdp-metadata off`: the variant a kernel without
+    /// `bpf_xdp_adjust_meta` gets (AF_XDP workers send through the kernel's IP stack).
+    SluiceXdpNometa,
     Rtpengine,
     Baseline,
     /// An XDP program that does nothing but redirect (--netns only).
@@ -86,6 +89,7 @@ impl RelayKind {
         match self {
             RelayKind::Sluice => "sluice",
             RelayKind::SluiceXdp => "sluice-xdp",
+            RelayKind::SluiceXdpNometa => "sluice-xdp-nometa",
             RelayKind::Rtpengine => "rtpengine",
             RelayKind::Baseline => "baseline",
             RelayKind::BareRedirect => "bare-redirect",
@@ -93,7 +97,14 @@ impl RelayKind {
     }
 
     fn needs_netns(self) -> bool {
-        matches!(self, RelayKind::SluiceXdp | RelayKind::BareRedirect)
+        matches!(
+            self,
+            RelayKind::SluiceXdp | RelayKind::SluiceXdpNometa | RelayKind::BareRedirect
+        )
+    }
+
+    fn is_sluice_xdp(self) -> bool {
+        matches!(self, RelayKind::SluiceXdp | RelayKind::SluiceXdpNometa)
     }
 }
 
@@ -242,7 +253,7 @@ impl Plan {
             // Each relay holds its sockets in one process: 4 per call (RTP and RTCP on both
             // legs), and sluice with XDP twice that (it duplicates every socket for its AF_XDP
             // workers). The open-file limit caps the call count where it cannot be raised.
-            let per_call: u64 = if relays.contains(&RelayKind::SluiceXdp) {
+            let per_call: u64 = if relays.iter().any(|k| k.is_sluice_xdp()) {
                 8
             } else {
                 4
@@ -287,10 +298,23 @@ impl Plan {
         if a.rtpengine_threads == 0 {
             bail!("--rtpengine-threads must be at least 1");
         }
+        // The XDP harness needs BPF_PROG_RUN live frames, which some kernels refuse: probe it
+        // and fall back to the socket harness with one line, as the relay falls back itself.
+        let mut socket_harness = a.socket_harness;
+        if a.netns
+            && !socket_harness
+            && let Some(why) = crate::xdpgen::live_frames_refused()
+        {
+            socket_harness = true;
+            notes.push(format!(
+                "Harness: the socket harness, not the XDP sender and sink: {why}"
+            ));
+            eprintln!("[bench forward] {}", notes.last().expect("just pushed"));
+        }
         Ok(Self {
             netns: a.netns,
             srtp: a.srtp,
-            socket_harness: a.socket_harness,
+            socket_harness,
             notes,
             relays,
             calls,
@@ -676,7 +700,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         if plan
             .relays
             .iter()
-            .any(|k| matches!(k, RelayKind::Sluice | RelayKind::SluiceXdp))
+            .any(|k| matches!(k, RelayKind::Sluice) || k.is_sluice_xdp())
             && let Err(e) = cargo_build(&["sluice-control"])
         {
             sluice_build_error = Some(e);
@@ -727,7 +751,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         None
     };
     if let Some(env) = env.as_mut()
-        && !args.socket_harness
+        && !plan.socket_harness
     {
         env.xdp_harness = Some((
             bare::compile(bare::GEN_SOURCE, &logs)
@@ -753,6 +777,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
                             control_socket: None,
                             xdp_ifaces: None,
                             worker_cpu: None,
+                            xdp_metadata_off: false,
                             placement: Placement::default(),
                         },
                         &log,
@@ -778,7 +803,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
                     None,
                     Placement::default(),
                 ))),
-                RelayKind::SluiceXdp | RelayKind::BareRedirect => {
+                RelayKind::SluiceXdp | RelayKind::SluiceXdpNometa | RelayKind::BareRedirect => {
                     unreachable!("Plan::new refuses these without --netns")
                 }
             },
@@ -898,11 +923,11 @@ fn start_in_netns(
     };
     let relay_ifaces = vec![topo.devs.r1.clone(), topo.devs.r2.clone()];
     let relay: Box<dyn Relay> = match kind {
-        RelayKind::Sluice | RelayKind::SluiceXdp => {
+        RelayKind::Sluice | RelayKind::SluiceXdp | RelayKind::SluiceXdpNometa => {
             if let Some(e) = sluice_build_error.as_ref() {
                 bail!("{e:#}");
             }
-            let xdp = kind == RelayKind::SluiceXdp;
+            let xdp = kind.is_sluice_xdp();
             let mut sluice = Sluice::start(
                 sluice_exe,
                 SluiceOpts {
@@ -913,6 +938,7 @@ fn start_in_netns(
                     xdp_ifaces: xdp.then(|| relay_ifaces.clone()),
                     // SRTP streams settle into WORKER flows: one AF_XDP worker on the relay CPU.
                     worker_cpu: (xdp && plan.srtp).then_some(RELAY_CPU),
+                    xdp_metadata_off: kind == RelayKind::SluiceXdpNometa,
                     placement,
                 },
                 &log,

@@ -481,6 +481,9 @@ pub struct SluiceOpts {
     pub xdp_ifaces: Option<Vec<String>>,
     /// `--workers 1 --worker-cores CPU`: one AF_XDP worker pinned there (with `xdp_ifaces`).
     pub worker_cpu: Option<usize>,
+    /// `--xdp-metadata off`: the program variant a kernel without `bpf_xdp_adjust_meta` gets
+    /// (workers route through the kernel), on any kernel.
+    pub xdp_metadata_off: bool,
     pub placement: Placement,
 }
 
@@ -531,6 +534,9 @@ impl Sluice {
         }
         if let Some(cpu) = opts.worker_cpu {
             cmd.args(["--workers", "1", "--worker-cores", &cpu.to_string()]);
+        }
+        if opts.xdp_metadata_off {
+            cmd.args(["--xdp-metadata", "off"]);
         }
         let SluiceProc {
             proc,
@@ -717,10 +723,19 @@ impl Relay for Sluice {
 
     fn worker_summary(&mut self) -> Option<String> {
         let s = self.statistics().ok()?;
+        let metadata = match s
+            .kernel_features
+            .iter()
+            .find(|f| f.name == "bpf_xdp_adjust_meta")
+        {
+            Some(f) if f.used => "XDP metadata used (route travels with the frame)".to_string(),
+            Some(f) if f.available => "XDP metadata switched off (--xdp-metadata off)".into(),
+            Some(_) => "XDP metadata refused by this kernel".into(),
+            None => "XDP metadata: not reported".into(),
+        };
         (!s.workers.is_empty()).then(|| {
-            s.workers
-                .iter()
-                .map(|w| {
+            std::iter::once(metadata)
+                .chain(s.workers.iter().map(|w| {
                     format!(
                         "AF_XDP worker {} on CPU {}: rx {}, tx {} ({} from its TX ring, {} \
                          through the kernel stack), dropped {}, transform errors {} (since it \
@@ -734,7 +749,7 @@ impl Relay for Sluice {
                         w.dropped,
                         w.transform_errors
                     )
-                })
+                }))
                 .collect::<Vec<_>>()
                 .join("; ")
         })

@@ -4,7 +4,7 @@
 //! harness CPU is not what limits the XDP paths. Warm-up and latency probes still use sockets.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, RawFd};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -408,6 +408,83 @@ fn template(src_mac: [u8; 6], dst_mac: [u8; 6], caller: SocketAddrV4, dst: Ipv4A
     );
     f.extend_from_slice(&rtp);
     f
+}
+
+/// Why this kernel refuses BPF_PROG_RUN in live-frames mode, if it does (6.18.44-fc-v1300
+/// answers EPERM even to root; 6.18.44-fc-v669 allowed it). Probed with a two-instruction XDP
+/// program (`return XDP_DROP`) run once on a zeroed 64-byte frame, so that the bench can fall
+/// back to its socket harness with one line instead of failing every step.
+pub fn live_frames_refused() -> Option<String> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    #[repr(C)]
+    #[derive(Default)]
+    struct LoadAttr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+    }
+    // r0 = 1 (XDP_DROP); exit.
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    let load = LoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: a valid BPF_PROG_LOAD attribute block of the size passed; the instructions and
+    // the license outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &load as *const LoadAttr,
+            std::mem::size_of::<LoadAttr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return Some(format!(
+            "loading an XDP program failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the syscall returned a new descriptor that nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) };
+    let frame = [0u8; 64];
+    let attr = TestRunAttr {
+        prog_fd: fd.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat: 1,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        ..Default::default()
+    };
+    // SAFETY: as in Gen::prog_run; `frame` outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &attr as *const TestRunAttr,
+            std::mem::size_of::<TestRunAttr>() as u32,
+        )
+    };
+    (rc != 0).then(|| {
+        format!(
+            "this kernel refuses BPF_PROG_RUN in live-frames mode: {}",
+            std::io::Error::last_os_error()
+        )
+    })
 }
 
 #[cfg(test)]

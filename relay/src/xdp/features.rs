@@ -190,6 +190,20 @@ impl KernelFeatures {
         self.found.iter().copied()
     }
 
+    /// Why `f` is unusable here (naming the kernel release), or None when the kernel has it.
+    pub fn missing_reason(&self, f: Feature) -> Option<String> {
+        if self.has(f) {
+            return None;
+        }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        Some(format!(
+            "this kernel ({release}) refuses {} to XDP programs",
+            f.name()
+        ))
+    }
+
     /// The first required feature the kernel lacks, as the error that stops the load.
     pub fn check_required(&self) -> Result<(), XdpError> {
         match self.found.iter().find(|&&(f, yes)| f.required() && !yes) {

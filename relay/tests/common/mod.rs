@@ -32,12 +32,7 @@ pub fn metadata_skip_reason() -> Option<String> {
         return None;
     }
     match KernelFeatures::probe() {
-        Ok(k) if k.has(Feature::XdpMeta) => None,
-        Ok(_) => Some(format!(
-            "this kernel ({}) refuses {} to XDP programs",
-            kernel_release(),
-            Feature::XdpMeta.name()
-        )),
+        Ok(k) => k.missing_reason(Feature::XdpMeta),
         Err(e) => Some(format!("probing the kernel's XDP features failed: {e}")),
     }
 }
