@@ -103,4 +103,21 @@ struct sluice_xsk_meta {
 	__u16 pad;       /* 0 */
 };
 
+/*
+ * Value of sluice_routes (ARRAY, BPF_F_MMAPABLE, indexed by flow id): the route of a routed
+ * WORKER flow, for kernels that give XDP no metadata. The program writes it when the route
+ * changes, before it redirects the frame; the worker reads it through a read-only mmap. A
+ * sequence counter guards the write (odd while written, seqlock-style): a reader that sees an
+ * odd or changed seq ignores the entry and lets the kernel route that packet. ifindex 0: no
+ * route (lookup failed, or an egress sluice is not attached to). Host byte order.
+ */
+struct sluice_route {
+	__u32 seq;
+	__u32 ifindex;
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u16 mtu;
+	__u16 pad;
+};
+
 #endif /* SLUICE_MAPS_H */

@@ -18,14 +18,15 @@
  * the (ingress interface, RX queue) in sluice_xsks, whose worker transforms, rewrites and
  * transmits (a queue without a socket: XDP_PASS, counted). When the value names the rewrite,
  * the fib lookup of step 3 (and the check of step 4) runs first and its result travels with the
- * frame as struct sluice_xsk_meta: the worker sends from its TX ring on that interface. A failed
- * lookup does not stop the packet; the worker then hands it to the kernel's IP stack.
+ * frame as struct sluice_xsk_meta (or, without metadata, in sluice_routes): the worker sends from
+ * its TX ring on that interface. A failed lookup does not stop the packet; the worker then hands
+ * it to the kernel's IP stack.
  *
  * Kernel features: bpf_xdp_adjust_meta is optional. Some kernels refuse it to XDP programs
  * (e.g. 6.18.44-fc-v1300) and some drivers fail it at run time. The loader probes the helper and
  * sets sluice_use_meta; at 0 the verifier prunes the branch that calls it before checking the
- * call, so one object loads on both kinds of kernel, and the worker routes such frames through
- * the kernel's IP stack.
+ * call, so one object loads on both kinds of kernel. Without metadata the route goes to the worker
+ * through sluice_routes instead, a map every kernel since 5.5 offers.
  *
  * Build: clang-19 -target bpf -O2 -g -c sluice_xdp.c (relay/build.rs does this).
  */
@@ -92,6 +93,18 @@ struct {
  * 0 by default, so that the object as built loads on every kernel, whoever loads it.
  */
 const volatile __u32 sluice_use_meta = 0;
+
+/*
+ * Routes of routed WORKER flows by flow id, for the workers when frames carry no metadata
+ * (struct sluice_route in sluice_maps.h). Mmapable: the workers read it without a syscall.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SLUICE_MAX_FLOWS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct sluice_route);
+} sluice_routes SEC(".maps");
 
 /* --- checksums (RFC 1624: HC' = ~(~HC + ~m + m')), on 16-bit words as stored in memory --- */
 
@@ -194,14 +207,47 @@ static __always_inline int family_ok(const struct sluice_flow_value *v, __u8 fam
 }
 
 /*
+ * Keeps sluice_routes[flow id] equal to this packet's route lookup (ifindex 0: none). Written
+ * only when it changes, so a settled flow costs one read per packet and no shared cache line
+ * bounces between CPUs.
+ */
+static __always_inline void cache_route(const struct sluice_flow_value *v,
+					const struct bpf_fib_lookup *fib)
+{
+	__u32 id = v->flow_id;
+	struct sluice_route *r = bpf_map_lookup_elem(&sluice_routes, &id);
+	if (!r)
+		return;
+	__u32 ifindex = fib ? fib->ifindex : 0;
+	__u16 mtu = fib ? fib->mtu_result : 0;
+	if (r->ifindex == ifindex &&
+	    (!fib || (r->mtu == mtu && !__builtin_memcmp(r->smac, fib->smac, ETH_ALEN) &&
+		      !__builtin_memcmp(r->dmac, fib->dmac, ETH_ALEN))))
+		return;
+	__sync_fetch_and_add(&r->seq, 1); /* odd: being written */
+	r->ifindex = ifindex;
+	r->mtu = mtu;
+	if (fib) {
+		__builtin_memcpy(r->smac, fib->smac, ETH_ALEN);
+		__builtin_memcpy(r->dmac, fib->dmac, ETH_ALEN);
+	}
+	__sync_fetch_and_add(&r->seq, 1); /* even: stable */
+}
+
+/*
  * Action WORKER: hand the untouched packet to the AF_XDP socket of the queue it arrived on. The
  * worker rewrites it (and runs its payload transform, e.g. SRTP). No socket there: XDP_PASS, so
- * the kernel stack and the userspace relay see it.
+ * the kernel stack and the userspace relay see it. `routed`: the value names the rewrite, and
+ * `fib` is its successful route lookup (0 when the lookup failed), which travels with the frame
+ * as metadata where the kernel allows it, else through sluice_routes.
  */
 static __always_inline int to_worker(struct xdp_md *ctx, const struct sluice_flow_value *v,
-				     const struct bpf_fib_lookup *fib)
+				     int routed, const struct bpf_fib_lookup *fib)
 {
-	if (sluice_use_meta && fib && egress_allowed(fib->ifindex) &&
+	if (fib && !egress_allowed(fib->ifindex))
+		fib = 0;
+	int meta = 0;
+	if (sluice_use_meta && fib &&
 	    bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct sluice_xsk_meta)) == 0) {
 		/* adjust_meta invalidated every packet pointer: only ctx is used from here on. */
 		struct sluice_xsk_meta *m = (void *)(long)ctx->data_meta;
@@ -212,8 +258,11 @@ static __always_inline int to_worker(struct xdp_md *ctx, const struct sluice_flo
 			__builtin_memcpy(m->dmac, fib->dmac, ETH_ALEN);
 			m->mtu = fib->mtu_result;
 			m->pad = 0;
+			meta = 1;
 		}
 	}
+	if (routed && !meta)
+		cache_route(v, fib);
 	__u32 ifindex = ctx->ingress_ifindex;
 	__u32 queue = ctx->rx_queue_index;
 	__u32 *slot = bpf_map_lookup_elem(&sluice_egress, &ifindex);
@@ -280,7 +329,7 @@ static __always_inline int handle_v4(struct xdp_md *ctx, struct ethhdr *eth, voi
 	}
 	int worker = v->action == SLUICE_ACTION_WORKER;
 	if (worker && !v->new_dst_port)
-		return to_worker(ctx, v, 0);
+		return to_worker(ctx, v, 0, 0);
 
 	struct bpf_fib_lookup fib = {};
 	fib.family = SLUICE_AF_INET;
@@ -295,7 +344,7 @@ static __always_inline int handle_v4(struct xdp_md *ctx, struct ethhdr *eth, voi
 	fib.ifindex = ctx->ingress_ifindex;
 	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (worker)
-		return to_worker(ctx, v, rc == BPF_FIB_LKUP_RET_SUCCESS ? &fib : 0);
+		return to_worker(ctx, v, 1, rc == BPF_FIB_LKUP_RET_SUCCESS ? &fib : 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return pass_fib(v, rc);
 	if (!egress_allowed(fib.ifindex)) {
@@ -384,7 +433,7 @@ static __always_inline int handle_v6(struct xdp_md *ctx, struct ethhdr *eth, voi
 	}
 	int worker = v->action == SLUICE_ACTION_WORKER;
 	if (worker && !v->new_dst_port)
-		return to_worker(ctx, v, 0);
+		return to_worker(ctx, v, 0, 0);
 
 	struct bpf_fib_lookup fib = {};
 	fib.family = SLUICE_AF_INET6;
@@ -401,7 +450,7 @@ static __always_inline int handle_v6(struct xdp_md *ctx, struct ethhdr *eth, voi
 	fib.ifindex = ctx->ingress_ifindex;
 	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (worker)
-		return to_worker(ctx, v, rc == BPF_FIB_LKUP_RET_SUCCESS ? &fib : 0);
+		return to_worker(ctx, v, 1, rc == BPF_FIB_LKUP_RET_SUCCESS ? &fib : 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return pass_fib(v, rc);
 	if (!egress_allowed(fib.ifindex)) {

@@ -80,6 +80,9 @@ pub struct FeatureReport {
 /// program's route lookup gave a next hop (`NextHop::Fib`), else through `fallback`, a socket
 /// bound to `new_src` (the kernel routes them).
 pub struct WorkerFlowSpec {
+    /// The flow id of its XDP entry: where the program caches the route for the worker when
+    /// the kernel gives XDP no metadata.
+    pub flow_id: u32,
     pub new_src: SocketAddr,
     pub new_dst: SocketAddr,
     pub rx: Option<SrtpKeys>,
@@ -102,6 +105,7 @@ impl std::fmt::Debug for WorkerFlowSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // SrtpKeys redacts the keys.
         f.debug_struct("WorkerFlowSpec")
+            .field("flow_id", &self.flow_id)
             .field("new_src", &self.new_src)
             .field("new_dst", &self.new_dst)
             .field("rx", &self.rx)
@@ -274,7 +278,8 @@ impl KernelPath for Xdp {
                     }
                 };
                 let mut flow = WorkerFlow::new(spec.new_src, spec.new_dst, NextHop::Fib)
-                    .with_transform(transform);
+                    .with_transform(transform)
+                    .with_route_slot(spec.flow_id);
                 if let Some(s) = &spec.fallback {
                     flow = flow.with_fallback(
                         s.try_clone()

@@ -1540,7 +1540,7 @@ fn install_stream(
         }
         // The worker's context goes in first, so the first redirected packet finds it.
         if worker {
-            let added = worker_spec(s, side, new_src, to, rtcp_port)
+            let added = worker_spec(s, side, flow_id, new_src, to, rtcp_port)
                 .and_then(|spec| kernel.add_worker_flow(local, spec));
             if let Err(e) = added {
                 flow_ids.give_back(flow_id);
@@ -1594,6 +1594,7 @@ fn install_stream(
 fn worker_spec(
     s: &Stream,
     k: usize,
+    flow_id: u32,
     new_src: SocketAddr,
     to: SocketAddr,
     rtcp_port: bool,
@@ -1623,6 +1624,7 @@ fn worker_spec(
         .try_clone()
         .map_err(|e| format!("cannot clone the relay socket: {e}"))?;
     Ok(WorkerFlowSpec {
+        flow_id,
         new_src,
         new_dst: to,
         rx,

@@ -88,12 +88,20 @@ fn main() -> std::process::ExitCode {
             afxdp_routed_flow_leaves_by_the_tx_ring_ipv6,
         ),
         test(
-            "afxdp_routed_flow_without_metadata_goes_through_the_kernel_ipv4",
-            afxdp_routed_flow_without_metadata_goes_through_the_kernel_ipv4,
+            "afxdp_routed_flow_without_metadata_leaves_by_the_tx_ring_via_the_route_cache_ipv4",
+            afxdp_routed_flow_without_metadata_leaves_by_the_tx_ring_via_the_route_cache_ipv4,
         ),
         test(
-            "afxdp_routed_flow_without_metadata_goes_through_the_kernel_ipv6",
-            afxdp_routed_flow_without_metadata_goes_through_the_kernel_ipv6,
+            "afxdp_routed_flow_without_metadata_leaves_by_the_tx_ring_via_the_route_cache_ipv6",
+            afxdp_routed_flow_without_metadata_leaves_by_the_tx_ring_via_the_route_cache_ipv6,
+        ),
+        test(
+            "afxdp_routed_flow_without_a_route_goes_through_the_kernel_ipv4",
+            afxdp_routed_flow_without_a_route_goes_through_the_kernel_ipv4,
+        ),
+        test(
+            "afxdp_routed_flow_without_a_route_goes_through_the_kernel_ipv6",
+            afxdp_routed_flow_without_a_route_goes_through_the_kernel_ipv6,
         ),
         test(
             "afxdp_bad_worker_configuration_is_refused_with_a_reason",
@@ -642,15 +650,16 @@ fn afxdp_fallback_socket_and_hairpin_next_hops() {
     assert!(err.to_string().contains("address family"), "{err}");
 }
 
-/// `NextHop::Fib` with a routed WORKER value: the XDP program's route lookup travels with the
-/// frame, so the worker sends from its TX ring on the egress interface; without a neighbour
-/// entry (or when the packet would exceed the route's MTU) the kernel routes the packet, and
-/// once the kernel has resolved the neighbour the TX ring takes over.
-fn routed_flow_uses_the_tx_ring(v6: bool) {
+/// `NextHop::Fib` with a routed WORKER value: the XDP program's route lookup reaches the worker
+/// (with the frame as XDP metadata under `MetadataPolicy::On`, else through the route cache
+/// map at the flow's slot), so the worker sends from its TX ring on the egress interface;
+/// without a neighbour entry (or when the packet would exceed the route's MTU) the kernel
+/// routes the packet, and once the kernel has resolved the neighbour the TX ring takes over.
+fn routed_flow_uses_the_tx_ring(v6: bool, metadata: MetadataPolicy) {
     let Some(_serial) = setup() else { return };
     let t = topo();
-    let mut xdp = attach_with_metadata(&t, MetadataPolicy::On);
-    assert!(xdp.metadata());
+    let mut xdp = attach_with_metadata(&t, metadata);
+    assert_eq!(xdp.metadata(), metadata == MetadataPolicy::On);
     let pool = start(&t, &mut xdp);
     let w = pool.worker(0).unwrap();
     let call = call(&t, v6);
@@ -660,10 +669,12 @@ fn routed_flow_uses_the_tx_ring(v6: bool) {
     );
     let (to_callee, to_caller) = (
         WorkerFlow::new(sa(&call.relay_b_addr), sa(&call.callee_addr), NextHop::Fib)
-            .with_fallback(call.relay_b.try_clone().unwrap()),
+            .with_fallback(call.relay_b.try_clone().unwrap())
+            .with_route_slot(7),
         WorkerFlow::new(sa(&call.relay_a_addr), sa(&call.caller_addr), NextHop::Fib)
             .with_transform(Transform::custom(Append10))
-            .with_fallback(call.relay_a.try_clone().unwrap()),
+            .with_fallback(call.relay_a.try_clone().unwrap())
+            .with_route_slot(8),
     );
     w.add_flow(ka, to_callee).unwrap();
     w.add_flow(kb, to_caller).unwrap();
@@ -732,10 +743,10 @@ fn routed_flow_uses_the_tx_ring(v6: bool) {
     pool.stop().unwrap();
 }
 
-/// The same routed flows with the program variant a kernel without `bpf_xdp_adjust_meta` gets:
-/// no route travels with the frame, so the worker hands every packet to the kernel's IP stack
-/// (through the flow's socket or its raw socket), and every packet still arrives intact.
-fn routed_flow_without_metadata_goes_through_the_kernel(v6: bool) {
+/// Routed flows without XDP metadata whose worker contexts name no route slot: no route reaches
+/// the worker, so it hands every packet to the kernel's IP stack (through the flow's socket or
+/// its raw socket), and every packet still arrives intact.
+fn routed_flow_without_a_route_goes_through_the_kernel(v6: bool) {
     let Some(_serial) = setup() else { return };
     let t = topo();
     let mut xdp = attach_with_metadata(&t, MetadataPolicy::Off);
@@ -821,19 +832,27 @@ fn afxdp_route_to_an_interface_without_a_worker_socket_goes_to_the_kernel() {
 }
 
 fn afxdp_routed_flow_leaves_by_the_tx_ring_ipv4() {
-    routed_flow_uses_the_tx_ring(false);
+    routed_flow_uses_the_tx_ring(false, MetadataPolicy::On);
 }
 
 fn afxdp_routed_flow_leaves_by_the_tx_ring_ipv6() {
-    routed_flow_uses_the_tx_ring(true);
+    routed_flow_uses_the_tx_ring(true, MetadataPolicy::On);
 }
 
-fn afxdp_routed_flow_without_metadata_goes_through_the_kernel_ipv4() {
-    routed_flow_without_metadata_goes_through_the_kernel(false);
+fn afxdp_routed_flow_without_metadata_leaves_by_the_tx_ring_via_the_route_cache_ipv4() {
+    routed_flow_uses_the_tx_ring(false, MetadataPolicy::Off);
 }
 
-fn afxdp_routed_flow_without_metadata_goes_through_the_kernel_ipv6() {
-    routed_flow_without_metadata_goes_through_the_kernel(true);
+fn afxdp_routed_flow_without_metadata_leaves_by_the_tx_ring_via_the_route_cache_ipv6() {
+    routed_flow_uses_the_tx_ring(true, MetadataPolicy::Off);
+}
+
+fn afxdp_routed_flow_without_a_route_goes_through_the_kernel_ipv4() {
+    routed_flow_without_a_route_goes_through_the_kernel(false);
+}
+
+fn afxdp_routed_flow_without_a_route_goes_through_the_kernel_ipv6() {
+    routed_flow_without_a_route_goes_through_the_kernel(true);
 }
 
 fn afxdp_bad_worker_configuration_is_refused_with_a_reason() {

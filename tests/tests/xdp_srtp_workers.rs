@@ -7,11 +7,11 @@
 //! exactly what was sent. The same call with `--xdp off` (the userspace engine does the SRTP)
 //! must deliver the same bytes.
 //!
-//! Where the worker's packets leave: with XDP metadata (a kernel that allows
-//! `bpf_xdp_adjust_meta`) the XDP route lookup travels with each frame and every packet leaves by
-//! the worker's TX ring; with `--xdp-metadata off` (what a kernel without the helper gets) every
-//! packet goes through the kernel's IP stack. The first case is reported as ignored, with one
-//! line naming the helper, on a kernel that refuses it (a libtest-mimic harness).
+//! Where the worker's packets leave: every packet by the worker's TX ring, the XDP route lookup
+//! reaching the worker with the frame as XDP metadata (a kernel that allows
+//! `bpf_xdp_adjust_meta`), or with `--xdp-metadata off` (what a kernel without the helper gets)
+//! through the program's route cache map. The metadata case is reported as ignored, with one line
+//! naming the helper, on a kernel that refuses it (a libtest-mimic harness).
 //!
 //! The far-end SRTP endpoint is sluice's own `SrtpContext`, whose wire format is proven against
 //! libsrtp by relay/tests/srtp_libsrtp_interop.rs.
@@ -160,17 +160,18 @@ fn worker_totals(s: &proto::StatisticsReply) -> (u64, u64, u64, u64) {
     })
 }
 
-/// Where the worker sends the packets of a call.
+/// How the route of a worker's frame reaches it.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Egress {
-    /// Its AF_XDP TX ring (the route came with the frame as XDP metadata).
-    TxRing,
-    /// The kernel's IP stack (no XDP metadata).
-    Kernel,
+enum RouteFrom {
+    /// XDP metadata in front of the frame.
+    Metadata,
+    /// The program's route cache map (no XDP metadata).
+    Cache,
 }
 
-async fn run_call(d: &Daemon, topo: &Topology, egress: Option<Egress>) {
-    let workers = egress.is_some();
+async fn run_call(d: &Daemon, topo: &Topology, workers: Option<RouteFrom>) {
+    let route = workers;
+    let workers = route.is_some();
     let mut c = d.client().await;
     let call_id = if workers {
         "srtp-worker"
@@ -224,19 +225,15 @@ async fn run_call(d: &Daemon, topo: &Topology, egress: Option<Egress>) {
         assert_eq!(stats1.forwarding_path, "userspace+xdp-native on r1,r2");
         assert_eq!(rx1 - rx0, 2 * n, "worker rx: {stats0:#?} -> {stats1:#?}");
         assert_eq!(tx1 - tx0, 2 * n, "worker tx: {stats0:#?} -> {stats1:#?}");
-        // The neighbours are known by now (the userspace relay talked to both ends first):
-        // with metadata the XDP route lookup gives the next hop and every packet leaves by the
-        // TX ring; without, every packet goes through the kernel's IP stack.
+        // The neighbours are known by now (the userspace relay talked to both ends first): the
+        // XDP route lookup gives the next hop, with the frame or through the route cache, and
+        // every packet leaves by the TX ring.
         let ring = |s: &proto::StatisticsReply| s.workers.iter().map(|w| w.tx_ring).sum::<u64>();
         let kern = |s: &proto::StatisticsReply| s.workers.iter().map(|w| w.tx_kernel).sum::<u64>();
-        let expected = match egress {
-            Some(Egress::TxRing) => (2 * n, 0),
-            _ => (0, 2 * n),
-        };
         assert_eq!(
             (ring(&stats1) - ring(&stats0), kern(&stats1) - kern(&stats0)),
-            expected,
-            "{egress:?}: worker TX ring vs kernel stack: {stats0:#?} -> {stats1:#?}"
+            (2 * n, 0),
+            "{route:?}: worker TX ring vs kernel stack: {stats0:#?} -> {stats1:#?}"
         );
         // Statistics say which kernel features the path uses, and what it does without one.
         let meta = stats1
@@ -244,7 +241,7 @@ async fn run_call(d: &Daemon, topo: &Topology, egress: Option<Egress>) {
             .iter()
             .find(|f| f.name == "bpf_xdp_adjust_meta")
             .unwrap_or_else(|| panic!("no bpf_xdp_adjust_meta in {stats1:#?}"));
-        assert_eq!(meta.used, egress == Some(Egress::TxRing), "{meta:#?}");
+        assert_eq!(meta.used, route == Some(RouteFrom::Metadata), "{meta:#?}");
         assert_eq!(meta.without.is_empty(), meta.used, "{meta:#?}");
         assert!(
             stats1
@@ -301,7 +298,7 @@ async fn run_call(d: &Daemon, topo: &Topology, egress: Option<Egress>) {
 
 /// The call through one worker, then through the userspace engine (`--xdp off`); `extra` are
 /// the worker daemon's extra flags.
-fn worker_then_userspace(egress: Egress, extra: &'static [&'static str]) {
+fn worker_then_userspace(route: RouteFrom, extra: &'static [&'static str]) {
     if netns::skip_without_xdp() {
         return;
     }
@@ -312,7 +309,7 @@ fn worker_then_userspace(egress: Egress, extra: &'static [&'static str]) {
         .unwrap();
     rt.block_on(bounded(async {
         let topo = Topology::new();
-        for workers in [Some(egress), None] {
+        for workers in [Some(route), None] {
             let mut d = topo.start_sluice_with(workers.is_some(), extra).await;
             run_call(&d, &topo, workers).await;
             d.stop_cleanly();
@@ -321,7 +318,7 @@ fn worker_then_userspace(egress: Egress, extra: &'static [&'static str]) {
                 assert!(log.contains("AF_XDP workers stopped"), "{log}");
                 assert_eq!(
                     log.contains("XDP metadata unavailable"),
-                    egress == Egress::Kernel,
+                    route == RouteFrom::Cache,
                     "one warning when the workers get no route with a frame:\n{log}"
                 );
                 assert!(
@@ -341,23 +338,23 @@ fn main() -> std::process::ExitCode {
     let no_metadata = netns::metadata_skip_reason();
     let trials = vec![
         Trial::test(
-            "srtp_caller_and_plain_callee_through_the_worker_tx_ring_and_userspace",
+            "srtp_caller_and_plain_callee_through_the_worker_with_xdp_metadata_and_userspace",
             || {
-                worker_then_userspace(Egress::TxRing, &[]);
+                worker_then_userspace(RouteFrom::Metadata, &[]);
                 Ok(())
             },
         )
         .with_ignored_flag(no_metadata.is_some()),
         Trial::test(
-            "srtp_caller_and_plain_callee_through_the_worker_without_xdp_metadata_and_userspace",
+            "srtp_caller_and_plain_callee_through_the_worker_with_the_route_cache_and_userspace",
             || {
-                worker_then_userspace(Egress::Kernel, &["--xdp-metadata", "off"]);
+                worker_then_userspace(RouteFrom::Cache, &["--xdp-metadata", "off"]);
                 Ok(())
             },
         ),
     ];
     if let Some(why) = &no_metadata {
-        println!("ignored: the worker TX-ring case (XDP metadata): {why}");
+        println!("ignored: the worker case with XDP metadata: {why}");
     }
     libtest_mimic::run(&args, trials).exit_code()
 }

@@ -76,7 +76,7 @@ pub enum RelayKind {
     /// sluice's XDP path (`--xdp native` on the relay's veths; --netns only).
     SluiceXdp,
     /// sluice-xdp with `--xdp-metadata off`: the variant a kernel without
-    /// `bpf_xdp_adjust_meta` gets (AF_XDP workers send through the kernel's IP stack).
+    /// `bpf_xdp_adjust_meta` gets (the route reaches the AF_XDP worker through a map).
     SluiceXdpNometa,
     Rtpengine,
     Baseline,

@@ -729,8 +729,10 @@ impl Relay for Sluice {
             .find(|f| f.name == "bpf_xdp_adjust_meta")
         {
             Some(f) if f.used => "XDP metadata used (route travels with the frame)".to_string(),
-            Some(f) if f.available => "XDP metadata switched off (--xdp-metadata off)".into(),
-            Some(_) => "XDP metadata refused by this kernel".into(),
+            Some(f) if f.available => {
+                "XDP metadata switched off (--xdp-metadata off): route via the route cache".into()
+            }
+            Some(_) => "XDP metadata refused by this kernel: route via the route cache".into(),
             None => "XDP metadata: not reported".into(),
         };
         (!s.workers.is_empty()).then(|| {

@@ -132,7 +132,9 @@ pub enum NextHop {
     /// `FlowValue::worker_routed`): out of this worker's socket on the egress interface, with
     /// the MACs of the lookup, when the lookup succeeded, this worker has a socket on that
     /// interface and the packet fits its MTU; otherwise as `Kernel` (the kernel routes it, and
-    /// resolves a missing neighbour for the packets after it).
+    /// resolves a missing neighbour for the packets after it). The lookup comes with the frame
+    /// as XDP metadata, or where the kernel gives XDP none from the program's route cache at
+    /// the flow's `route_slot`.
     Fib,
 }
 
@@ -165,6 +167,9 @@ pub struct WorkerFlow {
     pub fallback: Option<std::net::UdpSocket>,
     pub transform: Transform,
     pub stats: Arc<FlowStats>,
+    /// `NextHop::Fib`: the flow id of its XDP value, where the program caches the route when
+    /// frames carry no metadata. None: such frames go through the kernel.
+    pub route_slot: Option<u32>,
 }
 
 impl WorkerFlow {
@@ -177,7 +182,14 @@ impl WorkerFlow {
             fallback: None,
             transform: Transform::Identity,
             stats: Arc::default(),
+            route_slot: None,
         }
+    }
+
+    /// The flow id of the flow's `FlowValue::worker_routed` entry (see `route_slot`).
+    pub fn with_route_slot(mut self, flow_id: u32) -> Self {
+        self.route_slot = Some(flow_id);
+        self
     }
 
     pub fn with_transform(mut self, transform: Transform) -> Self {
@@ -489,6 +501,7 @@ impl WorkerPool {
         let settings = run::WorkerSettings {
             spin_ns: cfg.spin_us.unwrap_or(DEFAULT_SPIN_US) * 1000,
             idle_poll_ms: 100,
+            routes: xdp.route_cache(),
         };
 
         let mut workers = Vec::with_capacity(n);
@@ -501,7 +514,14 @@ impl WorkerPool {
                         .map(move |q| (i.name.clone(), q))
                 })
                 .collect();
-            let handle = Self::spawn(xdp, id, cpus.get(id).copied(), queues, cfg, settings)?;
+            let handle = Self::spawn(
+                xdp,
+                id,
+                cpus.get(id).copied(),
+                queues,
+                cfg,
+                settings.clone(),
+            )?;
             workers.push(handle);
         }
         tracing::info!(workers = n, ?cpus, ?ifaces, "AF_XDP workers started");

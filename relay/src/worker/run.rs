@@ -25,7 +25,7 @@ use super::{Command, FlowStats, NextHop, WorkerCounters, WorkerFlow};
 use crate::afxdp::{EventFd, Umem, XskSocket};
 use crate::clock::now_ns;
 use crate::stats::bump;
-use crate::xdp::{FlowKey, XSK_META_MAGIC, XskMeta};
+use crate::xdp::{FlowKey, RouteCache, RouteEntry, XSK_META_MAGIC, XskMeta};
 
 /// Frames taken from an RX ring per batch.
 pub(crate) const BATCH: usize = 64;
@@ -34,10 +34,12 @@ const COMMANDS_PER_ITERATION: usize = 64;
 const PUBLISH_NS: u64 = 10_000_000;
 const LOAD_WINDOW_NS: u64 = 1_000_000_000;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct WorkerSettings {
     pub spin_ns: u64,
     pub idle_poll_ms: i32,
+    /// The XDP program's route cache, where routed frames come without metadata.
+    pub routes: Option<Arc<RouteCache>>,
 }
 
 /// FxHash-style hasher for flow keys. The keys are the control plane's (a frame only reaches
@@ -93,8 +95,9 @@ enum Hop {
     },
     /// Through the fallback UDP socket (the kernel routes it).
     Kernel,
-    /// The frame's [`Route`] when it has one, else as `Kernel`.
-    Fib,
+    /// The frame's [`Route`] when it has one (its metadata, else the route cache entry of
+    /// flow id `slot`), else as `Kernel`.
+    Fib { slot: Option<u32> },
 }
 
 /// The XDP program's route for one frame (from its [`XskMeta`]), resolved to a socket of this
@@ -125,13 +128,52 @@ fn take_meta(umem: &mut Umem, addr: u64) -> Option<XskMeta> {
 /// are reused and a later frame may arrive without metadata.
 fn take_route(umem: &mut Umem, addr: u64, socks: &[XskSocket]) -> Option<Route> {
     let meta = take_meta(umem, addr)?;
-    let sock = socks.iter().position(|s| s.ifindex() == meta.ifindex)?;
+    route_via(socks, meta.ifindex, meta.smac, meta.dmac, meta.mtu)
+}
+
+fn route_via(
+    socks: &[XskSocket],
+    ifindex: u32,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    mtu: u16,
+) -> Option<Route> {
+    let sock = socks.iter().position(|s| s.ifindex() == ifindex)?;
     Some(Route {
         sock,
-        src_mac: meta.smac,
-        dst_mac: meta.dmac,
-        mtu: meta.mtu as usize,
+        src_mac,
+        dst_mac,
+        mtu: mtu as usize,
     })
+}
+
+/// Where a frame's route comes from: its metadata, or the XDP program's route cache.
+struct Routes<'a> {
+    meta: Option<Route>,
+    cache: Option<(&'a RouteCache, &'a [XskSocket])>,
+}
+
+impl Routes<'_> {
+    /// Only what came with the frame (tests, and workers without a cache).
+    #[cfg(test)]
+    fn given(meta: Option<Route>) -> Self {
+        Routes { meta, cache: None }
+    }
+
+    fn for_slot(&self, slot: Option<u32>) -> Option<Route> {
+        if self.meta.is_some() {
+            return self.meta;
+        }
+        let (cache, socks) = self.cache?;
+        let RouteEntry {
+            ifindex,
+            smac,
+            dmac,
+            mtu,
+            ..
+        } = cache.get(slot?)?;
+        route_via(socks, ifindex, smac, dmac, mtu)
+    }
 }
 
 struct Fallback {
@@ -432,7 +474,9 @@ impl Worker {
                 None => Hop::Kernel,
             },
             NextHop::Kernel => Hop::Kernel,
-            NextHop::Fib => Hop::Fib,
+            NextHop::Fib => Hop::Fib {
+                slot: flow.route_slot,
+            },
         };
         let fallback = flow.fallback.map(|sock| {
             let (addr, addr_len) = sockaddr(flow.new_dst);
@@ -502,13 +546,20 @@ impl Worker {
         for i in 0..n {
             let desc = self.socks[s].rx.read(i);
             rx_bytes += desc.len as u64;
-            let route = take_route(&mut self.umem, desc.addr, &self.socks);
+            let routes = Routes {
+                meta: take_route(&mut self.umem, desc.addr, &self.socks),
+                cache: self
+                    .settings
+                    .routes
+                    .as_deref()
+                    .map(|c| (c, &self.socks[..])),
+            };
             let outcome = match self.umem.tail_mut(desc.addr) {
                 Some(frame) if desc.len as usize <= frame.len() => process(
                     frame,
                     desc.len as usize,
                     s,
-                    route,
+                    routes,
                     &mut self.flows,
                     c,
                     now,
@@ -724,7 +775,7 @@ fn process(
     frame: &mut [u8],
     len: usize,
     ingress: usize,
-    route: Option<Route>,
+    routes: Routes<'_>,
     flows: &mut FlowMap,
     c: &WorkerCounters,
     now: u64,
@@ -769,6 +820,10 @@ fn process(
     };
     // The IP packet's length once rewritten, for the route's MTU.
     let l3_len = p.payload() - packet::ETH_LEN + new_len;
+    let route = match flow.hop {
+        Hop::Fib { slot } => routes.for_slot(slot),
+        _ => None,
+    };
     let (sock, macs) = match (&flow.hop, route) {
         (Hop::Ingress, _) => (ingress, None),
         (
@@ -779,14 +834,14 @@ fn process(
             },
             _,
         ) => (*sock, Some((*src_mac, *dst_mac))),
-        (Hop::Fib, Some(r)) if l3_len <= r.mtu => (r.sock, Some((r.src_mac, r.dst_mac))),
-        (Hop::Kernel | Hop::Fib, route) => {
+        (Hop::Fib { .. }, Some(r)) if l3_len <= r.mtu => (r.sock, Some((r.src_mac, r.dst_mac))),
+        (Hop::Kernel | Hop::Fib { .. }, route) => {
             let Some(fb) = &flow.fallback else {
                 return Outcome::Drop(Reason::NoEgress);
             };
             // Too big for the route: the flow's UDP socket, which fragments as the userspace
             // relay's does (the raw socket would keep the sender's DF bit and drop it).
-            let too_big = matches!(flow.hop, Hop::Fib) && route.is_some();
+            let too_big = matches!(flow.hop, Hop::Fib { .. }) && route.is_some();
             if let (Some(fd), false, false) = (raw4, p.v6, too_big) {
                 // The whole IPv4 packet through the worker's one raw socket: the batch leaves in
                 // one sendmmsg whatever the number of flows, and the kernel still routes it.
@@ -951,7 +1006,7 @@ mod tests {
     fn a_frame_is_protected_and_routed_without_allocating() {
         let template = rtp_frame();
         let len = template.len();
-        let mut flows = srtp_flow(Hop::Fib);
+        let mut flows = srtp_flow(Hop::Fib { slot: None });
         let route = Route {
             sock: 1,
             src_mac: [2, 0, 0, 0, 0, 0xaa],
@@ -972,7 +1027,7 @@ mod tests {
                 &mut frame,
                 len,
                 0,
-                Some(route),
+                Routes::given(Some(route)),
                 &mut flows,
                 &c,
                 1_000_000 + seq as u64,
@@ -1016,8 +1071,8 @@ mod tests {
         };
         // (hop, route, through the raw socket)
         for (hop, route, raw) in [
-            (Hop::Fib, None, true),
-            (Hop::Fib, Some(route(100)), false),
+            (Hop::Fib { slot: None }, None, true),
+            (Hop::Fib { slot: None }, Some(route(100)), false),
             (Hop::Kernel, None, true),
             (Hop::Kernel, Some(route(100)), true),
             (Hop::Kernel, Some(route(1500)), true),
@@ -1037,7 +1092,7 @@ mod tests {
                 &mut frame,
                 len,
                 0,
-                route,
+                Routes::given(route),
                 &mut flows,
                 &c,
                 1,
@@ -1070,14 +1125,14 @@ mod tests {
             ..small
         };
         for (route, sent) in [(None, false), (Some(small), false), (Some(fits), true)] {
-            let mut flows = srtp_flow(Hop::Fib);
+            let mut flows = srtp_flow(Hop::Fib { slot: None });
             let mut frame = vec![0u8; 2048];
             frame[..len].copy_from_slice(&template);
             let out = process(
                 &mut frame,
                 len,
                 0,
-                route,
+                Routes::given(route),
                 &mut flows,
                 &c,
                 1,

@@ -44,6 +44,21 @@ pub struct XskMeta {
     pub pad: u16,
 }
 
+/// `struct sluice_route`: the value of `sluice_routes`, the route of a routed WORKER flow by flow
+/// id, for kernels whose XDP gives no metadata. `seq` is odd while the program writes the entry;
+/// `ifindex` 0 means no route. Host byte order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RouteEntry {
+    pub seq: u32,
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// Egress MTU, IP header included.
+    pub mtu: u16,
+    pub pad: u16,
+}
+
 /// What the kernel does with a packet that hits a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]

@@ -94,8 +94,8 @@ impl Feature {
                 "frames cannot reach AF_XDP workers: no kernel fast path; run with --xdp off"
             }
             Feature::XdpMeta => {
-                "AF_XDP workers get no route with a frame: they send SRTP/transcoded packets \
-                 through the kernel's IP stack instead of their TX ring (slower, same packets)"
+                "AF_XDP workers get no route with a frame: the program caches each routed flow's \
+                 route in a BPF map the workers read (sluice_routes) instead"
             }
         }
     }

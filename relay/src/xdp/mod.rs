@@ -24,6 +24,7 @@
 mod abi;
 mod features;
 mod netlink;
+mod routes;
 mod table;
 
 use std::io;
@@ -31,9 +32,10 @@ use std::net::SocketAddr;
 
 pub use abi::{
     FlowAction, FlowCounters, FlowKey, FlowValue, MAX_EGRESS, MAX_FLOWS, MAX_QUEUES, MAX_XSKS,
-    XSK_META_MAGIC, XskMeta,
+    RouteEntry, XSK_META_MAGIC, XskMeta,
 };
 pub use features::{Feature, KernelFeatures};
+pub use routes::RouteCache;
 use table::{FlowMaps, FlowTable};
 
 /// Name of the program (and its section function) in ebpf/sluice_xdp.c; how a stale sluice
@@ -43,6 +45,7 @@ const MAP_FLOWS: &str = "sluice_flows";
 const MAP_COUNTERS: &str = "sluice_counters";
 const MAP_EGRESS: &str = "sluice_egress";
 const MAP_XSKS: &str = "sluice_xsks";
+const MAP_ROUTES: &str = "sluice_routes";
 /// The program's read-only switch for `bpf_xdp_adjust_meta` (see ebpf/sluice_xdp.c).
 const GLOBAL_USE_META: &str = "sluice_use_meta";
 
@@ -81,7 +84,8 @@ impl XdpMode {
 }
 
 /// Whether routed WORKER frames carry the XDP route lookup to the worker as XDP metadata
-/// (`bpf_xdp_adjust_meta`). Without it the worker sends them through the kernel's IP stack.
+/// (`bpf_xdp_adjust_meta`). Without it the program puts the route in its route cache map
+/// ([`RouteCache`]) instead, where the workers read it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum MetadataPolicy {
     /// When the kernel allows the helper (probed at load).
@@ -300,6 +304,7 @@ pub struct XdpPath {
     max_flows: u32,
     features: KernelFeatures,
     metadata: bool,
+    routes: Option<std::sync::Arc<RouteCache>>,
 }
 
 impl std::fmt::Debug for XdpPath {
@@ -492,6 +497,7 @@ impl XdpPath {
         let mut ebpf = aya::EbpfLoader::new()
             .map_max_entries(MAP_FLOWS, max_flows)
             .map_max_entries(MAP_COUNTERS, max_flows)
+            .map_max_entries(MAP_ROUTES, max_flows)
             .override_global(GLOBAL_USE_META, &u32::from(use_meta), true)
             .load(object)
             .map_err(load_error)?;
@@ -525,6 +531,18 @@ impl XdpPath {
                 detail: format!("{MAP_XSKS}: {e}"),
             }
         })?;
+        // Without it the workers still work, sending routed packets through the kernel.
+        let routes = match RouteCache::map(take(&mut ebpf, MAP_ROUTES)?, max_flows) {
+            Ok(r) => Some(std::sync::Arc::new(r)),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot map the XDP route cache: without XDP metadata, AF_XDP workers send \
+                     routed packets through the kernel's IP stack"
+                );
+                None
+            }
+        };
 
         let program: &mut aya::programs::Xdp = ebpf
             .program_mut(PROGRAM_NAME)
@@ -636,7 +654,14 @@ impl XdpPath {
             max_flows,
             features,
             metadata: use_meta,
+            routes,
         })
+    }
+
+    /// The route cache the program fills for routed WORKER flows whose frames carry no
+    /// metadata (None when it could not be mapped).
+    pub fn route_cache(&self) -> Option<std::sync::Arc<RouteCache>> {
+        self.routes.clone()
     }
 
     /// What the kernel offered when the program was loaded.
@@ -645,7 +670,7 @@ impl XdpPath {
     }
 
     /// Whether routed WORKER frames carry their route to the worker (XDP metadata). When false
-    /// the workers send them through the kernel's IP stack.
+    /// the route reaches the workers through [`XdpPath::route_cache`].
     pub fn metadata(&self) -> bool {
         self.metadata
     }
@@ -854,6 +879,11 @@ pub fn abi_layout() -> Vec<(String, u64)> {
         "sluice_xsk_meta",
         XskMeta,
         [magic, ifindex, smac, dmac, mtu, pad]
+    );
+    s!(
+        "sluice_route",
+        RouteEntry,
+        [seq, ifindex, smac, dmac, mtu, pad]
     );
     for (name, v) in [
         ("SLUICE_XSK_META_MAGIC", XSK_META_MAGIC as u64),
