@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use sluice_relay::worker::{
     FlowStats, NextHop, PayloadTransform, Transform, TransformError, WorkerConfig, WorkerFlow,
-    WorkerPool,
+    WorkerHandle, WorkerPool,
 };
 use sluice_relay::xdp::{FlowKey, FlowValue, MetadataPolicy, XdpMode, XdpOptions, XdpPath};
 
@@ -382,6 +382,53 @@ fn install(
     ((ka, kb), stats)
 }
 
+/// Routed WORKER entries for both directions (flow ids 7: caller -> callee, 8: callee ->
+/// caller through `Append10`; strict source) and their `NextHop::Fib` worker contexts with
+/// fallback sockets, naming the flow ids as route cache slots when `route_slots`.
+fn install_routed(xdp: &mut XdpPath, w: &WorkerHandle, call: &Call, route_slots: bool) {
+    let (ka, kb) = (
+        FlowKey::new(sa(&call.relay_a_addr)),
+        FlowKey::new(sa(&call.relay_b_addr)),
+    );
+    let slot = |flow: WorkerFlow, id| {
+        if route_slots {
+            flow.with_route_slot(id)
+        } else {
+            flow
+        }
+    };
+    let to_callee = WorkerFlow::new(sa(&call.relay_b_addr), sa(&call.callee_addr), NextHop::Fib)
+        .with_fallback(call.relay_b.try_clone().unwrap());
+    let to_caller = WorkerFlow::new(sa(&call.relay_a_addr), sa(&call.caller_addr), NextHop::Fib)
+        .with_transform(Transform::custom(Append10))
+        .with_fallback(call.relay_a.try_clone().unwrap());
+    w.add_flow(ka, slot(to_callee, 7)).unwrap();
+    w.add_flow(kb, slot(to_caller, 8)).unwrap();
+    w.sync().unwrap();
+    for (key, id, src, dst, from) in [
+        (
+            ka,
+            7,
+            &call.relay_b_addr,
+            &call.callee_addr,
+            &call.caller_addr,
+        ),
+        (
+            kb,
+            8,
+            &call.relay_a_addr,
+            &call.caller_addr,
+            &call.callee_addr,
+        ),
+    ] {
+        xdp.insert(
+            key,
+            FlowValue::worker_routed(id, sa(src), sa(dst)).strict_source(sa(from)),
+        )
+        .unwrap();
+    }
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -663,34 +710,7 @@ fn routed_flow_uses_the_tx_ring(v6: bool, metadata: MetadataPolicy) {
     let pool = start(&t, &mut xdp);
     let w = pool.worker(0).unwrap();
     let call = call(&t, v6);
-    let (ka, kb) = (
-        FlowKey::new(sa(&call.relay_a_addr)),
-        FlowKey::new(sa(&call.relay_b_addr)),
-    );
-    let (to_callee, to_caller) = (
-        WorkerFlow::new(sa(&call.relay_b_addr), sa(&call.callee_addr), NextHop::Fib)
-            .with_fallback(call.relay_b.try_clone().unwrap())
-            .with_route_slot(7),
-        WorkerFlow::new(sa(&call.relay_a_addr), sa(&call.caller_addr), NextHop::Fib)
-            .with_transform(Transform::custom(Append10))
-            .with_fallback(call.relay_a.try_clone().unwrap())
-            .with_route_slot(8),
-    );
-    w.add_flow(ka, to_callee).unwrap();
-    w.add_flow(kb, to_caller).unwrap();
-    w.sync().unwrap();
-    xdp.insert(
-        ka,
-        FlowValue::worker_routed(7, sa(&call.relay_b_addr), sa(&call.callee_addr))
-            .strict_source(sa(&call.caller_addr)),
-    )
-    .unwrap();
-    xdp.insert(
-        kb,
-        FlowValue::worker_routed(8, sa(&call.relay_a_addr), sa(&call.caller_addr))
-            .strict_source(sa(&call.callee_addr)),
-    )
-    .unwrap();
+    install_routed(&mut xdp, w, &call, true);
     let callee_ip = sa(&call.callee_addr).ip().to_string();
 
     // Neighbours known (permanent entries): every packet leaves by the TX ring, both ways.
@@ -754,36 +774,7 @@ fn routed_flow_without_a_route_goes_through_the_kernel(v6: bool) {
     let pool = start(&t, &mut xdp);
     let w = pool.worker(0).unwrap();
     let call = call(&t, v6);
-    let (ka, kb) = (
-        FlowKey::new(sa(&call.relay_a_addr)),
-        FlowKey::new(sa(&call.relay_b_addr)),
-    );
-    w.add_flow(
-        ka,
-        WorkerFlow::new(sa(&call.relay_b_addr), sa(&call.callee_addr), NextHop::Fib)
-            .with_fallback(call.relay_b.try_clone().unwrap()),
-    )
-    .unwrap();
-    w.add_flow(
-        kb,
-        WorkerFlow::new(sa(&call.relay_a_addr), sa(&call.caller_addr), NextHop::Fib)
-            .with_transform(Transform::custom(Append10))
-            .with_fallback(call.relay_a.try_clone().unwrap()),
-    )
-    .unwrap();
-    w.sync().unwrap();
-    xdp.insert(
-        ka,
-        FlowValue::worker_routed(7, sa(&call.relay_b_addr), sa(&call.callee_addr))
-            .strict_source(sa(&call.caller_addr)),
-    )
-    .unwrap();
-    xdp.insert(
-        kb,
-        FlowValue::worker_routed(8, sa(&call.relay_a_addr), sa(&call.caller_addr))
-            .strict_source(sa(&call.callee_addr)),
-    )
-    .unwrap();
+    install_routed(&mut xdp, w, &call, false);
     const N: u16 = 20;
     call.to_callee(N);
     call.to_caller_appended(N);

@@ -254,7 +254,7 @@ impl Gen {
     /// BPF_PROG_RUN for `n` frames, `batch` per kernel batch (0: default); returns the
     /// kernel's average duration per frame in ns.
     fn prog_run(&self, n: u32, batch: u32) -> std::io::Result<u32> {
-        let attr = TestRunAttr {
+        let mut attr = TestRunAttr {
             prog_fd: self.prog_fd().map_err(std::io::Error::other)? as u32,
             data_size_in: self.template.len() as u32,
             data_in: self.template.as_ptr() as u64,
@@ -263,19 +263,8 @@ impl Gen {
             batch_size: batch,
             ..Default::default()
         };
-        // SAFETY: `attr` is a valid BPF_PROG_TEST_RUN attribute block of the size passed;
         // `template` outlives the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &attr as *const TestRunAttr,
-                std::mem::size_of::<TestRunAttr>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        test_run(&mut attr)?;
         Ok(attr.duration)
     }
 }
@@ -410,6 +399,25 @@ fn template(src_mac: [u8; 6], dst_mac: [u8; 6], caller: SocketAddrV4, dst: Ipv4A
     f
 }
 
+/// BPF_PROG_TEST_RUN with `attr`, whose data pointers must stay valid for the call. The kernel
+/// writes its results (`retval`, `duration`) back into `attr`.
+fn test_run(attr: &mut TestRunAttr) -> std::io::Result<()> {
+    // SAFETY: `attr` is a valid, writable BPF_PROG_TEST_RUN attribute block of the size
+    // passed; the caller keeps the buffers it points to alive.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Why this kernel refuses BPF_PROG_RUN in live-frames mode, if it does (6.18.44-fc-v1300
 /// answers EPERM even to root; 6.18.44-fc-v669 allowed it). Probed with a two-instruction XDP
 /// program (`return XDP_DROP`) run once on a zeroed 64-byte frame, so that the bench can fall
@@ -462,7 +470,7 @@ pub fn live_frames_refused() -> Option<String> {
     // SAFETY: the syscall returned a new descriptor that nothing else owns.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) };
     let frame = [0u8; 64];
-    let attr = TestRunAttr {
+    let mut attr = TestRunAttr {
         prog_fd: fd.as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
         data_in: frame.as_ptr() as u64,
@@ -470,21 +478,10 @@ pub fn live_frames_refused() -> Option<String> {
         flags: BPF_F_TEST_XDP_LIVE_FRAMES,
         ..Default::default()
     };
-    // SAFETY: as in Gen::prog_run; `frame` outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &attr as *const TestRunAttr,
-            std::mem::size_of::<TestRunAttr>() as u32,
-        )
-    };
-    (rc != 0).then(|| {
-        format!(
-            "this kernel refuses BPF_PROG_RUN in live-frames mode: {}",
-            std::io::Error::last_os_error()
-        )
-    })
+    // `frame` outlives the call.
+    test_run(&mut attr)
+        .err()
+        .map(|e| format!("this kernel refuses BPF_PROG_RUN in live-frames mode: {e}"))
 }
 
 #[cfg(test)]
