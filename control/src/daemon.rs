@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_relay::engine::{EngineEvent, EngineHandle};
 use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 
@@ -103,8 +104,16 @@ pub async fn run_until(
                 .await
                 .with_context(|| format!("cannot listen on control address tcp:{addr}"))?;
             announce(&cfg, &ips);
-            let serve =
-                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            // A reply goes out in pieces (HEADERS, DATA, trailers): with Nagle's algorithm the
+            // later pieces wait for the client's delayed ACK, 40 ms per request.
+            let incoming = TcpListenerStream::new(listener).map(|conn| {
+                conn.inspect(|stream| {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::warn!(error = %e, "cannot set TCP_NODELAY on a control connection");
+                    }
+                })
+            });
+            let serve = router.serve_with_incoming_shutdown(incoming, signal);
             bounded(serve, grace).await
         }
     };

@@ -166,6 +166,8 @@ pub struct Daemon {
     pub log: PathBuf,
     /// The relay port range it was given (None when left to the daemon's default).
     pub ports: Option<(u16, u16)>,
+    /// Where its control API listens: `unix:` at `socket` unless started with `--control`.
+    control: ControlAddr,
 }
 
 impl Daemon {
@@ -222,11 +224,19 @@ impl Daemon {
         let socket = dir.join("control.sock");
         let log = dir.join("sluice.log");
         let log_file = std::fs::File::create(&log).expect("create the daemon log");
+        // `args` may name the control address itself (e.g. tcp:); else a socket in `dir`.
+        let control = match args.iter().position(|a| a == "--control") {
+            Some(i) => args[i + 1]
+                .parse()
+                .expect("a valid --control in the test's args"),
+            None => ControlAddr::Unix(socket.clone()),
+        };
         let mut cmd = sluice_command();
-        cmd.arg("run")
-            .arg("--control")
-            .arg(format!("unix:{}", socket.display()))
-            .args(&args)
+        cmd.arg("run");
+        if !args.iter().any(|a| a == "--control") {
+            cmd.arg("--control").arg(control.to_string());
+        }
+        cmd.args(&args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup log fd"))
@@ -243,6 +253,7 @@ impl Daemon {
             socket,
             log,
             ports,
+            control,
         };
         d.wait_ready().await;
         d
@@ -259,7 +270,7 @@ impl Daemon {
                     self.log_text()
                 );
             }
-            if self.socket.exists()
+            if (self.socket.exists() || matches!(self.control, ControlAddr::Tcp(_)))
                 && let Ok(mut c) = sluice_control::client::connect(&self.addr()).await
                 && c.ping(proto::PingRequest {}).await.is_ok()
             {
@@ -275,12 +286,12 @@ impl Daemon {
     }
 
     pub fn addr(&self) -> ControlAddr {
-        ControlAddr::Unix(self.socket.clone())
+        self.control.clone()
     }
 
     /// The `--control` argument naming this daemon.
     pub fn control_arg(&self) -> String {
-        format!("unix:{}", self.socket.display())
+        self.control.to_string()
     }
 
     pub async fn client(&self) -> ControlClient<Channel> {
