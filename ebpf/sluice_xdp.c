@@ -94,9 +94,12 @@ struct {
  */
 const volatile __u32 sluice_use_meta = 0;
 
+#ifndef SLUICE_NO_ROUTE_CACHE
 /*
  * Routes of routed WORKER flows by flow id, for the workers when frames carry no metadata
  * (struct sluice_route in sluice_maps.h). Mmapable: the workers read it without a syscall.
+ * Kernels before 5.5 cannot create it: relay/build.rs also builds the program without it
+ * (-DSLUICE_NO_ROUTE_CACHE), which the loader picks there.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -105,6 +108,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct sluice_route);
 } sluice_routes SEC(".maps");
+#endif
 
 /* --- checksums (RFC 1624: HC' = ~(~HC + ~m + m')), on 16-bit words as stored in memory --- */
 
@@ -214,6 +218,10 @@ static __always_inline int family_ok(const struct sluice_flow_value *v, __u8 fam
 static __always_inline void cache_route(const struct sluice_flow_value *v,
 					const struct bpf_fib_lookup *fib)
 {
+#ifdef SLUICE_NO_ROUTE_CACHE
+	(void)v;
+	(void)fib;
+#else
 	__u32 id = v->flow_id;
 	struct sluice_route *r = bpf_map_lookup_elem(&sluice_routes, &id);
 	if (!r)
@@ -232,6 +240,7 @@ static __always_inline void cache_route(const struct sluice_flow_value *v,
 		__builtin_memcpy(r->dmac, fib->dmac, ETH_ALEN);
 	}
 	__sync_fetch_and_add(&r->seq, 1); /* even: stable */
+#endif
 }
 
 /*

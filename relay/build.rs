@@ -1,5 +1,7 @@
-//! Compiles the XDP program (ebpf/sluice_xdp.c) with clang into OUT_DIR/sluice_xdp.o, which
-//! relay/src/xdp embeds with `aya::include_bytes_aligned!`.
+//! Compiles the XDP program (ebpf/sluice_xdp.c) with clang into OUT_DIR/sluice_xdp.o, and again
+//! without its route cache map (-DSLUICE_NO_ROUTE_CACHE, for kernels that cannot create
+//! mmapable arrays) into OUT_DIR/sluice_xdp_nocache.o; relay/src/xdp embeds both with
+//! `aya::include_bytes_aligned!`.
 //!
 //! When clang or the libbpf headers are missing, the build still succeeds: it prints a
 //! `cargo:warning` saying what to install and sets `--cfg sluice_no_xdp`, and the loader then
@@ -23,9 +25,15 @@ fn main() {
     for src in SOURCES {
         println!("cargo:rerun-if-changed={}", ebpf.join(src).display());
     }
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("sluice_xdp.o");
-
-    if let Err(why) = build(&ebpf, &out) {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let built = build(&ebpf, &out_dir.join("sluice_xdp.o"), &[]).and_then(|()| {
+        build(
+            &ebpf,
+            &out_dir.join("sluice_xdp_nocache.o"),
+            &["-DSLUICE_NO_ROUTE_CACHE"],
+        )
+    });
+    if let Err(why) = built {
         if env::var_os("SLUICE_REQUIRE_XDP").is_some_and(|v| v != "0") {
             panic!("{why}; {INSTALL_HINT} (SLUICE_REQUIRE_XDP is set)");
         }
@@ -39,7 +47,7 @@ fn main() {
 
 /// Ok when the object was written. Err(reason) when the toolchain is absent (the build goes on
 /// without XDP). A compile error in the C source itself is a bug and panics.
-fn build(ebpf: &Path, out: &Path) -> Result<(), String> {
+fn build(ebpf: &Path, out: &Path, defines: &[&str]) -> Result<(), String> {
     let clang = find_clang().ok_or_else(|| "clang-19 (or clang) not found".to_string())?;
     let mut includes = vec![PathBuf::from("/usr/include")];
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
@@ -73,6 +81,7 @@ fn build(ebpf: &Path, out: &Path) -> Result<(), String> {
         cmd.arg("-I").arg(dir);
     }
     cmd.arg("-I").arg(ebpf);
+    cmd.args(defines);
     cmd.arg("-c")
         .arg(ebpf.join("sluice_xdp.c"))
         .arg("-o")

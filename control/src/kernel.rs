@@ -200,7 +200,12 @@ impl KernelPath for Xdp {
         p.kernel_features()
             .iter()
             .map(|(f, available)| {
-                let used = available && (f != Feature::XdpMeta || p.metadata());
+                let used = available
+                    && match f {
+                        Feature::XdpMeta => p.metadata(),
+                        Feature::MmapArray => p.route_cache().is_some(),
+                        _ => true,
+                    };
                 FeatureReport {
                     name: f.name(),
                     available,

@@ -96,12 +96,12 @@ fn main() -> std::process::ExitCode {
             afxdp_routed_flow_without_metadata_leaves_by_the_tx_ring_via_the_route_cache_ipv6,
         ),
         test(
-            "afxdp_routed_flow_without_a_route_goes_through_the_kernel_ipv4",
-            afxdp_routed_flow_without_a_route_goes_through_the_kernel_ipv4,
+            "afxdp_routed_flow_without_metadata_or_route_cache_goes_through_the_kernel_ipv4",
+            afxdp_routed_flow_without_metadata_or_route_cache_goes_through_the_kernel_ipv4,
         ),
         test(
-            "afxdp_routed_flow_without_a_route_goes_through_the_kernel_ipv6",
-            afxdp_routed_flow_without_a_route_goes_through_the_kernel_ipv6,
+            "afxdp_routed_flow_without_metadata_or_route_cache_goes_through_the_kernel_ipv6",
+            afxdp_routed_flow_without_metadata_or_route_cache_goes_through_the_kernel_ipv6,
         ),
         test(
             "afxdp_bad_worker_configuration_is_refused_with_a_reason",
@@ -384,26 +384,21 @@ fn install(
 
 /// Routed WORKER entries for both directions (flow ids 7: caller -> callee, 8: callee ->
 /// caller through `Append10`; strict source) and their `NextHop::Fib` worker contexts with
-/// fallback sockets, naming the flow ids as route cache slots when `route_slots`.
-fn install_routed(xdp: &mut XdpPath, w: &WorkerHandle, call: &Call, route_slots: bool) {
+/// fallback sockets and the flow ids as route cache slots (as the daemon installs them).
+fn install_routed(xdp: &mut XdpPath, w: &WorkerHandle, call: &Call) {
     let (ka, kb) = (
         FlowKey::new(sa(&call.relay_a_addr)),
         FlowKey::new(sa(&call.relay_b_addr)),
     );
-    let slot = |flow: WorkerFlow, id| {
-        if route_slots {
-            flow.with_route_slot(id)
-        } else {
-            flow
-        }
-    };
     let to_callee = WorkerFlow::new(sa(&call.relay_b_addr), sa(&call.callee_addr), NextHop::Fib)
-        .with_fallback(call.relay_b.try_clone().unwrap());
+        .with_fallback(call.relay_b.try_clone().unwrap())
+        .with_route_slot(7);
     let to_caller = WorkerFlow::new(sa(&call.relay_a_addr), sa(&call.caller_addr), NextHop::Fib)
         .with_transform(Transform::custom(Append10))
-        .with_fallback(call.relay_a.try_clone().unwrap());
-    w.add_flow(ka, slot(to_callee, 7)).unwrap();
-    w.add_flow(kb, slot(to_caller, 8)).unwrap();
+        .with_fallback(call.relay_a.try_clone().unwrap())
+        .with_route_slot(8);
+    w.add_flow(ka, to_callee).unwrap();
+    w.add_flow(kb, to_caller).unwrap();
     w.sync().unwrap();
     for (key, id, src, dst, from) in [
         (
@@ -710,7 +705,7 @@ fn routed_flow_uses_the_tx_ring(v6: bool, metadata: MetadataPolicy) {
     let pool = start(&t, &mut xdp);
     let w = pool.worker(0).unwrap();
     let call = call(&t, v6);
-    install_routed(&mut xdp, w, &call, true);
+    install_routed(&mut xdp, w, &call);
     let callee_ip = sa(&call.callee_addr).ip().to_string();
 
     // Neighbours known (permanent entries): every packet leaves by the TX ring, both ways.
@@ -763,18 +758,25 @@ fn routed_flow_uses_the_tx_ring(v6: bool, metadata: MetadataPolicy) {
     pool.stop().unwrap();
 }
 
-/// Routed flows without XDP metadata whose worker contexts name no route slot: no route reaches
-/// the worker, so it hands every packet to the kernel's IP stack (through the flow's socket or
-/// its raw socket), and every packet still arrives intact.
+/// Routed flows with neither XDP metadata nor the route cache (the program variant a kernel
+/// before 5.5 without the helper would get): no route reaches the worker, so it hands every
+/// packet to the kernel's IP stack (through the flow's socket or its raw socket), and every
+/// packet still arrives intact.
 fn routed_flow_without_a_route_goes_through_the_kernel(v6: bool) {
     let Some(_serial) = setup() else { return };
     let t = topo();
-    let mut xdp = attach_with_metadata(&t, MetadataPolicy::Off);
-    assert!(!xdp.metadata());
+    let opts = XdpOptions {
+        metadata: MetadataPolicy::Off,
+        route_cache: false,
+        ..XdpOptions::new(XdpMode::Native)
+    };
+    let mut xdp = in_ns(&t.relay, || XdpPath::attach_with(&["r1", "r2"], opts))
+        .unwrap_or_else(|e| panic!("attach: {e}"));
+    assert!(!xdp.metadata() && xdp.route_cache().is_none());
     let pool = start(&t, &mut xdp);
     let w = pool.worker(0).unwrap();
     let call = call(&t, v6);
-    install_routed(&mut xdp, w, &call, false);
+    install_routed(&mut xdp, w, &call);
     const N: u16 = 20;
     call.to_callee(N);
     call.to_caller_appended(N);
@@ -838,11 +840,11 @@ fn afxdp_routed_flow_without_metadata_leaves_by_the_tx_ring_via_the_route_cache_
     routed_flow_uses_the_tx_ring(true, MetadataPolicy::Off);
 }
 
-fn afxdp_routed_flow_without_a_route_goes_through_the_kernel_ipv4() {
+fn afxdp_routed_flow_without_metadata_or_route_cache_goes_through_the_kernel_ipv4() {
     routed_flow_without_a_route_goes_through_the_kernel(false);
 }
 
-fn afxdp_routed_flow_without_a_route_goes_through_the_kernel_ipv6() {
+fn afxdp_routed_flow_without_metadata_or_route_cache_goes_through_the_kernel_ipv6() {
     routed_flow_without_a_route_goes_through_the_kernel(true);
 }
 

@@ -921,15 +921,24 @@ fn xdp_feature_probe_tells_the_truth_and_the_load_follows_it() {
             assert!(xdp_detached(&t.relay, "r1") && xdp_detached(&t.relay, "r2"));
         }
     }
-    for (policy, expect) in [
-        (MetadataPolicy::Auto, has_meta),
-        (MetadataPolicy::Off, false),
+    let has_cache = features.has(Feature::MmapArray);
+    for (policy, cache, expect) in [
+        (MetadataPolicy::Auto, true, (has_meta, has_cache)),
+        (MetadataPolicy::Off, true, (false, has_cache)),
+        // The variant without the route cache map loads too (a kernel before 5.5 gets it).
+        (MetadataPolicy::Off, false, (false, false)),
     ] {
-        let p = in_ns(&t.relay, || {
-            XdpPath::attach_with(&["r1", "r2"], with(policy))
-        })
-        .unwrap_or_else(|e| panic!("{policy:?}: {e}"));
-        assert_eq!(p.metadata(), expect, "{policy:?}");
+        let opts = XdpOptions {
+            route_cache: cache,
+            ..with(policy)
+        };
+        let p = in_ns(&t.relay, || XdpPath::attach_with(&["r1", "r2"], opts))
+            .unwrap_or_else(|e| panic!("{policy:?}: {e}"));
+        assert_eq!(
+            (p.metadata(), p.route_cache().is_some()),
+            expect,
+            "{policy:?}, route cache {cache}"
+        );
         assert_eq!(p.kernel_features(), &features);
         assert!(xdp_attached(&t.relay, "r1"));
         drop(p);

@@ -32,17 +32,20 @@ pub enum Feature {
     RedirectMap,
     /// `bpf_xdp_adjust_meta` from XDP: the route lookup travels with a worker's frame.
     XdpMeta,
+    /// `BPF_F_MMAPABLE` arrays (Linux 5.5): the route cache the workers read without a syscall.
+    MmapArray,
 }
 
 impl Feature {
     /// Every feature, in the order they are probed and reported.
-    pub const ALL: [Feature; 6] = [
+    pub const ALL: [Feature; 7] = [
         Feature::XdpProgram,
         Feature::FibLookup,
         Feature::Redirect,
         Feature::XskMap,
         Feature::RedirectMap,
         Feature::XdpMeta,
+        Feature::MmapArray,
     ];
 
     /// The kernel's name for it, as an operator would search for it.
@@ -54,6 +57,7 @@ impl Feature {
             Feature::XskMap => "AF_XDP socket maps (BPF_MAP_TYPE_XSKMAP)",
             Feature::RedirectMap => "bpf_redirect_map",
             Feature::XdpMeta => "bpf_xdp_adjust_meta",
+            Feature::MmapArray => "mmapable BPF arrays (BPF_F_MMAPABLE)",
         }
     }
 
@@ -66,12 +70,13 @@ impl Feature {
             Feature::XskMap => "xskmap",
             Feature::RedirectMap => "redirect_map",
             Feature::XdpMeta => "xdp_metadata",
+            Feature::MmapArray => "route_cache",
         }
     }
 
     /// Whether the program cannot load without it.
     pub fn required(self) -> bool {
-        !matches!(self, Feature::XdpMeta)
+        !matches!(self, Feature::XdpMeta | Feature::MmapArray)
     }
 
     /// What sluice does without it: the fallback of an optional feature, or why a required one
@@ -97,6 +102,10 @@ impl Feature {
                 "AF_XDP workers get no route with a frame: the program caches each routed flow's \
                  route in a BPF map the workers read (sluice_routes) instead"
             }
+            Feature::MmapArray => {
+                "the program is loaded without its route cache map: where XDP metadata is \
+                 unavailable too, AF_XDP workers send routed packets through the kernel's IP stack"
+            }
         }
     }
 
@@ -116,7 +125,54 @@ impl Feature {
                     detail: String::new(),
                 })
             }
+            Feature::MmapArray => mmapable_array_supported().map_err(|e| ProbeError {
+                io: Some(e),
+                detail: String::new(),
+            }),
         }
+    }
+}
+
+/// Creates a one-entry `BPF_F_MMAPABLE` array (aya's map probe takes no flags): Ok(false) when
+/// the kernel refuses the flag (EINVAL before Linux 5.5).
+fn mmapable_array_supported() -> io::Result<bool> {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    const BPF_F_MMAPABLE: u32 = 1 << 10;
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let attr = MapCreate {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 8,
+        max_entries: 1,
+        map_flags: BPF_F_MMAPABLE,
+    };
+    // SAFETY: a valid BPF_MAP_CREATE attribute prefix of the size passed (the kernel reads
+    // only that many bytes and treats the rest as zero).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &attr as *const MapCreate,
+            std::mem::size_of::<MapCreate>() as u32,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a descriptor the syscall just returned, owned by nothing else.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) });
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL) => Ok(false),
+        _ => Err(e),
     }
 }
 
@@ -293,10 +349,14 @@ mod tests {
 
         // The optional one missing: the load goes on.
         all[5] = (Feature::XdpMeta, false);
+        all[6] = (Feature::MmapArray, false);
         let k = KernelFeatures::from_pairs(all.clone());
         assert!(k.check_required().is_ok());
         assert!(!k.has(Feature::XdpMeta) && k.has(Feature::FibLookup));
-        assert!(k.to_string().ends_with("xdp_metadata=no"), "{k}");
+        assert!(
+            k.to_string().ends_with("xdp_metadata=no route_cache=no"),
+            "{k}"
+        );
 
         all[3] = (Feature::XskMap, false);
         let err = KernelFeatures::from_pairs(all)
@@ -315,9 +375,10 @@ mod tests {
     }
 
     #[test]
-    fn only_metadata_is_optional() {
+    fn only_metadata_and_the_route_cache_are_optional() {
         for f in Feature::ALL {
-            assert_eq!(f.required(), f != Feature::XdpMeta, "{f:?}");
+            let optional = matches!(f, Feature::XdpMeta | Feature::MmapArray);
+            assert_eq!(f.required(), !optional, "{f:?}");
             assert!(!f.without().is_empty());
         }
     }

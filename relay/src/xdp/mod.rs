@@ -51,6 +51,10 @@ const GLOBAL_USE_META: &str = "sluice_use_meta";
 
 #[cfg(not(sluice_no_xdp))]
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp.o"));
+/// The same program without the route cache map, for kernels that cannot create mmapable arrays.
+#[cfg(not(sluice_no_xdp))]
+static OBJECT_NO_CACHE: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp_nocache.o"));
 
 /// The compiled XDP object embedded at build time, or None when the build had no clang.
 /// (For tests and tools that need the ELF file itself, e.g. `ip link set ... xdp obj`.)
@@ -58,6 +62,18 @@ pub fn program_object() -> Option<&'static [u8]> {
     #[cfg(not(sluice_no_xdp))]
     {
         Some(OBJECT)
+    }
+    #[cfg(sluice_no_xdp)]
+    {
+        None
+    }
+}
+
+/// [`program_object`] built without the route cache map (`sluice_routes`).
+fn program_object_without_route_cache() -> Option<&'static [u8]> {
+    #[cfg(not(sluice_no_xdp))]
+    {
+        Some(OBJECT_NO_CACHE)
     }
     #[cfg(sluice_no_xdp)]
     {
@@ -105,6 +121,9 @@ pub struct XdpOptions {
     /// Flow map entries, and flow ids `0..max_flows`.
     pub max_flows: u32,
     pub metadata: MetadataPolicy,
+    /// Load the program with its route cache map where the kernel can create it (default);
+    /// false loads the variant without it, as on kernels before 5.5 (tests).
+    pub route_cache: bool,
 }
 
 impl XdpOptions {
@@ -113,6 +132,7 @@ impl XdpOptions {
             mode,
             max_flows: MAX_FLOWS,
             metadata: MetadataPolicy::Auto,
+            route_cache: true,
         }
     }
 }
@@ -463,8 +483,9 @@ impl XdpPath {
             mode,
             max_flows,
             metadata,
+            route_cache,
         } = opts;
-        let object = program_object().ok_or(XdpError::NotBuilt)?;
+        program_object().ok_or(XdpError::NotBuilt)?;
         const CAPACITY_LIMIT: u32 = 1 << 24;
         if max_flows == 0 || max_flows > CAPACITY_LIMIT {
             return Err(XdpError::InvalidCapacity {
@@ -493,6 +514,13 @@ impl XdpPath {
             MetadataPolicy::On => true,
             MetadataPolicy::Off => false,
         };
+        let use_cache = route_cache && features.has(Feature::MmapArray);
+        let object = if use_cache {
+            program_object()
+        } else {
+            program_object_without_route_cache()
+        }
+        .ok_or(XdpError::NotBuilt)?;
 
         let mut ebpf = aya::EbpfLoader::new()
             .map_max_entries(MAP_FLOWS, max_flows)
@@ -532,16 +560,19 @@ impl XdpPath {
             }
         })?;
         // Without it the workers still work, sending routed packets through the kernel.
-        let routes = match RouteCache::map(take(&mut ebpf, MAP_ROUTES)?, max_flows) {
-            Ok(r) => Some(std::sync::Arc::new(r)),
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    "cannot map the XDP route cache: without XDP metadata, AF_XDP workers send \
-                     routed packets through the kernel's IP stack"
-                );
-                None
-            }
+        let routes = match use_cache.then(|| take(&mut ebpf, MAP_ROUTES)).transpose()? {
+            None => None,
+            Some(map) => match RouteCache::map(map, max_flows) {
+                Ok(r) => Some(std::sync::Arc::new(r)),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "cannot map the XDP route cache: without XDP metadata, AF_XDP workers \
+                         send routed packets through the kernel's IP stack"
+                    );
+                    None
+                }
+            },
         };
 
         let program: &mut aya::programs::Xdp = ebpf
@@ -629,6 +660,19 @@ impl XdpPath {
                 why,
                 "XDP metadata unavailable: {}",
                 Feature::XdpMeta.without()
+            );
+        }
+        if !use_cache {
+            let why = if features.has(Feature::MmapArray) {
+                "switched off (XdpOptions::route_cache)"
+            } else {
+                "not supported by this kernel (Linux 5.5+)"
+            };
+            tracing::warn!(
+                feature = Feature::MmapArray.name(),
+                why,
+                "XDP route cache unavailable: {}",
+                Feature::MmapArray.without()
             );
         }
 
