@@ -649,31 +649,33 @@ impl XdpPath {
             return Err(e);
         }
         tracing::info!(?ifaces, ?mode, kernel_features = %features, "XDP fast path attached");
-        if !use_meta {
-            let why = if features.has(Feature::XdpMeta) {
-                "switched off (MetadataPolicy::Off)"
-            } else {
-                "not allowed by this kernel"
-            };
-            tracing::warn!(
-                feature = Feature::XdpMeta.name(),
-                why,
-                "XDP metadata unavailable: {}",
-                Feature::XdpMeta.without()
-            );
-        }
-        if !use_cache {
-            let why = if features.has(Feature::MmapArray) {
-                "switched off (XdpOptions::route_cache)"
-            } else {
-                "not supported by this kernel (Linux 5.5+)"
-            };
-            tracing::warn!(
-                feature = Feature::MmapArray.name(),
-                why,
-                "XDP route cache unavailable: {}",
-                Feature::MmapArray.without()
-            );
+        for (feature, used, what, switch) in [
+            (
+                Feature::XdpMeta,
+                use_meta,
+                "XDP metadata",
+                "MetadataPolicy::Off",
+            ),
+            (
+                Feature::MmapArray,
+                use_cache,
+                "XDP route cache",
+                "XdpOptions::route_cache",
+            ),
+        ] {
+            if !used {
+                let why = if features.has(feature) {
+                    format!("switched off ({switch})")
+                } else {
+                    "not offered by this kernel".to_string()
+                };
+                tracing::warn!(
+                    feature = feature.name(),
+                    why,
+                    "{what} unavailable: {}",
+                    feature.without()
+                );
+            }
         }
 
         Ok(XdpPath {
