@@ -258,6 +258,7 @@ fn announce(cfg: &Config, ips: &[String]) {
         media_ips = %ips.join(","),
         ports = %format!("{}-{}", cfg.port_low, cfg.port_high),
         timeout_s = cfg.timeout.as_secs(),
+        opus = %sluice_relay::codec::opus_library(),
         "sluice ready"
     );
 }

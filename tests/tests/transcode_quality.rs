@@ -18,11 +18,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use audiopus::coder::{Decoder, Encoder};
-use audiopus::packet::Packet;
-use audiopus::{Application, Bitrate, Channels, SampleRate};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sluice_relay::codec::{OpusDecoder, OpusEncoder};
 use sluice_relay::transcode::{Codec, DirectionPlan, MAX_OUT_PACKET, OpusParams, Transcoder};
 
 const RATE: usize = 8000;
@@ -232,12 +230,11 @@ fn transcode(plan: &DirectionPlan, input: &[(u64, Vec<u8>)]) -> Vec<Vec<u8>> {
 /// The Opus far end's encoder: 8 kHz mono, VoIP, 24 kbit/s, libopus's default complexity (10).
 /// `fec`: in-band FEC on, with the loss it expects (libopus spends LBRR bits only when the
 /// expected loss is above 0).
-fn opus_encoder(fec: bool, expected_loss_pct: u8) -> Encoder {
-    let mut e = Encoder::new(SampleRate::Hz8000, Channels::Mono, Application::Voip).unwrap();
-    e.set_bitrate(Bitrate::BitsPerSecond(OPUS_BITRATE as i32))
-        .unwrap();
+fn opus_encoder(fec: bool, expected_loss_pct: u8) -> OpusEncoder {
+    let mut e = OpusEncoder::voip().unwrap();
+    e.set_bitrate(OPUS_BITRATE).unwrap();
     e.set_inband_fec(fec).unwrap();
-    e.set_packet_loss_perc(expected_loss_pct).unwrap();
+    e.set_expected_loss(expected_loss_pct).unwrap();
     e
 }
 
@@ -262,7 +259,11 @@ fn pcmu_stream(speech: &[i16]) -> Vec<(u64, Vec<u8>)> {
 
 /// The speech as the Opus far end sends it (RTP clock 48 kHz, RFC 7587), `drop` deciding which
 /// packets the network loses.
-fn opus_stream(enc: Encoder, speech: &[i16], drop: impl Fn(usize) -> bool) -> Vec<(u64, Vec<u8>)> {
+fn opus_stream(
+    mut enc: OpusEncoder,
+    speech: &[i16],
+    drop: impl Fn(usize) -> bool,
+) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
     let mut buf = [0u8; 1500];
     for (i, f) in speech.chunks_exact(FRAME).enumerate() {
@@ -305,7 +306,7 @@ fn play_pcmu(packets: &[Vec<u8>]) -> Vec<i16> {
 
 /// The Opus far end's playout: decoded at 8 kHz in sequence order, PLC for any gap.
 fn play_opus(packets: &[Vec<u8>]) -> Vec<i16> {
-    let mut dec = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
+    let mut dec = OpusDecoder::new().unwrap();
     let mut pcm = Vec::new();
     let mut frame = vec![0i16; 960];
     let mut last_seq: Option<u16> = None;
@@ -314,15 +315,12 @@ fn play_opus(packets: &[Vec<u8>]) -> Vec<i16> {
         assert_eq!(pt, PT_OPUS, "Opus leg got payload type {pt}");
         if let Some(l) = last_seq {
             for _ in 1..seq.wrapping_sub(l) {
-                let n = dec.decode(None, (&mut frame[..FRAME]).try_into().unwrap(), false);
-                pcm.extend_from_slice(&frame[..n.unwrap()]);
+                let n = dec.conceal(&mut frame[..FRAME]).unwrap();
+                pcm.extend_from_slice(&frame[..n]);
             }
         }
         last_seq = Some(seq);
-        let packet = Packet::try_from(payload).unwrap();
-        let n = dec
-            .decode(Some(packet), (&mut frame[..]).try_into().unwrap(), false)
-            .unwrap();
+        let n = dec.decode(payload, &mut frame[..]).unwrap();
         pcm.extend_from_slice(&frame[..n]);
     }
     pcm

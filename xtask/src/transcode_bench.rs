@@ -34,11 +34,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use audiopus::coder::{Decoder, Encoder};
-use audiopus::packet::Packet;
-use audiopus::{Application, Bandwidth, Bitrate, Channels, SampleRate};
 use sluice_control::proto::control_client::ControlClient;
 use sluice_relay::codec::g711;
+use sluice_relay::codec::{OpusDecoder, OpusEncoder};
 use sluice_relay::transcode::{
     Codec, DEFAULT_OPUS_COMPLEXITY, DirectionPlan, MAX_OUT_PACKET, OpusParams, Transcoder,
 };
@@ -134,14 +132,8 @@ fn opus_params(complexity: u8) -> OpusParams {
 }
 
 /// An encoder set up like sluice's (relay/src/codec/opus.rs).
-fn encoder(p: &OpusParams) -> Result<Encoder> {
-    let mut e = Encoder::new(SampleRate::Hz8000, Channels::Mono, Application::Voip)?;
-    e.set_bitrate(Bitrate::BitsPerSecond(p.bitrate as i32))?;
-    e.set_complexity(p.complexity)?;
-    e.set_inband_fec(p.inband_fec)?;
-    e.set_packet_loss_perc(p.expected_loss_pct)?;
-    e.set_max_bandwidth(Bandwidth::Narrowband)?;
-    Ok(e)
+fn encoder(p: &OpusParams) -> Result<OpusEncoder> {
+    Ok(OpusEncoder::new(p)?)
 }
 
 fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
@@ -223,7 +215,7 @@ fn in_process(speech: &[i16], complexity: u8, audio_secs: u32) -> Result<InProce
     let frames = audio_secs as usize * 50;
     let p = opus_params(complexity);
     // libopus alone: encode every frame, then decode every packet.
-    let enc = encoder(&p)?;
+    let mut enc = encoder(&p)?;
     let mut packets = Vec::with_capacity(frames);
     let mut buf = [0u8; 1500];
     let t0 = thread_cpu_ns();
@@ -232,15 +224,11 @@ fn in_process(speech: &[i16], complexity: u8, audio_secs: u32) -> Result<InProce
         packets.push(buf[..n].to_vec());
     }
     let enc_ns = thread_cpu_ns() - t0;
-    let mut dec = Decoder::new(SampleRate::Hz8000, Channels::Mono)?;
+    let mut dec = OpusDecoder::new()?;
     let mut pcm = [0i16; FRAME];
     let t0 = thread_cpu_ns();
     for pkt in &packets {
-        let n = dec.decode(
-            Some(Packet::try_from(&pkt[..])?),
-            (&mut pcm[..]).try_into()?,
-            false,
-        )?;
+        let n = dec.decode(pkt, &mut pcm[..])?;
         std::hint::black_box(&pcm[..n]);
     }
     let dec_ns = thread_cpu_ns() - t0;
@@ -431,11 +419,7 @@ impl Traffic {
 
 /// An Opus packet of 20 ms (RFC 6716 TOC, frame count), not G.711 relabelled.
 fn is_opus_20ms(payload: &[u8]) -> bool {
-    payload.len() != FRAME
-        && Packet::try_from(payload)
-            .ok()
-            .and_then(|p| audiopus::packet::nb_samples(p, SampleRate::Hz48000).ok())
-            == Some(960)
+    payload.len() != FRAME && OpusDecoder::packet_samples_at(payload, 48_000).ok() == Some(960)
 }
 
 fn is_rtcp(p: &[u8]) -> bool {
@@ -448,7 +432,7 @@ fn is_rtcp(p: &[u8]) -> bool {
 fn drive(proc: &mut Proc, legs: &Legs, speech: &[i16], secs: f64) -> Result<Traffic> {
     let calls = legs.callers.len();
     let frames = speech.len() / FRAME;
-    let enc = encoder(&opus_params(DEFAULT_OPUS_COMPLEXITY))?;
+    let mut enc = encoder(&opus_params(DEFAULT_OPUS_COMPLEXITY))?;
     let mut buf = [0u8; 1500];
     let mut opus_frames = Vec::with_capacity(frames);
     let mut pcmu_frames = Vec::with_capacity(frames);

@@ -6,5 +6,5 @@ pub mod opus;
 pub mod plc;
 
 pub use g711::Law;
-pub use opus::{OpusDecoder, OpusEncoder, OpusError};
+pub use opus::{OpusDecoder, OpusEncoder, OpusError, library as opus_library};
 pub use plc::G711Plc;

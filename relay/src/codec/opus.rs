@@ -1,4 +1,5 @@
-//! A narrowband Opus encoder and decoder over libopus (through `audiopus`).
+//! A narrowband Opus encoder and decoder over libopus (`sluice-opus-sys`: the system library,
+//! or the vendored 1.3.1 release built with the C compiler alone).
 //!
 //! Both run at 8 kHz mono: the other side of every transcode is G.711, which carries nothing
 //! above 4 kHz, so asking libopus for wideband would spend bits on an empty band and force a
@@ -7,9 +8,10 @@
 //!
 //! All calls take caller-provided buffers: nothing here allocates after construction.
 
-use audiopus::coder::{Decoder, Encoder, GenericCtl};
-use audiopus::packet::Packet;
-use audiopus::{Application, Bandwidth, Bitrate, Channels, MutSignals, SampleRate};
+use std::ffi::c_int;
+use std::ptr::NonNull;
+
+use sluice_opus_sys as ffi;
 
 use crate::transcode::OpusParams;
 
@@ -22,26 +24,43 @@ pub const MAX_PACKET_SAMPLES: usize = 120 * SAMPLES_PER_MS;
 /// libopus wants loss/FEC durations in multiples of 2.5 ms.
 pub const PLC_GRANULE: usize = 20;
 
-/// `OPUS_SET_FORCE_MODE` and `MODE_SILK_ONLY` from libopus' `opus_private.h`: not in the public
-/// header, but handled by `opus_encoder_ctl` since 1.0. See [`OpusEncoder::force_silk`].
-const OPUS_SET_FORCE_MODE_REQUEST: i32 = 11002;
-const MODE_SILK_ONLY: i32 = 1000;
-
-/// An Opus or parameter failure, with the libopus operation it came from.
+/// An Opus or parameter failure, with the libopus operation it came from and libopus' error
+/// code (`OPUS_BAD_ARG`, `OPUS_INVALID_PACKET`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("opus {op}: {err}")]
+#[error("opus {op}: {} ({code})", ffi::strerror(*.code))]
 pub struct OpusError {
     pub op: &'static str,
-    pub err: audiopus::Error,
+    pub code: i32,
 }
 
-fn ctx<T>(op: &'static str, r: audiopus::Result<T>) -> Result<T, OpusError> {
-    r.map_err(|err| OpusError { op, err })
+/// A libopus return value: negative is an error code, anything else a count.
+fn check(op: &'static str, r: c_int) -> Result<usize, OpusError> {
+    if r < 0 {
+        Err(OpusError { op, code: r })
+    } else {
+        Ok(r as usize)
+    }
 }
 
-/// Narrowband Opus encoder configured from the receiving leg's [`OpusParams`].
+/// Which libopus this build links and what it says its version is, for the start line.
+pub fn library() -> String {
+    format!("{} ({})", ffi::version(), ffi::LINKED)
+}
+
+/// Mono encoder at [`RATE`].
 pub struct OpusEncoder {
-    enc: Encoder,
+    enc: NonNull<ffi::OpusEncoder>,
+}
+
+// SAFETY: the encoder state is plain memory owned by this value; libopus keeps no global or
+// thread-local state for it, so it may move between threads (it is not shared: no Sync).
+unsafe impl Send for OpusEncoder {}
+
+impl Drop for OpusEncoder {
+    fn drop(&mut self) {
+        // SAFETY: created by opus_encoder_create and destroyed once.
+        unsafe { ffi::opus_encoder_destroy(self.enc.as_ptr()) }
+    }
 }
 
 impl std::fmt::Debug for OpusEncoder {
@@ -51,63 +70,124 @@ impl std::fmt::Debug for OpusEncoder {
 }
 
 impl OpusEncoder {
+    /// A VoIP-application encoder at 8 kHz with libopus' defaults, configured by the setters.
+    pub fn voip() -> Result<Self, OpusError> {
+        let mut err: c_int = 0;
+        // SAFETY: valid rate/channels/application; err is a valid out pointer.
+        let enc = unsafe {
+            ffi::opus_encoder_create(RATE as i32, 1, ffi::OPUS_APPLICATION_VOIP, &mut err)
+        };
+        check("encoder_create", err)?;
+        let enc = NonNull::new(enc).ok_or(OpusError {
+            op: "encoder_create",
+            code: ffi::OPUS_ALLOC_FAIL,
+        })?;
+        Ok(Self { enc })
+    }
+
+    /// The encoder sluice transcodes with, configured from the receiving leg's [`OpusParams`].
     pub fn new(params: &OpusParams) -> Result<Self, OpusError> {
-        let mut enc = ctx(
-            "encoder_create",
-            Encoder::new(SampleRate::Hz8000, Channels::Mono, Application::Voip),
-        )?;
-        let bitrate = params.bitrate.clamp(6_000, 510_000) as i32;
-        ctx(
-            "set_bitrate",
-            enc.set_bitrate(Bitrate::BitsPerSecond(bitrate)),
-        )?;
-        ctx(
-            "set_complexity",
-            enc.set_complexity(params.complexity.min(10)),
-        )?;
-        ctx("set_inband_fec", enc.set_inband_fec(params.inband_fec))?;
-        ctx(
-            "set_packet_loss_perc",
-            enc.set_packet_loss_perc(params.expected_loss_pct.min(100)),
-        )?;
+        let mut enc = Self::voip()?;
+        enc.set_bitrate(params.bitrate.clamp(6_000, 510_000))?;
+        enc.set_complexity(params.complexity.min(10))?;
+        enc.set_inband_fec(params.inband_fec)?;
+        enc.set_expected_loss(params.expected_loss_pct)?;
         // Redundant at 8 kHz input, but keeps the promise explicit should the rate change:
         // the G.711 side has nothing above 4 kHz, and `maxplaybackrate` can only lower this.
-        ctx(
-            "set_max_bandwidth",
-            enc.set_max_bandwidth(Bandwidth::Narrowband),
-        )?;
-        Ok(Self { enc })
+        enc.set_narrowband()?;
+        Ok(enc)
+    }
+
+    fn ctl(&mut self, op: &'static str, request: c_int, value: i32) -> Result<(), OpusError> {
+        // SAFETY: every request passed here is a SET taking one opus_int32.
+        check(op, unsafe {
+            ffi::opus_encoder_ctl(self.enc.as_ptr(), request, value)
+        })
+        .map(drop)
+    }
+
+    /// Target bitrate in bit/s.
+    pub fn set_bitrate(&mut self, bps: u32) -> Result<(), OpusError> {
+        let bps = i32::try_from(bps).unwrap_or(i32::MAX);
+        self.ctl("set_bitrate", ffi::OPUS_SET_BITRATE_REQUEST, bps)
+    }
+
+    /// Complexity 0-10.
+    pub fn set_complexity(&mut self, complexity: u8) -> Result<(), OpusError> {
+        let c = i32::from(complexity);
+        self.ctl("set_complexity", ffi::OPUS_SET_COMPLEXITY_REQUEST, c)
+    }
+
+    /// In-band FEC (LBRR) on or off.
+    pub fn set_inband_fec(&mut self, on: bool) -> Result<(), OpusError> {
+        let on = i32::from(on);
+        self.ctl("set_inband_fec", ffi::OPUS_SET_INBAND_FEC_REQUEST, on)
     }
 
     /// How much loss in percent the encoder should protect against with in-band FEC (0 spends
     /// no bits on it).
     pub fn set_expected_loss(&mut self, pct: u8) -> Result<(), OpusError> {
-        ctx(
+        let pct = i32::from(pct.min(100));
+        self.ctl(
             "set_packet_loss_perc",
-            self.enc.set_packet_loss_perc(pct.min(100)),
+            ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST,
+            pct,
+        )
+    }
+
+    /// Caps the coded bandwidth at narrowband (4 kHz).
+    pub fn set_narrowband(&mut self) -> Result<(), OpusError> {
+        self.ctl(
+            "set_max_bandwidth",
+            ffi::OPUS_SET_MAX_BANDWIDTH_REQUEST,
+            ffi::OPUS_BANDWIDTH_NARROWBAND,
         )
     }
 
     /// Pins the encoder to SILK so that every frame carries the same TOC configuration, which
     /// a multi-frame (code 3) packet requires of all its frames.
     pub fn force_silk(&mut self) -> Result<(), OpusError> {
-        ctx(
+        self.ctl(
             "set_force_mode",
-            self.enc
-                .set_encoder_ctl_request(OPUS_SET_FORCE_MODE_REQUEST, MODE_SILK_ONLY),
+            ffi::OPUS_SET_FORCE_MODE_REQUEST,
+            ffi::MODE_SILK_ONLY,
         )
     }
 
     /// Encodes one frame (`pcm.len()` samples: 2.5, 5, 10, 20, 40 or 60 ms at 8 kHz) into `out`,
     /// returning the packet length.
     pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, OpusError> {
-        ctx("encode", self.enc.encode(pcm, out))
+        let frame = c_int::try_from(pcm.len()).map_err(|_| OpusError {
+            op: "encode",
+            code: ffi::OPUS_BAD_ARG,
+        })?;
+        let max = i32::try_from(out.len()).unwrap_or(i32::MAX);
+        // SAFETY: pcm holds `frame` samples (mono); out has `max` writable bytes.
+        check("encode", unsafe {
+            ffi::opus_encode(
+                self.enc.as_ptr(),
+                pcm.as_ptr(),
+                frame,
+                out.as_mut_ptr(),
+                max,
+            )
+        })
     }
 }
 
 /// Narrowband Opus decoder: normal decode, in-band FEC and PLC.
 pub struct OpusDecoder {
-    dec: Decoder,
+    dec: NonNull<ffi::OpusDecoder>,
+}
+
+// SAFETY: as for OpusEncoder.
+unsafe impl Send for OpusDecoder {}
+
+impl Drop for OpusDecoder {
+    fn drop(&mut self) {
+        // SAFETY: created by opus_decoder_create and destroyed once.
+        unsafe { ffi::opus_decoder_destroy(self.dec.as_ptr()) }
+    }
 }
 
 impl std::fmt::Debug for OpusDecoder {
@@ -118,20 +198,36 @@ impl std::fmt::Debug for OpusDecoder {
 
 impl OpusDecoder {
     pub fn new() -> Result<Self, OpusError> {
-        let dec = ctx(
-            "decoder_create",
-            Decoder::new(SampleRate::Hz8000, Channels::Mono),
-        )?;
+        let mut err: c_int = 0;
+        // SAFETY: valid rate and channels; err is a valid out pointer.
+        let dec = unsafe { ffi::opus_decoder_create(RATE as i32, 1, &mut err) };
+        check("decoder_create", err)?;
+        let dec = NonNull::new(dec).ok_or(OpusError {
+            op: "decoder_create",
+            code: ffi::OPUS_ALLOC_FAIL,
+        })?;
         Ok(Self { dec })
     }
 
     /// Samples (at 8 kHz) the packet decodes to, or an error if its framing is invalid.
     pub fn packet_samples(packet: &[u8]) -> Result<usize, OpusError> {
-        let p = ctx("packet", Packet::try_from(packet))?;
-        ctx(
-            "packet_get_nb_samples",
-            audiopus::packet::nb_samples(p, SampleRate::Hz8000),
-        )
+        Self::packet_samples_at(packet, RATE)
+    }
+
+    /// Samples the packet decodes to at `rate` Hz (48000 for the RTP clock of RFC 7587).
+    pub fn packet_samples_at(packet: &[u8], rate: u32) -> Result<usize, OpusError> {
+        if packet.is_empty() {
+            return Err(OpusError {
+                op: "packet_get_nb_samples",
+                code: ffi::OPUS_INVALID_PACKET,
+            });
+        }
+        let len = i32::try_from(packet.len()).unwrap_or(i32::MAX);
+        let rate = i32::try_from(rate).unwrap_or(i32::MAX);
+        // SAFETY: packet has `len` readable bytes.
+        check("packet_get_nb_samples", unsafe {
+            ffi::opus_packet_get_nb_samples(packet.as_ptr(), len, rate)
+        })
     }
 
     /// Whether the packet's frames are SILK or hybrid, the modes that can carry in-band FEC
@@ -140,11 +236,50 @@ impl OpusDecoder {
         packet.first().is_some_and(|toc| toc >> 3 < 16)
     }
 
+    /// One opus_decode call. An empty `packet` asks for concealment (libopus takes a NULL
+    /// pointer for that).
+    fn run(
+        &mut self,
+        op: &'static str,
+        packet: &[u8],
+        out: &mut [i16],
+        fec: bool,
+    ) -> Result<usize, OpusError> {
+        let frame = c_int::try_from(out.len()).map_err(|_| OpusError {
+            op,
+            code: ffi::OPUS_BAD_ARG,
+        })?;
+        let (data, len) = if packet.is_empty() {
+            (std::ptr::null(), 0)
+        } else {
+            let len = i32::try_from(packet.len()).map_err(|_| OpusError {
+                op,
+                code: ffi::OPUS_INVALID_PACKET,
+            })?;
+            (packet.as_ptr(), len)
+        };
+        // SAFETY: data is null or `len` readable bytes; out has `frame` writable samples.
+        check(op, unsafe {
+            ffi::opus_decode(
+                self.dec.as_ptr(),
+                data,
+                len,
+                out.as_mut_ptr(),
+                frame,
+                c_int::from(fec),
+            )
+        })
+    }
+
     /// Decodes `packet` into `out` (at least [`Self::packet_samples`] long); returns samples.
     pub fn decode(&mut self, packet: &[u8], out: &mut [i16]) -> Result<usize, OpusError> {
-        let p = ctx("packet", Packet::try_from(packet))?;
-        let signals = ctx("signals", MutSignals::try_from(out))?;
-        ctx("decode", self.dec.decode(Some(p), signals, false))
+        if packet.is_empty() {
+            return Err(OpusError {
+                op: "decode",
+                code: ffi::OPUS_INVALID_PACKET,
+            });
+        }
+        self.run("decode", packet, out, false)
     }
 
     /// Reconstructs the `out.len()` samples lost just before `next`, using the in-band FEC that
@@ -152,20 +287,27 @@ impl OpusDecoder {
     /// FEC does not cover, and falls back to PLC entirely when `next` has none. `out.len()`
     /// must be a multiple of [`PLC_GRANULE`].
     pub fn decode_fec(&mut self, next: &[u8], out: &mut [i16]) -> Result<usize, OpusError> {
-        let p = ctx("packet", Packet::try_from(next))?;
-        let signals = ctx("signals", MutSignals::try_from(out))?;
-        ctx("decode_fec", self.dec.decode(Some(p), signals, true))
+        if next.is_empty() {
+            return Err(OpusError {
+                op: "decode_fec",
+                code: ffi::OPUS_INVALID_PACKET,
+            });
+        }
+        self.run("decode_fec", next, out, true)
     }
 
     /// Packet loss concealment for `out.len()` samples (a multiple of [`PLC_GRANULE`]).
     pub fn conceal(&mut self, out: &mut [i16]) -> Result<usize, OpusError> {
-        let signals = ctx("signals", MutSignals::try_from(out))?;
-        ctx("plc", self.dec.decode(None, signals, false))
+        self.run("plc", &[], out, false)
     }
 
     /// Forgets the previous signal, e.g. after a long gap or a new source.
     pub fn reset(&mut self) -> Result<(), OpusError> {
-        ctx("reset", self.dec.reset_state())
+        // SAFETY: OPUS_RESET_STATE takes no argument.
+        check("reset", unsafe {
+            ffi::opus_decoder_ctl(self.dec.as_ptr(), ffi::OPUS_RESET_STATE)
+        })
+        .map(drop)
     }
 }
 

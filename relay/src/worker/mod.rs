@@ -36,6 +36,7 @@ mod packet;
 pub mod placement;
 mod run;
 pub mod srtp_transform;
+pub mod topology;
 pub mod transcode_transform;
 pub mod transform;
 

@@ -5,49 +5,10 @@
 //! NIC's queues live there). Only CPUs in the process's affinity mask are used. An explicit
 //! list (`--worker-cores`) replaces the policy.
 //!
-//! The topology comes from hwloc (`hwlocality`, default feature `hwloc`); without it, or when
-//! hwloc cannot read the machine, every allowed CPU counts as a core of its own on no known
-//! NUMA node, and the same policy runs on that.
+//! The topology (which CPUs share a core, which NUMA node a core is on) comes from
+//! [`super::topology`].
 
-/// One physical core: its logical CPUs (hyperthreads) and NUMA node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PhysCore {
-    pub numa: Option<usize>,
-    pub cpus: Vec<usize>,
-}
-
-/// The machine's cores from hwloc, or None when it is unavailable.
-#[cfg(feature = "hwloc")]
-fn hwloc_cores() -> Option<Vec<PhysCore>> {
-    use hwlocality::Topology;
-    use hwlocality::object::types::ObjectType;
-    let topo = Topology::new().ok()?;
-    let nodes: Vec<(usize, Vec<usize>)> = topo
-        .objects_with_type(ObjectType::NUMANode)
-        .filter_map(|n| {
-            let cpus = n.cpuset()?.iter_set().map(usize::from).collect();
-            Some((n.os_index()?, cpus))
-        })
-        .collect();
-    let cores: Vec<PhysCore> = topo
-        .objects_with_type(ObjectType::Core)
-        .filter_map(|c| {
-            let cpus: Vec<usize> = c.cpuset()?.iter_set().map(usize::from).collect();
-            let first = *cpus.first()?;
-            let numa = nodes
-                .iter()
-                .find(|(_, node_cpus)| node_cpus.contains(&first))
-                .map(|&(n, _)| n);
-            Some(PhysCore { numa, cpus })
-        })
-        .collect();
-    (!cores.is_empty()).then_some(cores)
-}
-
-#[cfg(not(feature = "hwloc"))]
-fn hwloc_cores() -> Option<Vec<PhysCore>> {
-    None
-}
+pub use super::topology::PhysCore;
 
 /// CPUs this process may run on (its affinity mask), ascending.
 pub fn allowed_cpus() -> Vec<usize> {
@@ -60,9 +21,10 @@ pub fn allowed_cpus() -> Vec<usize> {
     v
 }
 
-/// The machine's physical cores: hwloc's view, or one core per allowed CPU.
+/// The machine's physical cores: the kernel's (or hwloc's) view, or one core per allowed CPU
+/// when neither can be read.
 pub fn cores() -> Vec<PhysCore> {
-    hwloc_cores().unwrap_or_else(|| {
+    super::topology::read().unwrap_or_else(|| {
         allowed_cpus()
             .into_iter()
             .map(|cpu| PhysCore {
@@ -89,7 +51,7 @@ pub fn choose(
     nic_numa: Option<usize>,
     n: usize,
 ) -> Vec<usize> {
-    // NUMA-local cores first; stable, so hwloc's (locality) order is kept within each group.
+    // NUMA-local cores first; stable, so the topology's order is kept within each group.
     let mut ordered: Vec<&PhysCore> = cores.iter().collect();
     ordered.sort_by_key(|c| nic_numa.is_some() && c.numa != nic_numa);
     let per_core: Vec<Vec<usize>> = ordered
