@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_relay::engine::{EngineEvent, EngineHandle};
 use tokio::net::{TcpListener, UnixListener};
+
+use crate::h2_authority::FixAuthority;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
@@ -75,7 +77,17 @@ pub async fn run_until(
     });
 
     let service = ControlService::new(sessions.clone()).into_server();
-    let router = Server::builder().add_service(service);
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+    };
+    // Both versions: grpcurl asks v1 first, grpcio-reflection and older tools v1alpha.
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let router = Server::builder()
+        .add_service(service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     let ips: Vec<String> = cfg.media_ips.iter().map(|i| i.to_string()).collect();
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let s = sessions.clone();
@@ -93,8 +105,10 @@ pub async fn run_until(
         ControlAddr::Unix(path) => {
             let listener = bind_unix(path)?;
             announce(&cfg, &ips);
-            let serve =
-                router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
+            // grpc-core clients send the socket path as :authority, which h2 refuses.
+            let incoming =
+                UnixListenerStream::new(listener).map(|conn| conn.map(FixAuthority::new));
+            let serve = router.serve_with_incoming_shutdown(incoming, signal);
             let r = bounded(serve, grace).await;
             let _ = std::fs::remove_file(path);
             r

@@ -90,7 +90,9 @@ enum Cmd {
 
 fn init_logs(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,tower=warn,hyper=warn"))
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},h2=warn,tower=warn,hyper=warn,loona_hpack=warn"
+        ))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
