@@ -1,0 +1,335 @@
+//! The media-session API: calls, their legs and media streams, driven by offer/answer/delete.
+//!
+//! Every front end (gRPC today; the ng protocol and the B2BUA later) calls [`Sessions`]. It owns
+//! the port allocator and the calls, turns SDP into forwarding decisions, and tells the data plane
+//! what to do through the [`MediaPlane`] seam, so it is tested here without a relay thread.
+//!
+//! Model: a call has two sides, 0 = the caller (from-tag of the first offer) and 1 = the callee.
+//! Each m= line is a stream (`model::Stream`) with one relay endpoint per side: the socket(s)
+//! *that side's* endpoint sends to. Media from side X's endpoint is sent on from side Y's socket
+//! to Y's peer.
+//!
+//! The files follow the life of a request, so that a change to one rule touches one file:
+//! `options` (what a request may ask for), `offer` and `answer` (SDP in, SDP out, streams set
+//! up), `srtp` (SDES keys), `engine` (what the relay thread is told), `offload` (moving settled
+//! streams into XDP and the AF_XDP workers and back), `report` (what a front end can show),
+//! `events`, `error`, and `model` (the call state they all share).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sluice_relay::clock::now_ns;
+use sluice_relay::engine::{Command, EngineEvent, EngineGone, EngineHandle};
+use tokio::sync::broadcast;
+
+use crate::kernel::{FlowIds, KernelPath};
+use crate::port_alloc::{PortAllocError, PortAllocator};
+use crate::proto;
+use crate::sdp::Sdp;
+
+mod answer;
+mod engine;
+mod error;
+mod events;
+mod model;
+mod offer;
+mod offload;
+mod options;
+mod report;
+mod srtp;
+#[cfg(test)]
+mod tests;
+
+pub use error::SessionError;
+pub use events::{CallEvent, EventKind, unix_ms_of};
+pub use options::{Family, LegOptions, RtcpMuxMode, SessionConfig, SrtpMode};
+pub use srtp::SideCrypto;
+
+use error::bad;
+use model::{State, Totals};
+use offload::last_activity;
+use report::call_info;
+
+/// Where the session layer's commands go: the relay engine, or a recorder in tests.
+pub trait MediaPlane: Send {
+    fn send(&mut self, cmd: Command) -> Result<(), EngineGone>;
+    /// Closes every socket and stops the data plane; later sends fail.
+    fn stop(&mut self) {}
+}
+
+impl MediaPlane for EngineHandle {
+    fn send(&mut self, cmd: Command) -> Result<(), EngineGone> {
+        EngineHandle::send(self, cmd)
+    }
+    fn stop(&mut self) {
+        if let Err(e) = EngineHandle::stop(self) {
+            tracing::error!(error = %e, "relay thread ended with an error");
+        }
+    }
+}
+
+pub struct Sessions {
+    state: Mutex<State>,
+    events: broadcast::Sender<CallEvent>,
+    /// Turns true when shutdown begins, so that event streams end and clients let go.
+    closing: tokio::sync::watch::Sender<bool>,
+    started: std::time::Instant,
+}
+
+impl Sessions {
+    pub fn new(
+        cfg: SessionConfig,
+        plane: Box<dyn MediaPlane>,
+        kernel: Option<Box<dyn KernelPath>>,
+    ) -> Result<Arc<Sessions>, PortAllocError> {
+        let ports = PortAllocator::new(cfg.port_low, cfg.port_high)?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Arc::new(Sessions {
+            state: Mutex::new(State {
+                cfg,
+                ports,
+                plane,
+                calls: HashMap::new(),
+                by_endpoint: HashMap::new(),
+                next_endpoint: 1,
+                totals: Totals::default(),
+                shutting_down: false,
+                kernel,
+                flow_ids: FlowIds::default(),
+            }),
+            events,
+            closing: tokio::sync::watch::Sender::new(false),
+            started: std::time::Instant::now(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; keep serving rather than poison forever.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
+        self.events.subscribe()
+    }
+
+    /// Marks the start of shutdown: new offers are refused and event streams end.
+    pub fn begin_shutdown(&self) {
+        self.lock().shutting_down = true;
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|closing| *closing).await;
+        }
+    }
+
+    /// Handles an SDP offer; returns the SDP for the other party.
+    pub fn offer(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        sdp: &str,
+        opts: LegOptions,
+    ) -> Result<String, SessionError> {
+        require("call_id", call_id)?;
+        require("from_tag", from_tag)?;
+        let offer = Sdp::parse(sdp)?;
+        let mut st = self.lock();
+        if st.shutting_down {
+            return Err(SessionError::ShuttingDown);
+        }
+        let created = !st.calls.contains_key(call_id);
+        let o = match st.calls.get(call_id) {
+            None => 0,
+            Some(c) if c.tags[0] == from_tag => 0,
+            Some(c) if c.tags[1] == from_tag => 1,
+            Some(c) => {
+                return Err(bad(format!(
+                    "call '{call_id}' has tags '{}' and '{}'; an offer from tag '{from_tag}' \
+                     matches neither (forked calls are not supported)",
+                    c.tags[0], c.tags[1]
+                )));
+            }
+        };
+        let out = st.offer(call_id, from_tag, o, &offer, sdp, opts);
+        if let Err(e) = &out {
+            tracing::warn!(%call_id, error = %e, "offer rejected");
+        }
+        let out = out?;
+        drop(st);
+        if created {
+            self.emit(EventKind::CallCreated, call_id, from_tag, String::new());
+        }
+        Ok(out)
+    }
+
+    /// Handles an SDP answer; returns the SDP for the offerer.
+    pub fn answer(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+        sdp: &str,
+        opts: LegOptions,
+    ) -> Result<String, SessionError> {
+        require("call_id", call_id)?;
+        require("from_tag", from_tag)?;
+        require("to_tag", to_tag)?;
+        let answer = Sdp::parse(sdp)?;
+        let mut st = self.lock();
+        let out = st.answer(call_id, from_tag, to_tag, &answer, sdp, opts);
+        if let Err(e) = &out {
+            tracing::warn!(%call_id, error = %e, "answer rejected");
+        }
+        out
+    }
+
+    /// Ends a call and frees its ports; returns its final state.
+    pub fn delete(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+    ) -> Result<proto::CallInfo, SessionError> {
+        require("call_id", call_id)?;
+        let mut st = self.lock();
+        let call = st
+            .calls
+            .get(call_id)
+            .ok_or_else(|| SessionError::NotFound(call_id.into()))?;
+        for tag in [from_tag, to_tag] {
+            if !tag.is_empty() && !call.tags.iter().any(|t| t == tag) {
+                return Err(bad(format!(
+                    "tag '{tag}' does not belong to call '{call_id}' (tags '{}', '{}')",
+                    call.tags[0], call.tags[1]
+                )));
+            }
+        }
+        let info = st.remove_call(call_id).expect("checked above");
+        drop(st);
+        self.emit(
+            EventKind::Deleted,
+            call_id,
+            from_tag,
+            "deleted by request".into(),
+        );
+        Ok(info)
+    }
+
+    pub fn query(&self, call_id: &str) -> Result<proto::CallInfo, SessionError> {
+        require("call_id", call_id)?;
+        let st = self.lock();
+        let call = st
+            .calls
+            .get(call_id)
+            .ok_or_else(|| SessionError::NotFound(call_id.into()))?;
+        Ok(call_info(call, st.kernel.as_deref()))
+    }
+
+    pub fn list(&self, limit: usize) -> Vec<String> {
+        let st = self.lock();
+        let mut ids: Vec<String> = st.calls.keys().cloned().collect();
+        ids.sort();
+        if limit > 0 {
+            ids.truncate(limit);
+        }
+        ids
+    }
+
+    pub fn statistics(&self) -> proto::StatisticsReply {
+        self.lock().statistics(self.started.elapsed())
+    }
+
+    /// Deletes calls with neither media nor signalling for the configured timeout.
+    /// Also moves settled streams into the kernel fast path, when there is one.
+    pub fn sweep(&self) -> Vec<String> {
+        self.sweep_at(now_ns())
+    }
+
+    /// [`Sessions::sweep`] at a given `clock::now_ns()` time (tests run it in simulated time).
+    pub fn sweep_at(&self, now: u64) -> Vec<String> {
+        let mut st = self.lock();
+        let timeout = st.cfg.timeout.as_nanos() as u64;
+        let kernel = st.kernel.as_deref();
+        // Kernel counters cost a syscall each: read them only for calls userspace thinks idle.
+        let expired: Vec<String> = st
+            .calls
+            .values()
+            .filter(|c| now.saturating_sub(last_activity(c, None)) >= timeout)
+            .filter(|c| now.saturating_sub(last_activity(c, kernel)) >= timeout)
+            .map(|c| c.call_id.clone())
+            .collect();
+        for id in &expired {
+            st.remove_call(id);
+            st.totals.timed_out += 1;
+        }
+        st.kernelize(now);
+        let secs = st.cfg.timeout.as_secs();
+        drop(st);
+        for id in &expired {
+            self.emit(
+                EventKind::TimedOut,
+                id,
+                "",
+                format!("no media or signalling for {secs} s"),
+            );
+        }
+        expired
+    }
+
+    /// Feeds an event from the relay engine.
+    pub fn on_engine_event(&self, ev: EngineEvent) {
+        let EngineEvent::MediaStarted { id } = ev else {
+            return;
+        };
+        let mut st = self.lock();
+        let Some((call_id, side)) = st.by_endpoint.get(&id).cloned() else {
+            return;
+        };
+        let Some(call) = st.calls.get_mut(&call_id) else {
+            return;
+        };
+        if std::mem::replace(&mut call.media_started[side], true) {
+            return;
+        }
+        let tag = call.tags[side].clone();
+        drop(st);
+        self.emit(
+            EventKind::MediaStarted,
+            &call_id,
+            &tag,
+            format!("first packet from side {side}"),
+        );
+    }
+
+    /// Stops taking offers, deletes every call and stops the data plane (every relay socket is
+    /// closed when this returns); returns how many calls there were.
+    pub fn shutdown(&self) -> usize {
+        let mut st = self.lock();
+        st.shutting_down = true;
+        let ids: Vec<String> = st.calls.keys().cloned().collect();
+        for id in &ids {
+            st.remove_call(id);
+        }
+        if let Some(k) = st.kernel.as_mut() {
+            k.shutdown();
+        }
+        st.plane.stop();
+        ids.len()
+    }
+}
+
+fn require(name: &str, value: &str) -> Result<(), SessionError> {
+    if value.is_empty() {
+        return Err(bad(format!("{name} is required")));
+    }
+    if value.len() > 256 || value.chars().any(|c| c.is_control()) {
+        return Err(bad(format!(
+            "{name} must be at most 256 characters without control characters"
+        )));
+    }
+    Ok(())
+}

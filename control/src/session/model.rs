@@ -1,0 +1,263 @@
+//! The call state every request works on: calls, their media streams, and each stream's two
+//! sides (relay sockets, what the SDP said, what was negotiated), plus the ports and relay
+//! endpoints a side holds from its creation to its release. Offer, answer, offload and reports
+//! read and change these; the invariants of the fields are documented where they are declared.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use sluice_relay::engine::{Command, EndpointConfig, EndpointId};
+use sluice_relay::latch::LatchConfig;
+use sluice_relay::stats::EndpointCounters;
+use sluice_relay::xdp::FlowCounters;
+
+use crate::codecs::{self, DirectionPlan, OfferCodecs};
+use crate::kernel::{FlowIds, KernelPath};
+use crate::port_alloc::{DEFAULT_MAX_TRIES, PortAllocator};
+use crate::proto;
+use crate::sdes::SdesKey;
+use crate::sdp::{Direction, Sdp};
+
+use super::MediaPlane;
+use super::error::{SessionError, bad};
+use super::options::SessionConfig;
+use super::report::call_info;
+use super::srtp::SideCrypto;
+
+pub(super) struct Side {
+    pub(super) endpoint: EndpointId,
+    pub(super) local_ip: IpAddr,
+    pub(super) rtp_port: u16,
+    /// None when only one port was reserved (rtcp-mux required).
+    pub(super) rtcp_port: Option<u16>,
+    pub(super) counters: Arc<EndpointCounters>,
+    pub(super) sdp_rtp: Option<SocketAddr>,
+    pub(super) sdp_rtcp: Option<SocketAddr>,
+    pub(super) direction: Direction,
+    /// RTCP towards this side's endpoint goes to its RTP port.
+    pub(super) rtcp_mux: bool,
+    /// The SDP sent to this side offered rtcp-mux.
+    pub(super) offered_mux: bool,
+    pub(super) latch: LatchConfig,
+    pub(super) clock_rate: u32,
+    /// Kernel counters of this side's flows that were removed already.
+    pub(super) kernel_base: FlowCounters,
+    pub(super) crypto: SideCrypto,
+    /// Keys offered to this side, one per suite, until its answer picks one.
+    pub(super) offered_keys: Vec<SdesKey>,
+    /// Duplicates of this side's relay sockets, kept only while AF_XDP workers run: a worker
+    /// sends what it relays towards this side's endpoint through a clone of them.
+    pub(super) sockets: Option<SideSockets>,
+    /// The codec this side sends and receives, as SDP names it ("" before the answer).
+    pub(super) codec: String,
+}
+
+pub(super) struct SideSockets {
+    pub(super) rtp: UdpSocket,
+    pub(super) rtcp: Option<UdpSocket>,
+}
+
+/// One XDP flow entry: packets from side `side`'s endpoint arriving at `local`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KernelFlow {
+    pub(super) side: usize,
+    pub(super) local: SocketAddr,
+    pub(super) flow_id: u32,
+    /// A WORKER entry: XDP hands the packets to an AF_XDP worker, which holds a context for
+    /// `local` (SRTP termination).
+    pub(super) worker: bool,
+}
+
+pub(super) struct Stream {
+    pub(super) media: String,
+    pub(super) sides: [Side; 2],
+    /// Rejected by the answer (port 0): sockets stay until the call ends, nothing is forwarded.
+    pub(super) disabled: bool,
+    /// Installed XDP flows; empty while the stream is on the userspace path.
+    pub(super) kernel: Vec<KernelFlow>,
+    /// Latched RTP sources of both sides and when they were first seen like that.
+    pub(super) settle: Option<([SocketAddr; 2], u64)>,
+    /// Installing failed since the last signalling event: do not retry until the next one.
+    pub(super) kernel_failed: bool,
+    /// What the last offer's codec negotiation left to decide on its answer; `None` when it
+    /// did not negotiate (not audio, transcoding off, SRTP passed through).
+    pub(super) codecs: Option<OfferCodecs>,
+    pub(super) transcode: Option<StreamTranscode>,
+    /// sluice's own SSRC for what it sends when transcoding, by the side whose packets it
+    /// transcodes: drawn once, so re-offers do not make the far end see a new source.
+    pub(super) ssrcs: [u32; 2],
+}
+
+/// A transcoded stream, by side.
+pub(super) struct StreamTranscode {
+    /// Codec and payload type each side sends and receives.
+    pub(super) formats: [codecs::Format; 2],
+    /// For packets from each side's endpoint.
+    pub(super) plans: [DirectionPlan; 2],
+}
+
+pub(super) struct Call {
+    pub(super) call_id: String,
+    /// [caller's tag, callee's tag]; the callee's is empty until the first answer.
+    pub(super) tags: [String; 2],
+    pub(super) streams: Vec<Stream>,
+    pub(super) created_unix_ms: u64,
+    pub(super) last_signal_ns: u64,
+    /// The side whose offer awaits an answer.
+    pub(super) pending_offer: Option<usize>,
+    /// Per receiving side: the SDP text last received from the other side and the o= version we
+    /// gave its rewrite, so an unchanged re-offer keeps the version (RFC 3264 8).
+    pub(super) sdp_versions: [Option<(String, u64)>; 2],
+    pub(super) media_started: [bool; 2],
+}
+
+#[derive(Default)]
+pub(super) struct Totals {
+    pub(super) calls: u64,
+    pub(super) timed_out: u64,
+    pub(super) packets: u64,
+    pub(super) bytes: u64,
+    pub(super) dropped: u64,
+    pub(super) kernel_packets: u64,
+}
+
+pub(super) struct State {
+    pub(super) cfg: SessionConfig,
+    pub(super) ports: PortAllocator,
+    pub(super) plane: Box<dyn MediaPlane>,
+    pub(super) calls: HashMap<String, Call>,
+    pub(super) by_endpoint: HashMap<EndpointId, (String, usize)>,
+    pub(super) next_endpoint: u64,
+    pub(super) totals: Totals,
+    pub(super) shutting_down: bool,
+    pub(super) kernel: Option<Box<dyn KernelPath>>,
+    pub(super) flow_ids: FlowIds,
+}
+
+const RECV_BUFFER: usize = 1 << 20;
+
+impl State {
+    pub(super) fn relay_ip(&self, v6: bool) -> Result<IpAddr, SessionError> {
+        self.cfg
+            .media_ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv6() == v6)
+            .ok_or_else(|| {
+                bad(format!(
+                    "no relay address of family {} is configured; start sluice with --media-ip \
+                     of that family",
+                    if v6 { "IPv6" } else { "IPv4" }
+                ))
+            })
+    }
+
+    /// Reserves ports and binds sockets for one side of a new stream.
+    pub(super) fn new_side(
+        &mut self,
+        ip: IpAddr,
+        pair: bool,
+    ) -> Result<(Side, Command), SessionError> {
+        let (rtp_port, (rtp, rtcp)) = self.ports.allocate_with(pair, DEFAULT_MAX_TRIES, |p| {
+            let rtp = UdpSocket::bind((ip, p))?;
+            // The default buffer holds ~2 ms of a 160 kpps stream; one scheduling hiccup of the
+            // relay thread would overflow it. The kernel only charges what is queued.
+            let _ = socket2::SockRef::from(&rtp).set_recv_buffer_size(RECV_BUFFER);
+            let rtcp = if pair {
+                Some(UdpSocket::bind((ip, p + 1))?)
+            } else {
+                None
+            };
+            Ok::<_, std::io::Error>((rtp, rtcp))
+        })?;
+        let endpoint = EndpointId(self.next_endpoint);
+        self.next_endpoint += 1;
+        let sockets = if self.kernel.as_ref().is_some_and(|k| k.has_workers()) {
+            let dup = || -> std::io::Result<SideSockets> {
+                Ok(SideSockets {
+                    rtp: rtp.try_clone()?,
+                    rtcp: rtcp.as_ref().map(UdpSocket::try_clone).transpose()?,
+                })
+            };
+            match dup() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot duplicate relay sockets; streams with SRTP termination of this side stay in userspace");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let counters = Arc::new(EndpointCounters::default());
+        let side = Side {
+            endpoint,
+            local_ip: ip,
+            rtp_port,
+            rtcp_port: pair.then_some(rtp_port + 1),
+            counters: counters.clone(),
+            sdp_rtp: None,
+            sdp_rtcp: None,
+            direction: Direction::SendRecv,
+            rtcp_mux: false,
+            offered_mux: false,
+            latch: LatchConfig::default(),
+            clock_rate: 8000,
+            kernel_base: FlowCounters::default(),
+            crypto: SideCrypto::Plain,
+            offered_keys: Vec::new(),
+            sockets,
+            codec: String::new(),
+        };
+        let cmd = Command::Add {
+            id: endpoint,
+            rtp,
+            rtcp,
+            config: EndpointConfig::default(),
+            counters,
+        };
+        Ok((side, cmd))
+    }
+
+    pub(super) fn release_side(&mut self, side: &Side) {
+        if let Err(e) = self.ports.release(side.rtp_port, side.rtcp_port.is_some()) {
+            tracing::error!(error = %e, port = side.rtp_port, "port release failed (bug)");
+        }
+        self.by_endpoint.remove(&side.endpoint);
+    }
+
+    pub(super) fn remove_call(&mut self, call_id: &str) -> Option<proto::CallInfo> {
+        self.unkernelize_call(call_id);
+        let call = self.calls.remove(call_id)?;
+        let info = call_info(&call, None);
+        for s in &call.streams {
+            for side in &s.sides {
+                self.totals.packets +=
+                    side.counters.forwarded.load(Relaxed) + side.kernel_base.packets;
+                self.totals.bytes +=
+                    side.counters.forwarded_bytes.load(Relaxed) + side.kernel_base.bytes;
+                self.totals.dropped += side.counters.dropped() + side.kernel_base.dropped();
+                self.totals.kernel_packets += side.kernel_base.packets;
+                if let Err(e) = self.plane.send(Command::Remove { id: side.endpoint }) {
+                    tracing::error!(error = %e, "cannot close relay sockets");
+                }
+                self.release_side(side);
+            }
+        }
+        Some(info)
+    }
+}
+
+/// RFC 3264 8: the o= version of what we send a side grows by one whenever what we send changes,
+/// and stays when a session refresh repeats the same SDP.
+pub(super) fn set_version(slot: &mut Option<(String, u64)>, out: &mut Sdp, input: &str) {
+    let version = match slot {
+        Some((prev, v)) if prev == input => *v,
+        Some((_, v)) => *v + 1,
+        None => out.origin.session_version,
+    };
+    out.origin.session_version = version;
+    *slot = Some((input.to_string(), version));
+}

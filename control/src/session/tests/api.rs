@@ -1,0 +1,249 @@
+//! The request API end to end on the fake plane: offer/answer rewriting, re-offers, hold,
+//! errors, timeouts, and that no sequence of requests leaks ports or endpoints.
+
+use super::*;
+use proptest::prelude::*;
+use std::net::IpAddr;
+
+fn port_of(sdp: &str) -> u16 {
+    let s = Sdp::parse(sdp).unwrap();
+    s.media[0].port
+}
+
+#[test]
+fn offer_answer_rewrites_addresses_and_pairs_endpoints() {
+    let (s, plane) = sessions(20000, 20999, Duration::from_secs(60));
+    let o = s
+        .offer("c", "a", &sdp("alice", 4000, ""), LegOptions::default())
+        .unwrap();
+    let offer_port = port_of(&o);
+    assert_eq!(offer_port % 2, 0);
+    assert!((20000..=20999).contains(&offer_port));
+    assert!(o.contains(&format!("a=rtcp:{} IN IP4 127.0.0.1", offer_port + 1)));
+    let ans = s
+        .answer("c", "a", "b", &sdp("bob", 5000, ""), LegOptions::default())
+        .unwrap();
+    let answer_port = port_of(&ans);
+    assert_ne!(offer_port, answer_port);
+    let st = plane.0.lock().unwrap();
+    assert_eq!(st.live.len(), 2);
+    // Each endpoint's partner is the other, and each knows its own SDP address.
+    let peers: Vec<_> = st
+        .configured
+        .values()
+        .map(|(c, sig)| (c.partner.is_some(), sig.unwrap().sdp_rtp.unwrap().port()))
+        .collect();
+    assert!(peers.contains(&(true, 4000)) && peers.contains(&(true, 5000)));
+}
+
+#[test]
+fn reoffer_keeps_ports_and_versions_follow_changes() {
+    let (s, _) = sessions(20000, 20999, Duration::from_secs(60));
+    let first = s
+        .offer("c", "a", &sdp("alice", 4000, ""), LegOptions::default())
+        .unwrap();
+    let same = s
+        .offer("c", "a", &sdp("alice", 4000, ""), LegOptions::default())
+        .unwrap();
+    assert_eq!(port_of(&first), port_of(&same));
+    let v = |t: &str| Sdp::parse(t).unwrap().origin.session_version;
+    assert_eq!(v(&first), v(&same), "identical re-offer keeps the version");
+    let changed = s
+        .offer(
+            "c",
+            "a",
+            &sdp("alice", 4000, "a=sendonly\r\n"),
+            LegOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(port_of(&first), port_of(&changed));
+    assert_eq!(v(&changed), v(&first) + 1);
+}
+
+#[test]
+fn hold_sets_direction_flags() {
+    let (s, plane) = sessions(20000, 20999, Duration::from_secs(60));
+    s.offer("c", "a", &sdp("alice", 4000, ""), LegOptions::default())
+        .unwrap();
+    s.answer("c", "a", "b", &sdp("bob", 5000, ""), LegOptions::default())
+        .unwrap();
+    s.offer(
+        "c",
+        "a",
+        &sdp("alice", 4000, "a=sendonly\r\n"),
+        LegOptions::default(),
+    )
+    .unwrap();
+    s.answer(
+        "c",
+        "a",
+        "b",
+        &sdp("bob", 5000, "a=recvonly\r\n"),
+        LegOptions::default(),
+    )
+    .unwrap();
+    let st = plane.0.lock().unwrap();
+    let by_port = |p: u16| {
+        st.configured
+            .values()
+            .find(|(_, sig)| sig.unwrap().sdp_rtp.unwrap().port() == p)
+            .unwrap()
+            .0
+    };
+    let (alice, bob) = (by_port(4000), by_port(5000));
+    assert!(alice.sends && !alice.receives);
+    assert!(!bob.sends && bob.receives);
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let (s, _) = sessions(20000, 20003, Duration::from_secs(60));
+    let err = s
+        .offer("c", "a", "v=0\r\nbogus\r\n", LegOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, SessionError::BadSdp(ref e) if e.line == 2),
+        "{err}"
+    );
+    let err = s
+        .offer("", "a", &sdp("alice", 4000, ""), LegOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("call_id is required"));
+    assert!(matches!(
+        s.answer("x", "a", "b", &sdp("bob", 5000, ""), LegOptions::default()),
+        Err(SessionError::NotFound(_))
+    ));
+    // 20000-20003 holds two pairs: exactly one stream.
+    s.offer("c", "a", &sdp("alice", 4000, ""), LegOptions::default())
+        .unwrap();
+    let err = s
+        .offer("d", "a", &sdp("alice", 4002, ""), LegOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, SessionError::NoPorts(_)), "{err}");
+    assert!(
+        s.query("d").is_err(),
+        "a failed offer leaves no call behind"
+    );
+    let err = s
+        .offer("c", "zz", &sdp("mallory", 4000, ""), LegOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("matches neither"), "{err}");
+    let two = format!(
+        "{}m=video 5002 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n",
+        sdp("bob", 5000, "")
+    );
+    let err = s
+        .answer("c", "a", "b", &two, LegOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("RFC 3264"), "{err}");
+    let opts = LegOptions {
+        rtcp_mux: RtcpMuxMode::Require,
+        ..Default::default()
+    };
+    let err = s
+        .answer("c", "a", "b", &sdp("bob", 5000, ""), opts)
+        .unwrap_err();
+    assert!(err.to_string().contains("rtcp-mux"), "{err}");
+}
+
+#[test]
+fn ipv6_relay_address_by_option() {
+    let (s, _) = sessions(20000, 20999, Duration::from_secs(60));
+    let opts = LegOptions {
+        family: Family::V6,
+        ..Default::default()
+    };
+    let o = s.offer("c", "a", &sdp("alice", 4000, ""), opts).unwrap();
+    let parsed = Sdp::parse(&o).unwrap();
+    assert_eq!(
+        parsed.media_connection(0),
+        Some("::1".parse::<IpAddr>().unwrap())
+    );
+}
+
+#[test]
+fn timeout_sweep_deletes_idle_calls() {
+    let (s, plane) = sessions(20000, 20999, Duration::ZERO);
+    let mut ev = s.subscribe();
+    s.offer("c", "a", &sdp("alice", 4000, ""), LegOptions::default())
+        .unwrap();
+    assert_eq!(s.sweep(), vec!["c".to_string()]);
+    assert!(plane.0.lock().unwrap().live.is_empty());
+    let st = s.statistics();
+    assert_eq!((st.ports_in_use, st.calls_timed_out), (0, 1));
+    assert_eq!(ev.try_recv().unwrap().kind, EventKind::CallCreated);
+    assert_eq!(ev.try_recv().unwrap().kind, EventKind::TimedOut);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Offer {
+        call: u8,
+        streams: u8,
+        reoffer_from_callee: bool,
+    },
+    Answer {
+        call: u8,
+    },
+    Delete {
+        call: u8,
+    },
+    Sweep,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..4, 1u8..3, any::<bool>()).prop_map(|(call, streams, r)| Op::Offer {
+            call,
+            streams,
+            reoffer_from_callee: r
+        }),
+        (0u8..4).prop_map(|call| Op::Answer { call }),
+        (0u8..4).prop_map(|call| Op::Delete { call }),
+        Just(Op::Sweep),
+    ]
+}
+
+fn multi(user: &str, streams: u8) -> String {
+    let mut s = sdp(user, 4000, "");
+    for k in 1..streams {
+        s.push_str(&format!(
+            "m=video {} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n",
+            4000 + 2 * k as u16
+        ));
+    }
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// No port or endpoint leaks across any offer/answer/delete/timeout sequence, including
+    /// failures from exhaustion (the tiny range runs out often).
+    #[test]
+    fn no_port_leaks(ops in proptest::collection::vec(op(), 1..40), timeout_zero in any::<bool>()) {
+        let timeout = if timeout_zero { Duration::ZERO } else { Duration::from_secs(3600) };
+        let (s, plane) = sessions(21000, 21023, timeout);
+        for op in ops {
+            match op {
+                Op::Offer { call, streams, reoffer_from_callee } => {
+                    let tag = if reoffer_from_callee { "b" } else { "a" };
+                    let _ = s.offer(&format!("c{call}"), tag, &multi("x", streams), LegOptions::default());
+                }
+                Op::Answer { call } => {
+                    let _ = s.answer(&format!("c{call}"), "a", "b", &multi("y", 1), LegOptions::default());
+                }
+                Op::Delete { call } => { let _ = s.delete(&format!("c{call}"), "", ""); }
+                Op::Sweep => { s.sweep(); }
+            }
+            // Every stream holds two pairs (4 ports) and two endpoints, nothing else.
+            let streams: usize = s.list(0).iter().map(|id| s.query(id).unwrap().legs[0].streams.len()).sum();
+            let st = s.statistics();
+            prop_assert_eq!(st.ports_in_use as usize, streams * 4);
+            prop_assert_eq!(plane.0.lock().unwrap().live.len(), streams * 2);
+        }
+        for id in s.list(0) { s.delete(&id, "", "").unwrap(); }
+        let st = s.statistics();
+        prop_assert_eq!(st.ports_in_use, 0);
+        prop_assert!(plane.0.lock().unwrap().live.is_empty());
+    }
+}
