@@ -1,6 +1,9 @@
-//! The gRPC front end: translates `sluice.v1.Control` requests into [`Sessions`] calls and
-//! session errors into status codes an operator (or a SIP proxy module) can act on.
+//! The gRPC front end: translates `sluice.v1.Control` requests into [`Sessions`] calls, the
+//! session layer's reports into reply messages, and session errors into status codes an operator
+//! (or a SIP proxy module) can act on. It only maps: what a request may ask and what a reply
+//! says are the session layer's to decide.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -13,7 +16,9 @@ use crate::codecs::{CodecList, TranscodeMode};
 use crate::proto::{self, control_server::Control};
 use crate::sdp::Direction;
 use crate::session::{
-    CallEvent, EventKind, Family, LegOptions, RtcpMuxMode, SessionError, Sessions, SrtpMode,
+    CallEvent, CallReport, EventKind, Family, KernelFeatureReport, LegOptions, LegReport,
+    RtcpMuxMode, SessionError, Sessions, SrtpMode, SrtpReport, Statistics, StreamReport,
+    WorkerReport,
 };
 
 pub struct ControlService {
@@ -115,6 +120,121 @@ fn event(ev: CallEvent) -> proto::Event {
     }
 }
 
+/// Absent values are the proto3 defaults ("" for addresses and names, 0 for times, -1 for
+/// numbers where 0 is a valid value), as sluice.proto documents them.
+pub fn call_info(r: &CallReport) -> proto::CallInfo {
+    proto::CallInfo {
+        call_id: r.call_id.clone(),
+        created_unix_ms: r.created_unix_ms,
+        last_signal_unix_ms: r.last_signal_unix_ms,
+        legs: r.legs.iter().map(leg_info).collect(),
+    }
+}
+
+fn leg_info(r: &LegReport) -> proto::LegInfo {
+    proto::LegInfo {
+        tag: r.tag.clone().unwrap_or_default(),
+        streams: r.streams.iter().map(stream_info).collect(),
+    }
+}
+
+fn stream_info(r: &StreamReport) -> proto::StreamInfo {
+    let addr = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    proto::StreamInfo {
+        index: r.index as u32,
+        media: r.media.clone(),
+        local_address: r.local_rtp.ip().to_string(),
+        local_rtp_port: r.local_rtp.port().into(),
+        local_rtcp_port: r.local_rtcp.port().into(),
+        sdp_peer: addr(r.sdp_peer),
+        latched_peer: addr(r.latched_peer),
+        direction: r.direction.as_str().into(),
+        rtcp_mux: r.rtcp_mux,
+        strict_source: r.strict_source,
+        packets: r.packets,
+        bytes: r.bytes,
+        rtcp_packets: r.rtcp_packets,
+        dropped_wrong_source: r.dropped_wrong_source,
+        dropped_direction: r.dropped_direction,
+        dropped_malformed: r.dropped_malformed,
+        last_packet_unix_ms: r.last_packet_unix_ms.unwrap_or(0),
+        rtp_lost: r.rtp_lost,
+        jitter_ms: r.jitter_ms,
+        userspace_packets: r.userspace_packets,
+        userspace_bytes: r.userspace_bytes,
+        kernel_packets: r.kernel_packets,
+        kernel_bytes: r.kernel_bytes,
+        ssrc: r.ssrc,
+        dropped_unconfirmed: r.dropped_unconfirmed,
+        dropped_no_peer: r.dropped_no_peer,
+        forwarded: r.forwarded,
+        kernel_forwarded: r.kernel_forwarded,
+        srtp: match r.srtp {
+            SrtpReport::Plain => "plain".into(),
+            SrtpReport::Passthrough => "passthrough".into(),
+            SrtpReport::Terminated(suite) => suite.sdes_name().into(),
+        },
+        srtp_auth_failures: r.srtp_auth_failures,
+        srtp_replayed: r.srtp_replayed,
+        transcoded: r.transcoded,
+        codec: r.codec.clone().unwrap_or_default(),
+        payload_type: r.payload_type.map_or(-1, i32::from),
+        rtcp_terminated: r.rtcp_terminated,
+        transcoded_out: r.transcoded_out,
+        transcode_concealed: r.transcode_concealed,
+        transcode_fec_recovered: r.transcode_fec_recovered,
+        transcode_dtmf: r.transcode_dtmf,
+        transcode_dropped: r.transcode_dropped,
+        opus_fec_loss_pct: r.opus_fec_loss_pct,
+        reported_loss_pct: r.reported_loss_pct.map_or(-1, i32::from),
+    }
+}
+
+pub fn statistics_reply(s: &Statistics) -> proto::StatisticsReply {
+    proto::StatisticsReply {
+        uptime_secs: s.uptime.as_secs(),
+        calls_current: s.calls_current,
+        calls_total: s.calls_total,
+        calls_timed_out: s.calls_timed_out,
+        ports_in_use: s.ports_in_use,
+        ports_free: s.ports_free,
+        packets_relayed: s.packets_relayed,
+        bytes_relayed: s.bytes_relayed,
+        packets_dropped: s.packets_dropped,
+        forwarding_path: match &s.kernel_path {
+            Some(k) => format!("userspace+{k}"),
+            None => "userspace".into(),
+        },
+        kernel_flows: s.kernel_flows,
+        kernel_packets: s.kernel_packets,
+        workers: s.workers.iter().map(worker_info).collect(),
+        kernel_features: s.kernel_features.iter().map(kernel_feature).collect(),
+    }
+}
+
+fn worker_info(w: &WorkerReport) -> proto::WorkerInfo {
+    proto::WorkerInfo {
+        index: w.index as u32,
+        cpu: w.cpu.map_or(-1, |c| c as i32),
+        rx: w.rx,
+        tx: w.tx,
+        dropped: w.dropped,
+        transform_errors: w.transform_errors,
+        load_permille: w.load_permille as u32,
+        tx_ring: w.tx_ring,
+        tx_kernel: w.tx_kernel,
+    }
+}
+
+fn kernel_feature(f: &KernelFeatureReport) -> proto::KernelFeature {
+    proto::KernelFeature {
+        name: f.name.into(),
+        available: f.available,
+        used: f.used,
+        without: f.without.unwrap_or_default().into(),
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -157,7 +277,9 @@ impl Control for ControlService {
     ) -> Result<Response<proto::DeleteReply>, Status> {
         let r = req.into_inner();
         let call = self.sessions.delete(&r.call_id, &r.from_tag, &r.to_tag)?;
-        Ok(Response::new(proto::DeleteReply { call: Some(call) }))
+        Ok(Response::new(proto::DeleteReply {
+            call: Some(call_info(&call)),
+        }))
     }
 
     async fn query(
@@ -165,7 +287,9 @@ impl Control for ControlService {
         req: Request<proto::QueryRequest>,
     ) -> Result<Response<proto::QueryReply>, Status> {
         let call = self.sessions.query(&req.into_inner().call_id)?;
-        Ok(Response::new(proto::QueryReply { call: Some(call) }))
+        Ok(Response::new(proto::QueryReply {
+            call: Some(call_info(&call)),
+        }))
     }
 
     async fn list(
@@ -180,7 +304,7 @@ impl Control for ControlService {
         &self,
         _: Request<proto::StatisticsRequest>,
     ) -> Result<Response<proto::StatisticsReply>, Status> {
-        Ok(Response::new(self.sessions.statistics()))
+        Ok(Response::new(statistics_reply(&self.sessions.statistics())))
     }
 
     type WatchEventsStream = EventStream;
@@ -252,5 +376,100 @@ mod tests {
         }))
         .unwrap_err();
         assert!(err.message().contains("transcode"), "{}", err.message());
+    }
+
+    /// Drops every command: the mapping tests need calls, not media.
+    struct NoPlane;
+    impl crate::session::MediaPlane for NoPlane {
+        fn send(
+            &mut self,
+            _: sluice_relay::engine::Command,
+        ) -> Result<(), sluice_relay::engine::EngineGone> {
+            Ok(())
+        }
+    }
+
+    /// What the session layer leaves unknown reaches clients as sluice.proto's documented
+    /// defaults, so replies read as they did when the session layer built them itself.
+    #[test]
+    fn reports_map_unknowns_to_the_proto_defaults() {
+        let sessions = Sessions::new(
+            crate::session::SessionConfig {
+                media_ips: vec!["127.0.0.1".parse().unwrap()],
+                port_low: 24000,
+                port_high: 24099,
+                timeout: std::time::Duration::from_secs(60),
+                transcode: TranscodeMode::Auto,
+                opus_complexity: 5,
+                opus_bitrate: 32000,
+            },
+            Box::new(NoPlane),
+            None,
+        )
+        .unwrap();
+        let sdp = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                   m=audio 4000 RTP/AVP 0\r\n";
+        sessions
+            .offer("c", "a", sdp, LegOptions::default())
+            .unwrap();
+        let info = call_info(&sessions.query("c").unwrap());
+        let (caller, callee) = (&info.legs[0], &info.legs[1]);
+        assert_eq!((caller.tag.as_str(), callee.tag.as_str()), ("a", ""));
+        let s = &caller.streams[0];
+        assert_eq!(s.local_address, "127.0.0.1");
+        assert_eq!(s.local_rtcp_port, s.local_rtp_port + 1);
+        assert_eq!(s.sdp_peer, "127.0.0.1:4000");
+        assert_eq!(s.latched_peer, "");
+        assert_eq!(
+            (s.direction.as_str(), s.srtp.as_str()),
+            ("sendrecv", "plain")
+        );
+        assert_eq!(
+            (s.last_packet_unix_ms, s.payload_type, s.reported_loss_pct),
+            (0, -1, -1)
+        );
+        assert_eq!(callee.streams[0].sdp_peer, "");
+
+        let stats = statistics_reply(&sessions.statistics());
+        assert_eq!(stats.forwarding_path, "userspace");
+        assert_eq!((stats.calls_current, stats.ports_in_use), (1, 4));
+        let with_xdp = statistics_reply(&Statistics {
+            kernel_path: Some("xdp-native on eth0".into()),
+            workers: vec![WorkerReport {
+                index: 1,
+                cpu: None,
+                rx: 10,
+                tx: 9,
+                dropped: 1,
+                transform_errors: 0,
+                load_permille: 250,
+                tx_ring: 8,
+                tx_kernel: 1,
+            }],
+            kernel_features: vec![
+                KernelFeatureReport {
+                    name: "bpf_xdp_adjust_meta",
+                    available: true,
+                    used: true,
+                    without: None,
+                },
+                KernelFeatureReport {
+                    name: "mmapable arrays",
+                    available: false,
+                    used: false,
+                    without: Some("no route cache"),
+                },
+            ],
+            ..sessions.statistics()
+        });
+        assert_eq!(with_xdp.forwarding_path, "userspace+xdp-native on eth0");
+        let w = &with_xdp.workers[0];
+        assert_eq!((w.index, w.cpu, w.tx, w.load_permille), (1, -1, 9, 250));
+        let without: Vec<_> = with_xdp
+            .kernel_features
+            .iter()
+            .map(|f| f.without.as_str())
+            .collect();
+        assert_eq!(without, ["", "no route cache"]);
     }
 }

@@ -24,7 +24,6 @@ use tokio::sync::broadcast;
 
 use crate::kernel::{FlowIds, KernelPath};
 use crate::port_alloc::{PortAllocError, PortAllocator};
-use crate::proto;
 use crate::sdp::Sdp;
 
 mod answer;
@@ -43,12 +42,15 @@ mod tests;
 pub use error::SessionError;
 pub use events::{CallEvent, EventKind, unix_ms_of};
 pub use options::{Family, LegOptions, RtcpMuxMode, SessionConfig, SrtpMode};
+pub use report::{
+    CallReport, KernelFeatureReport, LegReport, SrtpReport, Statistics, StreamReport, WorkerReport,
+};
 pub use srtp::SideCrypto;
 
 use error::bad;
 use model::{State, Totals};
 use offload::last_activity;
-use report::call_info;
+use report::call_report;
 
 /// Where the session layer's commands go: the relay engine, or a recorder in tests.
 pub trait MediaPlane: Send {
@@ -193,7 +195,7 @@ impl Sessions {
         call_id: &str,
         from_tag: &str,
         to_tag: &str,
-    ) -> Result<proto::CallInfo, SessionError> {
+    ) -> Result<CallReport, SessionError> {
         require("call_id", call_id)?;
         let mut st = self.lock();
         let call = st
@@ -219,14 +221,14 @@ impl Sessions {
         Ok(info)
     }
 
-    pub fn query(&self, call_id: &str) -> Result<proto::CallInfo, SessionError> {
+    pub fn query(&self, call_id: &str) -> Result<CallReport, SessionError> {
         require("call_id", call_id)?;
         let st = self.lock();
         let call = st
             .calls
             .get(call_id)
             .ok_or_else(|| SessionError::NotFound(call_id.into()))?;
-        Ok(call_info(call, st.kernel.as_deref()))
+        Ok(call_report(call, st.kernel.as_deref()))
     }
 
     pub fn list(&self, limit: usize) -> Vec<String> {
@@ -239,7 +241,7 @@ impl Sessions {
         ids
     }
 
-    pub fn statistics(&self) -> proto::StatisticsReply {
+    pub fn statistics(&self) -> Statistics {
         self.lock().statistics(self.started.elapsed())
     }
 

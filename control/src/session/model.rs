@@ -16,14 +16,13 @@ use sluice_relay::xdp::FlowCounters;
 use crate::codecs::{self, DirectionPlan, OfferCodecs};
 use crate::kernel::{FlowIds, KernelPath};
 use crate::port_alloc::{DEFAULT_MAX_TRIES, PortAllocator};
-use crate::proto;
 use crate::sdes::SdesKey;
 use crate::sdp::{Direction, Sdp};
 
 use super::MediaPlane;
 use super::error::{SessionError, bad};
 use super::options::SessionConfig;
-use super::report::call_info;
+use super::report::{CallReport, call_report};
 use super::srtp::SideCrypto;
 
 pub(super) struct Side {
@@ -228,10 +227,10 @@ impl State {
         self.by_endpoint.remove(&side.endpoint);
     }
 
-    pub(super) fn remove_call(&mut self, call_id: &str) -> Option<proto::CallInfo> {
+    pub(super) fn remove_call(&mut self, call_id: &str) -> Option<CallReport> {
         self.unkernelize_call(call_id);
         let call = self.calls.remove(call_id)?;
-        let info = call_info(&call, None);
+        let info = call_report(&call, None);
         for s in &call.streams {
             for side in &s.sides {
                 self.totals.packets +=

@@ -1,6 +1,11 @@
 //! What a front end can show about calls and the relay: per-leg stream state and counters of one
 //! call, and relay-wide statistics. Counters of both paths (userspace and kernel) are summed here
 //! so that no front end has to know a stream moved.
+//!
+//! The types are the session layer's own, in Rust terms (addresses, `Option` for what is not
+//! known yet, enums for closed sets), so that each front end renders them its own way: gRPC
+//! messages, ng-protocol dictionaries, log lines. They carry exactly what the gRPC messages
+//! carry; a field added here is a field every front end can offer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -9,51 +14,212 @@ use std::time::Duration;
 use sluice_relay::xdp::FlowCounters;
 
 use crate::kernel::KernelPath;
-use crate::proto;
+use crate::sdes::Suite;
+use crate::sdp::Direction;
 
 use super::events::unix_ms_of;
 use super::model::{Call, State, Stream};
 use super::offload::kernel_counters;
 use super::srtp::SideCrypto;
 
-pub(super) fn call_info(call: &Call, kernel: Option<&dyn KernelPath>) -> proto::CallInfo {
-    let legs = (0..2)
-        .map(|k| proto::LegInfo {
-            tag: call.tags[k].clone(),
-            streams: call
-                .streams
-                .iter()
-                .enumerate()
-                .map(|(i, s)| stream_info(i, s, k, kernel_counters(s, k, kernel)))
-                .collect(),
-        })
-        .collect();
-    proto::CallInfo {
+/// One call: its legs' streams with their state and counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallReport {
+    pub call_id: String,
+    pub created_unix_ms: u64,
+    pub last_signal_unix_ms: u64,
+    /// The caller's leg (from-tag of the first offer), then the callee's.
+    pub legs: [LegReport; 2],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LegReport {
+    /// `None` for the callee until its first answer.
+    pub tag: Option<String>,
+    /// One per m= line, in SDP order.
+    pub streams: Vec<StreamReport>,
+}
+
+/// One media section (m= line) as seen from one leg. Counters count packets received from this
+/// leg's endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamReport {
+    /// The m= line's position, from 0.
+    pub index: usize,
+    /// `audio`, `video`, ...
+    pub media: String,
+    /// Where this leg's endpoint sends RTP, and RTCP (the same address with rtcp-mux).
+    pub local_rtp: SocketAddr,
+    pub local_rtcp: SocketAddr,
+    /// The RTP address this leg's SDP gave.
+    pub sdp_peer: Option<SocketAddr>,
+    /// The source media actually comes from; `None` before latching.
+    pub latched_peer: Option<SocketAddr>,
+    /// As this leg's SDP (or a direction option) said.
+    pub direction: Direction,
+    pub rtcp_mux: bool,
+    pub strict_source: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub rtcp_packets: u64,
+    /// Includes `dropped_unconfirmed`.
+    pub dropped_wrong_source: u64,
+    pub dropped_direction: u64,
+    pub dropped_malformed: u64,
+    /// `None` before the first packet.
+    pub last_packet_unix_ms: Option<u64>,
+    /// Sequence gaps (RFC 3550 A.3 style).
+    pub rtp_lost: u64,
+    /// Interarrival jitter (RFC 3550 A.8).
+    pub jitter_ms: f64,
+    /// Of `packets`/`bytes`: what went through the userspace path and what XDP forwarded (or
+    /// handed to a worker).
+    pub userspace_packets: u64,
+    pub userspace_bytes: u64,
+    pub kernel_packets: u64,
+    pub kernel_bytes: u64,
+    /// 0 before the first RTP packet.
+    pub ssrc: u32,
+    /// From a new source that latching has not confirmed yet.
+    pub dropped_unconfirmed: u64,
+    /// Nowhere to go yet: the other leg has neither an SDP address nor a latched source.
+    pub dropped_no_peer: u64,
+    /// Relayed on to the other leg.
+    pub forwarded: u64,
+    /// XDP forwards the stream now, so its userspace socket sees no packets.
+    pub kernel_forwarded: bool,
+    pub srtp: SrtpReport,
+    pub srtp_auth_failures: u64,
+    pub srtp_replayed: u64,
+    /// sluice transcodes between this leg's codec and the other leg's.
+    pub transcoded: bool,
+    /// The codec this leg sends and receives as SDP names it (`PCMU/8000`, `opus/48000/2`);
+    /// `None` before the answer, or when the answer's codec is not one sluice names.
+    pub codec: Option<String>,
+    /// The codec's payload type on this leg, when transcoded.
+    pub payload_type: Option<u8>,
+    /// RTCP not forwarded because the stream is transcoded.
+    pub rtcp_terminated: u64,
+    /// Transcoding of what this leg sends: packets produced towards the other leg, frames
+    /// concealed, frames rebuilt from Opus in-band FEC, telephone-events relayed, packets the
+    /// transcoder dropped.
+    pub transcoded_out: u64,
+    pub transcode_concealed: u64,
+    pub transcode_fec_recovered: u64,
+    pub transcode_dtmf: u64,
+    pub transcode_dropped: u64,
+    /// The loss (percent) the Opus encoder towards the other leg spends in-band FEC on.
+    pub opus_fec_loss_pct: u32,
+    /// The loss (percent, rounded up) this leg reports in RTCP about the transcoded stream sluice
+    /// sends it; `None` before its first report.
+    pub reported_loss_pct: Option<u8>,
+}
+
+/// SRTP on one leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SrtpReport {
+    Plain,
+    /// SRTP relayed untouched, end to end.
+    Passthrough,
+    /// sluice decrypts and encrypts this leg's SRTP with this suite.
+    Terminated(Suite),
+}
+
+/// Relay-wide counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statistics {
+    pub uptime: Duration,
+    pub calls_current: u64,
+    pub calls_total: u64,
+    pub calls_timed_out: u64,
+    pub ports_in_use: u64,
+    pub ports_free: u64,
+    pub packets_relayed: u64,
+    pub bytes_relayed: u64,
+    pub packets_dropped: u64,
+    /// The in-kernel fast path beside userspace, as it describes itself (`xdp-native on eth0`);
+    /// `None` when there is only the userspace path.
+    pub kernel_path: Option<String>,
+    /// XDP flow entries installed now.
+    pub kernel_flows: u64,
+    /// Packets XDP forwarded (or handed to a worker) since start.
+    pub kernel_packets: u64,
+    /// The AF_XDP workers; empty without a worker pool.
+    pub workers: Vec<WorkerReport>,
+    /// The kernel features the XDP path probed when it attached; empty without XDP.
+    pub kernel_features: Vec<KernelFeatureReport>,
+}
+
+/// One AF_XDP worker; counters count since it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerReport {
+    pub index: usize,
+    /// The CPU it is pinned to; `None` when pinning failed.
+    pub cpu: Option<usize>,
+    /// Frames taken from its AF_XDP RX rings.
+    pub rx: u64,
+    /// Packets sent on: `tx_ring` + `tx_kernel`.
+    pub tx: u64,
+    /// Every packet it dropped, transform errors included.
+    pub dropped: u64,
+    /// SRTP auth failures, replays, malformed packets.
+    pub transform_errors: u64,
+    /// Busy fraction over the last second, in thousandths.
+    pub load_permille: u64,
+    /// Sent from its AF_XDP TX rings.
+    pub tx_ring: u64,
+    /// Handed to the kernel's IP stack.
+    pub tx_kernel: u64,
+}
+
+/// One kernel feature the XDP path uses, as probed at attach time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelFeatureReport {
+    /// e.g. `bpf_xdp_adjust_meta`.
+    pub name: &'static str,
+    /// The running kernel offers it to XDP programs.
+    pub available: bool,
+    /// sluice uses it (an available optional one may be switched off).
+    pub used: bool,
+    /// What sluice does without it; `None` when used.
+    pub without: Option<&'static str>,
+}
+
+pub(super) fn call_report(call: &Call, kernel: Option<&dyn KernelPath>) -> CallReport {
+    let leg = |k: usize| LegReport {
+        tag: Some(call.tags[k].clone()).filter(|t| !t.is_empty()),
+        streams: call
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(i, s)| stream_report(i, s, k, kernel_counters(s, k, kernel)))
+            .collect(),
+    };
+    CallReport {
         call_id: call.call_id.clone(),
         created_unix_ms: call.created_unix_ms,
         last_signal_unix_ms: unix_ms_of(call.last_signal_ns),
-        legs,
+        legs: [leg(0), leg(1)],
     }
 }
 
-fn stream_info(i: usize, s: &Stream, k: usize, kc: FlowCounters) -> proto::StreamInfo {
+fn stream_report(i: usize, s: &Stream, k: usize, kc: FlowCounters) -> StreamReport {
     let side = &s.sides[k];
     let c = &side.counters;
-    let fmt = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
     let last = c.last_packet_ns.load(Relaxed).max(kc.last_seen_ns);
-    proto::StreamInfo {
-        index: i as u32,
+    let rtcp_port = if side.rtcp_mux {
+        side.rtp_port
+    } else {
+        side.rtcp_port.unwrap_or(side.rtp_port)
+    };
+    StreamReport {
+        index: i,
         media: s.media.clone(),
-        local_address: side.local_ip.to_string(),
-        local_rtp_port: side.rtp_port as u32,
-        local_rtcp_port: if side.rtcp_mux {
-            side.rtp_port
-        } else {
-            side.rtcp_port.unwrap_or(side.rtp_port)
-        } as u32,
-        sdp_peer: fmt(side.sdp_rtp),
-        latched_peer: fmt(c.latched_rtp()),
-        direction: side.direction.as_str().into(),
+        local_rtp: SocketAddr::new(side.local_ip, side.rtp_port),
+        local_rtcp: SocketAddr::new(side.local_ip, rtcp_port),
+        sdp_peer: side.sdp_rtp,
+        latched_peer: c.latched_rtp(),
+        direction: side.direction,
         rtcp_mux: side.rtcp_mux,
         strict_source: side.latch.strict_source,
         packets: c.packets.load(Relaxed) + kc.packets,
@@ -64,7 +230,7 @@ fn stream_info(i: usize, s: &Stream, k: usize, kc: FlowCounters) -> proto::Strea
             + kc.dropped_wrong_source,
         dropped_direction: c.dropped_direction.load(Relaxed),
         dropped_malformed: c.dropped_malformed.load(Relaxed),
-        last_packet_unix_ms: if last == 0 { 0 } else { unix_ms_of(last) },
+        last_packet_unix_ms: (last != 0).then(|| unix_ms_of(last)),
         rtp_lost: c.rtp_lost.load(Relaxed),
         jitter_ms: c.jitter_ms(),
         userspace_packets: c.packets.load(Relaxed),
@@ -77,18 +243,15 @@ fn stream_info(i: usize, s: &Stream, k: usize, kc: FlowCounters) -> proto::Strea
         forwarded: c.forwarded.load(Relaxed) + kc.packets,
         kernel_forwarded: !s.kernel.is_empty(),
         srtp: match &side.crypto {
-            SideCrypto::Plain => "plain".into(),
-            SideCrypto::Passthrough => "passthrough".into(),
-            SideCrypto::Terminated { rx, .. } => rx.suite.sdes_name().into(),
+            SideCrypto::Plain => SrtpReport::Plain,
+            SideCrypto::Passthrough => SrtpReport::Passthrough,
+            SideCrypto::Terminated { rx, .. } => SrtpReport::Terminated(rx.suite),
         },
         srtp_auth_failures: c.srtp_auth_failures.load(Relaxed),
         srtp_replayed: c.srtp_replayed.load(Relaxed),
         transcoded: s.transcode.is_some(),
-        codec: side.codec.clone(),
-        payload_type: s
-            .transcode
-            .as_ref()
-            .map_or(-1, |t| i32::from(t.formats[k].pt)),
+        codec: Some(side.codec.clone()).filter(|c| !c.is_empty()),
+        payload_type: s.transcode.as_ref().map(|t| t.formats[k].pt),
         rtcp_terminated: c.rtcp_terminated.load(Relaxed),
         transcoded_out: c.transcoded_out.load(Relaxed),
         transcode_concealed: c.transcode_concealed.load(Relaxed),
@@ -96,12 +259,12 @@ fn stream_info(i: usize, s: &Stream, k: usize, kc: FlowCounters) -> proto::Strea
         transcode_dtmf: c.transcode_dtmf.load(Relaxed),
         transcode_dropped: c.transcode_dropped.load(Relaxed),
         opus_fec_loss_pct: c.transcode_fec_loss_pct.load(Relaxed),
-        reported_loss_pct: c.reported_loss_pct().map_or(-1, i32::from),
+        reported_loss_pct: c.reported_loss_pct(),
     }
 }
 
 impl State {
-    pub(super) fn statistics(&self, uptime: Duration) -> proto::StatisticsReply {
+    pub(super) fn statistics(&self, uptime: Duration) -> Statistics {
         let (mut packets, mut bytes, mut dropped) =
             (self.totals.packets, self.totals.bytes, self.totals.dropped);
         let mut kernel_flows = 0;
@@ -118,8 +281,8 @@ impl State {
                 }
             }
         }
-        proto::StatisticsReply {
-            uptime_secs: uptime.as_secs(),
+        Statistics {
+            uptime,
             calls_current: self.calls.len() as u64,
             calls_total: self.totals.calls,
             calls_timed_out: self.totals.timed_out,
@@ -128,10 +291,7 @@ impl State {
             packets_relayed: packets,
             bytes_relayed: bytes,
             packets_dropped: dropped,
-            forwarding_path: match &self.kernel {
-                Some(k) => format!("userspace+{}", k.describe()),
-                None => "userspace".into(),
-            },
+            kernel_path: self.kernel.as_ref().map(|k| k.describe()),
             kernel_flows,
             kernel_packets: self.totals.kernel_packets + kernel_packets,
             workers: self
@@ -140,14 +300,14 @@ impl State {
                 .map(|k| k.worker_stats())
                 .unwrap_or_default()
                 .iter()
-                .map(|w| proto::WorkerInfo {
-                    index: w.worker as u32,
-                    cpu: w.cpu.map_or(-1, |c| c as i32),
+                .map(|w| WorkerReport {
+                    index: w.worker,
+                    cpu: w.cpu,
                     rx: w.rx_packets,
                     tx: w.tx_packets + w.tx_socket_packets,
                     dropped: w.dropped(),
                     transform_errors: w.transform_errors,
-                    load_permille: w.load_permille as u32,
+                    load_permille: w.load_permille,
                     tx_ring: w.tx_packets,
                     tx_kernel: w.tx_socket_packets,
                 })
@@ -158,11 +318,11 @@ impl State {
                 .map(|k| k.kernel_features())
                 .unwrap_or_default()
                 .into_iter()
-                .map(|f| proto::KernelFeature {
-                    name: f.name.into(),
+                .map(|f| KernelFeatureReport {
+                    name: f.name,
                     available: f.available,
                     used: f.used,
-                    without: f.without.into(),
+                    without: Some(f.without).filter(|w| !w.is_empty()),
                 })
                 .collect(),
         }

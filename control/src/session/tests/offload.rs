@@ -75,8 +75,8 @@ fn srtp_call_up(s: &Sessions, call_id: &str) {
     .unwrap();
 }
 
-fn local(port: u32) -> SocketAddr {
-    SocketAddr::new("127.0.0.1".parse().unwrap(), port as u16)
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::new("127.0.0.1".parse().unwrap(), port)
 }
 
 #[test]
@@ -105,7 +105,7 @@ fn settled_stream_moves_into_the_kernel_with_strict_rewrites() {
     let (a, b) = (&q.legs[0].streams[0], &q.legs[1].streams[0]);
     assert!(a.kernel_forwarded && b.kernel_forwarded);
     let flows = kernel.0.lock().unwrap().flows.clone();
-    let from_a = flows[&SocketAddr::new("127.0.0.1".parse().unwrap(), a.local_rtp_port as u16)];
+    let from_a = flows[&SocketAddr::new("127.0.0.1".parse().unwrap(), a.local_rtp.port())];
     assert_eq!(
         from_a.expected_source(),
         Some("127.0.0.10:6000".parse().unwrap())
@@ -113,12 +113,11 @@ fn settled_stream_moves_into_the_kernel_with_strict_rewrites() {
     assert_eq!(
         from_a.rewrite(),
         Some((
-            SocketAddr::new("127.0.0.1".parse().unwrap(), b.local_rtp_port as u16),
+            SocketAddr::new("127.0.0.1".parse().unwrap(), b.local_rtp.port()),
             "127.0.0.11:6000".parse().unwrap()
         ))
     );
-    let from_b_rtcp =
-        flows[&SocketAddr::new("127.0.0.1".parse().unwrap(), b.local_rtcp_port as u16)];
+    let from_b_rtcp = flows[&SocketAddr::new("127.0.0.1".parse().unwrap(), b.local_rtcp.port())];
     assert_eq!(
         from_b_rtcp.expected_source(),
         Some("127.0.0.11:6001".parse().unwrap())
@@ -270,7 +269,7 @@ fn srtp_stream_goes_to_the_workers_as_worker_flows() {
         let spec = &st.worker_flows[local];
         assert_eq!(v.rewrite(), Some((spec.new_src, spec.new_dst)), "{local}");
     }
-    let a_rtp = local(a.local_rtp_port);
+    let a_rtp = local(a.local_rtp.port());
     assert_eq!(
         st.flows[&a_rtp].expected_source(),
         Some("127.0.0.10:6000".parse().unwrap())
@@ -280,28 +279,28 @@ fn srtp_stream_goes_to_the_workers_as_worker_flows() {
     let from_a = &st.worker_flows[&a_rtp];
     assert_eq!(from_a.rx.as_ref(), Some(&alice_rx));
     assert_eq!(from_a.tx, None);
-    assert_eq!(from_a.new_src, local(b.local_rtp_port));
+    assert_eq!(from_a.new_src, local(b.local_rtp.port()));
     assert_eq!(from_a.new_dst, "127.0.0.11:6000".parse().unwrap());
     assert!(!from_a.rtcp_port);
     assert_eq!(
         from_a.fallback.as_ref().unwrap().local_addr().unwrap(),
-        local(b.local_rtp_port),
+        local(b.local_rtp.port()),
         "sent through a clone of bob's relay socket"
     );
     // From the plain callee: protect with sluice's key for alice.
-    let from_b = &st.worker_flows[&local(b.local_rtp_port)];
+    let from_b = &st.worker_flows[&local(b.local_rtp.port())];
     assert_eq!(
         (from_b.rx.as_ref(), from_b.tx.as_ref()),
         (None, Some(&alice_tx))
     );
     assert_eq!(from_b.new_dst, "127.0.0.10:6000".parse().unwrap());
-    let from_b_rtcp = &st.worker_flows[&local(b.local_rtcp_port)];
+    let from_b_rtcp = &st.worker_flows[&local(b.local_rtcp.port())];
     assert!(from_b_rtcp.rtcp_port);
-    assert_eq!(from_b_rtcp.new_src, local(a.local_rtcp_port));
+    assert_eq!(from_b_rtcp.new_src, local(a.local_rtcp.port()));
     assert_eq!(from_b_rtcp.new_dst, "127.0.0.10:6001".parse().unwrap());
     assert_eq!(
         from_b_rtcp.fallback.as_ref().unwrap().local_addr().unwrap(),
-        local(a.local_rtcp_port)
+        local(a.local_rtcp.port())
     );
 }
 
@@ -407,10 +406,10 @@ fn transcoded_stream_goes_to_the_workers_never_to_plain_forward() {
     for v in st.flows.values() {
         assert_eq!(v.action(), Some(sluice_relay::xdp::FlowAction::Worker));
     }
-    let from_a = &st.worker_flows[&local(q.legs[0].streams[0].local_rtp_port)];
+    let from_a = &st.worker_flows[&local(q.legs[0].streams[0].local_rtp.port())];
     let plan = from_a.transcode.as_ref().unwrap();
     assert_eq!((plan.input, plan.output), (Codec::Pcmu, Codec::Opus));
-    let from_b = &st.worker_flows[&local(q.legs[1].streams[0].local_rtp_port)];
+    let from_b = &st.worker_flows[&local(q.legs[1].streams[0].local_rtp.port())];
     assert_eq!(from_b.transcode.as_ref().unwrap().input, Codec::Opus);
     drop(st);
 
