@@ -12,12 +12,12 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use crate::codecs::{CodecList, TranscodeMode};
+use crate::codecs::TranscodeMode;
 use crate::proto::{self, control_server::Control};
 use crate::sdp::Direction;
 use crate::session::{
-    CallEvent, CallReport, EventKind, Family, KernelFeatureReport, LegOptions, LegReport,
-    RtcpMuxMode, SessionError, Sessions, SrtpMode, SrtpReport, Statistics, StreamReport,
+    CallEvent, CallReport, CodecRequest, EventKind, Family, KernelFeatureReport, LegOptions,
+    LegReport, RtcpMuxMode, SessionError, Sessions, SrtpMode, SrtpReport, Statistics, StreamReport,
     WorkerReport,
 };
 
@@ -54,7 +54,8 @@ fn enum_value<E: TryFrom<i32>>(field: &str, v: i32) -> Result<E, Status> {
     E::try_from(v).map_err(|_| Status::invalid_argument(format!("{field}: unknown value {v}")))
 }
 
-/// Proto options to session options; absent options mean the server defaults.
+/// Proto options to session options; absent options mean the server defaults. Only proto
+/// enums are decoded here: what the values may be is the session layer's to check.
 pub fn leg_options(o: Option<proto::LegOptions>) -> Result<LegOptions, Status> {
     let mut out = LegOptions::default();
     let Some(o) = o else { return Ok(out) };
@@ -90,17 +91,17 @@ pub fn leg_options(o: Option<proto::LegOptions>) -> Result<LegOptions, Status> {
         proto::Srtp::Strip => SrtpMode::Strip,
         proto::Srtp::Require => SrtpMode::Require,
     };
-    out.codecs.mode = match enum_value("transcode", o.transcode)? {
-        proto::Transcode::Unspecified => None,
-        proto::Transcode::Auto => Some(TranscodeMode::Auto),
-        proto::Transcode::Off => Some(TranscodeMode::Off),
-    };
-    out.codecs.transcode = CodecList::parse("codec_transcode", &o.codec_transcode)
-        .map_err(Status::invalid_argument)?;
-    out.codecs.strip =
-        CodecList::parse("codec_strip", &o.codec_strip).map_err(Status::invalid_argument)?;
-    out.codecs.mask =
-        CodecList::parse("codec_mask", &o.codec_mask).map_err(Status::invalid_argument)?;
+    out.codecs = CodecRequest {
+        mode: match enum_value("transcode", o.transcode)? {
+            proto::Transcode::Unspecified => None,
+            proto::Transcode::Auto => Some(TranscodeMode::Auto),
+            proto::Transcode::Off => Some(TranscodeMode::Off),
+        },
+        transcode: &o.codec_transcode,
+        strip: &o.codec_strip,
+        mask: &o.codec_mask,
+    }
+    .parse()?;
     Ok(out)
 }
 

@@ -41,7 +41,7 @@ mod tests;
 
 pub use error::SessionError;
 pub use events::{CallEvent, EventKind, unix_ms_of};
-pub use options::{Family, LegOptions, RtcpMuxMode, SessionConfig, SrtpMode};
+pub use options::{CodecRequest, Family, LegOptions, RtcpMuxMode, SessionConfig, SrtpMode};
 pub use report::{
     CallReport, KernelFeatureReport, LegReport, SrtpReport, Statistics, StreamReport, WorkerReport,
 };

@@ -1,14 +1,18 @@
 //! What a request may ask of the side whose SDP it carries, and the relay-wide configuration the
 //! session layer runs with. Front ends map their own option syntax onto these types, so the
-//! types name what sluice does, not how one protocol spells it.
+//! types name what sluice does, not how one protocol spells it; the checks every front end would
+//! otherwise repeat (codec names) are made here, so each refuses the same request with the same
+//! words.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use sluice_relay::latch::{LatchConfig, LatchMode};
 
-use crate::codecs::{CodecOptions, TranscodeMode};
+use crate::codecs::{CodecList, CodecOptions, TranscodeMode};
 use crate::sdp::Direction;
+
+use super::error::{SessionError, bad};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Family {
@@ -32,13 +36,19 @@ pub enum RtcpMuxMode {
     Require,
 }
 
-/// What the SDP returned by a request does about SRTP (see `Srtp` in sluice.proto).
+/// What the SDP returned by a request does about SRTP (SDES, RFC 4568).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SrtpMode {
+    /// Mirror the incoming SDP: plain RTP stays plain, SDES-SRTP passes through untouched
+    /// (encrypted end to end; sluice does not decrypt it).
     #[default]
     Default,
+    /// Offer SRTP with sluice's own keys, one per supported suite; incoming SRTP is terminated.
     Offer,
+    /// Return plain RTP; incoming SRTP is terminated.
     Strip,
+    /// Refuse an incoming SDP that is not SDES-SRTP with a supported suite; it is terminated,
+    /// and the returned SDP uses SRTP with sluice's keys.
     Require,
 }
 
@@ -85,10 +95,75 @@ pub struct SessionConfig {
     pub opus_bitrate: u32,
 }
 
+/// An offer's codec options as a request names them. Named fields rather than three slices in a
+/// row, so that a front end cannot swap two lists unnoticed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CodecRequest<'a> {
+    /// `None`: the server's configured default.
+    pub mode: Option<TranscodeMode>,
+    /// Codec names; an element may hold several, comma-separated, as command lines give them.
+    pub transcode: &'a [String],
+    pub strip: &'a [String],
+    pub mask: &'a [String],
+}
+
+impl CodecRequest<'_> {
+    /// Checks the names (sluice knows PCMU, PCMA and opus, case-insensitively). An error names
+    /// the list as `codec_transcode`, `codec_strip` or `codec_mask`. Whether the lists fit the
+    /// offer (transcoding on, something left to offer) is decided with the offer's SDP.
+    pub fn parse(self) -> Result<CodecOptions, SessionError> {
+        let list = |option, names| CodecList::parse(option, names).map_err(bad);
+        Ok(CodecOptions {
+            mode: self.mode,
+            transcode: list("codec_transcode", self.transcode)?,
+            strip: list("codec_strip", self.strip)?,
+            mask: list("codec_mask", self.mask)?,
+        })
+    }
+}
+
 pub(super) fn latch_config(opts: &LegOptions) -> LatchConfig {
     LatchConfig {
         mode: opts.latching,
         strict_source: opts.strict_source,
         ..LatchConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codecs::Codec;
+
+    #[test]
+    fn codec_names_are_checked_once_for_every_front_end() {
+        let names = |s: &[&str]| s.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let (transcode, mask) = (names(&["opus, PCMA", "pcma"]), names(&["PCMU"]));
+        let o = CodecRequest {
+            mode: Some(TranscodeMode::Auto),
+            transcode: &transcode,
+            mask: &mask,
+            ..Default::default()
+        }
+        .parse()
+        .unwrap();
+        assert_eq!(o.mode, Some(TranscodeMode::Auto));
+        assert_eq!(
+            o.transcode.iter().collect::<Vec<_>>(),
+            [Codec::Opus, Codec::Pcma]
+        );
+        assert!(o.mask.contains(Codec::Pcmu) && o.strip.is_empty());
+
+        let strip = names(&["PCMU", "G729"]);
+        let err = CodecRequest {
+            strip: &strip,
+            ..Default::default()
+        }
+        .parse()
+        .unwrap_err();
+        assert!(
+            matches!(&err, SessionError::BadRequest(m) if m.starts_with("codec_strip: ") && m.contains("'G729'")),
+            "{err}"
+        );
     }
 }
