@@ -35,6 +35,8 @@ impl ControlService {
     }
 }
 
+/// The gRPC column of [`SessionError`]'s table. Every variant is named, so that adding one does
+/// not compile until it is given a code here.
 impl From<SessionError> for Status {
     fn from(e: SessionError) -> Status {
         let msg = e.to_string();
@@ -472,5 +474,48 @@ mod tests {
             .map(|f| f.without.as_str())
             .collect();
         assert_eq!(without, ["", "no route cache"]);
+    }
+
+    #[test]
+    fn each_session_error_has_its_status_code() {
+        use crate::port_alloc::PortAllocError;
+        use tonic::Code;
+        let cases = [
+            (
+                SessionError::BadSdp(crate::sdp::SdpError {
+                    line: 2,
+                    reason: "bogus".into(),
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                SessionError::Sdes(crate::sdes::SdesError::UnsupportedSuite("F8_128".into())),
+                Code::InvalidArgument,
+            ),
+            (SessionError::BadRequest("x".into()), Code::InvalidArgument),
+            (
+                SessionError::NoCodecBridge("x".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                SessionError::NoPorts(PortAllocError::Exhausted {
+                    low: 1000,
+                    high: 1003,
+                    capacity: 4,
+                }),
+                Code::ResourceExhausted,
+            ),
+            (SessionError::NotFound("c".into()), Code::NotFound),
+            (SessionError::ShuttingDown, Code::Unavailable),
+            (
+                SessionError::Engine(sluice_relay::engine::EngineGone),
+                Code::Unavailable,
+            ),
+        ];
+        for (e, code) in cases {
+            let msg = e.to_string();
+            let status = Status::from(e);
+            assert_eq!((status.code(), status.message()), (code, msg.as_str()));
+        }
     }
 }
