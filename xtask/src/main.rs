@@ -11,6 +11,7 @@ mod bencode;
 mod bridge_bench;
 mod child;
 mod forward;
+mod fresh_machine;
 mod loadgen;
 mod netns;
 mod packet;
@@ -41,6 +42,16 @@ enum Cmd {
     Bench {
         #[command(subcommand)]
         which: Bench,
+    },
+    /// The README's two commands on a fresh Debian 12 root (debootstrap: Rust, gcc, make,
+    /// pkg-config, Python; no -dev packages), from a clean clone of HEAD. Needs root.
+    FreshMachine {
+        /// Where the debootstrapped root lives (kept between runs).
+        #[arg(long, default_value = "/var/tmp/sluice-fresh")]
+        root: std::path::PathBuf,
+        /// Only command 1 (build and run), not the test suite.
+        #[arg(long)]
+        build_only: bool,
     },
     /// Load generator process of `bench forward` (JSON lines on stdin/stdout).
     #[command(hide = true)]
@@ -93,6 +104,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: Bench::Transcode(args),
         } => transcode_bench::run(args),
+        Cmd::FreshMachine { root, build_only } => {
+            fresh_machine::run(fresh_machine::Args { root, build_only })
+        }
         Cmd::Loadgen { calls, sides } => loadgen::run(calls, sides),
         Cmd::BaselineRelay => baseline::run(),
         Cmd::BareXdp { object, iface } => match iface.as_slice() {
