@@ -128,7 +128,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Serializes the tests of this file; None (test skipped) without root or the XDP program.
 fn setup() -> Option<MutexGuard<'static, ()>> {
     if let Some(why) = common::skip_reason() {
-        println!("skipped: {why}");
+        common::skipped(why);
         return None;
     }
     Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))

@@ -42,7 +42,10 @@ fn c_expr(name: &str) -> String {
 #[test]
 fn rust_mirrors_match_the_c_header() {
     let Some(cc) = host_cc() else {
-        println!("skipped: no host C compiler (apt-get install gcc)");
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"skipped rust_mirrors_match_the_c_header: no host C compiler (apt-get install gcc)\n",
+        );
         return;
     };
     let rust: BTreeMap<String, u64> = sluice_relay::xdp::abi_layout().into_iter().collect();

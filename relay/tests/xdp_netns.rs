@@ -40,7 +40,7 @@ use sluice_relay::xdp::{
 fn skip() -> bool {
     match common::skip_reason() {
         Some(why) => {
-            println!("skipped: {why}");
+            common::skipped(why);
             true
         }
         None => false,

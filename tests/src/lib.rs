@@ -28,6 +28,14 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a receiving peer listens to be sure that nothing arrives.
 pub const SILENCE: Duration = Duration::from_millis(300);
 
+/// Says that the running test skips and why, on stderr past libtest's output capture (which
+/// hides `println!` of a passing test), so the line shows in a plain `cargo test`.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let name = std::thread::current().name().unwrap_or("test").to_string();
+    let _ = writeln!(std::io::stderr().lock(), "skipped {name}: {why}");
+}
+
 /// Runs a test body with an upper bound on its duration. The daemon binary is built (if need
 /// be) before the clock starts: a `cargo build` waiting for a busy target directory is not the
 /// test's time.

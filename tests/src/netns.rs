@@ -64,13 +64,19 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// True (after printing why) when a test that builds namespaces cannot run here.
+/// True (after printing why) when a test that builds namespaces cannot run here: not root, or
+/// no `ip` (iproute2). Under CI (`CI` set) either is a failure instead.
 pub fn skip_without_root() -> bool {
-    if !is_root() {
-        println!("skipped: needs root");
-        return true;
-    }
-    false
+    let why = if !is_root() {
+        "needs root"
+    } else if std::process::Command::new("ip").arg("-V").output().is_err() {
+        "needs iproute2 for network namespaces (apt-get install iproute2)"
+    } else {
+        return false;
+    };
+    assert!(std::env::var_os("CI").is_none(), "under CI: {why}");
+    crate::skipped(why);
+    true
 }
 
 /// True (after printing why) when the XDP tests cannot run: not root, or sluice built without

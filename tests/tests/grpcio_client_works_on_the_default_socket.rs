@@ -32,10 +32,9 @@ async fn python_grpcio_drives_a_call_and_reflection_on_the_unix_socket() {
         if std::env::var_os("CI").is_some() {
             panic!("python3 grpcio is required in CI: {why}");
         }
-        println!(
-            "skipped: needs python3 grpcio (pip install grpcio grpcio-tools grpcio-reflection): \
-             {why}"
-        );
+        skipped(&format!(
+            "needs python3 grpcio (pip install grpcio grpcio-tools grpcio-reflection): {why}"
+        ));
         return;
     }
     bounded(async {

@@ -401,7 +401,7 @@ fn transcoded_speech_scores_close_to_g711() {
         if std::env::var_os("CI").is_some() {
             panic!("PESQ is required in CI: {why}");
         }
-        eprintln!("SKIPPED transcoded_speech_scores_close_to_g711: {why}");
+        sluice_tests::skipped(&why);
         return;
     }
     let ref_path = root().join("data/speech_8k.wav");

@@ -10,6 +10,14 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+/// Says that the running test skips and why, on stderr past libtest's output capture (which
+/// hides `println!` of a passing test), so the line shows in a plain `cargo test`.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let name = std::thread::current().name().unwrap_or("test").to_string();
+    let _ = writeln!(std::io::stderr().lock(), "skipped {name}: {why}");
+}
+
 /// Why the netns tests cannot run here, if they cannot: they need root and the XDP program.
 pub fn skip_reason() -> Option<&'static str> {
     // SAFETY: geteuid has no preconditions.
@@ -20,6 +28,9 @@ pub fn skip_reason() -> Option<&'static str> {
         return Some(
             "sluice was built without the XDP program (apt-get install clang-19 libbpf-dev)",
         );
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("needs iproute2 for network namespaces (apt-get install iproute2)");
     }
     None
 }
