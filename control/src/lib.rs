@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod grpc;
 pub mod h2_authority;
 pub mod kernel;
+pub mod ng;
 pub mod port_alloc;
 pub mod sdes;
 pub mod sdp;

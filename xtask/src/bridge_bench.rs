@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::bencode::Value;
 use crate::child::Proc;
 use crate::netns::Placement;
 use crate::proc_cpu::process_cpu_ns;
 use crate::relays::{NgClient, SluiceProc, free_port, spawn_rtpengine, start_sluice};
 use crate::sdp;
 use crate::sys::{RecvBatch, SendBatch, bind_loopback, local_v4, poll_readable, set_buffer};
+use sluice_control::ng::bencode::Value;
 
 const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
 const RTP_LEN: usize = 172;

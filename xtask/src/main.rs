@@ -7,7 +7,6 @@
 
 mod bare;
 mod baseline;
-mod bencode;
 mod bridge_bench;
 mod child;
 mod forward;

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::baseline;
-use crate::bencode::Value;
 use crate::child::{Lines, Proc};
 use crate::netns::{self, Placement};
 use crate::sdp;
+use sluice_control::ng::bencode::Value;
 
 /// How long a relay gets to come up and answer its control protocol.
 const STARTUP: Duration = Duration::from_secs(10);

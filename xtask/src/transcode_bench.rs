@@ -41,11 +41,11 @@ use sluice_relay::transcode::{
     Codec, DEFAULT_OPUS_COMPLEXITY, DirectionPlan, MAX_OUT_PACKET, OpusParams, Transcoder,
 };
 
-use crate::bencode::Value;
 use crate::child::Proc;
 use crate::netns::Placement;
 use crate::proc_cpu::process_cpu_ns;
 use crate::relays::{NgClient, SluiceProc, spawn_rtpengine, start_sluice};
+use sluice_control::ng::bencode::Value;
 
 const FRAME: usize = 160;
 const BITRATE: u32 = 24_000;

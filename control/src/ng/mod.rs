@@ -1,0 +1,11 @@
+//! rtpengine's ng control protocol, so Kamailio's and OpenSIPS' `rtpengine` modules drive
+//! sluice unchanged: `<cookie> <bencoded dictionary>` over UDP (or TCP), one reply per request
+//! with the same cookie.
+//!
+//! - [`bencode`]: the message encoding (JSON dictionaries accepted too);
+//! - [`request`]: a message's command, identifiers and flags, parsed keys and `rtpp-flags` alike;
+//! - [`cookie`]: the reply cache that makes a retransmitted request harmless.
+
+pub mod bencode;
+pub mod cookie;
+pub mod request;
