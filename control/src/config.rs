@@ -68,6 +68,26 @@ impl std::str::FromStr for ControlAddr {
     }
 }
 
+/// `--ng udp:IP:PORT` (or `udp6:[IP]:PORT`): where rtpengine's ng protocol is served.
+pub fn parse_ng(s: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid {
+        key: "ng",
+        value: s.to_string(),
+        why: why.to_string(),
+    };
+    let addr = s
+        .strip_prefix("udp6:")
+        .or_else(|| s.strip_prefix("udp:"))
+        .ok_or_else(|| bad("expected udp:IP:PORT or udp6:[IP]:PORT, e.g. udp:127.0.0.1:2223"))?;
+    let a: SocketAddr = addr
+        .parse()
+        .map_err(|_| bad("expected udp:IP:PORT or udp6:[IP]:PORT, e.g. udp:127.0.0.1:2223"))?;
+    if s.starts_with("udp6:") && !a.is_ipv6() {
+        return Err(bad("udp6: needs an IPv6 address in brackets"));
+    }
+    Ok(a)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -91,6 +111,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     pub control: Option<String>,
+    pub ng: Option<Vec<String>>,
     pub media_ip: Option<Vec<String>>,
     pub ports: Option<String>,
     pub timeout: Option<u64>,
@@ -124,6 +145,7 @@ impl FileConfig {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub control: Option<String>,
+    pub ng: Vec<String>,
     pub media_ip: Vec<String>,
     pub ports: Option<String>,
     pub timeout: Option<u64>,
@@ -143,6 +165,9 @@ pub struct Overrides {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub control: ControlAddr,
+    /// `--ng`: UDP addresses serving rtpengine's ng protocol (Kamailio, OpenSIPS); none by
+    /// default.
+    pub ng: Vec<SocketAddr>,
     pub media_ips: Vec<IpAddr>,
     pub port_low: u16,
     pub port_high: u16,
@@ -157,7 +182,7 @@ pub struct Config {
     /// `--workers`: AF_XDP workers to start with XDP (None: one per RX queue; Some(0): none,
     /// so SRTP streams stay on the userspace path).
     pub workers: Option<usize>,
-    /// `--worker-cores`: CPUs to pin the workers to (None: chosen from the hwloc topology).
+    /// `--worker-cores`: CPUs to pin the workers to (None: chosen from the CPU topology).
     pub worker_cores: Option<Vec<usize>>,
     /// `--transcode`: the transcoding mode of offers that do not choose one.
     pub transcode: crate::codecs::TranscodeMode,
@@ -211,6 +236,25 @@ impl Config {
                       or set allow-remote-control = true if a firewall protects it"
                     .into(),
             });
+        }
+        let ng_list = if cli.ng.is_empty() {
+            file.ng.unwrap_or_default()
+        } else {
+            cli.ng
+        };
+        let mut ng = Vec::new();
+        for s in &ng_list {
+            let a = parse_ng(s)?;
+            if !a.ip().is_loopback() && !allow_remote {
+                return Err(ConfigError::Invalid {
+                    key: "ng",
+                    value: s.clone(),
+                    why: "the ng protocol has no authentication; listen on loopback, or set \
+                          allow-remote-control = true if a firewall protects it"
+                        .into(),
+                });
+            }
+            ng.push(a);
         }
         let ips = if cli.media_ip.is_empty() {
             file.media_ip.unwrap_or_default()
@@ -364,6 +408,7 @@ impl Config {
         };
         Ok(Config {
             control,
+            ng,
             media_ips,
             port_low,
             port_high,

@@ -76,6 +76,16 @@ pub async fn run_until(
         }
     });
 
+    let mut ng_servers = Vec::new();
+    for addr in &cfg.ng {
+        let sock = crate::ng::server::bind(*addr).await?;
+        tracing::info!(ng = %format!("udp:{addr}"), "serving rtpengine's ng protocol");
+        ng_servers.push(tokio::spawn(crate::ng::server::serve(
+            sock,
+            sessions.clone(),
+        )));
+    }
+
     let service = ControlService::new(sessions.clone()).into_server();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -132,6 +142,9 @@ pub async fn run_until(
         }
     };
     sweeper.abort();
+    for ng in ng_servers {
+        ng.abort();
+    }
     let stats = sessions.statistics();
     let ended = sessions.shutdown();
     drop(sessions);

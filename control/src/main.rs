@@ -25,6 +25,10 @@ enum Cmd {
         /// $XDG_RUNTIME_DIR/sluice/control.sock or /tmp/sluice-UID/control.sock).
         #[arg(long)]
         control: Option<String>,
+        /// Serve rtpengine's ng protocol (Kamailio/OpenSIPS `rtpengine` module) on udp:IP:PORT
+        /// or udp6:[IP]:PORT; repeatable (default: not served).
+        #[arg(long)]
+        ng: Vec<String>,
         /// Relay address media is received on; repeat for IPv4 and IPv6.
         #[arg(long = "media-ip")]
         media_ip: Vec<String>,
@@ -57,7 +61,7 @@ enum Cmd {
         /// userspace).
         #[arg(long)]
         workers: Option<u64>,
-        /// CPUs to pin the workers to, e.g. 2,3 or 4-7 (default: from the hwloc topology,
+        /// CPUs to pin the workers to, e.g. 2,3 or 4-7 (default: from the CPU topology,
         /// physical cores on the NIC's NUMA node first).
         #[arg(long = "worker-cores")]
         worker_cores: Option<String>,
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         Cmd::Run {
             config,
             control,
+            ng,
             media_ip,
             ports,
             timeout,
@@ -144,6 +149,7 @@ fn main() -> ExitCode {
                 file,
                 Overrides {
                     control,
+                    ng,
                     media_ip,
                     ports,
                     timeout,

@@ -4,8 +4,11 @@
 //!
 //! - [`bencode`]: the message encoding (JSON dictionaries accepted too);
 //! - [`request`]: a message's command, identifiers and flags, parsed keys and `rtpp-flags` alike;
-//! - [`cookie`]: the reply cache that makes a retransmitted request harmless.
+//! - [`cookie`]: the reply cache that makes a retransmitted request harmless;
+//! - [`handler`]: a request against the media-session API, and its reply.
 
 pub mod bencode;
 pub mod cookie;
+pub mod handler;
 pub mod request;
+pub mod server;

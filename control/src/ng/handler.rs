@@ -1,0 +1,377 @@
+//! One ng request against the media-session API, and its reply dictionary.
+//!
+//! Defaults are rtpengine's, because Kamailio and OpenSIPS configurations were written against
+//! them: nothing is appended to an offer's codecs unless the request asks (`codec-transcode`,
+//! `codec-offer`), SRTP passes through unless `transport-protocol` or `SDES` says otherwise, the
+//! source of media is not enforced unless `strict-source`. sluice's own richer defaults stay on
+//! gRPC and the B2BUA.
+
+use std::net::SocketAddr;
+
+use crate::codecs::TranscodeMode;
+use crate::session::{
+    CallReport, CodecRequest, Family, LegOptions, RtcpMuxMode, SessionError, Sessions, SrtpMode,
+    Statistics, StreamReport,
+};
+
+use super::bencode::Value;
+use super::request::{Command, Request, RequestError};
+
+/// The reply to one decoded message (without the cookie).
+pub fn handle(sessions: &Sessions, msg: &Value) -> Value {
+    match Request::parse(msg) {
+        Ok(mut req) => match run(sessions, &mut req) {
+            Ok(mut entries) => {
+                let mut d = vec![("result", Value::str("ok"))];
+                if req.command == Some(Command::Ping) {
+                    d = vec![("result", Value::str("pong"))];
+                }
+                d.append(&mut entries);
+                if !req.warnings.is_empty() {
+                    d.push(("warning", Value::str(&req.warnings.join("; "))));
+                }
+                Value::dict(d)
+            }
+            Err(reason) => error(&reason),
+        },
+        Err(RequestError(reason)) => error(&reason),
+    }
+}
+
+pub fn error(reason: &str) -> Value {
+    Value::dict([
+        ("result", Value::str("error")),
+        ("error-reason", Value::str(reason)),
+    ])
+}
+
+/// rtpengine's `error-reason` for each session failure (see `SessionError`): the exact strings
+/// Kamailio and OpenSIPS match to fail over to another relay.
+pub fn reason(e: &SessionError) -> String {
+    match e {
+        SessionError::NoPorts(_) => "Ran out of ports".into(),
+        SessionError::NotFound(_) => "Unknown call-id".into(),
+        SessionError::BadSdp(e) => format!("Failed to parse SDP: {e}"),
+        other => other.to_string(),
+    }
+}
+
+fn need<'a>(what: &str, v: &'a Option<String>) -> Result<&'a str, String> {
+    match v.as_deref() {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(format!("No {what} in message")),
+    }
+}
+
+type Entries = Vec<(&'static str, Value)>;
+
+fn run(sessions: &Sessions, req: &mut Request) -> Result<Entries, String> {
+    let Some(command) = req.command else {
+        return Err("No command in message".into());
+    };
+    match command {
+        Command::Ping => Ok(Vec::new()),
+        Command::Offer => {
+            let call_id = need("call-id", &req.call_id)?.to_string();
+            let from_tag = need("from-tag", &req.from_tag)?.to_string();
+            let sdp = prepare_sdp(req)?;
+            let opts = options(req, true)?;
+            let out = sessions
+                .offer(&call_id, &from_tag, &sdp, opts)
+                .map_err(|e| reason(&e))?;
+            Ok(vec![("sdp", Value::str(&out))])
+        }
+        Command::Answer => {
+            let call_id = need("call-id", &req.call_id)?.to_string();
+            let from_tag = need("from-tag", &req.from_tag)?.to_string();
+            let to_tag = need("to-tag", &req.to_tag)?.to_string();
+            let sdp = prepare_sdp(req)?;
+            let opts = options(req, false)?;
+            let out = sessions
+                .answer(&call_id, &from_tag, &to_tag, &sdp, opts)
+                .map_err(|e| reason(&e))?;
+            Ok(vec![("sdp", Value::str(&out))])
+        }
+        Command::Delete => {
+            let call_id = need("call-id", &req.call_id)?.to_string();
+            if req.delete_delay.is_some_and(|d| d > 0) && !req.flags.fatal {
+                req.warnings
+                    .push("delete-delay ignored: sluice deletes at once".into());
+            }
+            let from_tag = req.from_tag.as_deref().unwrap_or("");
+            // Kamailio sends the to-tag only to end one branch (with the to-tag flag); the
+            // whole call goes otherwise.
+            let to_tag = if req.flags.to_tag_flag {
+                req.to_tag.as_deref().unwrap_or("")
+            } else {
+                ""
+            };
+            let report = sessions
+                .delete(&call_id, from_tag, to_tag)
+                .map_err(|e| reason(&e))?;
+            Ok(call_stats(&report))
+        }
+        Command::Query => {
+            let call_id = need("call-id", &req.call_id)?;
+            let report = sessions.query(call_id).map_err(|e| reason(&e))?;
+            Ok(call_stats(&report))
+        }
+        Command::List => {
+            let limit = req.limit.unwrap_or(32).clamp(0, 1_000_000) as usize;
+            let ids = sessions.list(limit);
+            Ok(vec![(
+                "calls",
+                Value::List(ids.iter().map(|c| Value::str(c)).collect()),
+            )])
+        }
+        Command::Statistics => Ok(statistics(&sessions.statistics())),
+    }
+}
+
+/// The request's SDP, ICE attributes removed: sluice is not an ICE agent, so the endpoint's
+/// candidates must not reach the other side (they would lead media around the relay). That is
+/// `ICE=remove`; rtpengine without the flag would answer ICE itself, so then a warning says
+/// that sluice removed them anyway.
+fn prepare_sdp(req: &mut Request) -> Result<String, String> {
+    const ICE: [&str; 7] = [
+        "a=candidate:",
+        "a=ice-ufrag:",
+        "a=ice-pwd:",
+        "a=ice-options:",
+        "a=ice-lite",
+        "a=end-of-candidates",
+        "a=remote-candidates:",
+    ];
+    let sdp = need("SDP", &req.sdp)?;
+    let has_ice = sdp.lines().any(|l| ICE.iter().any(|p| l.starts_with(p)));
+    if !has_ice {
+        return Ok(sdp.to_string());
+    }
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        if !ICE.iter().any(|p| line.starts_with(p)) {
+            out.push_str(line);
+        }
+    }
+    if req.ice.as_deref() != Some("remove") {
+        req.warnings
+            .push("ICE attributes removed: sluice is not an ICE agent".into());
+    }
+    Ok(out)
+}
+
+/// LegOptions from the request, with rtpengine's defaults; what sluice does not do becomes a
+/// warning.
+fn options(req: &mut Request, offer: bool) -> Result<LegOptions, String> {
+    let mut warn = Vec::new();
+    if matches!(req.ice.as_deref(), Some(i) if i != "remove") {
+        warn.push(format!(
+            "ICE={} ignored: no ICE support",
+            req.ice.as_deref().unwrap_or("")
+        ));
+    }
+    if matches!(req.dtls.as_deref(), Some(d) if d != "off") {
+        warn.push("DTLS ignored: no DTLS-SRTP support".to_string());
+    }
+    if matches!(req.record_call.as_deref(), Some("yes" | "on")) {
+        warn.push("record-call ignored: no recording".to_string());
+    }
+    if !req.direction.is_empty() {
+        warn.push("direction ignored: sluice relays on its media addresses".to_string());
+    }
+    if req.flags.sip_source_address {
+        warn.push(
+            "SIP-source-address: the SDP address is used until media latches to the real source"
+                .to_string(),
+        );
+    }
+    for s in &req.sdes {
+        if s != "off" {
+            warn.push(format!("SDES-{s} ignored"));
+        }
+    }
+    req.warnings.append(&mut warn);
+    let mut o = LegOptions {
+        // rtpengine learns the source and forwards from wherever media comes unless told.
+        strict_source: req.flags.strict_source,
+        ..LegOptions::default()
+    };
+    o.family = match req.address_family.as_deref() {
+        None => Family::Auto,
+        Some("IP4") => Family::V4,
+        Some("IP6") => Family::V6,
+        Some(other) => return Err(format!("Unsupported address family '{other}'")),
+    };
+    for m in &req.rtcp_mux {
+        o.rtcp_mux = match m.as_str() {
+            "offer" => RtcpMuxMode::Offer,
+            "demux" | "reject" => RtcpMuxMode::Strip,
+            "require" => RtcpMuxMode::Require,
+            // Accepting what the endpoint offered is what sluice does anyway.
+            "accept" => RtcpMuxMode::Default,
+            other => return Err(format!("Unknown rtcp-mux mode '{other}'")),
+        };
+    }
+    o.srtp = match req.transport_protocol.as_deref() {
+        None => SrtpMode::Default,
+        Some("RTP/AVP") | Some("RTP/AVPF") => SrtpMode::Strip,
+        Some("RTP/SAVP") | Some("RTP/SAVPF") => SrtpMode::Offer,
+        Some(other) => return Err(format!("Unsupported transport protocol '{other}'")),
+    };
+    if req.sdes.iter().any(|s| s == "off") && o.srtp == SrtpMode::Offer {
+        return Err("SDES=off with an SRTP transport protocol: no way to key SRTP".into());
+    }
+    if offer {
+        let c = &req.codec;
+        let mut transcode = c.transcode.clone();
+        transcode.extend(c.offer.iter().cloned());
+        let mode = if transcode.is_empty() {
+            TranscodeMode::Off
+        } else {
+            TranscodeMode::Auto
+        };
+        o.codecs = CodecRequest {
+            mode: Some(mode),
+            transcode: &transcode,
+            strip: &c.strip,
+            mask: &c.mask,
+        }
+        .parse()
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(o)
+}
+
+fn int(n: u64) -> Value {
+    Value::Int(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+fn endpoint(a: SocketAddr) -> Value {
+    Value::dict([
+        (
+            "family",
+            Value::str(if a.is_ipv4() { "IPv4" } else { "IPv6" }),
+        ),
+        ("address", Value::str(&a.ip().to_string())),
+        ("port", Value::Int(i64::from(a.port()))),
+    ])
+}
+
+fn stream_stats(s: &StreamReport) -> Value {
+    let errors = s.dropped_wrong_source
+        + s.dropped_direction
+        + s.dropped_malformed
+        + s.srtp_auth_failures
+        + s.srtp_replayed;
+    let mut d = vec![
+        ("local port", Value::Int(i64::from(s.local_rtp.port()))),
+        (
+            "stats",
+            Value::dict([
+                ("packets", int(s.packets)),
+                ("bytes", int(s.bytes)),
+                ("errors", int(errors)),
+            ]),
+        ),
+    ];
+    if let Some(p) = s.latched_peer.or(s.sdp_peer) {
+        d.push(("endpoint", endpoint(p)));
+    }
+    if let Some(p) = s.sdp_peer {
+        d.push(("advertised endpoint", endpoint(p)));
+    }
+    if s.ssrc != 0 {
+        d.push(("SSRC", int(u64::from(s.ssrc))));
+    }
+    Value::dict(d)
+}
+
+/// rtpengine's call statistics shape: what Kamailio's `$rtpestat` reads (`totals`) and the
+/// per-tag, per-media, per-stream tree. `SSRC` (MOS) stays empty: sluice does not compute MOS
+/// from RTCP yet.
+pub fn call_stats(r: &CallReport) -> Entries {
+    let (mut rtp_p, mut rtp_b, mut rtp_e, mut rtcp_p) = (0, 0, 0, 0);
+    let mut tags = std::collections::BTreeMap::new();
+    for (i, leg) in r.legs.iter().enumerate() {
+        let Some(tag) = &leg.tag else { continue };
+        let other = r.legs[1 - i].tag.clone().unwrap_or_default();
+        let medias: Vec<Value> = leg
+            .streams
+            .iter()
+            .map(|s| {
+                rtp_p += s.packets;
+                rtp_b += s.bytes;
+                rtp_e += s.dropped_wrong_source + s.dropped_direction + s.dropped_malformed;
+                rtcp_p += s.rtcp_packets;
+                Value::dict([
+                    ("index", int(s.index as u64 + 1)),
+                    ("type", Value::str(&s.media)),
+                    ("streams", Value::List(vec![stream_stats(s)])),
+                ])
+            })
+            .collect();
+        tags.insert(
+            tag.as_bytes().to_vec(),
+            Value::dict([
+                ("tag", Value::str(tag)),
+                ("in dialogue with", Value::str(&other)),
+                ("medias", Value::List(medias)),
+            ]),
+        );
+    }
+    vec![
+        ("created", int(r.created_unix_ms / 1000)),
+        ("created_us", int(r.created_unix_ms * 1000)),
+        ("last signal", int(r.last_signal_unix_ms / 1000)),
+        (
+            "totals",
+            Value::dict([
+                (
+                    "RTP",
+                    Value::dict([
+                        ("packets", int(rtp_p)),
+                        ("bytes", int(rtp_b)),
+                        ("errors", int(rtp_e)),
+                    ]),
+                ),
+                (
+                    "RTCP",
+                    Value::dict([("packets", int(rtcp_p)), ("errors", Value::Int(0))]),
+                ),
+            ]),
+        ),
+        ("tags", Value::Dict(tags)),
+        ("SSRC", Value::Dict(Default::default())),
+    ]
+}
+
+fn statistics(s: &Statistics) -> Entries {
+    vec![(
+        "statistics",
+        Value::dict([
+            (
+                "currentstatistics",
+                Value::dict([
+                    ("sessionsown", int(s.calls_current)),
+                    ("sessionsforeign", Value::Int(0)),
+                    ("sessionstotal", int(s.calls_current)),
+                ]),
+            ),
+            (
+                "totalstatistics",
+                Value::dict([
+                    ("uptime", int(s.uptime.as_secs())),
+                    ("managedsessions", int(s.calls_total)),
+                    ("timeoutsessions", int(s.calls_timed_out)),
+                    ("packets", int(s.packets_relayed)),
+                    ("bytes", int(s.bytes_relayed)),
+                    ("errors", int(s.packets_dropped)),
+                ]),
+            ),
+            (
+                "ports",
+                Value::dict([("used", int(s.ports_in_use)), ("free", int(s.ports_free))]),
+            ),
+        ]),
+    )]
+}
