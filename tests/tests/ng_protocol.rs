@@ -1,0 +1,272 @@
+//! rtpengine's ng protocol over UDP, as Kamailio's and OpenSIPS' `rtpengine` modules speak it:
+//! a call set up with offer/answer carries media, a retransmitted offer gets the first reply
+//! without allocating again, failures use the strings those modules match, and malformed
+//! datagrams get an error reply while the daemon keeps serving.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use sluice_control::ng::bencode::Value;
+use sluice_tests::*;
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Ng {
+    sock: UdpSocket,
+    to: SocketAddr,
+}
+
+impl Ng {
+    fn new(port: u16) -> Ng {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        Ng {
+            sock,
+            to: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn raw(&self, cookie: &str, body: &[u8]) -> Vec<u8> {
+        let mut d = format!("{cookie} ").into_bytes();
+        d.extend_from_slice(body);
+        self.sock.send_to(&d, self.to).unwrap();
+        let mut buf = vec![0u8; 65_536];
+        let n = self.sock.recv(&mut buf).expect("an ng reply");
+        buf.truncate(n);
+        let prefix = format!("{cookie} ").into_bytes();
+        assert!(
+            buf.starts_with(&prefix),
+            "reply to another cookie: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf
+    }
+
+    fn call(&self, cookie: &str, msg: Value) -> Value {
+        let reply = self.raw(cookie, &msg.to_bytes());
+        Value::decode(&reply[cookie.len() + 1..]).expect("a bencoded reply")
+    }
+}
+
+fn offer_msg(call_id: &str, sdp: &str) -> Value {
+    Value::dict([
+        ("command", Value::str("offer")),
+        ("call-id", Value::str(call_id)),
+        ("from-tag", Value::str("caller")),
+        ("sdp", Value::str(sdp)),
+        ("supports", Value::List(vec![Value::str("load limit")])),
+        (
+            "replace",
+            Value::List(vec![Value::str("origin"), Value::str("session-connection")]),
+        ),
+    ])
+}
+
+fn ports_in_use(ng: &Ng, cookie: &str) -> i64 {
+    let r = ng.call(cookie, Value::dict([("command", Value::str("statistics"))]));
+    match r
+        .get("statistics")
+        .and_then(|s| s.get("ports"))
+        .and_then(|p| p.get("used"))
+    {
+        Some(Value::Int(n)) => *n,
+        other => panic!("no statistics.ports.used in {r:?}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_over_ng_carries_media_and_a_retransmission_allocates_nothing() {
+    bounded(async {
+        let port = free_udp_port();
+        let d = Daemon::start(&["--ng", &format!("udp:127.0.0.1:{port}")]).await;
+        let ng = Ng::new(port);
+        let (caller, callee) = (Peer::v4(), Peer::v4());
+
+        let pong = ng.call("p1", Value::dict([("command", Value::str("ping"))]));
+        assert_eq!(pong.get_str("result").as_deref(), Some("pong"));
+
+        let msg = offer_msg("ng-call-1", &caller.sdp(&[]));
+        let first = ng.raw("o1", &msg.to_bytes());
+        let used = ports_in_use(&ng, "s1");
+        // Kamailio resends with the same cookie when the reply is late: same bytes back, and
+        // no second set of ports.
+        let again = ng.raw("o1", &msg.to_bytes());
+        assert_eq!(first, again, "a retransmission must get the first reply");
+        assert_eq!(ports_in_use(&ng, "s2"), used);
+
+        let offer = Value::decode(&first[3..]).unwrap();
+        assert_eq!(offer.get_str("result").as_deref(), Some("ok"), "{offer:?}");
+        let to_callee = SdpView::parse(&offer.get_str("sdp").unwrap());
+        let answer = ng.call(
+            "a1",
+            Value::dict([
+                ("command", Value::str("answer")),
+                ("call-id", Value::str("ng-call-1")),
+                ("from-tag", Value::str("caller")),
+                ("to-tag", Value::str("callee")),
+                ("sdp", Value::str(&callee.sdp(&[]))),
+            ]),
+        );
+        assert_eq!(
+            answer.get_str("result").as_deref(),
+            Some("ok"),
+            "{answer:?}"
+        );
+        let to_caller = SdpView::parse(&answer.get_str("sdp").unwrap());
+
+        for seq in 0..5u16 {
+            caller.send_rtp(
+                to_caller.rtp_addr(),
+                &pcmu(seq, u32::from(seq) * 160, 0x1111),
+            );
+        }
+        assert_eq!(
+            callee.recv_rtp_n(5).len(),
+            5,
+            "callee got the caller's RTP through sluice"
+        );
+        for seq in 0..5u16 {
+            callee.send_rtp(
+                to_callee.rtp_addr(),
+                &pcmu(seq, u32::from(seq) * 160, 0x2222),
+            );
+        }
+        assert_eq!(
+            caller.recv_rtp_n(5).len(),
+            5,
+            "caller got the callee's RTP through sluice"
+        );
+
+        let q = ng.call(
+            "q1",
+            Value::dict([
+                ("command", Value::str("query")),
+                ("call-id", Value::str("ng-call-1")),
+            ]),
+        );
+        let packets = q
+            .get("totals")
+            .and_then(|t| t.get("RTP"))
+            .and_then(|r| r.get("packets"));
+        assert_eq!(packets, Some(&Value::Int(10)), "{q:?}");
+        assert!(
+            q.get("tags").and_then(|t| t.get("caller")).is_some(),
+            "{q:?}"
+        );
+
+        let del = ng.call(
+            "d1",
+            Value::dict([
+                ("command", Value::str("delete")),
+                ("call-id", Value::str("ng-call-1")),
+                ("from-tag", Value::str("caller")),
+            ]),
+        );
+        assert_eq!(del.get_str("result").as_deref(), Some("ok"), "{del:?}");
+        assert!(
+            del.get("totals").is_some(),
+            "delete carries the final stats: {del:?}"
+        );
+        assert_eq!(ports_in_use(&ng, "s3"), 0, "delete frees every port");
+        let gone = ng.call(
+            "q2",
+            Value::dict([
+                ("command", Value::str("query")),
+                ("call-id", Value::str("ng-call-1")),
+            ]),
+        );
+        assert_eq!(
+            gone.get_str("error-reason").as_deref(),
+            Some("Unknown call-id")
+        );
+        drop(d);
+    })
+    .await;
+}
+
+/// Kamailio and OpenSIPS compare `error-reason` with "Ran out of ports" to try their next relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_ports_say_ran_out_of_ports() {
+    bounded(async {
+        let port = free_udp_port();
+        let d = Daemon::start(&[
+            "--ng",
+            &format!("udp:127.0.0.1:{port}"),
+            "--ports",
+            "31500-31503",
+        ])
+        .await;
+        let ng = Ng::new(port);
+        let caller = Peer::v4();
+        let ok = ng.call("1", offer_msg("full-1", &caller.sdp(&[])));
+        assert_eq!(ok.get_str("result").as_deref(), Some("ok"), "{ok:?}");
+        let full = ng.call("2", offer_msg("full-2", &caller.sdp(&[])));
+        assert_eq!(full.get_str("result").as_deref(), Some("error"));
+        assert_eq!(
+            full.get_str("error-reason").as_deref(),
+            Some("Ran out of ports")
+        );
+        drop(d);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_errors_and_the_daemon_keeps_serving() {
+    bounded(async {
+        let port = free_udp_port();
+        let d = Daemon::start(&["--ng", &format!("udp:127.0.0.1:{port}")]).await;
+        let ng = Ng::new(port);
+        let many_flags = Value::dict([
+            ("command", Value::str("offer")),
+            ("flags", Value::List(vec![Value::str("x"); 10_000])),
+        ]);
+        let huge = [
+            b"d7:command5:offer3:sdp60000:".to_vec(),
+            vec![b'x'; 60_000],
+            b"e".to_vec(),
+        ]
+        .concat();
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("t1", b"d7:command5:of".to_vec(), "bencode"),
+            (
+                "t2",
+                b"d7:commandli5eee".to_vec(),
+                "'command' must be a string",
+            ),
+            ("t3", b"l4:pinge".to_vec(), "not a dictionary"),
+            ("t4", b"d7:command5:dancee".to_vec(), "Unknown command"),
+            ("t5", many_flags.to_bytes(), "flags"),
+            ("t6", b"d7:command5:offere".to_vec(), "No call-id"),
+            ("t7", b"{\"command\": 5".to_vec(), "JSON"),
+            ("t8", huge, "No call-id"),
+            ("t9", vec![b'd'; 5_000], "bencode"),
+        ];
+        for (cookie, body, expect) in cases {
+            let reply = ng.raw(cookie, &body);
+            let v = Value::decode(&reply[cookie.len() + 1..]).unwrap();
+            assert_eq!(
+                v.get_str("result").as_deref(),
+                Some("error"),
+                "{cookie}: {v:?}"
+            );
+            let reason = v.get_str("error-reason").unwrap_or_default();
+            assert!(
+                reason.contains(expect),
+                "{cookie}: '{reason}' lacks '{expect}'"
+            );
+        }
+        // A datagram without a cookie cannot be answered: dropped, and nothing breaks.
+        ng.sock.send_to(b"nocookie", ng.to).unwrap();
+        let pong = ng.call("alive", Value::dict([("command", Value::str("ping"))]));
+        assert_eq!(pong.get_str("result").as_deref(), Some("pong"));
+        drop(d);
+    })
+    .await;
+}
