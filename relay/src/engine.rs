@@ -731,7 +731,7 @@ fn process_batch(
 ) -> usize {
     let c = &*ep.counters;
     let mut queued = 0;
-    let (mut packets, mut bytes, mut rtcp_packets) = (0u64, 0u64, 0u64);
+    let (mut packets, mut bytes, mut rtcp_packets, mut rtcp_bytes) = (0u64, 0u64, 0u64, 0u64);
     for i in 0..n {
         let wire_len = io.rx_len(i);
         let mut len = wire_len;
@@ -822,6 +822,7 @@ fn process_batch(
         bytes += wire_len as u64;
         if is_rtcp {
             rtcp_packets += 1;
+            rtcp_bytes += wire_len as u64;
         } else {
             let rtp = RtpPacket::new_unchecked(buf);
             ep.stats
@@ -892,6 +893,7 @@ fn process_batch(
         bump(&c.packets, packets);
         bump(&c.bytes, bytes);
         bump(&c.rtcp_packets, rtcp_packets);
+        bump(&c.rtcp_bytes, rtcp_bytes);
         c.last_packet_ns.store(now, Relaxed);
         if let Some(ssrc) = ep.stats.ssrc() {
             c.ssrc.store(ssrc, Relaxed);

@@ -15,6 +15,8 @@ pub struct EndpointCounters {
     pub packets: AtomicU64,
     pub bytes: AtomicU64,
     pub rtcp_packets: AtomicU64,
+    /// Of `bytes`: RTCP (the userspace path; the kernel path counts RTP and RTCP together).
+    pub rtcp_bytes: AtomicU64,
     /// Packets sent on towards the partner endpoint.
     pub forwarded: AtomicU64,
     pub forwarded_bytes: AtomicU64,

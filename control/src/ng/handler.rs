@@ -290,7 +290,7 @@ fn stream_stats(s: &StreamReport) -> Value {
 /// per-tag, per-media, per-stream tree. `SSRC` (MOS) stays empty: sluice does not compute MOS
 /// from RTCP yet.
 pub fn call_stats(r: &CallReport) -> Entries {
-    let (mut rtp_p, mut rtp_b, mut rtp_e, mut rtcp_p) = (0, 0, 0, 0);
+    let (mut rtp_p, mut rtp_b, mut rtp_e, mut rtcp_p, mut rtcp_b) = (0, 0, 0, 0, 0);
     let mut tags = std::collections::BTreeMap::new();
     for (i, leg) in r.legs.iter().enumerate() {
         let Some(tag) = &leg.tag else { continue };
@@ -299,10 +299,12 @@ pub fn call_stats(r: &CallReport) -> Entries {
             .streams
             .iter()
             .map(|s| {
-                rtp_p += s.packets;
-                rtp_b += s.bytes;
+                // The relay's packet counters include RTCP; rtpengine's totals keep them apart.
+                rtp_p += s.packets.saturating_sub(s.rtcp_packets);
+                rtp_b += s.bytes.saturating_sub(s.rtcp_bytes);
                 rtp_e += s.dropped_wrong_source + s.dropped_direction + s.dropped_malformed;
                 rtcp_p += s.rtcp_packets;
+                rtcp_b += s.rtcp_bytes;
                 Value::dict([
                     ("index", int(s.index as u64 + 1)),
                     ("type", Value::str(&s.media)),
@@ -336,7 +338,9 @@ pub fn call_stats(r: &CallReport) -> Entries {
                 ),
                 (
                     "RTCP",
-                    Value::dict([("packets", int(rtcp_p)), ("errors", Value::Int(0))]),
+                    // RTCP drops are counted with RTP's (`errors` above), not apart: no key
+                    // rather than a made-up 0 (Kamailio shows -1, rtpengine's "unknown").
+                    Value::dict([("packets", int(rtcp_p)), ("bytes", int(rtcp_b))]),
                 ),
             ]),
         ),

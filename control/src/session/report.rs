@@ -62,6 +62,8 @@ pub struct StreamReport {
     pub packets: u64,
     pub bytes: u64,
     pub rtcp_packets: u64,
+    /// Of `bytes`: RTCP (counted on the userspace path only).
+    pub rtcp_bytes: u64,
     /// Includes `dropped_unconfirmed`.
     pub dropped_wrong_source: u64,
     pub dropped_direction: u64,
@@ -225,6 +227,7 @@ fn stream_report(i: usize, s: &Stream, k: usize, kc: FlowCounters) -> StreamRepo
         packets: c.packets.load(Relaxed) + kc.packets,
         bytes: c.bytes.load(Relaxed) + kc.bytes,
         rtcp_packets: c.rtcp_packets.load(Relaxed),
+        rtcp_bytes: c.rtcp_bytes.load(Relaxed),
         dropped_wrong_source: c.dropped_wrong_source.load(Relaxed)
             + c.dropped_unconfirmed.load(Relaxed)
             + kc.dropped_wrong_source,

@@ -1,0 +1,283 @@
+//! Kamailio drives sluice as it drives rtpengine: its `rtpengine` module, pointed at sluice's
+//! ng socket, with `rtpengine_manage()` (offer on INVITE, answer on replies with SDP, delete on
+//! BYE and failures). SIPp calls through Kamailio to a SIPp callee that echoes RTP: every call
+//! succeeds, the RTP goes through sluice both ways, Kamailio's `$rtpestat` (read from sluice's
+//! query reply) is filled in, and after the BYEs sluice holds no call and no port.
+//!
+//! Needs kamailio and sipp (Debian: kamailio, sip-tester): required under CI, skipped with a
+//! line saying so elsewhere.
+
+use std::net::UdpSocket;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_tests::*;
+
+const CALLS: u32 = 3;
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn missing_tools() -> Option<String> {
+    let missing: Vec<&str> = [("kamailio", "kamailio"), ("sipp", "sip-tester")]
+        .into_iter()
+        .filter(|(bin, _)| Command::new(bin).arg("-v").output().is_err())
+        .map(|(_, pkg)| pkg)
+        .collect();
+    (!missing.is_empty()).then(|| format!("apt-get install {}", missing.join(" ")))
+}
+
+fn kamailio_cfg(sip_port: u16, uas_port: u16, ng_port: u16) -> String {
+    format!(
+        r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+fork=yes
+children=2
+disable_tcp=yes
+auto_aliases=no
+listen=udp:127.0.0.1:{sip_port}
+dns=no
+rev_dns=no
+use_dns_cache=off
+
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "kex.so"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "rtpengine.so"
+
+modparam("rr", "enable_full_lr", 0)
+modparam("rtpengine", "rtpengine_sock", "udp:127.0.0.1:{ng_port}")
+
+request_route {{
+	if (!mf_process_maxfwd_header("10")) {{
+		sl_send_reply("483", "Too Many Hops");
+		exit;
+	}}
+	if (has_totag()) {{
+		if (loose_route()) {{
+			if (is_method("BYE")) {{
+				xlog("L_NOTICE", "RTPESTAT $ci [$rtpstat]\n");
+			}}
+			rtpengine_manage("replace-origin replace-session-connection");
+			route(RELAY);
+		}}
+		if (is_method("ACK")) {{
+			if (t_check_trans()) {{
+				route(RELAY);
+			}}
+			exit;
+		}}
+		sl_send_reply("404", "Not here");
+		exit;
+	}}
+	if (is_method("CANCEL")) {{
+		if (t_check_trans()) {{
+			rtpengine_manage();
+			route(RELAY);
+		}}
+		exit;
+	}}
+	if (!is_method("INVITE")) {{
+		sl_send_reply("405", "Method Not Allowed");
+		exit;
+	}}
+	t_check_trans();
+	remove_hf("Route");
+	record_route();
+	rewritehostport("127.0.0.1:{uas_port}");
+	rtpengine_manage("replace-origin replace-session-connection");
+	t_on_reply("MANAGE_REPLY");
+	t_on_failure("MANAGE_FAILURE");
+	route(RELAY);
+}}
+
+route[RELAY] {{
+	if (!t_relay()) {{
+		sl_reply_error();
+	}}
+	exit;
+}}
+
+onreply_route[MANAGE_REPLY] {{
+	if (has_body("application/sdp")) {{
+		rtpengine_manage("replace-origin replace-session-connection");
+	}}
+}}
+
+failure_route[MANAGE_FAILURE] {{
+	rtpengine_manage();
+}}
+"#
+    )
+}
+
+/// A child in its own process group, killed with the group when dropped (Kamailio forks).
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_group(mut cmd: Command, log: &Path) -> Group {
+    let f = std::fs::File::create(log).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .process_group(0);
+    Group(
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
+    )
+}
+
+/// Kamailio answers (405 to OPTIONS) once it listens.
+fn wait_sip(port: u16, log: &Path) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let local = s.local_addr().unwrap();
+    let options = format!(
+        "OPTIONS sip:probe@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKprobe\r\n\
+         From: <sip:probe@{local}>;tag=1\r\nTo: <sip:probe@127.0.0.1>\r\nCall-ID: probe\r\n\
+         CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        s.send_to(options.as_bytes(), ("127.0.0.1", port)).unwrap();
+        if s.recv(&mut buf).is_ok() {
+            return;
+        }
+    }
+    panic!(
+        "kamailio did not answer on port {port}; its log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kamailio_calls_go_through_sluice_and_end_with_bye() {
+    if let Some(install) = missing_tools() {
+        assert!(std::env::var_os("CI").is_none(), "under CI: {install}");
+        skipped(&format!("needs Kamailio and SIPp ({install})"));
+        return;
+    }
+    let (ng_port, sip_port, uas_port) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let d = Daemon::start(&["--ng", &format!("udp:127.0.0.1:{ng_port}")]).await;
+    let dir = d.dir.clone();
+    let cfg = dir.join("kamailio.cfg");
+    std::fs::write(&cfg, kamailio_cfg(sip_port, uas_port, ng_port)).unwrap();
+    let kam_log = dir.join("kamailio.log");
+    let mut kam = Command::new("kamailio");
+    kam.arg("-f")
+        .arg(&cfg)
+        .arg("-P")
+        .arg(dir.join("kamailio.pid"))
+        .arg("-Y")
+        .arg(&dir)
+        .args(["-DD", "-E", "-m", "64", "-M", "8"]);
+    let _kamailio = spawn_group(kam, &kam_log);
+    wait_sip(sip_port, &kam_log);
+
+    let scenarios = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sipp");
+    let (uac_media, uas_media) = (free_udp_port(), free_udp_port());
+    let mut uas = Command::new("sipp");
+    uas.arg("-sf")
+        .arg(scenarios.join("uas_rr_pcma.xml"))
+        .args(["-i", "127.0.0.1", "-p", &uas_port.to_string()])
+        .args([
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &uas_media.to_string(),
+            "-rtp_echo",
+        ])
+        .args(["-m", &CALLS.to_string(), "-nostdin", "-bg"]);
+    // -bg daemonizes: the group kill on drop ends it even when the test fails.
+    let uas_log = dir.join("sipp_uas.log");
+    let _uas = spawn_group(uas, &uas_log);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut uac = Command::new("sipp");
+    uac.arg(format!("127.0.0.1:{sip_port}"))
+        .arg("-sf")
+        .arg(scenarios.join("uac_rr_pcma.xml"))
+        .args(["-i", "127.0.0.1", "-p", &free_udp_port().to_string()])
+        .args(["-mi", "127.0.0.1", "-mp", &uac_media.to_string()])
+        .args([
+            "-s",
+            "sluice",
+            "-m",
+            &CALLS.to_string(),
+            "-r",
+            "2",
+            "-l",
+            "3",
+        ])
+        .args(["-nostdin", "-timeout", "30", "-timeout_error"])
+        .current_dir(&dir);
+    let (out, killed) =
+        tokio::task::spawn_blocking(move || run_bounded(uac, Duration::from_secs(45)))
+            .await
+            .unwrap();
+    let kam_text = std::fs::read_to_string(&kam_log).unwrap_or_default();
+    let why = || {
+        format!(
+            "sipp uac: {}\n{}\nkamailio log:\n{kam_text}\nsluice log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            d.log_text()
+        )
+    };
+    assert!(!killed, "the SIPp caller did not finish in 45 s\n{}", why());
+    assert!(out.status.success(), "not every call succeeded\n{}", why());
+
+    let stats = d
+        .client()
+        .await
+        .statistics(pb::StatisticsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.calls_total, u64::from(CALLS), "{}", why());
+    assert_eq!(stats.calls_current, 0, "BYE deleted every call\n{}", why());
+    assert_eq!(stats.ports_in_use, 0, "no port left behind\n{}", why());
+    // Each call: the caller's pcap through sluice to the callee and echoed back.
+    assert!(
+        stats.packets_relayed >= u64::from(CALLS) * 2 * 50,
+        "only {} packets relayed\n{}",
+        stats.packets_relayed,
+        why()
+    );
+    let rtpstat: Vec<&str> = kam_text
+        .lines()
+        .filter(|l| l.contains("RTPESTAT"))
+        .collect();
+    assert_eq!(rtpstat.len(), CALLS as usize, "{}", why());
+    for l in &rtpstat {
+        assert!(
+            !l.contains("[]") && l.contains("RTP"),
+            "empty $rtpstat: {l}"
+        );
+    }
+    println!("{}", rtpstat.join("\n"));
+}
