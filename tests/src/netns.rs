@@ -64,12 +64,17 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether `ip` (iproute2), which makes the namespaces and veth pairs, is installed.
+pub fn has_iproute2() -> bool {
+    std::process::Command::new("ip").arg("-V").output().is_ok()
+}
+
 /// True (after printing why) when a test that builds namespaces cannot run here: not root, or
 /// no `ip` (iproute2). Under CI (`CI` set) either is a failure instead.
 pub fn skip_without_root() -> bool {
     let why = if !is_root() {
         "needs root"
-    } else if std::process::Command::new("ip").arg("-V").output().is_err() {
+    } else if !has_iproute2() {
         "needs iproute2 for network namespaces (apt-get install iproute2)"
     } else {
         return false;

@@ -99,7 +99,12 @@ pub fn run(args: Args) -> Result<()> {
         }
         let t = Instant::now();
         let log = "/src/target/fresh-machine-tests.log";
-        let status = inside_status(root, &format!("cargo test --workspace > {log} 2>&1"))?;
+        // --no-fail-fast: the same pass/fail as the README's command, but every failure is
+        // listed, not only the first failing test binary's.
+        let status = inside_status(
+            root,
+            &format!("cargo test --workspace --no-fail-fast > {log} 2>&1"),
+        )?;
         let text = std::fs::read_to_string(root.join(log.trim_start_matches('/')))
             .with_context(|| format!("reading {log}"))?;
         let (passed, failed, ignored) = totals(&text);
