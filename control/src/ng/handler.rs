@@ -79,7 +79,7 @@ fn run(sessions: &Sessions, req: &mut Request) -> Result<Entries, String> {
             let out = sessions
                 .offer(&call_id, &from_tag, &sdp, opts)
                 .map_err(|e| reason(&e))?;
-            Ok(vec![("sdp", Value::str(&out))])
+            Ok(vec![("sdp", Value::str(&finish_sdp(req, out)))])
         }
         Command::Answer => {
             let call_id = need("call-id", &req.call_id)?.to_string();
@@ -90,7 +90,7 @@ fn run(sessions: &Sessions, req: &mut Request) -> Result<Entries, String> {
             let out = sessions
                 .answer(&call_id, &from_tag, &to_tag, &sdp, opts)
                 .map_err(|e| reason(&e))?;
-            Ok(vec![("sdp", Value::str(&out))])
+            Ok(vec![("sdp", Value::str(&finish_sdp(req, out)))])
         }
         Command::Delete => {
             let call_id = need("call-id", &req.call_id)?.to_string();
@@ -158,6 +158,36 @@ fn prepare_sdp(req: &mut Request) -> Result<String, String> {
             .push("ICE attributes removed: sluice is not an ICE agent".into());
     }
     Ok(out)
+}
+
+/// `replace-origin`: the o= line's address becomes the relay's (the first c= address of the
+/// rewritten SDP), so the endpoint's address does not reach the other side there either.
+fn finish_sdp(req: &Request, sdp: String) -> String {
+    if !req.replace_origin {
+        return sdp;
+    }
+    let Some(conn) = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("c=").map(|c| c.trim().to_string()))
+    else {
+        return sdp;
+    };
+    let mut out = String::with_capacity(sdp.len() + 16);
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let fields: Vec<&str> = body.split(' ').collect();
+        // o=<username> <sess-id> <sess-version> <nettype> <addrtype> <address> (RFC 8866 5.2);
+        // c= gives <nettype> <addrtype> <address>.
+        if body.starts_with("o=") && fields.len() == 6 {
+            out.push_str(&fields[..3].join(" "));
+            out.push(' ');
+            out.push_str(&conn);
+            out.push_str(&line[body.len()..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 /// LegOptions from the request, with rtpengine's defaults; what sluice does not do becomes a
@@ -378,4 +408,67 @@ fn statistics(s: &Statistics) -> Entries {
             ),
         ]),
     )]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_origin_puts_the_relay_address_in_o() {
+        let req = Request {
+            replace_origin: true,
+            ..Request::default()
+        };
+        let sdp = "v=0\r\no=alice 1 2 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n";
+        assert_eq!(
+            finish_sdp(&req, sdp.into()),
+            "v=0\r\no=alice 1 2 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+        );
+        let v6 = "v=0\r\no=- 1 2 IN IP4 10.0.0.9\r\ns=-\r\nt=0 0\r\nm=audio 1 RTP/AVP 0\r\nc=IN IP6 ::1\r\n";
+        assert!(finish_sdp(&req, v6.into()).contains("o=- 1 2 IN IP6 ::1\r\n"));
+        let keep = Request::default();
+        assert_eq!(finish_sdp(&keep, sdp.into()), sdp);
+    }
+
+    #[test]
+    fn ice_lines_are_removed_with_a_warning_unless_asked() {
+        let sdp = "v=0\r\nm=audio 1 RTP/AVP 0\r\na=ice-ufrag:x\r\na=candidate:1 1 UDP 1 10.0.0.1 5 typ host\r\na=rtpmap:0 PCMU/8000\r\n";
+        let mut req = Request {
+            sdp: Some(sdp.into()),
+            ..Request::default()
+        };
+        let out = prepare_sdp(&mut req).unwrap();
+        assert_eq!(
+            out,
+            "v=0\r\nm=audio 1 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        );
+        assert_eq!(req.warnings.len(), 1);
+        let mut asked = Request {
+            sdp: Some(sdp.into()),
+            ice: Some("remove".into()),
+            ..Request::default()
+        };
+        assert_eq!(prepare_sdp(&mut asked).unwrap(), out);
+        assert!(asked.warnings.is_empty());
+    }
+
+    #[test]
+    fn session_errors_use_rtpengines_strings() {
+        let e = SessionError::NotFound("c".into());
+        assert_eq!(reason(&e), "Unknown call-id");
+        for e in [
+            crate::port_alloc::PortAllocError::Exhausted {
+                low: 1,
+                high: 2,
+                capacity: 2,
+            },
+            crate::port_alloc::PortAllocError::BindFailed {
+                tried: 3,
+                last: "in use".into(),
+            },
+        ] {
+            assert_eq!(reason(&SessionError::NoPorts(e)), "Ran out of ports");
+        }
+    }
 }
