@@ -18,7 +18,7 @@ use tonic::transport::Server;
 use crate::config::{Config, ControlAddr, XdpSetting};
 use crate::grpc::ControlService;
 use crate::kernel::{KernelPath, Xdp};
-use crate::session::{SessionConfig, Sessions};
+use crate::session::{SessionConfig, SessionEnv, Sessions};
 
 /// Runs until a signal, or until `stop` resolves (tests).
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -53,6 +53,7 @@ pub async fn run_until(
             opus_complexity: cfg.opus_complexity,
             opus_bitrate: cfg.opus_bitrate,
         },
+        SessionEnv::system(),
         Box::new(engine),
         attach_xdp(&cfg)?,
     )?;

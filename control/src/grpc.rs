@@ -406,6 +406,7 @@ mod tests {
                 opus_complexity: 5,
                 opus_bitrate: 32000,
             },
+            crate::session::SessionEnv::system(),
             Box::new(NoPlane),
             None,
         )

@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::fmt;
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortAllocError {
@@ -107,6 +107,13 @@ impl PortAllocator {
     /// a fixed seed in production, it makes relay ports predictable.
     pub fn with_seed(low: u16, high: u16, seed: u64) -> Result<Self, PortAllocError> {
         Self::with_rng(low, high, StdRng::seed_from_u64(seed))
+    }
+
+    /// Allocator seeded from `rng`: the session layer's injected random source, so that a
+    /// seeded one makes a whole session run reproducible. Takes a full seed from it, so with the
+    /// OS source ports are as unpredictable as with [`PortAllocator::new`].
+    pub fn from_rng(low: u16, high: u16, rng: &mut impl RngCore) -> Result<Self, PortAllocError> {
+        Self::with_rng(low, high, StdRng::from_rng(rng))
     }
 
     fn with_rng(low: u16, high: u16, rng: StdRng) -> Result<Self, PortAllocError> {

@@ -4,7 +4,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use rand::TryRngCore;
+use rand::{RngCore, TryRngCore};
 
 use crate::sdp::{Attribute, Crypto};
 
@@ -54,11 +54,15 @@ pub enum SdesError {
 impl SdesKey {
     /// A fresh random key for `suite`, drawn from the OS.
     pub fn generate(tag: u32, suite: Suite) -> SdesKey {
+        SdesKey::generate_with(&mut rand::rngs::OsRng.unwrap_err(), tag, suite)
+    }
+
+    /// A fresh key drawn from `rng`, which must be a cryptographic source outside tests: the
+    /// key protects the media.
+    pub fn generate_with(rng: &mut (impl RngCore + ?Sized), tag: u32, suite: Suite) -> SdesKey {
         let (kl, sl) = (suite.master_key_len(), suite.master_salt_len());
         let mut buf = vec![0u8; kl + sl];
-        rand::rngs::OsRng
-            .try_fill_bytes(&mut buf)
-            .expect("the OS random source failed");
+        rng.fill_bytes(&mut buf);
         let salt = buf.split_off(kl);
         SdesKey {
             tag,

@@ -1,7 +1,6 @@
 //! The SDP answer to a pending offer: decides SRTP and codecs per stream (relay, transcode, or
 //! refuse), completes each side's state, and writes the SDP the offerer gets back.
 
-use sluice_relay::clock::now_ns;
 use sluice_relay::engine::Command;
 
 use crate::codecs::{self, Decision};
@@ -122,7 +121,7 @@ impl State {
         }
         let had_transcode: Vec<bool> = call.streams.iter().map(|s| s.transcode.is_some()).collect();
         call.tags[a] = to_tag.to_string();
-        call.last_signal_ns = now_ns();
+        call.last_signal_ns = self.clock.now_ns();
         call.pending_offer = None;
         unkernelize(call, self.kernel.as_deref_mut(), &mut self.flow_ids);
         let mut out = answer.clone();

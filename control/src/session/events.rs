@@ -25,7 +25,8 @@ pub struct CallEvent {
     pub detail: String,
 }
 
-/// A unix-ms wall-clock time for a monotonic `now_ns()` reading.
+/// A unix-ms wall-clock time for a monotonic `sluice_relay::clock::now_ns()` reading, on the
+/// system clock; the session layer itself uses its injected clock ([`super::Clock::unix_ms_of`]).
 pub fn unix_ms_of(mono_ns: u64) -> u64 {
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -35,17 +36,13 @@ pub fn unix_ms_of(mono_ns: u64) -> u64 {
     now_unix.saturating_sub(age_ms)
 }
 
-pub(super) fn unix_ms_now() -> u64 {
-    unix_ms_of(now_ns())
-}
-
 impl Sessions {
     pub(super) fn emit(&self, kind: EventKind, call_id: &str, tag: &str, detail: String) {
         let ev = CallEvent {
             kind,
             call_id: call_id.to_string(),
             tag: tag.to_string(),
-            unix_ms: unix_ms_now(),
+            unix_ms: self.clock.unix_ms(),
             detail,
         };
         tracing::info!(event = ?ev.kind, call_id = %ev.call_id, tag = %ev.tag, detail = %ev.detail, "call event");

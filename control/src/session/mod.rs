@@ -13,12 +13,13 @@
 //! `options` (what a request may ask for), `offer` and `answer` (SDP in, SDP out, streams set
 //! up), `srtp` (SDES keys), `engine` (what the relay thread is told), `offload` (moving settled
 //! streams into XDP and the AF_XDP workers and back), `report` (what a front end can show),
-//! `events`, `error`, and `model` (the call state they all share).
+//! `events`, `error`, `env` (the clock and random source every request and sweep reads, given
+//! to [`Sessions::new`] so tests run calls in simulated time), and `model` (the call state they
+//! all share).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sluice_relay::clock::now_ns;
 use sluice_relay::engine::{Command, EngineEvent, EngineGone, EngineHandle};
 use tokio::sync::broadcast;
 
@@ -28,6 +29,7 @@ use crate::sdp::Sdp;
 
 mod answer;
 mod engine;
+mod env;
 mod error;
 mod events;
 mod model;
@@ -39,6 +41,7 @@ mod srtp;
 #[cfg(test)]
 mod tests;
 
+pub use env::{Clock, ManualClock, Random, SessionEnv, SystemClock};
 pub use error::SessionError;
 pub use events::{CallEvent, EventKind, unix_ms_of};
 pub use options::{CodecRequest, Family, LegOptions, RtcpMuxMode, SessionConfig, SrtpMode};
@@ -75,22 +78,30 @@ pub struct Sessions {
     events: broadcast::Sender<CallEvent>,
     /// Turns true when shutdown begins, so that event streams end and clients let go.
     closing: tokio::sync::watch::Sender<bool>,
-    started: std::time::Instant,
+    clock: Arc<dyn Clock>,
+    started_ns: u64,
 }
 
 impl Sessions {
+    /// Every reading of the time and every random draw of the session layer goes through
+    /// `env`: the daemon passes [`SessionEnv::system`], tests a manual clock and a seeded rng.
     pub fn new(
         cfg: SessionConfig,
+        env: SessionEnv,
         plane: Box<dyn MediaPlane>,
         kernel: Option<Box<dyn KernelPath>>,
     ) -> Result<Arc<Sessions>, PortAllocError> {
-        let ports = PortAllocator::new(cfg.port_low, cfg.port_high)?;
+        let SessionEnv { clock, mut rng } = env;
+        let ports = PortAllocator::from_rng(cfg.port_low, cfg.port_high, &mut rng)?;
         let (events, _) = broadcast::channel(1024);
         Ok(Arc::new(Sessions {
+            started_ns: clock.now_ns(),
             state: Mutex::new(State {
                 cfg,
                 ports,
                 plane,
+                clock: clock.clone(),
+                rng,
                 calls: HashMap::new(),
                 by_endpoint: HashMap::new(),
                 next_endpoint: 1,
@@ -101,7 +112,7 @@ impl Sessions {
             }),
             events,
             closing: tokio::sync::watch::Sender::new(false),
-            started: std::time::Instant::now(),
+            clock,
         }))
     }
 
@@ -228,7 +239,7 @@ impl Sessions {
             .calls
             .get(call_id)
             .ok_or_else(|| SessionError::NotFound(call_id.into()))?;
-        Ok(call_report(call, st.kernel.as_deref()))
+        Ok(call_report(call, st.kernel.as_deref(), &*st.clock))
     }
 
     pub fn list(&self, limit: usize) -> Vec<String> {
@@ -242,16 +253,19 @@ impl Sessions {
     }
 
     pub fn statistics(&self) -> Statistics {
-        self.lock().statistics(self.started.elapsed())
+        let uptime = self.clock.now_ns().saturating_sub(self.started_ns);
+        self.lock()
+            .statistics(std::time::Duration::from_nanos(uptime))
     }
 
     /// Deletes calls with neither media nor signalling for the configured timeout.
     /// Also moves settled streams into the kernel fast path, when there is one.
     pub fn sweep(&self) -> Vec<String> {
-        self.sweep_at(now_ns())
+        self.sweep_at(self.clock.now_ns())
     }
 
-    /// [`Sessions::sweep`] at a given `clock::now_ns()` time (tests run it in simulated time).
+    /// [`Sessions::sweep`] at a given [`Clock::now_ns`] time, for tests that step the time
+    /// themselves.
     pub fn sweep_at(&self, now: u64) -> Vec<String> {
         let mut st = self.lock();
         let timeout = st.cfg.timeout.as_nanos() as u64;

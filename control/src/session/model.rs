@@ -20,6 +20,7 @@ use crate::sdes::SdesKey;
 use crate::sdp::{Direction, Sdp};
 
 use super::MediaPlane;
+use super::env::{Clock, Random};
 use super::error::{SessionError, bad};
 use super::options::SessionConfig;
 use super::report::{CallReport, call_report};
@@ -126,6 +127,8 @@ pub(super) struct State {
     pub(super) cfg: SessionConfig,
     pub(super) ports: PortAllocator,
     pub(super) plane: Box<dyn MediaPlane>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) rng: Random,
     pub(super) calls: HashMap<String, Call>,
     pub(super) by_endpoint: HashMap<EndpointId, (String, usize)>,
     pub(super) next_endpoint: u64,
@@ -230,7 +233,7 @@ impl State {
     pub(super) fn remove_call(&mut self, call_id: &str) -> Option<CallReport> {
         self.unkernelize_call(call_id);
         let call = self.calls.remove(call_id)?;
-        let info = call_report(&call, None);
+        let info = call_report(&call, None, &*self.clock);
         for s in &call.streams {
             for side in &s.sides {
                 self.totals.packets +=

@@ -2,7 +2,7 @@
 //! port is taken, creates the streams new m= lines need, and writes the SDP the answerer gets
 //! (relay addresses, rtcp-mux, SDES keys sluice offers, codecs it can transcode).
 
-use sluice_relay::clock::now_ns;
+use rand::RngCore;
 
 use crate::codecs;
 use crate::sdes::{OFFERED, SdesKey};
@@ -10,7 +10,6 @@ use crate::sdp::Sdp;
 
 use super::engine::{clock_rate, configure, srtp_command};
 use super::error::{SessionError, bad};
-use super::events::unix_ms_now;
 use super::model::{Call, State, Stream, set_version};
 use super::options::{Family, LegOptions, RtcpMuxMode, SrtpMode, latch_config};
 use super::srtp::{SideCrypto, is_savp, srtp_incoming, with_srtp};
@@ -109,7 +108,7 @@ impl State {
                         kernel_failed: false,
                         codecs: None,
                         transcode: None,
-                        ssrcs: [rand::random(), rand::random()],
+                        ssrcs: [self.rng.next_u32(), self.rng.next_u32()],
                     });
                 }
                 Err(e) => {
@@ -128,7 +127,8 @@ impl State {
         }
         // A signalling event: media goes back through userspace, where latching runs again.
         self.unkernelize_call(call_id);
-        let now = now_ns();
+        let now = self.clock.now_ns();
+        let created_unix_ms = self.clock.unix_ms();
         let call = self
             .calls
             .entry(call_id.to_string())
@@ -136,7 +136,7 @@ impl State {
                 call_id: call_id.to_string(),
                 tags: [from_tag.to_string(), String::new()],
                 streams: Vec::new(),
-                created_unix_ms: unix_ms_now(),
+                created_unix_ms,
                 last_signal_ns: now,
                 pending_offer: None,
                 sdp_versions: [None, None],
@@ -204,7 +204,7 @@ impl State {
                         {
                             tx.clone()
                         }
-                        _ => SdesKey::generate(rx.tag, rx.suite),
+                        _ => SdesKey::generate_with(&mut self.rng, rx.tag, rx.suite),
                     };
                     SideCrypto::Terminated { rx, tx }
                 }
@@ -230,7 +230,9 @@ impl State {
                                 .iter()
                                 .find(|k| k.suite == suite)
                                 .cloned()
-                                .unwrap_or_else(|| SdesKey::generate(t as u32 + 1, suite))
+                                .unwrap_or_else(|| {
+                                    SdesKey::generate_with(&mut self.rng, t as u32 + 1, suite)
+                                })
                         })
                         .collect();
                     for k in &keys {

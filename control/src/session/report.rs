@@ -17,7 +17,7 @@ use crate::kernel::KernelPath;
 use crate::sdes::Suite;
 use crate::sdp::Direction;
 
-use super::events::unix_ms_of;
+use super::env::Clock;
 use super::model::{Call, State, Stream};
 use super::offload::kernel_counters;
 use super::srtp::SideCrypto;
@@ -187,25 +187,35 @@ pub struct KernelFeatureReport {
     pub without: Option<&'static str>,
 }
 
-pub(super) fn call_report(call: &Call, kernel: Option<&dyn KernelPath>) -> CallReport {
+pub(super) fn call_report(
+    call: &Call,
+    kernel: Option<&dyn KernelPath>,
+    clock: &dyn Clock,
+) -> CallReport {
     let leg = |k: usize| LegReport {
         tag: Some(call.tags[k].clone()).filter(|t| !t.is_empty()),
         streams: call
             .streams
             .iter()
             .enumerate()
-            .map(|(i, s)| stream_report(i, s, k, kernel_counters(s, k, kernel)))
+            .map(|(i, s)| stream_report(i, s, k, kernel_counters(s, k, kernel), clock))
             .collect(),
     };
     CallReport {
         call_id: call.call_id.clone(),
         created_unix_ms: call.created_unix_ms,
-        last_signal_unix_ms: unix_ms_of(call.last_signal_ns),
+        last_signal_unix_ms: clock.unix_ms_of(call.last_signal_ns),
         legs: [leg(0), leg(1)],
     }
 }
 
-fn stream_report(i: usize, s: &Stream, k: usize, kc: FlowCounters) -> StreamReport {
+fn stream_report(
+    i: usize,
+    s: &Stream,
+    k: usize,
+    kc: FlowCounters,
+    clock: &dyn Clock,
+) -> StreamReport {
     let side = &s.sides[k];
     let c = &side.counters;
     let last = c.last_packet_ns.load(Relaxed).max(kc.last_seen_ns);
@@ -233,7 +243,7 @@ fn stream_report(i: usize, s: &Stream, k: usize, kc: FlowCounters) -> StreamRepo
             + kc.dropped_wrong_source,
         dropped_direction: c.dropped_direction.load(Relaxed),
         dropped_malformed: c.dropped_malformed.load(Relaxed),
-        last_packet_unix_ms: (last != 0).then(|| unix_ms_of(last)),
+        last_packet_unix_ms: (last != 0).then(|| clock.unix_ms_of(last)),
         rtp_lost: c.rtp_lost.load(Relaxed),
         jitter_ms: c.jitter_ms(),
         userspace_packets: c.packets.load(Relaxed),

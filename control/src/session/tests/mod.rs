@@ -164,6 +164,7 @@ fn sessions(low: u16, high: u16, timeout: Duration) -> (Arc<Sessions>, FakePlane
             timeout,
             ..test_config(low, high)
         },
+        SessionEnv::system(),
         Box::new(plane.clone()),
         None,
     )
@@ -226,5 +227,6 @@ fn crypto_of(s: &Sessions, call: &str, side: usize) -> SideCrypto {
 
 mod api;
 mod offload;
+mod sim;
 mod srtp;
 mod transcode;

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::codecs::Codec;
+use sluice_relay::clock::now_ns;
 
 fn sessions_with_kernel() -> (Arc<Sessions>, FakeKernel) {
     sessions_with_kernel_and(false)
@@ -12,6 +13,7 @@ fn sessions_with_kernel_and(workers: bool) -> (Arc<Sessions>, FakeKernel) {
     kernel.0.lock().unwrap().workers = workers;
     let s = Sessions::new(
         test_config(22000, 22999),
+        SessionEnv::system(),
         Box::new(FakePlane::default()),
         Some(Box::new(kernel.clone())),
     )

@@ -22,6 +22,7 @@ fn opus_encoder_settings_come_from_the_config_capped_by_the_receiver() {
             opus_bitrate: 32_000,
             ..test_config(20000, 20999)
         },
+        SessionEnv::system(),
         Box::new(plane.clone()),
         None,
     )
@@ -265,6 +266,7 @@ fn server_default_off_and_srtp_passthrough_leave_the_offer_alone() {
             transcode: TranscodeMode::Off,
             ..test_config(20000, 20999)
         },
+        SessionEnv::system(),
         Box::new(plane),
         None,
     )
