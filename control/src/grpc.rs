@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use sluice_relay::latch::LatchMode;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
@@ -113,6 +112,8 @@ fn event(ev: CallEvent) -> proto::Event {
         EventKind::MediaStarted => proto::EventKind::MediaStarted,
         EventKind::TimedOut => proto::EventKind::TimedOut,
         EventKind::Deleted => proto::EventKind::Deleted,
+        // The detail is the number missed, which the session layer writes there already.
+        EventKind::Overflow { .. } => proto::EventKind::Overflow,
     };
     proto::Event {
         kind: kind as i32,
@@ -323,20 +324,15 @@ impl Control for ControlService {
         tokio::spawn(async move {
             tokio::pin!(closed);
             loop {
-                let item = tokio::select! {
+                let ev = tokio::select! {
                     _ = &mut closed => return,
-                    r = rx.recv() => r,
+                    ev = rx.recv() => ev,
                 };
-                let msg = match item {
-                    Ok(ev) => Ok(event(ev)),
-                    Err(RecvError::Closed) => return,
-                    Err(RecvError::Lagged(n)) => Err(Status::data_loss(format!(
-                        "event watcher too slow: {n} events lost; reconnect and Query the calls \
-                         you track"
-                    ))),
-                };
-                let fatal = msg.is_err();
-                if tx.send(msg).await.is_err() || fatal {
+                // A client slower than the events fills its subscriber queue, not this channel's
+                // sender: the session layer then counts what it misses and says so in an
+                // EVENT_KIND_OVERFLOW event, and the stream goes on.
+                let Some(ev) = ev else { return };
+                if tx.send(Ok(event(ev))).await.is_err() {
                     return;
                 }
             }
@@ -379,6 +375,24 @@ mod tests {
         }))
         .unwrap_err();
         assert!(err.message().contains("transcode"), "{}", err.message());
+    }
+
+    /// A watcher that fell behind learns how much it missed in the stream itself.
+    #[test]
+    fn overflow_is_event_kind_5_with_the_missed_count() {
+        let ev = event(CallEvent {
+            kind: EventKind::Overflow { missed: 5904 },
+            call_id: String::new(),
+            tag: String::new(),
+            unix_ms: 1_700_000_000_000,
+            detail: "5904".into(),
+        });
+        assert_eq!(ev.kind, 5);
+        assert_eq!(ev.kind, proto::EventKind::Overflow as i32);
+        assert_eq!(
+            (ev.call_id.as_str(), ev.detail.as_str(), ev.unix_ms),
+            ("", "5904", 1_700_000_000_000)
+        );
     }
 
     /// Drops every command: the mapping tests need calls, not media.

@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sluice_relay::engine::{Command, EngineEvent, EngineGone, EngineHandle};
-use tokio::sync::broadcast;
 
 use crate::kernel::{FlowIds, KernelPath};
 use crate::port_alloc::{PortAllocError, PortAllocator};
@@ -43,7 +42,7 @@ mod tests;
 
 pub use env::{Clock, ManualClock, Random, SessionEnv, SystemClock};
 pub use error::SessionError;
-pub use events::{CallEvent, EventKind, unix_ms_of};
+pub use events::{CallEvent, EVENT_QUEUE_LEN, EventKind, EventSubscriber, unix_ms_of};
 pub use options::{CodecRequest, Family, LegOptions, RtcpMuxMode, SessionConfig, SrtpMode};
 pub use report::{
     CallReport, KernelFeatureReport, LegReport, SrtpReport, Statistics, StreamReport, WorkerReport,
@@ -51,6 +50,7 @@ pub use report::{
 pub use srtp::SideCrypto;
 
 use error::bad;
+use events::EventHub;
 use model::{State, Totals};
 use offload::last_activity;
 use report::call_report;
@@ -75,7 +75,7 @@ impl MediaPlane for EngineHandle {
 
 pub struct Sessions {
     state: Mutex<State>,
-    events: broadcast::Sender<CallEvent>,
+    events: EventHub,
     /// Turns true when shutdown begins, so that event streams end and clients let go.
     closing: tokio::sync::watch::Sender<bool>,
     clock: Arc<dyn Clock>,
@@ -93,7 +93,6 @@ impl Sessions {
     ) -> Result<Arc<Sessions>, PortAllocError> {
         let SessionEnv { clock, mut rng } = env;
         let ports = PortAllocator::from_rng(cfg.port_low, cfg.port_high, &mut rng)?;
-        let (events, _) = broadcast::channel(1024);
         Ok(Arc::new(Sessions {
             started_ns: clock.now_ns(),
             state: Mutex::new(State {
@@ -110,7 +109,7 @@ impl Sessions {
                 kernel,
                 flow_ids: FlowIds::default(),
             }),
-            events,
+            events: EventHub::new(EVENT_QUEUE_LEN),
             closing: tokio::sync::watch::Sender::new(false),
             clock,
         }))
@@ -121,7 +120,9 @@ impl Sessions {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
+    /// Events of every call from now on, in order, in a queue of [`EVENT_QUEUE_LEN`] events
+    /// of this subscriber's own (see [`EventKind::Overflow`] for what happens when it is full).
+    pub fn subscribe(&self) -> EventSubscriber {
         self.events.subscribe()
     }
 
@@ -172,7 +173,8 @@ impl Sessions {
             tracing::warn!(%call_id, error = %e, "offer rejected");
         }
         let out = out?;
-        drop(st);
+        // Published under the state lock, so that every subscriber sees a call's events in the
+        // order its state changed (a concurrent delete cannot overtake CallCreated).
         if created {
             self.emit(EventKind::CallCreated, call_id, from_tag, String::new());
         }
@@ -222,7 +224,6 @@ impl Sessions {
             }
         }
         let info = st.remove_call(call_id).expect("checked above");
-        drop(st);
         self.emit(
             EventKind::Deleted,
             call_id,
@@ -254,8 +255,11 @@ impl Sessions {
 
     pub fn statistics(&self) -> Statistics {
         let uptime = self.clock.now_ns().saturating_sub(self.started_ns);
-        self.lock()
-            .statistics(std::time::Duration::from_nanos(uptime))
+        let mut stats = self
+            .lock()
+            .statistics(std::time::Duration::from_nanos(uptime));
+        stats.events_missed = self.events.missed();
+        stats
     }
 
     /// Deletes calls with neither media nor signalling for the configured timeout.
@@ -284,7 +288,6 @@ impl Sessions {
         }
         st.kernelize(now);
         let secs = st.cfg.timeout.as_secs();
-        drop(st);
         for id in &expired {
             self.emit(
                 EventKind::TimedOut,
@@ -312,7 +315,6 @@ impl Sessions {
             return;
         }
         let tag = call.tags[side].clone();
-        drop(st);
         self.emit(
             EventKind::MediaStarted,
             &call_id,

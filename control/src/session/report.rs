@@ -139,6 +139,9 @@ pub struct Statistics {
     pub packets_relayed: u64,
     pub bytes_relayed: u64,
     pub packets_dropped: u64,
+    /// Events dropped because a subscriber's queue was full, summed over subscribers since
+    /// start; each subscriber was told its own count ([`super::EventKind::Overflow`]).
+    pub events_missed: u64,
     /// The in-kernel fast path beside userspace, as it describes itself (`xdp-native on eth0`);
     /// `None` when there is only the userspace path.
     pub kernel_path: Option<String>,
@@ -304,6 +307,8 @@ impl State {
             packets_relayed: packets,
             bytes_relayed: bytes,
             packets_dropped: dropped,
+            // Kept by the event hub, outside the state; filled in by `Sessions::statistics`.
+            events_missed: 0,
             kernel_path: self.kernel.as_ref().map(|k| k.describe()),
             kernel_flows,
             kernel_packets: self.totals.kernel_packets + kernel_packets,

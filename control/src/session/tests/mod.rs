@@ -226,6 +226,7 @@ fn crypto_of(s: &Sessions, call: &str, side: usize) -> SideCrypto {
 }
 
 mod api;
+mod events;
 mod offload;
 mod sim;
 mod srtp;

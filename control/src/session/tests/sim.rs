@@ -85,8 +85,8 @@ pub(super) fn sdp_at(user: &str, version: u64, ip: &str, port: u16, extra: &str)
     )
 }
 
-pub(super) fn drain(ev: &mut tokio::sync::broadcast::Receiver<CallEvent>) -> Vec<CallEvent> {
-    std::iter::from_fn(|| ev.try_recv().ok()).collect()
+pub(super) fn drain(ev: &mut EventSubscriber) -> Vec<CallEvent> {
+    std::iter::from_fn(|| ev.try_recv()).collect()
 }
 
 const T0_UNIX_MS: u64 = 1_700_000_000_000;
