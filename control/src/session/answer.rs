@@ -28,7 +28,10 @@ impl State {
             .calls
             .get_mut(call_id)
             .ok_or_else(|| SessionError::NotFound(call_id.into()))?;
-        let o = call.pending_offer.ok_or_else(|| {
+        // An answer after the answer (the 200 after a 183 with SDP) belongs to the same offer
+        // and updates what the first one set up; the relay ports stay, as they were given in
+        // the offer.
+        let o = call.pending_offer.or(call.answered_offer).ok_or_else(|| {
             bad(format!(
                 "call '{call_id}' has no offer waiting for an answer"
             ))
@@ -123,6 +126,7 @@ impl State {
         call.tags[a] = to_tag.to_string();
         call.last_signal_ns = self.clock.now_ns();
         call.pending_offer = None;
+        call.answered_offer = Some(o);
         unkernelize(call, self.kernel.as_deref_mut(), &mut self.flow_ids);
         let mut out = answer.clone();
         let first_ip = call.streams.first().map(|s| s.sides[o].local_ip);
@@ -143,7 +147,7 @@ impl State {
                 // it, whatever the answerer chose.
                 so.rtcp_mux = so.rtcp_mux && opts.rtcp_mux != RtcpMuxMode::Strip;
             }
-            stream.disabled = m.is_disabled() || stream.disabled;
+            stream.disabled = m.is_disabled() || stream.offer_disabled;
             if stream.disabled {
                 m.set_port(0);
                 stream.transcode = None;

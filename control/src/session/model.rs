@@ -75,6 +75,9 @@ pub(super) struct Stream {
     pub(super) sides: [Side; 2],
     /// Rejected by the answer (port 0): sockets stay until the call ends, nothing is forwarded.
     pub(super) disabled: bool,
+    /// Rejected by the last offer already, whatever its answers say: a later answer to the same
+    /// offer (the 200 after a 183) decides `disabled` afresh from this.
+    pub(super) offer_disabled: bool,
     /// Installed XDP flows; empty while the stream is on the userspace path.
     pub(super) kernel: Vec<KernelFlow>,
     /// Latched RTP sources of both sides and when they were first seen like that.
@@ -107,6 +110,12 @@ pub(super) struct Call {
     pub(super) last_signal_ns: u64,
     /// The side whose offer awaits an answer.
     pub(super) pending_offer: Option<usize>,
+    /// The side whose offer was answered last. Until the next offer, more answers to it from
+    /// the same answerer update the call: RFC 3261 13.2.1 lets provisional responses carry the
+    /// answer before the 200 does (early media), a 200 may be retransmitted, and gateways do
+    /// change the SDP between their 183 and their 200, which the relay must follow for media
+    /// to keep flowing.
+    pub(super) answered_offer: Option<usize>,
     /// Per receiving side: the SDP text last received from the other side and the o= version we
     /// gave its rewrite, so an unchanged re-offer keeps the version (RFC 3264 8).
     pub(super) sdp_versions: [Option<(String, u64)>; 2],

@@ -33,9 +33,12 @@ impl State {
         for (i, m) in offer.media.iter().enumerate() {
             // SRTP relayed untouched is opaque to sluice: there is nothing it could transcode.
             let opaque = opts.srtp == SrtpMode::Default && is_savp(&m.proto);
+            // Payload types are kept stable towards the same answerer only: what the other side
+            // offered before says nothing about this offer's appended codecs.
             let previous = self
                 .calls
                 .get(call_id)
+                .filter(|c| c.pending_offer.or(c.answered_offer) == Some(o))
                 .and_then(|c| c.streams.get(i))
                 .and_then(|s| s.codecs.as_ref());
             rewrites.push(if opaque {
@@ -103,6 +106,7 @@ impl State {
                         media: m.media.clone(),
                         sides,
                         disabled: false,
+                        offer_disabled: false,
                         kernel: Vec::new(),
                         settle: None,
                         kernel_failed: false,
@@ -139,6 +143,7 @@ impl State {
                 created_unix_ms,
                 last_signal_ns: now,
                 pending_offer: None,
+                answered_offer: None,
                 sdp_versions: [None, None],
                 media_started: [false; 2],
             });
@@ -154,6 +159,7 @@ impl State {
         call.streams.extend(new_streams);
         call.last_signal_ns = now;
         call.pending_offer = Some(o);
+        call.answered_offer = None;
 
         let mut out = offer.clone();
         for (i, m) in out.media.iter_mut().enumerate() {
@@ -188,6 +194,7 @@ impl State {
             };
             let clock = stream.sides[o].clock_rate;
             stream.disabled = m.is_disabled();
+            stream.offer_disabled = stream.disabled;
             if m.is_disabled() {
                 continue;
             }

@@ -22,6 +22,9 @@ struct FakeState {
     /// Transcoding plans in force.
     plans: HashMap<EndpointId, DirectionPlan>,
     transcode_commands: usize,
+    /// Every Configure, in order: what a sequence of requests told the relay, not only where
+    /// it ended.
+    configure_log: Vec<(EndpointId, EndpointConfig, Option<Signalling>)>,
 }
 impl MediaPlane for FakePlane {
     fn send(&mut self, cmd: Command) -> Result<(), EngineGone> {
@@ -35,6 +38,7 @@ impl MediaPlane for FakePlane {
             } => {
                 assert!(st.live.contains(&id), "configure of dead {id}");
                 st.configured.insert(id, (config, signalling));
+                st.configure_log.push((id, config, signalling));
             }
             Command::Remove { id } => {
                 assert!(st.live.remove(&id), "remove of dead {id}");
@@ -226,6 +230,7 @@ fn crypto_of(s: &Sessions, call: &str, side: usize) -> SideCrypto {
 }
 
 mod api;
+mod dialogs;
 mod events;
 mod offload;
 mod sim;

@@ -74,6 +74,32 @@ impl Sim {
             self.s.on_engine_event(EngineEvent::MediaStarted { id });
         }
     }
+
+    /// The relay endpoint of `side` of stream `stream`.
+    pub(super) fn endpoint(&self, call: &str, stream: usize, side: usize) -> EndpointId {
+        self.s.lock().calls[call].streams[stream].sides[side].endpoint
+    }
+
+    /// Every Configure the relay was sent for `id`, in order.
+    pub(super) fn configures(&self, id: EndpointId) -> Vec<(EndpointConfig, Option<Signalling>)> {
+        let st = self.plane.0.lock().unwrap();
+        st.configure_log
+            .iter()
+            .filter(|(e, ..)| *e == id)
+            .map(|&(_, c, s)| (c, s))
+            .collect()
+    }
+
+    /// Where the relay sends `id`'s media now (the SDP address, until latching finds another).
+    pub(super) fn destination(&self, id: EndpointId) -> Option<SocketAddr> {
+        self.configures(id)
+            .last()
+            .and_then(|(_, s)| s.as_ref()?.sdp_rtp)
+    }
+
+    pub(super) fn ports_in_use(&self) -> u64 {
+        self.s.statistics().ports_in_use
+    }
 }
 
 /// An audio SDP from `ip:port` with o= version `version`, PCMU and telephone-event.
@@ -83,6 +109,10 @@ pub(super) fn sdp_at(user: &str, version: u64, ip: &str, port: u16, extra: &str)
          m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
          a=rtpmap:101 telephone-event/8000\r\n{extra}"
     )
+}
+
+pub(super) fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
 }
 
 pub(super) fn drain(ev: &mut EventSubscriber) -> Vec<CallEvent> {

@@ -1,0 +1,135 @@
+//! SIP dialog shapes on the session API, in simulated time: early media (several answers to one
+//! offer), late offer (the callee offers first), re-offers from either side.
+
+use super::sim::*;
+use super::*;
+
+const ALICE: &str = "192.0.2.10";
+const BOB: &str = "192.0.2.20";
+
+fn version(sdp: &str) -> u64 {
+    Sdp::parse(sdp).unwrap().origin.session_version
+}
+
+/// An Opus-only callee at `ip:port`, answering an offer into which sluice put opus as payload
+/// type 96 and telephone-event/48000 as 97.
+fn opus_at(user: &str, version: u64, ip: &str, port: u16) -> String {
+    format!(
+        "v=0\r\no={user} 200 {version} IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 96 97\r\na=rtpmap:96 opus/48000/2\r\n\
+         a=rtpmap:97 telephone-event/48000\r\n"
+    )
+}
+
+impl Sim {
+    fn live(&self) -> HashSet<EndpointId> {
+        self.plane.0.lock().unwrap().live.clone()
+    }
+
+    fn plans(&self) -> usize {
+        self.plane.0.lock().unwrap().plans.len()
+    }
+
+    /// (sends, receives) of `id` as last configured.
+    fn flags(&self, id: EndpointId) -> (bool, bool) {
+        let (c, _) = *self.configures(id).last().unwrap();
+        (c.sends, c.receives)
+    }
+}
+
+#[test]
+fn early_media_then_a_200_with_a_new_address_and_codec() {
+    let sim = Sim::new();
+    let offer = sim.offer("c", "a", &sdp_at("alice", 1, ALICE, 4000, ""));
+    assert_eq!(
+        Sdp::parse(&offer).unwrap().media[0].fmts,
+        ["0", "8", "96", "101", "97"],
+        "sluice offers opus as 96 to the callee"
+    );
+    let (to_alice, to_bob) = (sim.endpoint("c", 0, 0), sim.endpoint("c", 0, 1));
+    let endpoints = sim.live();
+    assert_eq!((endpoints.len(), sim.ports_in_use()), (2, 4));
+
+    // 183 Session Progress with SDP: early media flows to where it says.
+    let early = sim.answer("c", "a", "b", &sdp_at("bob", 1, BOB, 5000, ""));
+    assert_eq!(sim.destination(to_bob), Some(addr("192.0.2.20:5000")));
+    assert_eq!(sim.destination(to_alice), Some(addr("192.0.2.10:4000")));
+    assert_eq!(sim.flags(to_bob), (true, true));
+    assert_eq!(sim.plans(), 0, "PCMU both ways is relayed");
+
+    // The 200 repeats the 183's SDP: the caller gets exactly the same SDP, o= version included
+    // (RFC 3264 8: unchanged SDP keeps its version).
+    let same = sim.answer("c", "a", "b", &sdp_at("bob", 1, BOB, 5000, ""));
+    assert_eq!(same, early);
+
+    // A gateway's 200 from another media address, in Opus: the relay follows it and now
+    // transcodes; the caller keeps PCMU on the same relay port, in an SDP with a new version.
+    let final_ = sim.answer("c", "a", "b", &opus_at("bob", 2, "192.0.2.30", 6000));
+    assert_eq!(sim.destination(to_bob), Some(addr("192.0.2.30:6000")));
+    assert_eq!(sim.destination(to_alice), Some(addr("192.0.2.10:4000")));
+    assert_eq!(port_of(&final_), port_of(&early));
+    assert_eq!(version(&final_), version(&early) + 1);
+    assert_eq!(Sdp::parse(&final_).unwrap().media[0].fmts[0], "0");
+    assert_eq!(sim.plans(), 2, "a transcoding plan for each direction");
+    let r = sim.s.query("c").unwrap();
+    let (alice, bob) = (&r.legs[0].streams[0], &r.legs[1].streams[0]);
+    assert!(alice.transcoded && bob.transcoded);
+    assert_eq!(alice.codec.as_deref(), Some("PCMU/8000"));
+    assert_eq!(bob.codec.as_deref(), Some("opus/48000/2"));
+    assert_eq!(bob.sdp_peer, Some(addr("192.0.2.30:6000")));
+    assert_eq!(r.legs[1].tag.as_deref(), Some("b"));
+
+    // Nothing was added or closed: the ports given in the offer and the 183 stand.
+    assert_eq!(sim.live(), endpoints);
+    assert_eq!(sim.ports_in_use(), 4);
+    assert_eq!(
+        (alice.local_rtp.port(), bob.local_rtp.port()),
+        (port_of(&early), port_of(&offer))
+    );
+
+    // A retransmitted 200 changes nothing, and another to-tag is still another dialog.
+    let again = sim.answer("c", "a", "b", &opus_at("bob", 2, "192.0.2.30", 6000));
+    assert_eq!(again, final_);
+    let err = sim
+        .s
+        .answer(
+            "c",
+            "a",
+            "x",
+            &sdp_at("x", 1, BOB, 5000, ""),
+            LegOptions::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, SessionError::BadRequest(_)), "{err}");
+}
+
+#[test]
+fn a_transcoded_183_then_a_relayed_200_drops_the_plans() {
+    let sim = Sim::new();
+    sim.offer("c", "a", &sdp_at("alice", 1, ALICE, 4000, ""));
+    sim.answer("c", "a", "b", &opus_at("bob", 1, BOB, 5000));
+    assert_eq!(sim.plans(), 2);
+    let ok = sim.answer("c", "a", "b", &sdp_at("bob", 2, BOB, 5000, ""));
+    assert_eq!(sim.plans(), 0, "PCMU both ways again: nothing to transcode");
+    assert_eq!(Sdp::parse(&ok).unwrap().media[0].fmts, ["0", "101"]);
+    let r = sim.s.query("c").unwrap();
+    assert!(!r.legs[0].streams[0].transcoded);
+    assert_eq!(r.legs[1].streams[0].codec.as_deref(), Some("PCMU/8000"));
+}
+
+#[test]
+fn a_183_that_rejects_a_stream_does_not_bind_the_200() {
+    let sim = Sim::new();
+    let video = "m=video 4002 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n";
+    sim.offer("c", "a", &sdp_at("alice", 1, ALICE, 4000, video));
+    let no_video = "m=video 0 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n";
+    let early = sim.answer("c", "a", "b", &sdp_at("bob", 1, BOB, 5000, no_video));
+    assert_eq!(Sdp::parse(&early).unwrap().media[1].port, 0);
+    let video_bob = sim.endpoint("c", 1, 1);
+    assert_eq!(sim.flags(video_bob), (false, false));
+    let yes_video = "m=video 5002 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n";
+    let ok = sim.answer("c", "a", "b", &sdp_at("bob", 2, BOB, 5000, yes_video));
+    assert_ne!(Sdp::parse(&ok).unwrap().media[1].port, 0);
+    assert_eq!(sim.flags(video_bob), (true, true));
+    assert_eq!(sim.destination(video_bob), Some(addr("192.0.2.20:5002")));
+}
