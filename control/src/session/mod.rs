@@ -4,7 +4,12 @@
 //! the port allocator and the calls, turns SDP into forwarding decisions, and tells the data plane
 //! what to do through the [`MediaPlane`] seam, so it is tested here without a relay thread.
 //!
-//! Model: a call has two sides, 0 = the caller (from-tag of the first offer) and 1 = the callee.
+//! Model: a call has two sides, 0 = the first offerer (the from-tag of the call's first offer)
+//! and 1 = the one who answered it. That is the caller and then the callee, except with a late
+//! offer (RFC 3261 13.2.1: an INVITE without SDP), where the callee offers in its 200 OK and the
+//! caller answers in the ACK: `offer(from_tag = callee)`, `answer(from_tag = callee, to_tag =
+//! caller)`, and side 0 is the callee. Sides are told apart by tag only, so later offers and
+//! answers may come from either side in either role (re-INVITEs, RFC 3261 14).
 //! Each m= line is a stream (`model::Stream`) with one relay endpoint per side: the socket(s)
 //! *that side's* endpoint sends to. Media from side X's endpoint is sent on from side Y's socket
 //! to Y's peer.

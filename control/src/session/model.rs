@@ -103,7 +103,8 @@ pub(super) struct StreamTranscode {
 
 pub(super) struct Call {
     pub(super) call_id: String,
-    /// [caller's tag, callee's tag]; the callee's is empty until the first answer.
+    /// [first offerer's tag, first answerer's tag] (module docs: with a late offer the callee's
+    /// comes first); the second is empty until the first answer.
     pub(super) tags: [String; 2],
     pub(super) streams: Vec<Stream>,
     pub(super) created_unix_ms: u64,

@@ -28,13 +28,14 @@ pub struct CallReport {
     pub call_id: String,
     pub created_unix_ms: u64,
     pub last_signal_unix_ms: u64,
-    /// The caller's leg (from-tag of the first offer), then the callee's.
+    /// The first offerer's leg (from-tag of the call's first offer), then the answerer's: the
+    /// caller's first, except with a late offer (RFC 3261 13.2.1), where the callee offered.
     pub legs: [LegReport; 2],
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LegReport {
-    /// `None` for the callee until its first answer.
+    /// `None` for the answerer's leg until its first answer.
     pub tag: Option<String>,
     /// One per m= line, in SDP order.
     pub streams: Vec<StreamReport>,

@@ -133,3 +133,66 @@ fn a_183_that_rejects_a_stream_does_not_bind_the_200() {
     assert_eq!(sim.flags(video_bob), (true, true));
     assert_eq!(sim.destination(video_bob), Some(addr("192.0.2.20:5002")));
 }
+
+/// RFC 3261 13.2.1: an INVITE without SDP. The callee offers in its 200 OK and the caller
+/// answers in the ACK, so the first offer's from-tag is the callee's.
+#[test]
+fn late_offer_the_callee_offers_in_its_200_and_the_caller_answers_in_the_ack() {
+    let sim = Sim::new();
+    let mut ev = sim.s.subscribe();
+    let to_alice = sim.offer("c", "b", &sdp_at("bob", 1, BOB, 5000, ""));
+    assert_eq!(
+        sim.s.query("c").unwrap().legs.map(|l| l.tag),
+        [Some("b".to_string()), None],
+        "the caller's tag is known with its answer"
+    );
+    let to_bob = sim.answer("c", "b", "a", &sdp_at("alice", 1, ALICE, 4000, ""));
+
+    // Each leg names its own party, with that party's addresses.
+    let r = sim.s.query("c").unwrap();
+    let (bob, alice) = (&r.legs[0], &r.legs[1]);
+    assert_eq!(bob.tag.as_deref(), Some("b"));
+    assert_eq!(bob.streams[0].sdp_peer, Some(addr("192.0.2.20:5000")));
+    assert_eq!(bob.streams[0].local_rtp.port(), port_of(&to_bob));
+    assert_eq!(alice.tag.as_deref(), Some("a"));
+    assert_eq!(alice.streams[0].sdp_peer, Some(addr("192.0.2.10:4000")));
+    assert_eq!(alice.streams[0].local_rtp.port(), port_of(&to_alice));
+    let (to_bob_id, to_alice_id) = (sim.endpoint("c", 0, 0), sim.endpoint("c", 0, 1));
+    assert_eq!(sim.destination(to_bob_id), Some(addr("192.0.2.20:5000")));
+    assert_eq!(sim.destination(to_alice_id), Some(addr("192.0.2.10:4000")));
+
+    // Media from the caller is reported with the caller's tag.
+    sim.packet("c", 0, 1);
+    // The caller's re-INVITE, now with SDP, is an offer from the answering side.
+    let hold = sim.offer("c", "a", &sdp_at("alice", 2, ALICE, 4000, "a=sendonly\r\n"));
+    assert_eq!(port_of(&hold), port_of(&to_bob), "bob keeps his relay port");
+    let held = sim.answer(
+        "c",
+        "a",
+        "b",
+        &sdp_at("bob", 2, BOB, 5000, "a=recvonly\r\n"),
+    );
+    assert_eq!(port_of(&held), port_of(&to_alice), "alice keeps hers");
+    assert_eq!(sim.flags(to_alice_id), (true, false));
+    assert_eq!(sim.flags(to_bob_id), (false, true));
+
+    // The caller's BYE names the tags as SIP does: from-tag a, to-tag b.
+    let last = sim.s.delete("c", "a", "b").unwrap();
+    assert_eq!(
+        last.legs.map(|l| l.tag),
+        [Some("b".into()), Some("a".into())]
+    );
+    let got: Vec<_> = drain(&mut ev)
+        .into_iter()
+        .map(|e| (e.kind, e.tag))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (EventKind::CallCreated, "b".into()),
+            (EventKind::MediaStarted, "a".into()),
+            (EventKind::Deleted, "a".into()),
+        ]
+    );
+    assert_eq!(sim.ports_in_use(), 0);
+}
