@@ -3,12 +3,29 @@
 
 use super::sim::*;
 use super::*;
+use crate::sdp::Direction;
 
 const ALICE: &str = "192.0.2.10";
 const BOB: &str = "192.0.2.20";
 
 fn version(sdp: &str) -> u64 {
     Sdp::parse(sdp).unwrap().origin.session_version
+}
+
+fn direction(sdp: &str) -> Direction {
+    Sdp::parse(sdp).unwrap().direction(0)
+}
+
+fn fmts(sdp: &str) -> Vec<String> {
+    Sdp::parse(sdp).unwrap().media[0].fmts.clone()
+}
+
+/// PCMA only, with telephone-event.
+fn pcma_at(user: &str, version: u64, ip: &str, port: u16) -> String {
+    sdp_at(user, version, ip, port, "").replace(
+        "RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000",
+        "RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000",
+    )
 }
 
 /// An Opus-only callee at `ip:port`, answering an offer into which sluice put opus as payload
@@ -195,4 +212,114 @@ fn late_offer_the_callee_offers_in_its_200_and_the_caller_answers_in_the_ack() {
         ]
     );
     assert_eq!(sim.ports_in_use(), 0);
+}
+
+/// RFC 3261 14: either side may re-offer. Here the callee (who answered the first offer) puts
+/// the caller on hold, then makes the call inactive, then resumes with another codec; the
+/// caller answers each time. Relay ports never change; directions, codecs and o= versions
+/// follow each exchange.
+#[test]
+fn the_callee_holds_and_resumes_with_another_codec_by_re_invite() {
+    let sim = Sim::new();
+    let to_bob = sim.offer("c", "a", &sdp_at("alice", 1, ALICE, 4000, ""));
+    let to_alice = sim.answer("c", "a", "b", &sdp_at("bob", 1, BOB, 5000, ""));
+    let (alice, bob) = (sim.endpoint("c", 0, 0), sim.endpoint("c", 0, 1));
+    let endpoints = sim.live();
+
+    // Hold: bob sendonly, alice recvonly. Each side gets its own relay port again, in an SDP
+    // whose version grew by one because its content changed (RFC 3264 8).
+    let hold = sim.offer("c", "b", &sdp_at("bob", 2, BOB, 5000, "a=sendonly\r\n"));
+    assert_eq!(port_of(&hold), port_of(&to_alice));
+    assert_eq!(direction(&hold), Direction::SendOnly);
+    assert_eq!(version(&hold), version(&to_alice) + 1);
+    let held = sim.answer(
+        "c",
+        "b",
+        "a",
+        &sdp_at("alice", 2, ALICE, 4000, "a=recvonly\r\n"),
+    );
+    assert_eq!(port_of(&held), port_of(&to_bob));
+    assert_eq!(direction(&held), Direction::RecvOnly);
+    assert_eq!(version(&held), version(&to_bob) + 1);
+    assert_eq!(
+        sim.flags(bob),
+        (true, false),
+        "bob still sends (music on hold)"
+    );
+    assert_eq!(sim.flags(alice), (false, true));
+    let r = sim.s.query("c").unwrap();
+    assert_eq!(r.legs[1].streams[0].direction, Direction::SendOnly);
+    assert_eq!(r.legs[0].streams[0].direction, Direction::RecvOnly);
+
+    // Inactive: nothing flows either way.
+    let inactive = sim.offer("c", "b", &sdp_at("bob", 3, BOB, 5000, "a=inactive\r\n"));
+    assert_eq!(direction(&inactive), Direction::Inactive);
+    sim.answer(
+        "c",
+        "b",
+        "a",
+        &sdp_at("alice", 3, ALICE, 4000, "a=inactive\r\n"),
+    );
+    assert_eq!(sim.flags(bob), (false, false));
+    assert_eq!(sim.flags(alice), (false, false));
+
+    // Resume, now in PCMA only: sluice offers alice PCMU beside it, she keeps PCMU, and the
+    // relay transcodes between the two.
+    let resume = sim.offer("c", "b", &pcma_at("bob", 4, BOB, 5000));
+    assert_eq!(direction(&resume), Direction::SendRecv);
+    assert_eq!(fmts(&resume)[..2], ["8", "0"]);
+    let resumed = sim.answer("c", "b", "a", &sdp_at("alice", 4, ALICE, 4000, ""));
+    assert_eq!(fmts(&resumed)[0], "8", "bob is answered in his own codec");
+    assert_eq!(sim.flags(bob), (true, true));
+    assert_eq!(sim.flags(alice), (true, true));
+    assert_eq!(sim.plans(), 2);
+    let r = sim.s.query("c").unwrap();
+    let codec = |k: usize| r.legs[k].streams[0].codec.clone();
+    assert_eq!(codec(0).as_deref(), Some("PCMU/8000"));
+    assert_eq!(codec(1).as_deref(), Some("PCMA/8000"));
+    assert!(r.legs[0].streams[0].transcoded);
+
+    // The caller re-offers in turn, PCMU again; bob takes it and transcoding stops.
+    sim.offer("c", "a", &sdp_at("alice", 5, ALICE, 4000, ""));
+    sim.answer("c", "a", "b", &sdp_at("bob", 5, BOB, 5000, ""));
+    assert_eq!(sim.plans(), 0);
+    assert_eq!(
+        sim.s.query("c").unwrap().legs[1].streams[0]
+            .codec
+            .as_deref(),
+        Some("PCMU/8000")
+    );
+
+    assert_eq!(sim.live(), endpoints, "no socket was opened or closed");
+    assert_eq!(sim.ports_in_use(), 4);
+    assert_eq!(sim.destination(bob), Some(addr("192.0.2.20:5000")));
+    assert_eq!(sim.destination(alice), Some(addr("192.0.2.10:4000")));
+}
+
+#[test]
+fn an_answer_must_come_from_the_side_that_did_not_offer() {
+    let sim = Sim::new();
+    sim.offer("c", "a", &sdp_at("alice", 1, ALICE, 4000, ""));
+    sim.answer("c", "a", "b", &sdp_at("bob", 1, BOB, 5000, ""));
+    sim.offer("c", "b", &sdp_at("bob", 2, BOB, 5000, "a=sendonly\r\n"));
+    // A late answer to alice's first offer (a stray retransmitted 200) is not an answer to
+    // bob's pending one.
+    let err = sim
+        .s
+        .answer(
+            "c",
+            "a",
+            "b",
+            &sdp_at("bob", 1, BOB, 5000, ""),
+            LegOptions::default(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("not the offerer's tag"), "{err}");
+    sim.answer(
+        "c",
+        "b",
+        "a",
+        &sdp_at("alice", 2, ALICE, 4000, "a=recvonly\r\n"),
+    );
+    assert_eq!(sim.flags(sim.endpoint("c", 0, 1)), (true, false));
 }
