@@ -46,7 +46,7 @@ impl State {
         if !call.tags[a].is_empty() && call.tags[a] != to_tag {
             return Err(bad(format!(
                 "to_tag '{to_tag}' differs from the answerer's tag '{}' of call '{call_id}' \
-                 (forked answers are not supported)",
+                 (an answer from another branch of a forked offer names its branch)",
                 call.tags[a]
             )));
         }

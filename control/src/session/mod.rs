@@ -18,9 +18,9 @@
 //! `options` (what a request may ask for), `offer` and `answer` (SDP in, SDP out, streams set
 //! up), `srtp` (SDES keys), `engine` (what the relay thread is told), `offload` (moving settled
 //! streams into XDP and the AF_XDP workers and back), `report` (what a front end can show),
-//! `events`, `error`, `env` (the clock and random source every request and sweep reads, given
-//! to [`Sessions::new`] so tests run calls in simulated time), and `model` (the call state they
-//! all share).
+//! `fork` (the branches of a forked INVITE), `events`, `error`, `env` (the clock and random
+//! source every request and sweep reads, given to [`Sessions::new`] so tests run calls in
+//! simulated time), and `model` (the call state they all share).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,6 +36,7 @@ mod engine;
 mod env;
 mod error;
 mod events;
+mod fork;
 mod model;
 mod offer;
 mod offload;
@@ -153,8 +154,26 @@ impl Sessions {
         sdp: &str,
         opts: LegOptions,
     ) -> Result<String, SessionError> {
+        self.offer_branch(call_id, from_tag, "", sdp, opts)
+    }
+
+    /// [`Sessions::offer`] to one branch of a forked INVITE, named by `branch` (rtpengine's
+    /// `via-branch`; "" for the branch the call holds). A branch the call has not seen gets
+    /// relay ports of its own facing its callee; the returned SDP carries them. Labels count
+    /// only until a branch is confirmed ([`Sessions::answer_branch`]).
+    pub fn offer_branch(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        branch: &str,
+        sdp: &str,
+        opts: LegOptions,
+    ) -> Result<String, SessionError> {
         require("call_id", call_id)?;
         require("from_tag", from_tag)?;
+        if !branch.is_empty() {
+            require("branch", branch)?;
+        }
         let offer = Sdp::parse(sdp)?;
         let mut st = self.lock();
         if st.shutting_down {
@@ -168,12 +187,17 @@ impl Sessions {
             Some(c) => {
                 return Err(bad(format!(
                     "call '{call_id}' has tags '{}' and '{}'; an offer from tag '{from_tag}' \
-                     matches neither (forked calls are not supported)",
+                     matches neither (the branches of a forked INVITE are offered with the \
+                     caller's tag and a branch label)",
                     c.tags[0], c.tags[1]
                 )));
             }
         };
-        let out = st.offer(call_id, from_tag, o, &offer, sdp, opts);
+        let out = st
+            .branch_for_offer(call_id, o, branch)
+            .and_then(|new_fork| {
+                st.offer(call_id, from_tag, o, branch, new_fork, &offer, sdp, opts)
+            });
         if let Err(e) = &out {
             tracing::warn!(%call_id, error = %e, "offer rejected");
         }
@@ -195,16 +219,62 @@ impl Sessions {
         sdp: &str,
         opts: LegOptions,
     ) -> Result<String, SessionError> {
+        self.answer_branch(call_id, from_tag, to_tag, "", sdp, opts, false)
+    }
+
+    /// [`Sessions::answer`] from one branch of a forked INVITE, named as in its offer ("" for
+    /// the branch the call holds). Answers from several branches may come (183s from each);
+    /// the one answering last is relayed. A `final_answer` (the 200) confirms the branch and
+    /// closes every other branch's sockets and ports.
+    #[allow(clippy::too_many_arguments)]
+    pub fn answer_branch(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+        branch: &str,
+        sdp: &str,
+        opts: LegOptions,
+        final_answer: bool,
+    ) -> Result<String, SessionError> {
         require("call_id", call_id)?;
         require("from_tag", from_tag)?;
         require("to_tag", to_tag)?;
         let answer = Sdp::parse(sdp)?;
         let mut st = self.lock();
-        let out = st.answer(call_id, from_tag, to_tag, &answer, sdp, opts);
-        if let Err(e) = &out {
-            tracing::warn!(%call_id, error = %e, "answer rejected");
+        let out = st
+            .branch_for_answer(call_id, branch)
+            .and_then(|()| st.answer(call_id, from_tag, to_tag, &answer, sdp, opts));
+        match &out {
+            Ok(_) if final_answer => st.confirm_branch(call_id),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%call_id, error = %e, "answer rejected"),
         }
         out
+    }
+
+    /// Ends one branch of a forked call (its callee declined, or the front end gave up on
+    /// it): closes its sockets and frees its ports. Deleting the last branch ends the call,
+    /// and its final state is returned.
+    pub fn delete_branch(
+        &self,
+        call_id: &str,
+        branch: &str,
+    ) -> Result<Option<CallReport>, SessionError> {
+        require("call_id", call_id)?;
+        let mut st = self.lock();
+        if st.delete_branch(call_id, branch)? {
+            return Ok(None);
+        }
+        let info = st.remove_call(call_id).expect("delete_branch found it");
+        let tag = info.legs[0].tag.clone().unwrap_or_default();
+        self.emit(
+            EventKind::Deleted,
+            call_id,
+            &tag,
+            format!("its last branch '{branch}' was deleted"),
+        );
+        Ok(Some(info))
     }
 
     /// Ends a call and frees its ports; returns its final state.
@@ -316,10 +386,21 @@ impl Sessions {
         let Some(call) = st.calls.get_mut(&call_id) else {
             return;
         };
-        if std::mem::replace(&mut call.media_started[side], true) {
+        let held = call.streams.iter().any(|s| s.sides[side].endpoint == id);
+        // A parked branch's endpoint (early media before it is swapped in) reports with its
+        // own tag.
+        let (started, tag) = match call
+            .forks
+            .iter_mut()
+            .find(|f| !held && f.state.sides.iter().any(|s| s.endpoint == id))
+        {
+            Some(f) => (&mut f.state.media_started, &f.state.tag),
+            None => (&mut call.media_started[side], &call.tags[side]),
+        };
+        if std::mem::replace(started, true) {
             return;
         }
-        let tag = call.tags[side].clone();
+        let tag = tag.clone();
         self.emit(
             EventKind::MediaStarted,
             &call_id,

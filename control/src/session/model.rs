@@ -121,6 +121,34 @@ pub(super) struct Call {
     /// gave its rewrite, so an unchanged re-offer keeps the version (RFC 3264 8).
     pub(super) sdp_versions: [Option<(String, u64)>; 2],
     pub(super) media_started: [bool; 2],
+    /// The branch (rtpengine's via-branch) side 1 of the streams belongs to; "" when the
+    /// front end does not fork. See `fork`.
+    pub(super) branch: String,
+    /// The other branches of a forked offer, parked: their sockets stay open, nothing is relayed
+    /// to or from them until a request names them again.
+    pub(super) forks: Vec<Fork>,
+    /// An answer was final: branches are settled, and their labels no longer matter.
+    pub(super) confirmed: bool,
+}
+
+/// A parked branch of a forked call.
+pub(super) struct Fork {
+    pub(super) label: String,
+    pub(super) state: BranchState,
+}
+
+/// What a call holds per branch: what it would hold in `Call` and `Stream` if it were the
+/// branch the call's state shows.
+#[derive(Default)]
+pub(super) struct BranchState {
+    /// The branch's to-tag ("" before its first answer).
+    pub(super) tag: String,
+    /// Per stream: the side facing this branch's endpoint, and what was decided with it.
+    pub(super) sides: Vec<Side>,
+    pub(super) transcode: Vec<Option<StreamTranscode>>,
+    pub(super) disabled: Vec<bool>,
+    pub(super) sdp_versions: [Option<(String, u64)>; 2],
+    pub(super) media_started: bool,
 }
 
 #[derive(Default)]
@@ -240,22 +268,26 @@ impl State {
         self.by_endpoint.remove(&side.endpoint);
     }
 
+    /// Closes a side for good: its counters go into the totals, its sockets and ports away.
+    pub(super) fn retire_side(&mut self, side: &Side) {
+        self.totals.packets += side.counters.forwarded.load(Relaxed) + side.kernel_base.packets;
+        self.totals.bytes += side.counters.forwarded_bytes.load(Relaxed) + side.kernel_base.bytes;
+        self.totals.dropped += side.counters.dropped() + side.kernel_base.dropped();
+        self.totals.kernel_packets += side.kernel_base.packets;
+        if let Err(e) = self.plane.send(Command::Remove { id: side.endpoint }) {
+            tracing::error!(error = %e, "cannot close relay sockets");
+        }
+        self.release_side(side);
+    }
+
     pub(super) fn remove_call(&mut self, call_id: &str) -> Option<CallReport> {
         self.unkernelize_call(call_id);
+        self.release_forks(call_id);
         let call = self.calls.remove(call_id)?;
         let info = call_report(&call, None, &*self.clock);
         for s in &call.streams {
             for side in &s.sides {
-                self.totals.packets +=
-                    side.counters.forwarded.load(Relaxed) + side.kernel_base.packets;
-                self.totals.bytes +=
-                    side.counters.forwarded_bytes.load(Relaxed) + side.kernel_base.bytes;
-                self.totals.dropped += side.counters.dropped() + side.kernel_base.dropped();
-                self.totals.kernel_packets += side.kernel_base.packets;
-                if let Err(e) = self.plane.send(Command::Remove { id: side.endpoint }) {
-                    tracing::error!(error = %e, "cannot close relay sockets");
-                }
-                self.release_side(side);
+                self.retire_side(side);
             }
         }
         Some(info)

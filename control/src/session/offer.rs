@@ -15,11 +15,16 @@ use super::options::{Family, LegOptions, RtcpMuxMode, SrtpMode, latch_config};
 use super::srtp::{SideCrypto, is_savp, srtp_incoming, with_srtp};
 
 impl State {
+    /// `branch` names the branch of a new call; with `new_fork`, the offer opens that branch
+    /// beside the call's others (see `fork`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn offer(
         &mut self,
         call_id: &str,
         from_tag: &str,
         o: usize,
+        branch: &str,
+        new_fork: bool,
         offer: &Sdp,
         offer_text: &str,
         opts: LegOptions,
@@ -82,6 +87,29 @@ impl State {
                 offer.media.len()
             )));
         }
+        let forked = self.calls.get(call_id).is_some_and(|c| !c.forks.is_empty());
+        if (new_fork || forked) && offer.media.len() != existing {
+            return Err(bad(format!(
+                "the offer has {} m= lines but the call's branches were offered {existing}: the \
+                 branches of a forked INVITE share one offer until one of them is confirmed",
+                offer.media.len()
+            )));
+        }
+        // A new branch gets sockets of its own for every stream, facing its endpoint.
+        let mut fork_sides = Vec::new();
+        if new_fork {
+            for &(_, other_ip) in &ips {
+                match self.new_side(other_ip, true) {
+                    Ok(made) => fork_sides.push(made),
+                    Err(e) => {
+                        for (side, _) in &fork_sides {
+                            self.release_side(side);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
         // New streams: bind everything first, roll back on failure.
         let mut new_streams = Vec::new();
         let mut adds = Vec::new();
@@ -131,6 +159,9 @@ impl State {
         }
         // A signalling event: media goes back through userspace, where latching runs again.
         self.unkernelize_call(call_id);
+        if new_fork {
+            self.open_fork(call_id, branch, fork_sides)?;
+        }
         let now = self.clock.now_ns();
         let created_unix_ms = self.clock.unix_ms();
         let call = self
@@ -146,6 +177,9 @@ impl State {
                 answered_offer: None,
                 sdp_versions: [None, None],
                 media_started: [false; 2],
+                branch: branch.to_string(),
+                forks: Vec::new(),
+                confirmed: false,
             });
         if call.streams.is_empty() {
             self.totals.calls += 1;

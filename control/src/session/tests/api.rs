@@ -188,6 +188,20 @@ enum Op {
     Delete {
         call: u8,
     },
+    /// An offer or answer naming a branch ("" = the one the call holds), and deleting one.
+    ForkOffer {
+        call: u8,
+        branch: u8,
+    },
+    ForkAnswer {
+        call: u8,
+        branch: u8,
+        final_answer: bool,
+    },
+    DeleteBranch {
+        call: u8,
+        branch: u8,
+    },
     Sweep,
 }
 
@@ -200,6 +214,13 @@ fn op() -> impl Strategy<Value = Op> {
         }),
         (0u8..4).prop_map(|call| Op::Answer { call }),
         (0u8..4).prop_map(|call| Op::Delete { call }),
+        (0u8..4, 0u8..4).prop_map(|(call, branch)| Op::ForkOffer { call, branch }),
+        (0u8..4, 0u8..4, any::<bool>()).prop_map(|(call, branch, final_answer)| Op::ForkAnswer {
+            call,
+            branch,
+            final_answer
+        }),
+        (0u8..4, 0u8..4).prop_map(|(call, branch)| Op::DeleteBranch { call, branch }),
         Just(Op::Sweep),
     ]
 }
@@ -215,10 +236,20 @@ fn multi(user: &str, streams: u8) -> String {
     s
 }
 
+/// Branch 0 is "": the branch the call holds.
+fn label(branch: u8) -> String {
+    if branch == 0 {
+        String::new()
+    } else {
+        format!("br{branch}")
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
-    /// No port or endpoint leaks across any offer/answer/delete/timeout sequence, including
-    /// failures from exhaustion (the tiny range runs out often).
+    /// No port or endpoint leaks across any offer/answer/delete/timeout sequence, with or
+    /// without forking, including failures from exhaustion (the tiny range runs out often).
+    /// Every parked branch has a side for each of its call's streams.
     #[test]
     fn no_port_leaks(ops in proptest::collection::vec(op(), 1..40), timeout_zero in any::<bool>()) {
         let timeout = if timeout_zero { Duration::ZERO } else { Duration::from_secs(3600) };
@@ -233,13 +264,36 @@ proptest! {
                     let _ = s.answer(&format!("c{call}"), "a", "b", &multi("y", 1), LegOptions::default());
                 }
                 Op::Delete { call } => { let _ = s.delete(&format!("c{call}"), "", ""); }
+                Op::ForkOffer { call, branch } => {
+                    let (id, label) = (format!("c{call}"), label(branch));
+                    let _ = s.offer_branch(&id, "a", &label, &multi("x", 1), LegOptions::default());
+                }
+                Op::ForkAnswer { call, branch, final_answer } => {
+                    let (id, label, to) = (format!("c{call}"), label(branch), format!("b{branch}"));
+                    let sdp = multi("y", 1);
+                    let opts = LegOptions::default();
+                    let _ = s.answer_branch(&id, "a", &to, &label, &sdp, opts, final_answer);
+                }
+                Op::DeleteBranch { call, branch } => {
+                    let _ = s.delete_branch(&format!("c{call}"), &label(branch));
+                }
                 Op::Sweep => { s.sweep(); }
             }
-            // Every stream holds two pairs (4 ports) and two endpoints, nothing else.
-            let streams: usize = s.list(0).iter().map(|id| s.query(id).unwrap().legs[0].streams.len()).sum();
+            // Every side of a stream, held or parked, holds a pair (2 ports) and an endpoint,
+            // nothing else.
+            let sides: usize = {
+                let st = s.lock();
+                for c in st.calls.values() {
+                    for f in &c.forks {
+                        prop_assert_eq!(f.state.sides.len(), c.streams.len());
+                    }
+                }
+                let parked = |c: &model::Call| c.forks.iter().map(|f| f.state.sides.len()).sum::<usize>();
+                st.calls.values().map(|c| 2 * c.streams.len() + parked(c)).sum()
+            };
             let st = s.statistics();
-            prop_assert_eq!(st.ports_in_use as usize, streams * 4);
-            prop_assert_eq!(plane.0.lock().unwrap().live.len(), streams * 2);
+            prop_assert_eq!(st.ports_in_use as usize, sides * 2);
+            prop_assert_eq!(plane.0.lock().unwrap().live.len(), sides);
         }
         for id in s.list(0) { s.delete(&id, "", "").unwrap(); }
         let st = s.statistics();

@@ -39,18 +39,8 @@ fn opus_at(user: &str, version: u64, ip: &str, port: u16) -> String {
 }
 
 impl Sim {
-    fn live(&self) -> HashSet<EndpointId> {
-        self.plane.0.lock().unwrap().live.clone()
-    }
-
     fn plans(&self) -> usize {
         self.plane.0.lock().unwrap().plans.len()
-    }
-
-    /// (sends, receives) of `id` as last configured.
-    fn flags(&self, id: EndpointId) -> (bool, bool) {
-        let (c, _) = *self.configures(id).last().unwrap();
-        (c.sends, c.receives)
     }
 }
 

@@ -232,6 +232,7 @@ fn crypto_of(s: &Sessions, call: &str, side: usize) -> SideCrypto {
 mod api;
 mod dialogs;
 mod events;
+mod fork;
 mod offload;
 mod sim;
 mod srtp;

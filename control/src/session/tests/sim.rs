@@ -90,11 +90,25 @@ impl Sim {
             .collect()
     }
 
-    /// Where the relay sends `id`'s media now (the SDP address, until latching finds another).
+    /// Where the relay sends `id`'s media now: the SDP address of its last signalling, until
+    /// latching finds another.
     pub(super) fn destination(&self, id: EndpointId) -> Option<SocketAddr> {
         self.configures(id)
-            .last()
-            .and_then(|(_, s)| s.as_ref()?.sdp_rtp)
+            .iter()
+            .rev()
+            .find_map(|(_, s)| s.as_ref())
+            .and_then(|s| s.sdp_rtp)
+    }
+
+    /// (sends, receives) of `id` as last configured.
+    pub(super) fn flags(&self, id: EndpointId) -> (bool, bool) {
+        let (c, _) = *self.configures(id).last().unwrap();
+        (c.sends, c.receives)
+    }
+
+    /// The endpoints the relay holds.
+    pub(super) fn live(&self) -> HashSet<EndpointId> {
+        self.plane.0.lock().unwrap().live.clone()
     }
 
     pub(super) fn ports_in_use(&self) -> u64 {
