@@ -270,3 +270,95 @@ async fn malformed_requests_get_errors_and_the_daemon_keeps_serving() {
     })
     .await;
 }
+
+/// A forked INVITE as Kamailio handles it with `via-branch`: each branch's offer gets its own
+/// callee-facing ports, a failed branch's delete frees only its ports, the surviving branch's
+/// 200 confirms it, and the call's delete frees the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn via_branch_forks_get_their_own_ports_and_free_them() {
+    bounded(async {
+        let port = free_udp_port();
+        let d = Daemon::start(&["--ng", &format!("udp:127.0.0.1:{port}")]).await;
+        let ng = Ng::new(port);
+        let (caller, callee1, callee2) = (Peer::v4(), Peer::v4(), Peer::v4());
+        let branch_offer = |cookie: &str, branch: &str| {
+            let Value::Dict(mut d) = offer_msg("fork-1", &caller.sdp(&[])) else {
+                unreachable!()
+            };
+            d.insert(b"via-branch".to_vec(), Value::str(branch));
+            let r = ng.call(cookie, Value::Dict(d));
+            assert_eq!(r.get_str("result").as_deref(), Some("ok"), "{r:?}");
+            SdpView::parse(&r.get_str("sdp").unwrap()).rtp_addr()
+        };
+        let to_b1 = branch_offer("o1", "z9hG4bK-b1");
+        let after_one = ports_in_use(&ng, "s1");
+        let to_b2 = branch_offer("o2", "z9hG4bK-b2");
+        let after_two = ports_in_use(&ng, "s2");
+        assert_ne!(
+            to_b1.port(),
+            to_b2.port(),
+            "each branch has ports of its own"
+        );
+        assert!(after_two > after_one, "{after_one} -> {after_two}");
+
+        let answer = |cookie: &str, branch: &str, to_tag: &str, callee: &Peer, code: i64| {
+            let r = ng.call(
+                cookie,
+                Value::dict([
+                    ("command", Value::str("answer")),
+                    ("call-id", Value::str("fork-1")),
+                    ("from-tag", Value::str("caller")),
+                    ("to-tag", Value::str(to_tag)),
+                    ("via-branch", Value::str(branch)),
+                    ("sip-code", Value::Int(code)),
+                    ("sdp", Value::str(&callee.sdp(&[]))),
+                ]),
+            );
+            assert_eq!(r.get_str("result").as_deref(), Some("ok"), "{r:?}");
+        };
+        answer("a1", "z9hG4bK-b1", "callee-1", &callee1, 183);
+        answer("a2", "z9hG4bK-b2", "callee-2", &callee2, 183);
+
+        // Branch 1 fails (486): Kamailio deletes it by its branch.
+        let del = ng.call(
+            "d1",
+            Value::dict([
+                ("command", Value::str("delete")),
+                ("call-id", Value::str("fork-1")),
+                ("from-tag", Value::str("caller")),
+                ("via-branch", Value::str("z9hG4bK-b1")),
+            ]),
+        );
+        assert_eq!(del.get_str("result").as_deref(), Some("ok"), "{del:?}");
+        assert_eq!(
+            ports_in_use(&ng, "s3"),
+            after_one,
+            "branch 1's ports are free again"
+        );
+
+        answer("a3", "z9hG4bK-b2", "callee-2", &callee2, 200);
+        let q = ng.call(
+            "q1",
+            Value::dict([
+                ("command", Value::str("query")),
+                ("call-id", Value::str("fork-1")),
+            ]),
+        );
+        assert!(
+            q.get("tags").and_then(|t| t.get("callee-2")).is_some(),
+            "{q:?}"
+        );
+        let del = ng.call(
+            "d2",
+            Value::dict([
+                ("command", Value::str("delete")),
+                ("call-id", Value::str("fork-1")),
+                ("from-tag", Value::str("caller")),
+            ]),
+        );
+        assert_eq!(del.get_str("result").as_deref(), Some("ok"), "{del:?}");
+        assert_eq!(ports_in_use(&ng, "s4"), 0);
+        drop(d);
+    })
+    .await;
+}

@@ -76,8 +76,10 @@ fn run(sessions: &Sessions, req: &mut Request) -> Result<Entries, String> {
             let from_tag = need("from-tag", &req.from_tag)?.to_string();
             let sdp = prepare_sdp(req)?;
             let opts = options(req, true)?;
+            // via-branch: each branch of a forked INVITE gets callee-facing ports of its own.
+            let branch = req.via_branch.clone().unwrap_or_default();
             let out = sessions
-                .offer(&call_id, &from_tag, &sdp, opts)
+                .offer_branch(&call_id, &from_tag, &branch, &sdp, opts)
                 .map_err(|e| reason(&e))?;
             Ok(vec![("sdp", Value::str(&finish_sdp(req, out)))])
         }
@@ -87,8 +89,20 @@ fn run(sessions: &Sessions, req: &mut Request) -> Result<Entries, String> {
             let to_tag = need("to-tag", &req.to_tag)?.to_string();
             let sdp = prepare_sdp(req)?;
             let opts = options(req, false)?;
+            let branch = req.via_branch.clone().unwrap_or_default();
+            // A 2xx (when the client says which reply this is) confirms its branch and frees
+            // the others' ports; otherwise they go with their own delete or the call's.
+            let final_answer = req.sip_code.is_some_and(|c| (200..300).contains(&c));
             let out = sessions
-                .answer(&call_id, &from_tag, &to_tag, &sdp, opts)
+                .answer_branch(
+                    &call_id,
+                    &from_tag,
+                    &to_tag,
+                    &branch,
+                    &sdp,
+                    opts,
+                    final_answer,
+                )
                 .map_err(|e| reason(&e))?;
             Ok(vec![("sdp", Value::str(&finish_sdp(req, out)))])
         }
@@ -97,6 +111,14 @@ fn run(sessions: &Sessions, req: &mut Request) -> Result<Entries, String> {
             if req.delete_delay.is_some_and(|d| d > 0) && !req.flags.fatal {
                 req.warnings
                     .push("delete-delay ignored: sluice deletes at once".into());
+            }
+            if let Some(branch) = req.via_branch.as_deref().filter(|b| !b.is_empty()) {
+                // One branch of a forked call failed: only its ports go, unless it was the last.
+                return match sessions.delete_branch(&call_id, branch) {
+                    Ok(Some(report)) => Ok(call_stats(&report)),
+                    Ok(None) => Ok(Vec::new()),
+                    Err(e) => Err(reason(&e)),
+                };
             }
             let from_tag = req.from_tag.as_deref().unwrap_or("");
             // Kamailio sends the to-tag only to end one branch (with the to-tag flag); the

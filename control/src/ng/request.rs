@@ -99,6 +99,9 @@ pub struct Request {
     pub record_call: Option<String>,
     /// Seconds; `delete` only.
     pub delete_delay: Option<i64>,
+    /// The SIP reply's status code, when the client sends it: a 2xx answer confirms its
+    /// branch of a forked call.
+    pub sip_code: Option<i64>,
     /// `list`: at most this many call-ids.
     pub limit: Option<i64>,
     /// The client understands `result: load limit` (Kamailio sends `supports: ["load limit"]`).
@@ -223,6 +226,7 @@ impl Request {
                     r.received_from = Some((fam.clone(), addr.clone()));
                 }
                 "delete-delay" => r.delete_delay = Some(int("delete-delay", v)?),
+                "sip-code" => r.sip_code = Some(int("sip-code", v)?),
                 "limit" => r.limit = Some(int("limit", v)?),
                 _ => {
                     let value = match v {
@@ -274,7 +278,11 @@ impl Request {
             "replace" => self.replace(&v),
             // Sent by Kamailio/OpenSIPS, meaningful to rtpengine's features sluice does not
             // have or does not need (the reply says so for those it ignores).
-            "sip-code" | "from-tags" | "interface" | "xmlrpc-callback" | "media-address" => {
+            "sip-code" => match v.trim().parse() {
+                Ok(n) => self.sip_code = Some(n),
+                Err(_) => self.warn(format!("sip-code '{v}' is not a number")),
+            },
+            "from-tags" | "interface" | "xmlrpc-callback" | "media-address" => {
                 self.warn(format!("'{key}' ignored"))
             }
             _ => self.warn(format!("unknown key '{key}' ignored")),
