@@ -112,6 +112,7 @@ pub enum ConfigError {
 pub struct FileConfig {
     pub control: Option<String>,
     pub ng: Option<Vec<String>>,
+    pub max_sessions: Option<u64>,
     pub media_ip: Option<Vec<String>>,
     pub ports: Option<String>,
     pub timeout: Option<u64>,
@@ -146,6 +147,7 @@ impl FileConfig {
 pub struct Overrides {
     pub control: Option<String>,
     pub ng: Vec<String>,
+    pub max_sessions: Option<u64>,
     pub media_ip: Vec<String>,
     pub ports: Option<String>,
     pub timeout: Option<u64>,
@@ -168,6 +170,9 @@ pub struct Config {
     /// `--ng`: UDP addresses serving rtpengine's ng protocol (Kamailio, OpenSIPS); none by
     /// default.
     pub ng: Vec<SocketAddr>,
+    /// `--max-sessions`: new calls are refused beyond this many (None: no limit); changeable
+    /// at run time through the control API.
+    pub max_sessions: Option<u64>,
     pub media_ips: Vec<IpAddr>,
     pub port_low: u16,
     pub port_high: u16,
@@ -409,6 +414,7 @@ impl Config {
         Ok(Config {
             control,
             ng,
+            max_sessions: cli.max_sessions.or(file.max_sessions),
             media_ips,
             port_low,
             port_high,

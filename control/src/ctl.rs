@@ -62,6 +62,12 @@ pub enum Method {
     },
     /// Relay-wide counters.
     Statistics,
+    /// Cap the number of calls: new offers beyond it are refused, calls in progress go on
+    /// (0 drains this node; "none" lifts the cap).
+    MaxSessions {
+        /// A number, or none.
+        limit: String,
+    },
     /// Print call events as JSON lines until interrupted (or --count events).
     Watch {
         #[arg(long)]
@@ -268,6 +274,20 @@ pub async fn run(addr: &ControlAddr, method: Method) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner(),
         ),
+        Method::MaxSessions { limit } => {
+            let max_sessions = match limit.as_str() {
+                "none" => None,
+                n => Some(n.parse::<u64>().map_err(|_| {
+                    anyhow::anyhow!("max-sessions: expected a number or none, got '{n}'")
+                })?),
+            };
+            print(
+                &c.set_max_sessions(proto::SetMaxSessionsRequest { max_sessions })
+                    .await
+                    .map_err(status)?
+                    .into_inner(),
+            )
+        }
         Method::Statistics => print(
             &c.statistics(proto::StatisticsRequest {})
                 .await

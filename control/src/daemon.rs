@@ -77,6 +77,9 @@ pub async fn run_until(
         }
     });
 
+    if cfg.max_sessions.is_some() {
+        sessions.set_max_sessions(cfg.max_sessions);
+    }
     let mut ng_servers = Vec::new();
     for addr in &cfg.ng {
         let sock = crate::ng::server::bind(*addr).await?;

@@ -45,7 +45,9 @@ impl From<SessionError> for Status {
             }
             SessionError::NotFound(_) => Status::not_found(msg),
             SessionError::NoCodecBridge(_) => Status::failed_precondition(msg),
-            SessionError::NoPorts(_) => Status::resource_exhausted(msg),
+            SessionError::NoPorts(_) | SessionError::SessionLimit(_) => {
+                Status::resource_exhausted(msg)
+            }
             SessionError::ShuttingDown | SessionError::Engine(_) => Status::unavailable(msg),
         }
     }
@@ -213,6 +215,7 @@ pub fn statistics_reply(s: &Statistics) -> proto::StatisticsReply {
         kernel_packets: s.kernel_packets,
         workers: s.workers.iter().map(worker_info).collect(),
         kernel_features: s.kernel_features.iter().map(kernel_feature).collect(),
+        max_sessions: s.max_sessions,
     }
 }
 
@@ -309,6 +312,19 @@ impl Control for ControlService {
         _: Request<proto::StatisticsRequest>,
     ) -> Result<Response<proto::StatisticsReply>, Status> {
         Ok(Response::new(statistics_reply(&self.sessions.statistics())))
+    }
+
+    async fn set_max_sessions(
+        &self,
+        req: Request<proto::SetMaxSessionsRequest>,
+    ) -> Result<Response<proto::SetMaxSessionsReply>, Status> {
+        let max = req.into_inner().max_sessions;
+        let previous = self.sessions.set_max_sessions(max);
+        tracing::info!(max_sessions = ?max, ?previous, "session limit set through the control API");
+        Ok(Response::new(proto::SetMaxSessionsReply {
+            previous,
+            calls_current: self.sessions.statistics().calls_current,
+        }))
     }
 
     type WatchEventsStream = EventStream;
@@ -521,6 +537,7 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (SessionError::NotFound("c".into()), Code::NotFound),
+            (SessionError::SessionLimit(0), Code::ResourceExhausted),
             (SessionError::ShuttingDown, Code::Unavailable),
             (
                 SessionError::Engine(sluice_relay::engine::EngineGone),

@@ -29,6 +29,10 @@ enum Cmd {
         /// or udp6:[IP]:PORT; repeatable (default: not served).
         #[arg(long)]
         ng: Vec<String>,
+        /// Refuse new calls beyond this many (ng: "load limit" so Kamailio tries its next node);
+        /// `sluice ctl max-sessions N|none` changes it at run time, 0 drains (default: no limit).
+        #[arg(long = "max-sessions")]
+        max_sessions: Option<u64>,
         /// Relay address media is received on; repeat for IPv4 and IPv6.
         #[arg(long = "media-ip")]
         media_ip: Vec<String>,
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
             config,
             control,
             ng,
+            max_sessions,
             media_ip,
             ports,
             timeout,
@@ -150,6 +155,7 @@ fn main() -> ExitCode {
                 Overrides {
                     control,
                     ng,
+                    max_sessions,
                     media_ip,
                     ports,
                     timeout,

@@ -362,3 +362,93 @@ async fn via_branch_forks_get_their_own_ports_and_free_them() {
     })
     .await;
 }
+
+/// The session limit speaks the clients' language: Kamailio sends `supports: ["load limit"]`
+/// and gets `result: load limit` (it then tries its next node silently); a client that does not
+/// gets rtpengine's "Parallel session limit reached". A runtime limit of 0 set over gRPC drains
+/// the node: the call in progress is still answered and deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_limit_answers_load_limit_and_drains() {
+    bounded(async {
+        let port = free_udp_port();
+        let d = Daemon::start(&[
+            "--ng",
+            &format!("udp:127.0.0.1:{port}"),
+            "--max-sessions",
+            "1",
+        ])
+        .await;
+        let ng = Ng::new(port);
+        let (caller, callee) = (Peer::v4(), Peer::v4());
+        let first = ng.call("1", offer_msg("lim-1", &caller.sdp(&[])));
+        assert_eq!(first.get_str("result").as_deref(), Some("ok"), "{first:?}");
+        let limited = ng.call("2", offer_msg("lim-2", &caller.sdp(&[])));
+        assert_eq!(
+            limited.get_str("result").as_deref(),
+            Some("load limit"),
+            "{limited:?}"
+        );
+        let Value::Dict(mut plain) = offer_msg("lim-3", &caller.sdp(&[])) else {
+            unreachable!()
+        };
+        plain.remove(b"supports".as_slice());
+        let refused = ng.call("3", Value::Dict(plain));
+        assert_eq!(refused.get_str("result").as_deref(), Some("error"));
+        assert_eq!(
+            refused.get_str("error-reason").as_deref(),
+            Some("Parallel session limit reached")
+        );
+
+        let mut c = d.client().await;
+        let reply = c
+            .set_max_sessions(pb::SetMaxSessionsRequest {
+                max_sessions: Some(0),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((reply.previous, reply.calls_current), (Some(1), 1));
+        let answer = ng.call(
+            "4",
+            Value::dict([
+                ("command", Value::str("answer")),
+                ("call-id", Value::str("lim-1")),
+                ("from-tag", Value::str("caller")),
+                ("to-tag", Value::str("callee")),
+                ("sdp", Value::str(&callee.sdp(&[]))),
+            ]),
+        );
+        assert_eq!(
+            answer.get_str("result").as_deref(),
+            Some("ok"),
+            "draining keeps calls: {answer:?}"
+        );
+        let stats = c
+            .statistics(pb::StatisticsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stats.max_sessions, Some(0));
+        let del = ng.call(
+            "5",
+            Value::dict([
+                ("command", Value::str("delete")),
+                ("call-id", Value::str("lim-1")),
+            ]),
+        );
+        assert_eq!(del.get_str("result").as_deref(), Some("ok"));
+        let still = ng.call("6", offer_msg("lim-4", &caller.sdp(&[])));
+        assert_eq!(
+            still.get_str("result").as_deref(),
+            Some("load limit"),
+            "drained: {still:?}"
+        );
+        c.set_max_sessions(pb::SetMaxSessionsRequest { max_sessions: None })
+            .await
+            .unwrap();
+        let open = ng.call("7", offer_msg("lim-5", &caller.sdp(&[])));
+        assert_eq!(open.get_str("result").as_deref(), Some("ok"), "{open:?}");
+        drop(d);
+    })
+    .await;
+}

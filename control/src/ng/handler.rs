@@ -32,9 +32,24 @@ pub fn handle(sessions: &Sessions, msg: &Value) -> Value {
                 }
                 Value::dict(d)
             }
-            Err(reason) => error(&reason),
+            Err(Fail::Reason(reason)) => error(&reason),
+            // The client fails over silently to its next node on this result.
+            Err(Fail::LoadLimit) => Value::dict([("result", Value::str("load limit"))]),
         },
         Err(RequestError(reason)) => error(&reason),
+    }
+}
+
+/// Why a request got no `ok`.
+enum Fail {
+    Reason(String),
+    /// The session limit, to a client that said it `supports` "load limit".
+    LoadLimit,
+}
+
+impl From<String> for Fail {
+    fn from(s: String) -> Fail {
+        Fail::Reason(s)
     }
 }
 
@@ -50,6 +65,8 @@ pub fn error(reason: &str) -> Value {
 pub fn reason(e: &SessionError) -> String {
     match e {
         SessionError::NoPorts(_) => "Ran out of ports".into(),
+        // Exactly rtpengine's string: Kamailio and OpenSIPS match it to fail over.
+        SessionError::SessionLimit(_) => "Parallel session limit reached".into(),
         SessionError::NotFound(_) => "Unknown call-id".into(),
         SessionError::BadSdp(e) => format!("Failed to parse SDP: {e}"),
         other => other.to_string(),
@@ -65,9 +82,9 @@ fn need<'a>(what: &str, v: &'a Option<String>) -> Result<&'a str, String> {
 
 type Entries = Vec<(&'static str, Value)>;
 
-fn run(sessions: &Sessions, req: &mut Request) -> Result<Entries, String> {
+fn run(sessions: &Sessions, req: &mut Request) -> Result<Entries, Fail> {
     let Some(command) = req.command else {
-        return Err("No command in message".into());
+        return Err(Fail::Reason("No command in message".into()));
     };
     match command {
         Command::Ping => Ok(Vec::new()),
@@ -80,7 +97,10 @@ fn run(sessions: &Sessions, req: &mut Request) -> Result<Entries, String> {
             let branch = req.via_branch.clone().unwrap_or_default();
             let out = sessions
                 .offer_branch(&call_id, &from_tag, &branch, &sdp, opts)
-                .map_err(|e| reason(&e))?;
+                .map_err(|e| match e {
+                    SessionError::SessionLimit(_) if req.supports_load_limit => Fail::LoadLimit,
+                    e => Fail::Reason(reason(&e)),
+                })?;
             Ok(vec![("sdp", Value::str(&finish_sdp(req, out)))])
         }
         Command::Answer => {
@@ -117,7 +137,7 @@ fn run(sessions: &Sessions, req: &mut Request) -> Result<Entries, String> {
                 return match sessions.delete_branch(&call_id, branch) {
                     Ok(Some(report)) => Ok(call_stats(&report)),
                     Ok(None) => Ok(Vec::new()),
-                    Err(e) => Err(reason(&e)),
+                    Err(e) => Err(Fail::Reason(reason(&e))),
                 };
             }
             let from_tag = req.from_tag.as_deref().unwrap_or("");

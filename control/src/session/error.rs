@@ -23,6 +23,7 @@ use crate::sdp::SdpError;
 /// | `BadRequest`    | `INVALID_ARGUMENT`    | 488        | the message           |
 /// | `NoCodecBridge` | `FAILED_PRECONDITION` | 488        | the message           |
 /// | `NoPorts`       | `RESOURCE_EXHAUSTED`  | 503        | "Ran out of ports"    |
+/// | `SessionLimit`  | `RESOURCE_EXHAUSTED`  | 503        | "Parallel session limit reached", or `result: load limit` to a client that supports it |
 /// | `NotFound`      | `NOT_FOUND`           | 481        | "Unknown call-id"     |
 /// | `ShuttingDown`  | `UNAVAILABLE`         | 503        | the message           |
 /// | `Engine`        | `UNAVAILABLE`         | 500        | the message           |
@@ -55,6 +56,11 @@ pub enum SessionError {
     /// Nothing of the request was kept.
     #[error("{0}")]
     NoPorts(#[from] PortAllocError),
+    /// `--max-sessions` (or a runtime cap, 0 to drain) is reached: no new call, calls in
+    /// progress go on. The message starts with rtpengine's words, which Kamailio and OpenSIPS
+    /// match to send the call to their next media relay.
+    #[error("Parallel session limit reached ({0} calls)")]
+    SessionLimit(u64),
     /// The relay thread is gone; no request can succeed any more.
     #[error("{0}")]
     Engine(#[from] EngineGone),

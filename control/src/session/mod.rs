@@ -112,6 +112,7 @@ impl Sessions {
                 next_endpoint: 1,
                 totals: Totals::default(),
                 shutting_down: false,
+                max_sessions: None,
                 kernel,
                 flow_ids: FlowIds::default(),
             }),
@@ -136,6 +137,14 @@ impl Sessions {
     pub fn begin_shutdown(&self) {
         self.lock().shutting_down = true;
         self.closing.send_replace(true);
+    }
+
+    /// Caps the number of calls: offers that would create a call beyond it are refused with
+    /// [`SessionError::SessionLimit`], calls in progress go on. `Some(0)` drains the node;
+    /// `None` lifts the cap. Returns the previous cap.
+    pub fn set_max_sessions(&self, max: Option<u64>) -> Option<u64> {
+        let mut st = self.lock();
+        std::mem::replace(&mut st.max_sessions, max)
     }
 
     /// Resolves once shutdown has begun.
@@ -180,6 +189,12 @@ impl Sessions {
             return Err(SessionError::ShuttingDown);
         }
         let created = !st.calls.contains_key(call_id);
+        if created
+            && let Some(max) = st.max_sessions
+            && st.calls.len() as u64 >= max
+        {
+            return Err(SessionError::SessionLimit(max));
+        }
         let o = match st.calls.get(call_id) {
             None => 0,
             Some(c) if c.tags[0] == from_tag => 0,

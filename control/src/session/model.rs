@@ -172,6 +172,8 @@ pub(super) struct State {
     pub(super) next_endpoint: u64,
     pub(super) totals: Totals,
     pub(super) shutting_down: bool,
+    /// New calls are refused at this many (None: no limit); set at run time to drain a node.
+    pub(super) max_sessions: Option<u64>,
     pub(super) kernel: Option<Box<dyn KernelPath>>,
     pub(super) flow_ids: FlowIds,
 }

@@ -143,6 +143,8 @@ pub struct Statistics {
     /// Events dropped because a subscriber's queue was full, summed over subscribers since
     /// start; each subscriber was told its own count ([`super::EventKind::Overflow`]).
     pub events_missed: u64,
+    /// The session limit ([`super::Sessions::set_max_sessions`]); `None`: none.
+    pub max_sessions: Option<u64>,
     /// The in-kernel fast path beside userspace, as it describes itself (`xdp-native on eth0`);
     /// `None` when there is only the userspace path.
     pub kernel_path: Option<String>,
@@ -310,6 +312,7 @@ impl State {
             packets_dropped: dropped,
             // Kept by the event hub, outside the state; filled in by `Sessions::statistics`.
             events_missed: 0,
+            max_sessions: self.max_sessions,
             kernel_path: self.kernel.as_ref().map(|k| k.describe()),
             kernel_flows,
             kernel_packets: self.totals.kernel_packets + kernel_packets,

@@ -301,3 +301,38 @@ proptest! {
         prop_assert!(plane.0.lock().unwrap().live.is_empty());
     }
 }
+
+/// `--max-sessions` and draining: new calls are refused at the cap, calls in progress go on
+/// (re-offers and answers included), and lifting the cap lets new calls in again.
+#[test]
+fn the_session_limit_refuses_new_calls_only() {
+    let (s, _) = sessions(20000, 20999, Duration::from_secs(60));
+    assert_eq!(s.set_max_sessions(Some(1)), None);
+    s.offer("c1", "a", &sdp("alice", 4000, ""), LegOptions::default())
+        .unwrap();
+    let e = s
+        .offer("c2", "a", &sdp("alice", 4002, ""), LegOptions::default())
+        .unwrap_err();
+    assert!(matches!(e, SessionError::SessionLimit(1)), "{e}");
+    assert!(e.to_string().starts_with("Parallel session limit reached"));
+    // Draining: the call in progress is answered and re-offered; nothing new gets in.
+    assert_eq!(s.set_max_sessions(Some(0)), Some(1));
+    s.answer("c1", "a", "b", &sdp("bob", 5000, ""), LegOptions::default())
+        .unwrap();
+    s.offer(
+        "c1",
+        "a",
+        &sdp("alice", 4000, "a=sendonly\r\n"),
+        LegOptions::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        s.offer("c3", "a", &sdp("alice", 4004, ""), LegOptions::default()),
+        Err(SessionError::SessionLimit(0))
+    ));
+    assert_eq!(s.statistics().max_sessions, Some(0));
+    assert_eq!(s.set_max_sessions(None), Some(0));
+    s.offer("c3", "a", &sdp("alice", 4004, ""), LegOptions::default())
+        .unwrap();
+    assert_eq!(s.statistics().calls_current, 2);
+}
