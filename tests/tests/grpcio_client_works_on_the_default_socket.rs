@@ -21,7 +21,15 @@ fn grpcio_missing() -> Option<String> {
         .output();
     match o {
         Ok(o) if o.status.success() => None,
-        Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        // The exception's own line, e.g. "ModuleNotFoundError: No module named 'grpc'".
+        Ok(o) => Some(
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+        ),
         Err(e) => Some(format!("python3: {e}")),
     }
 }

@@ -369,7 +369,12 @@ fn pesq_available() -> Result<(), String> {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => Err(format!(
             "python3 cannot import pesq/numpy (pip install pesq numpy): {}",
-            String::from_utf8_lossy(&o.stderr).trim()
+            // The exception's own line, e.g. "ModuleNotFoundError: No module named 'pesq'".
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
         )),
         Err(e) => Err(format!("python3 not runnable: {e}")),
     }
