@@ -2,7 +2,8 @@
 //! ng socket, with `rtpengine_manage()` (offer on INVITE, answer on replies with SDP, delete on
 //! BYE and failures). SIPp calls through Kamailio to a SIPp callee that echoes RTP: every call
 //! succeeds, the RTP goes through sluice both ways, Kamailio's `$rtpestat` (read from sluice's
-//! query reply) is filled in, and after the BYEs sluice holds no call and no port.
+//! query reply) is filled in, and after the BYEs sluice holds no call and no port. Then callers
+//! that CANCEL while it rings: Kamailio deletes those calls too, and nothing is left.
 //!
 //! Needs kamailio and sipp (Debian: kamailio, sip-tester): required under CI, skipped with a
 //! line saying so elsewhere.
@@ -211,10 +212,10 @@ async fn kamailio_calls_go_through_sluice_and_end_with_bye() {
             &uas_media.to_string(),
             "-rtp_echo",
         ])
-        .args(["-m", &CALLS.to_string(), "-nostdin", "-bg"]);
-    // -bg daemonizes: the group kill on drop ends it even when the test fails.
+        .args(["-m", &CALLS.to_string(), "-nostdin"]);
+    // Its own process group, killed on drop even when the test fails.
     let uas_log = dir.join("sipp_uas.log");
-    let _uas = spawn_group(uas, &uas_log);
+    let uas = spawn_group(uas, &uas_log);
     std::thread::sleep(Duration::from_millis(300));
 
     let mut uac = Command::new("sipp");
@@ -280,4 +281,70 @@ async fn kamailio_calls_go_through_sluice_and_end_with_bye() {
         );
     }
     println!("{}", rtpstat.join("\n"));
+    drop(uas);
+
+    // Callers that give up while it rings: Kamailio's rtpengine_manage() deletes on the
+    // CANCEL (and on the 487 in its failure route).
+    const CANCELS: u32 = 2;
+    let mut uas = Command::new("sipp");
+    uas.arg("-sf")
+        .arg(scenarios.join("uas_cancel.xml"))
+        .args(["-i", "127.0.0.1", "-p", &uas_port.to_string()])
+        .args(["-m", &CANCELS.to_string(), "-nostdin"]);
+    let _uas = spawn_group(uas, &dir.join("sipp_uas_cancel.log"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut uac = Command::new("sipp");
+    uac.arg(format!("127.0.0.1:{sip_port}"))
+        .arg("-sf")
+        .arg(scenarios.join("uac_cancel.xml"))
+        .args(["-i", "127.0.0.1", "-p", &free_udp_port().to_string()])
+        .args(["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()])
+        .args(["-s", "sluice", "-m", &CANCELS.to_string(), "-r", "2"])
+        .args(["-nostdin", "-timeout", "30", "-timeout_error"])
+        .current_dir(&dir);
+    let (out, killed) =
+        tokio::task::spawn_blocking(move || run_bounded(uac, Duration::from_secs(45)))
+            .await
+            .unwrap();
+    let kam_text = std::fs::read_to_string(&kam_log).unwrap_or_default();
+    assert!(
+        !killed && out.status.success(),
+        "cancelled calls did not complete: {}\n{}\nkamailio log:\n{kam_text}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Kamailio may delete twice (on the CANCEL, then in the failure route); either way the
+    // call is gone. The delete reaches sluice beside the SIP exchange: allow it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let s = d
+            .client()
+            .await
+            .statistics(pb::StatisticsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if s.calls_current == 0 || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        stats.calls_total,
+        u64::from(CALLS + CANCELS),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(
+        stats.calls_current,
+        0,
+        "CANCEL deleted the calls\n{}",
+        d.log_text()
+    );
+    assert_eq!(
+        stats.ports_in_use,
+        0,
+        "no port left behind\n{}",
+        d.log_text()
+    );
 }
