@@ -80,14 +80,17 @@ pub async fn run_until(
     if cfg.max_sessions.is_some() {
         sessions.set_max_sessions(cfg.max_sessions);
     }
+    let ng_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut ng_servers = Vec::new();
     for addr in &cfg.ng {
-        let sock = crate::ng::server::bind(*addr).await?;
+        let sock = crate::ng::server::bind(*addr)?;
         tracing::info!(ng = %format!("udp:{addr}"), "serving rtpengine's ng protocol");
-        ng_servers.push(tokio::spawn(crate::ng::server::serve(
-            sock,
-            sessions.clone(),
-        )));
+        let (s, stop) = (sessions.clone(), ng_stop.clone());
+        ng_servers.push(
+            std::thread::Builder::new()
+                .name("sluice-ng".into())
+                .spawn(move || crate::ng::server::serve(sock, s, stop))?,
+        );
     }
 
     let service = ControlService::new(sessions.clone()).into_server();
@@ -146,8 +149,9 @@ pub async fn run_until(
         }
     };
     sweeper.abort();
+    ng_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for ng in ng_servers {
-        ng.abort();
+        let _ = ng.join();
     }
     let stats = sessions.statistics();
     let ended = sessions.shutdown();

@@ -13,6 +13,7 @@ mod forward;
 mod fresh_machine;
 mod loadgen;
 mod netns;
+mod ng_bench;
 mod packet;
 mod proc_cpu;
 mod relays;
@@ -87,6 +88,9 @@ enum Bench {
     /// Bidirectional G.711 <-> Opus channels per core: sluice's Transcoder, libopus alone and
     /// rtpengine (transcode_bench.rs).
     Transcode(transcode_bench::TranscodeArgs),
+    /// Calls set up and torn down over rtpengine's ng protocol (offer, answer, delete):
+    /// calls/s and CPU per call, sluice vs rtpengine (ng_bench.rs).
+    Ng(ng_bench::NgArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +98,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: Bench::Forward(args),
         } => forward::run(args),
+        Cmd::Bench {
+            which: Bench::Ng(args),
+        } => ng_bench::run(args),
         Cmd::Bench {
             which: Bench::Srtp(args),
         } => srtp_bench::run(args),

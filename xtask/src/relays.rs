@@ -402,6 +402,14 @@ impl NgClient {
         })
     }
 
+    /// The ng address this client talks to.
+    pub(crate) fn server(&self) -> Result<SocketAddrV4> {
+        match self.sock.peer_addr()? {
+            std::net::SocketAddr::V4(a) => Ok(a),
+            other => bail!("ng server {other} is not IPv4"),
+        }
+    }
+
     /// A request whose reply must say `result: ok` (or `pong`); anything else is an error
     /// carrying rtpengine's reply.
     pub(crate) fn command(&self, cmd: &Value) -> Result<Value> {
