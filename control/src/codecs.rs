@@ -149,6 +149,10 @@ pub struct CodecOptions {
     pub transcode: CodecList,
     pub strip: CodecList,
     pub mask: CodecList,
+    /// Append only what `transcode` lists (nothing when it is empty), as rtpengine does with
+    /// `codec-strip`/`codec-mask` alone. Off (the default for gRPC and the B2BUA), an empty
+    /// `transcode` means sluice's own set: PCMU, PCMA and opus.
+    pub append_only_listed: bool,
 }
 
 impl CodecOptions {
@@ -380,7 +384,7 @@ pub fn rewrite_offer(
     let mut used = all.clone();
     let mut appended = Vec::new();
     if !offerer.is_empty() {
-        let wanted = if opts.transcode.is_empty() {
+        let wanted = if opts.transcode.is_empty() && !opts.append_only_listed {
             CodecList::of(&ALL)
         } else {
             opts.transcode

@@ -103,6 +103,7 @@ pub fn leg_options(o: Option<proto::LegOptions>) -> Result<LegOptions, Status> {
         transcode: &o.codec_transcode,
         strip: &o.codec_strip,
         mask: &o.codec_mask,
+        append_only_listed: false,
     }
     .parse()?;
     Ok(out)

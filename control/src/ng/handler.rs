@@ -297,7 +297,9 @@ fn options(req: &mut Request, offer: bool) -> Result<LegOptions, String> {
         let c = &req.codec;
         let mut transcode = c.transcode.clone();
         transcode.extend(c.offer.iter().cloned());
-        let mode = if transcode.is_empty() {
+        // rtpengine touches the codecs only when asked: strip and mask remove, transcode and
+        // offer add exactly what they list.
+        let mode = if transcode.is_empty() && c.strip.is_empty() && c.mask.is_empty() {
             TranscodeMode::Off
         } else {
             TranscodeMode::Auto
@@ -307,6 +309,7 @@ fn options(req: &mut Request, offer: bool) -> Result<LegOptions, String> {
             transcode: &transcode,
             strip: &c.strip,
             mask: &c.mask,
+            append_only_listed: true,
         }
         .parse()
         .map_err(|e| e.to_string())?;

@@ -105,6 +105,8 @@ pub struct CodecRequest<'a> {
     pub transcode: &'a [String],
     pub strip: &'a [String],
     pub mask: &'a [String],
+    /// See [`CodecOptions::append_only_listed`].
+    pub append_only_listed: bool,
 }
 
 impl CodecRequest<'_> {
@@ -118,6 +120,7 @@ impl CodecRequest<'_> {
             transcode: list("codec_transcode", self.transcode)?,
             strip: list("codec_strip", self.strip)?,
             mask: list("codec_mask", self.mask)?,
+            append_only_listed: self.append_only_listed,
         })
     }
 }
