@@ -187,7 +187,8 @@ async fn offers_and_answers_match_rtpengines() {
             Value::dict([(verb, Value::List(vec![Value::str(name)]))]),
         )
     };
-    let cases: Vec<(&str, Vec<(&str, Value)>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, Value)>, &'a str);
+    let cases: Vec<Case> = vec![
         ("plain", vec![], OFFER),
         ("hold", vec![], hold.as_str()),
         ("strip", vec![codec("strip", "PCMA")], OFFER),
