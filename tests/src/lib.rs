@@ -36,6 +36,22 @@ pub fn skipped(why: &str) {
     let _ = writeln!(std::io::stderr().lock(), "skipped {name}: {why}");
 }
 
+/// A loopback UDP port nothing listens on now (the kernel's pick, released at once).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free loopback UDP port")
+        .port()
+}
+
+/// A loopback TCP port nothing listens on now.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free loopback TCP port")
+        .port()
+}
+
 /// Runs a test body with an upper bound on its duration. The daemon binary is built (if need
 /// be) before the clock starts: a `cargo build` waiting for a busy target directory is not the
 /// test's time.

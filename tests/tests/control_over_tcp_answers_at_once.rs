@@ -41,11 +41,7 @@ async fn median_offer_ms(d: &Daemon) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offer_over_tcp_is_not_held_by_nagle() {
     bounded(async {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_tcp_port();
         let tcp = Daemon::start(&["--control", &format!("tcp:127.0.0.1:{port}")]).await;
         let unix = Daemon::start(&[]).await;
         let (over_tcp, over_unix) = (median_offer_ms(&tcp).await, median_offer_ms(&unix).await);

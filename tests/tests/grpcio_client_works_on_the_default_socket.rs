@@ -47,11 +47,7 @@ async fn python_grpcio_drives_a_call_and_reflection_on_the_unix_socket() {
     }
     bounded(async {
         let unix = Daemon::start(&[]).await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_tcp_port();
         let tcp = Daemon::start(&["--control", &format!("tcp:127.0.0.1:{port}")]).await;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/grpcio_client.py");
         let mut cmd = Command::new("python3");

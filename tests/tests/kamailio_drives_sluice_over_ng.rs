@@ -18,14 +18,6 @@ use sluice_tests::*;
 
 const CALLS: u32 = 3;
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn missing_tools() -> Option<String> {
     let missing: Vec<&str> = [("kamailio", "kamailio"), ("sipp", "sip-tester")]
         .into_iter()

@@ -9,14 +9,6 @@ use std::time::Duration;
 use sluice_control::ng::bencode::Value;
 use sluice_tests::*;
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Ng {
     sock: UdpSocket,
     to: SocketAddr,
