@@ -844,3 +844,41 @@ mod tests {
         assert_eq!(c.control, "tcp:10.1.2.3:2223".parse().unwrap());
     }
 }
+
+#[cfg(test)]
+mod ng_tests {
+    use super::*;
+
+    #[test]
+    fn ng_addresses_parse_and_stay_on_loopback_unless_allowed() {
+        assert_eq!(
+            parse_ng("udp:127.0.0.1:2223").unwrap(),
+            "127.0.0.1:2223".parse().unwrap()
+        );
+        assert_eq!(
+            parse_ng("udp6:[::1]:2223").unwrap(),
+            "[::1]:2223".parse().unwrap()
+        );
+        for bad in [
+            "127.0.0.1:2223",
+            "tcp:127.0.0.1:1",
+            "udp:localhost:1",
+            "udp6:127.0.0.1:1",
+            "udp:",
+        ] {
+            assert!(parse_ng(bad).is_err(), "{bad}");
+        }
+        let cli = |ng: &str, allow: bool| Overrides {
+            ng: vec![ng.to_string()],
+            allow_remote_control: allow,
+            max_sessions: Some(5),
+            ..Overrides::default()
+        };
+        let c = Config::resolve(FileConfig::default(), cli("udp:127.0.0.1:2223", false)).unwrap();
+        assert_eq!((c.ng.len(), c.max_sessions), (1, Some(5)));
+        let e =
+            Config::resolve(FileConfig::default(), cli("udp:10.1.2.3:2223", false)).unwrap_err();
+        assert!(e.to_string().contains("no authentication"), "{e}");
+        assert!(Config::resolve(FileConfig::default(), cli("udp:10.1.2.3:2223", true)).is_ok());
+    }
+}
