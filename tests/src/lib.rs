@@ -511,12 +511,20 @@ impl Peer {
 
 fn recv(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
     let mut buf = vec![0u8; 4096];
-    match s.recv_from(&mut buf) {
-        Ok((n, from)) => {
-            buf.truncate(n);
-            Some((buf, from))
+    let (n, from) = recv_from_retrying(s, &mut buf).ok()?;
+    buf.truncate(n);
+    Some((buf, from))
+}
+
+/// `recv_from` that starts again after EINTR: a receive with a read timeout set fails with
+/// EINTR on any signal, SA_RESTART or not (signal(7)), and a CI run saw one turn into a
+/// "never arrived". Each retry waits the socket's timeout again, so the wait stays bounded.
+pub fn recv_from_retrying(s: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    loop {
+        match s.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
-        Err(_) => None,
     }
 }
 

@@ -45,7 +45,9 @@ impl Ng {
         msg.encode(&mut d);
         self.sock.send_to(&d, ("127.0.0.1", self.port)).unwrap();
         let mut buf = vec![0u8; 65_536];
-        let n = self.sock.recv(&mut buf).ok()?;
+        let n = sluice_tests::recv_from_retrying(&self.sock, &mut buf)
+            .ok()?
+            .0;
         Value::decode(&buf[cookie.len() + 1..n]).ok()
     }
 }

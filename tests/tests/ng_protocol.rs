@@ -29,7 +29,9 @@ impl Ng {
         d.extend_from_slice(body);
         self.sock.send_to(&d, self.to).unwrap();
         let mut buf = vec![0u8; 65_536];
-        let n = self.sock.recv(&mut buf).expect("an ng reply");
+        let n = sluice_tests::recv_from_retrying(&self.sock, &mut buf)
+            .expect("an ng reply")
+            .0;
         buf.truncate(n);
         let prefix = format!("{cookie} ").into_bytes();
         assert!(

@@ -96,7 +96,7 @@ fn pass_through(
     let mut buf = [0u8; 4096];
     for (i, p) in packets.iter().enumerate() {
         tx.send_to(p, to).expect("send");
-        let (n, src) = rx.recv_from(&mut buf).unwrap_or_else(|e| {
+        let (n, src) = sluice_tests::recv_from_retrying(rx, &mut buf).unwrap_or_else(|e| {
             panic!(
                 "{what}: packet {i} of {} never arrived at {} ({e})",
                 packets.len(),

@@ -45,7 +45,11 @@ pub fn serve(sock: UdpSocket, sessions: Arc<Sessions>, stop: Arc<AtomicBool>) {
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        // With a read timeout set, any signal (SIGTERM at shutdown) gives
+                        // EINTR here whatever SA_RESTART says (signal(7)): not a failure.
+                        | std::io::ErrorKind::Interrupted
                 ) =>
             {
                 continue;

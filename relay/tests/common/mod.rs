@@ -147,17 +147,22 @@ pub fn rtp(seq: u16, len: usize) -> Vec<u8> {
 /// One datagram, or None when the read timeout passed.
 pub fn recv(sock: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
     let mut buf = [0u8; 2048];
-    match sock.recv_from(&mut buf) {
-        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => return Some((buf[..n].to_vec(), from)),
+            // A receive with SO_RCVTIMEO set fails with EINTR on any signal, SA_RESTART or
+            // not (signal(7)); a CI run saw one. The wait starts again: still bounded.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None;
+            }
+            Err(e) => panic!("recv: {e}"),
         }
-        Err(e) => panic!("recv: {e}"),
     }
 }
 
