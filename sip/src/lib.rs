@@ -1,0 +1,31 @@
+//! Sans-IO SIP (RFC 3261).
+//!
+//! Parsers and state machines only: they take bytes and time (`now` passed in) and return
+//! messages, actions and deadlines. This crate opens no socket, reads no clock and depends on
+//! nothing of sluice, so every behaviour is tested deterministically; transports and the B2BUA
+//! live in `sluice-control`.
+
+pub mod error;
+mod grammar;
+pub mod header;
+pub mod limits;
+pub mod message;
+pub mod method;
+pub mod name_addr;
+pub mod params;
+pub mod parse;
+pub mod uri;
+pub mod validate;
+pub mod via;
+
+pub use error::{Fault, HeaderError, ParseError};
+pub use header::{Header, HeaderName};
+pub use limits::Limits;
+pub use message::{CSeq, Message, StartLine};
+pub use method::Method;
+pub use name_addr::NameAddr;
+pub use params::Params;
+pub use parse::{Frame, frame_stream, parse_datagram};
+pub use uri::{Host, Scheme, Uri};
+pub use validate::{Rejection, validate_request, validate_response};
+pub use via::Via;
