@@ -5,6 +5,7 @@
 //! nothing of sluice, so every behaviour is tested deterministically; transports and the B2BUA
 //! live in `sluice-control`.
 
+pub mod dialog;
 pub mod error;
 mod grammar;
 pub mod header;
@@ -19,6 +20,7 @@ pub mod uri;
 pub mod validate;
 pub mod via;
 
+pub use dialog::{Dialog, DialogId, InDialogError};
 pub use error::{Fault, HeaderError, ParseError};
 pub use header::{Header, HeaderName};
 pub use limits::Limits;
