@@ -16,6 +16,7 @@ pub mod name_addr;
 pub mod params;
 pub mod parse;
 pub mod response;
+pub mod transaction;
 pub mod uri;
 pub mod validate;
 pub mod via;
@@ -30,6 +31,9 @@ pub use name_addr::NameAddr;
 pub use params::Params;
 pub use parse::{Frame, frame_stream, parse_datagram};
 pub use response::{default_reason, response_for};
+pub use transaction::{
+    Peer, TimerConfig, TransactionLayer, Transmit, Transport, TxCounters, TxError, TxEvent, TxId,
+};
 pub use uri::{Host, Scheme, Uri};
 pub use validate::{Rejection, validate_request, validate_response};
 pub use via::Via;
