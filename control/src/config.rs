@@ -88,6 +88,55 @@ pub fn parse_ng(s: &str) -> Result<SocketAddr, ConfigError> {
     Ok(a)
 }
 
+/// `--sip udp:IP:PORT` (`udp6:[IP]:PORT`): where the B2BUA listens. The address goes into
+/// Via and Contact, so it must be one the peers reach: not 0.0.0.0 or ::.
+pub fn parse_sip_listen(s: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid {
+        key: "sip",
+        value: s.to_string(),
+        why: why.to_string(),
+    };
+    if s.starts_with("tcp:") || s.starts_with("tls:") {
+        return Err(bad(
+            "SIP over TCP and TLS is not built yet; use udp:IP:PORT",
+        ));
+    }
+    let addr = s
+        .strip_prefix("udp6:")
+        .or_else(|| s.strip_prefix("udp:"))
+        .ok_or_else(|| bad("expected udp:IP:PORT, e.g. udp:127.0.0.1:5060"))?;
+    let a: SocketAddr = addr
+        .parse()
+        .map_err(|_| bad("expected udp:IP:PORT, e.g. udp:127.0.0.1:5060"))?;
+    if a.ip().is_unspecified() {
+        return Err(bad(
+            "the address is written into Via and Contact: give the one peers reach, not 0.0.0.0",
+        ));
+    }
+    Ok(a)
+}
+
+/// `--route sip:IP:PORT`: the next hop. Numeric addresses only: sluice resolves no names.
+pub fn parse_route(s: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid {
+        key: "route",
+        value: s.to_string(),
+        why: why.to_string(),
+    };
+    let uri = sluice_sip::Uri::parse(s).map_err(bad)?;
+    if !matches!(uri.scheme, sluice_sip::Scheme::Sip) {
+        return Err(bad("expected sip:IP:PORT"));
+    }
+    if uri.transport().is_some_and(|t| t != "udp") {
+        return Err(bad("only UDP next hops are built yet"));
+    }
+    let ip = uri
+        .host
+        .ip()
+        .ok_or_else(|| bad("give a numeric address: sluice resolves no host names"))?;
+    Ok(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -112,6 +161,10 @@ pub enum ConfigError {
 pub struct FileConfig {
     pub control: Option<String>,
     pub ng: Option<Vec<String>>,
+    pub sip: Option<Vec<String>>,
+    pub route: Option<String>,
+    pub max_calls: Option<u64>,
+    pub cdr: Option<PathBuf>,
     pub max_sessions: Option<u64>,
     pub media_ip: Option<Vec<String>>,
     pub ports: Option<String>,
@@ -147,6 +200,10 @@ impl FileConfig {
 pub struct Overrides {
     pub control: Option<String>,
     pub ng: Vec<String>,
+    pub sip: Vec<String>,
+    pub route: Option<String>,
+    pub max_calls: Option<u64>,
+    pub cdr: Option<PathBuf>,
     pub max_sessions: Option<u64>,
     pub media_ip: Vec<String>,
     pub ports: Option<String>,
@@ -170,6 +227,14 @@ pub struct Config {
     /// `--ng`: UDP addresses serving rtpengine's ng protocol (Kamailio, OpenSIPS); none by
     /// default.
     pub ng: Vec<SocketAddr>,
+    /// `--sip`: where the B2BUA takes calls (none: sluice is a media relay only).
+    pub sip: Vec<SocketAddr>,
+    /// `--route`: the next hop of every call the B2BUA takes.
+    pub route: Option<SocketAddr>,
+    /// `--max-calls`: the B2BUA answers 503 beyond this many live calls.
+    pub max_calls: Option<u64>,
+    /// `--cdr`: one JSON line per ended call is appended here.
+    pub cdr: Option<PathBuf>,
     /// `--max-sessions`: new calls are refused beyond this many (None: no limit); changeable
     /// at run time through the control API.
     pub max_sessions: Option<u64>,
@@ -260,6 +325,27 @@ impl Config {
                 });
             }
             ng.push(a);
+        }
+        let sip_list = if cli.sip.is_empty() {
+            file.sip.unwrap_or_default()
+        } else {
+            cli.sip
+        };
+        let sip = sip_list
+            .iter()
+            .map(|s| parse_sip_listen(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let route = cli
+            .route
+            .or(file.route)
+            .map(|r| parse_route(&r))
+            .transpose()?;
+        if !sip.is_empty() && route.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "route",
+                value: String::new(),
+                why: "--sip needs --route sip:HOST:PORT, the next hop of every call".into(),
+            });
         }
         let ips = if cli.media_ip.is_empty() {
             file.media_ip.unwrap_or_default()
@@ -415,6 +501,10 @@ impl Config {
             control,
             ng,
             max_sessions: cli.max_sessions.or(file.max_sessions),
+            sip,
+            route,
+            max_calls: cli.max_calls.or(file.max_calls),
+            cdr: cli.cdr.or(file.cdr),
             media_ips,
             port_low,
             port_high,

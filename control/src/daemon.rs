@@ -93,6 +93,38 @@ pub async fn run_until(
         );
     }
 
+    let mut sip_servers = Vec::new();
+    if let Some(route) = cfg.route {
+        for addr in &cfg.sip {
+            let sock = crate::b2bua::udp::bind(*addr)
+                .with_context(|| format!("cannot bind the SIP socket udp:{addr}"))?;
+            let mut b2b_cfg = crate::b2bua::B2buaConfig::udp(*addr, route);
+            b2b_cfg.max_calls = cfg.max_calls.map(|n| n as usize);
+            let core = Arc::new(std::sync::Mutex::new(crate::b2bua::B2bua::new(
+                b2b_cfg,
+                sessions.clone(),
+                rand::random(),
+            )));
+            let cdr: Option<Box<dyn std::io::Write + Send>> = match &cfg.cdr {
+                Some(path) => Some(Box::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .with_context(|| format!("cannot open the CDR file {}", path.display()))?,
+                )),
+                None => None,
+            };
+            tracing::info!(sip = %format!("udp:{addr}"), route = %format!("sip:{route}"), "B2BUA taking SIP calls");
+            let stop = ng_stop.clone();
+            sip_servers.push(
+                std::thread::Builder::new()
+                    .name("sluice-sip".into())
+                    .spawn(move || crate::b2bua::udp::serve(sock, core, stop, cdr))?,
+            );
+        }
+    }
+
     let service = ControlService::new(sessions.clone()).into_server();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -150,8 +182,8 @@ pub async fn run_until(
     };
     sweeper.abort();
     ng_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for ng in ng_servers {
-        let _ = ng.join();
+    for t in ng_servers.into_iter().chain(sip_servers) {
+        let _ = t.join();
     }
     let stats = sessions.statistics();
     let ended = sessions.shutdown();

@@ -1,6 +1,7 @@
 //! sluice control plane: sessions (calls, legs, streams), SDP offer/answer, relay port
 //! allocation, the gRPC control API and its CLI client.
 
+pub mod b2bua;
 pub mod client;
 pub mod codecs;
 pub mod config;

@@ -13,6 +13,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Start the media relay. With no flags: media on 127.0.0.1, ports 30000-39999, control on
@@ -29,6 +31,19 @@ enum Cmd {
         /// or udp6:[IP]:PORT; repeatable (default: not served).
         #[arg(long)]
         ng: Vec<String>,
+        /// Answer SIP calls as a B2BUA on udp:IP:PORT (repeatable; needs --route). Default:
+        /// no SIP, sluice is a media relay for gRPC and ng clients.
+        #[arg(long)]
+        sip: Vec<String>,
+        /// The next hop of every call the B2BUA takes: sip:IP:PORT.
+        #[arg(long)]
+        route: Option<String>,
+        /// The B2BUA answers 503 beyond this many live calls (default: no limit).
+        #[arg(long = "max-calls")]
+        max_calls: Option<u64>,
+        /// Append one JSON line per ended SIP call to this file.
+        #[arg(long)]
+        cdr: Option<PathBuf>,
         /// Refuse new calls beyond this many (ng: "load limit" so Kamailio tries its next node);
         /// `sluice ctl max-sessions N|none` changes it at run time, 0 drains (default: no limit).
         #[arg(long = "max-sessions")]
@@ -127,6 +142,10 @@ fn main() -> ExitCode {
             config,
             control,
             ng,
+            sip,
+            route,
+            max_calls,
+            cdr,
             max_sessions,
             media_ip,
             ports,
@@ -155,6 +174,10 @@ fn main() -> ExitCode {
                 Overrides {
                     control,
                     ng,
+                    sip,
+                    route,
+                    max_calls,
+                    cdr,
                     max_sessions,
                     media_ip,
                     ports,

@@ -1233,6 +1233,34 @@ fn split_line(raw: &str) -> Option<(char, &str)> {
     }
 }
 
+/// The o= line's address replaced by the first c= address (the relay's, in an SDP sluice
+/// wrote), so the endpoint's address does not reach the other side there either (rtpengine's
+/// `replace-origin`; the B2BUA always does it).
+pub fn origin_from_connection(sdp: String) -> String {
+    let Some(conn) = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("c=").map(|c| c.trim().to_string()))
+    else {
+        return sdp;
+    };
+    let mut out = String::with_capacity(sdp.len() + 16);
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let fields: Vec<&str> = body.split(' ').collect();
+        // o=<username> <sess-id> <sess-version> <nettype> <addrtype> <address> (RFC 8866 5.2);
+        // c= gives <nettype> <addrtype> <address>.
+        if body.starts_with("o=") && fields.len() == 6 {
+            out.push_str(&fields[..3].join(" "));
+            out.push(' ');
+            out.push_str(&conn);
+            out.push_str(&line[body.len()..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 impl FromStr for Sdp {
     type Err = SdpError;
 

@@ -122,10 +122,15 @@ impl Dialog {
         // RFC 3261 12.2.1.1: with a loose-routing first hop the Request-URI is the remote
         // target and the route set goes in Route; with a strict router the first route
         // becomes the Request-URI and the remote target the last Route.
-        let strict = self.route_set.first().is_some_and(|r| !r.uri.params.has("lr"));
+        let strict = self
+            .route_set
+            .first()
+            .is_some_and(|r| !r.uri.params.has("lr"));
         let (uri, routes): (Uri, Vec<String>) = if strict {
-            let mut routes: Vec<String> =
-                self.route_set[1..].iter().map(ToString::to_string).collect();
+            let mut routes: Vec<String> = self.route_set[1..]
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             routes.push(format!("<{}>", self.remote_target));
             let mut first = self.route_set[0].uri.clone();
             first.headers = None;
@@ -262,13 +267,18 @@ Record-Route: <sip:p1.example;lr>, <sip:p2.example;lr>
             .replace("192.0.2.1:5070", "192.0.2.9"));
         d.on_request(&bye).unwrap();
         assert_eq!(d.remote_target.to_string(), "sip:alice@192.0.2.9");
-        let old = msg(&INVITE.replace("CSeq: 10 INVITE", "CSeq: 9 BYE").replace("INVITE sip", "BYE sip"));
+        let old = msg(&INVITE
+            .replace("CSeq: 10 INVITE", "CSeq: 9 BYE")
+            .replace("INVITE sip", "BYE sip"));
         assert_eq!(d.on_request(&old), Err(InDialogError::CSeqOutOfOrder));
     }
 
     #[test]
     fn strict_router_first_hop_becomes_the_request_uri_rfc3261_12_2_1_1() {
-        let ok = OK.replace("<sip:p1.example;lr>, <sip:p2.example;lr>", "<sip:p1.example>, <sip:p2.example>");
+        let ok = OK.replace(
+            "<sip:p1.example;lr>, <sip:p2.example;lr>",
+            "<sip:p1.example>, <sip:p2.example>",
+        );
         let mut d = Dialog::uac(&msg(INVITE), &msg(&ok)).unwrap();
         let bye = d.request(Method::Bye, &via(), None);
         assert_eq!(bye.request_uri().unwrap().to_string(), "sip:p2.example");

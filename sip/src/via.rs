@@ -112,6 +112,17 @@ impl Via {
     }
 }
 
+/// The first Via value of a header line and the rest after its comma, untouched.
+pub fn split_top(line: &str) -> (&str, Option<&str>) {
+    let first = split_commas(line).into_iter().next().unwrap_or("");
+    // `first` is a trimmed slice of `line`: the rest starts after the comma that ends it.
+    let end = first.as_ptr() as usize - line.as_ptr() as usize + first.len();
+    match line[end..].find(',') {
+        Some(i) => (first, Some(line[end + i + 1..].trim_start())),
+        None => (first, None),
+    }
+}
+
 impl fmt::Display for Via {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{} {}", self.protocol, self.transport, self.host)?;
@@ -147,6 +158,15 @@ mod tests {
         assert!(Via::parse_all("SIP/2.0/UDP 192.0.2.15;;,;,,").is_err());
         assert!(Via::parse("SIP/2.0/UDP").is_err());
         assert!(Via::parse("SIP/2.0/UDP host:99999").is_err());
+    }
+
+    #[test]
+    fn the_top_value_splits_from_the_rest() {
+        assert_eq!(
+            split_top("SIP/2.0/UDP a;branch=z9hG4bK1 , SIP/2.0/UDP b"),
+            ("SIP/2.0/UDP a;branch=z9hG4bK1", Some("SIP/2.0/UDP b"))
+        );
+        assert_eq!(split_top("SIP/2.0/UDP a"), ("SIP/2.0/UDP a", None));
     }
 
     #[test]

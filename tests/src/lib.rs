@@ -6,6 +6,7 @@
 
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
@@ -878,4 +879,27 @@ impl Events {
 /// The kind of an event, as the enum.
 pub fn kind(ev: &proto::Event) -> proto::EventKind {
     proto::EventKind::try_from(ev.kind).unwrap_or(proto::EventKind::Unspecified)
+}
+
+/// A child in its own process group, killed with the group when dropped (Kamailio forks).
+pub struct Group(pub Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+pub fn spawn_group(mut cmd: Command, log: &Path) -> Group {
+    let f = std::fs::File::create(log).unwrap();
+    cmd.stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .process_group(0);
+    Group(
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
+    )
 }

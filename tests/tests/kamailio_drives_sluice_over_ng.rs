@@ -9,9 +9,8 @@
 //! line saying so elsewhere.
 
 use std::net::UdpSocket;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sluice_tests::*;
@@ -116,29 +115,6 @@ failure_route[MANAGE_FAILURE] {{
 	rtpengine_manage();
 }}
 "#
-    )
-}
-
-/// A child in its own process group, killed with the group when dropped (Kamailio forks).
-struct Group(Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child's process group.
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_group(mut cmd: Command, log: &Path) -> Group {
-    let f = std::fs::File::create(log).unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .process_group(0);
-    Group(
-        cmd.spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
     )
 }
 

@@ -202,34 +202,13 @@ fn prepare_sdp(req: &mut Request) -> Result<String, String> {
     Ok(out)
 }
 
-/// `replace-origin`: the o= line's address becomes the relay's (the first c= address of the
-/// rewritten SDP), so the endpoint's address does not reach the other side there either.
+/// `replace-origin`: the o= line's address becomes the relay's.
 fn finish_sdp(req: &Request, sdp: String) -> String {
-    if !req.replace_origin {
-        return sdp;
+    if req.replace_origin {
+        crate::sdp::origin_from_connection(sdp)
+    } else {
+        sdp
     }
-    let Some(conn) = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("c=").map(|c| c.trim().to_string()))
-    else {
-        return sdp;
-    };
-    let mut out = String::with_capacity(sdp.len() + 16);
-    for line in sdp.split_inclusive('\n') {
-        let body = line.trim_end_matches(['\r', '\n']);
-        let fields: Vec<&str> = body.split(' ').collect();
-        // o=<username> <sess-id> <sess-version> <nettype> <addrtype> <address> (RFC 8866 5.2);
-        // c= gives <nettype> <addrtype> <address>.
-        if body.starts_with("o=") && fields.len() == 6 {
-            out.push_str(&fields[..3].join(" "));
-            out.push(' ');
-            out.push_str(&conn);
-            out.push_str(&line[body.len()..]);
-        } else {
-            out.push_str(line);
-        }
-    }
-    out
 }
 
 /// LegOptions from the request, with rtpengine's defaults; what sluice does not do becomes a

@@ -87,6 +87,21 @@ pub(super) fn bad(msg: impl Into<String>) -> SessionError {
 }
 
 impl SessionError {
+    /// The SIP status a front end answers with (the table above).
+    pub fn sip_status(&self) -> u16 {
+        match self {
+            SessionError::BadSdp(_) => 400,
+            SessionError::Sdes(_)
+            | SessionError::BadRequest(_)
+            | SessionError::NoCodecBridge(_) => 488,
+            SessionError::NotFound(_) => 481,
+            SessionError::NoPorts(_)
+            | SessionError::SessionLimit(_)
+            | SessionError::ShuttingDown => 503,
+            SessionError::Engine(_) => 500,
+        }
+    }
+
     /// Says which m= line (0-based `i`) the error is about.
     pub(super) fn in_line(self, i: usize) -> SessionError {
         match self {

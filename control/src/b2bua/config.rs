@@ -1,0 +1,51 @@
+//! What the B2BUA is told at start: where it listens, where calls go, how many it takes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sluice_sip::{Limits, Peer, TimerConfig, Transport};
+
+use crate::session::LegOptions;
+
+#[derive(Debug, Clone)]
+pub struct B2buaConfig {
+    /// The address sluice's SIP socket is bound to: written into Via and Contact, so it must
+    /// be one the peers can reach (not 0.0.0.0).
+    pub local: Peer,
+    /// `--route`: every new INVITE goes to this next hop.
+    pub route: Peer,
+    /// `--max-calls`: INVITEs beyond this many live calls get 503 (None: no cap).
+    pub max_calls: Option<usize>,
+    pub timers: TimerConfig,
+    pub limits: Limits,
+    /// Media options for each leg's SDP.
+    pub media: LegOptions,
+    /// How long a call whose 2xx was never ACKed keeps retransmitting it (RFC 3261 13.3.1.4:
+    /// 64*T1) is derived from `timers`; this is the User-Agent/Server header value.
+    pub product: String,
+}
+
+impl B2buaConfig {
+    pub fn udp(local: SocketAddr, route: SocketAddr) -> Self {
+        Self {
+            local: Peer {
+                transport: Transport::Udp,
+                addr: local,
+            },
+            route: Peer {
+                transport: Transport::Udp,
+                addr: route,
+            },
+            max_calls: None,
+            timers: TimerConfig::default(),
+            limits: Limits::default(),
+            media: LegOptions::default(),
+            product: format!("sluice/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// RFC 3261 13.3.1.4: a UAS gives up retransmitting its 2xx after 64*T1.
+    pub fn ack_wait(&self) -> Duration {
+        self.timers.t1 * 64
+    }
+}

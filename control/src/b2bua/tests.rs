@@ -1,0 +1,653 @@
+//! The B2BUA driven in simulated time by a scripted caller (A) and callee (B): SIP text in,
+//! what sluice sends out checked header by header, with a recording media plane. No socket,
+//! no sleep.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice_relay::engine::{Command, EndpointId, EngineGone};
+use sluice_sip::{HeaderName, Limits, Message, Method, parse_datagram};
+
+use super::*;
+use crate::codecs::TranscodeMode;
+use crate::session::{MediaPlane, SessionConfig, SessionEnv, Sessions};
+
+#[derive(Clone, Default)]
+struct Plane(Arc<Mutex<HashSet<EndpointId>>>);
+impl MediaPlane for Plane {
+    fn send(&mut self, cmd: Command) -> Result<(), EngineGone> {
+        let mut live = self.0.lock().unwrap();
+        match cmd {
+            Command::Add { id, .. } => assert!(live.insert(id)),
+            Command::Remove { id } => assert!(live.remove(&id)),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+const SLUICE: &str = "127.0.0.1:5060";
+const A: &str = "127.0.0.1:5070";
+const B: &str = "127.0.0.1:5080";
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+struct Sim {
+    b2b: B2bua,
+    plane: Plane,
+    sessions: Arc<Sessions>,
+    now: Instant,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    fn with(tune: impl FnOnce(&mut B2buaConfig)) -> Self {
+        let plane = Plane::default();
+        let sessions = Sessions::new(
+            SessionConfig {
+                media_ips: vec!["127.0.0.1".parse().unwrap()],
+                port_low: 30_000,
+                port_high: 30_999,
+                timeout: Duration::from_secs(60),
+                transcode: TranscodeMode::Auto,
+                opus_complexity: sluice_relay::transcode::DEFAULT_OPUS_COMPLEXITY,
+                opus_bitrate: sluice_relay::transcode::OpusParams::default().bitrate,
+            },
+            SessionEnv::system(),
+            Box::new(plane.clone()),
+            None,
+        )
+        .unwrap();
+        let mut cfg = B2buaConfig::udp(sa(SLUICE), sa(B));
+        tune(&mut cfg);
+        Self {
+            b2b: B2bua::new(cfg, sessions.clone(), 7),
+            plane,
+            sessions,
+            now: Instant::now(),
+        }
+    }
+
+    fn from(&mut self, who: &str, text: &str) {
+        let bytes = text.replace('\n', "\r\n");
+        self.b2b.on_datagram(bytes.as_bytes(), sa(who), self.now);
+    }
+
+    fn send(&mut self, who: &str, m: &Message) {
+        self.b2b.on_datagram(&m.to_bytes(), sa(who), self.now);
+    }
+
+    /// Everything sluice sent since the last call, to A and to B.
+    fn out(&mut self) -> (Vec<Message>, Vec<Message>) {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        while let Some(t) = self.b2b.poll_transmit() {
+            let m = parse_datagram(&t.bytes, &Limits::default()).expect("sluice sends SIP");
+            match t.peer.addr {
+                x if x == sa(A) => a.push(m),
+                x if x == sa(B) => b.push(m),
+                x => panic!("sent to {x}"),
+            }
+        }
+        (a, b)
+    }
+
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        while let Some(t) = self.b2b.poll_timeout() {
+            if t > end {
+                break;
+            }
+            self.now = t.max(self.now);
+            self.b2b.handle_timeout(self.now);
+        }
+        self.now = end;
+        self.b2b.handle_timeout(self.now);
+    }
+
+    /// Nothing left: calls, transactions, media endpoints, sessions.
+    fn assert_clean(&mut self) {
+        self.advance(Duration::from_secs(40));
+        self.out();
+        assert_eq!(self.b2b.live(), (0, 0), "calls and transactions left");
+        assert!(
+            self.plane.0.lock().unwrap().is_empty(),
+            "media endpoints left"
+        );
+        assert!(self.sessions.list(10).is_empty(), "media sessions left");
+    }
+}
+
+fn sdp(port: u16) -> String {
+    format!(
+        "v=0\r\no=x 1 1 IN IP4 10.9.9.9\r\ns=-\r\nc=IN IP4 10.9.9.9\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+    )
+}
+
+fn invite(branch: &str, body: Option<&str>) -> String {
+    let (ct, b) = match body {
+        Some(b) => ("Content-Type: application/sdp\n", b.replace("\r\n", "\n")),
+        None => ("", String::new()),
+    };
+    format!(
+        "INVITE sip:bob@example.com SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.1:5070;branch={branch};rport
+Max-Forwards: 70
+From: \"Alice\" <sip:alice@example.com>;tag=alice1
+To: <sip:bob@example.com>
+Call-ID: a-call-1@10.0.0.1
+CSeq: 1 INVITE
+Contact: <sip:alice@10.0.0.1:5070>
+Record-Route: <sip:proxy.internal.example;lr>
+{ct}Content-Length: {}
+
+{b}",
+        b.replace('\n', "\r\n").len()
+    )
+}
+
+/// B's response to `req` with its tag, Contact and an optional SDP.
+fn answer(req: &Message, code: u16, tag: &str, body: Option<&str>) -> Message {
+    let mut r = sluice_sip::response_for(req, code, None);
+    if code > 100 {
+        let to = r
+            .headers
+            .iter_mut()
+            .find(|h| h.name == HeaderName::To)
+            .unwrap();
+        to.value = format!("{};tag={tag}", to.value);
+    }
+    r.push(HeaderName::Contact, "<sip:bob@127.0.0.1:5080>");
+    if let Some(b) = body {
+        r.push(HeaderName::ContentType, "application/sdp");
+        r.body = b.as_bytes().to_vec();
+    }
+    r
+}
+
+/// A request from A in the dialog sluice made with it (`to_tag` is sluice's tag for A).
+fn from_a(method: &str, cseq: u32, to_tag: &str, branch: &str, body: Option<&str>) -> String {
+    let (ct, b) = match body {
+        Some(b) => ("Content-Type: application/sdp\n", b.to_owned()),
+        None => ("", String::new()),
+    };
+    format!(
+        "{method} sip:sluice@127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.1:5070;branch={branch}
+Max-Forwards: 70
+From: \"Alice\" <sip:alice@example.com>;tag=alice1
+To: <sip:bob@example.com>;tag={to_tag}
+Call-ID: a-call-1@10.0.0.1
+CSeq: {cseq} {}
+Contact: <sip:alice@10.0.0.1:5070>
+{ct}Content-Length: {}
+
+{}",
+        if method == "ACK" { "ACK" } else { method },
+        b.len(),
+        b.replace("\r\n", "\n")
+    )
+}
+
+fn sdp_of(m: &Message) -> String {
+    String::from_utf8(m.body.clone()).unwrap()
+}
+
+/// Runs A's INVITE to B's 200 and A's ACK; returns (B's INVITE, sluice's tag for A).
+fn establish(sim: &mut Sim) -> (Message, String) {
+    sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+    let (to_a, to_b) = sim.out();
+    assert_eq!(to_a[0].code(), Some(100));
+    let b_inv = to_b.into_iter().next().expect("INVITE to B");
+    sim.send(B, &answer(&b_inv, 180, "bob1", None));
+    sim.send(B, &answer(&b_inv, 200, "bob1", Some(&sdp(5000))));
+    let (to_a, to_b) = sim.out();
+    let ok = to_a
+        .iter()
+        .find(|m| m.code() == Some(200))
+        .expect("200 to A");
+    assert!(
+        to_b.iter().any(|m| m.method() == Some(&Method::Ack)),
+        "ACK to B"
+    );
+    let tag = ok.to_hdr().unwrap().tag().unwrap().to_owned();
+    sim.from(A, &from_a("ACK", 1, &tag, "z9hG4bKack1", None));
+    (b_inv, tag)
+}
+
+#[test]
+fn a_call_goes_through_with_a_new_identity_on_leg_b_and_media_through_the_relay() {
+    let mut sim = Sim::new();
+    sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+    let (to_a, to_b) = sim.out();
+    assert_eq!(to_a.len(), 1);
+    assert_eq!(to_a[0].code(), Some(100));
+    assert_eq!(to_b.len(), 1);
+    let inv = &to_b[0];
+    // Topology hiding: nothing of A's signalling path reaches B.
+    let text = String::from_utf8(inv.to_bytes()).unwrap();
+    for leak in [
+        "a-call-1",
+        "10.0.0.1",
+        "alice1",
+        "proxy.internal",
+        "z9hG4bKa1",
+        "10.9.9.9",
+    ] {
+        assert!(!text.contains(leak), "{leak} leaked to B:\n{text}");
+    }
+    assert_eq!(
+        inv.request_uri().unwrap().to_string(),
+        "sip:bob@127.0.0.1:5080"
+    );
+    assert_eq!(
+        inv.from_hdr().unwrap().uri.to_string(),
+        "sip:alice@example.com"
+    );
+    assert!(inv.from_hdr().unwrap().tag().is_some());
+    assert_eq!(inv.max_forwards().unwrap(), Some(69));
+    assert!(
+        sdp_of(inv).contains("c=IN IP4 127.0.0.1"),
+        "relay address in the offer"
+    );
+    assert!(
+        sdp_of(inv).contains("o=x 1 1 IN IP4 127.0.0.1"),
+        "o= rewritten"
+    );
+
+    sim.send(B, &answer(inv, 180, "bob1", None));
+    let (to_a, _) = sim.out();
+    assert_eq!(to_a[0].code(), Some(180));
+    let a_tag = to_a[0].to_hdr().unwrap().tag().unwrap().to_owned();
+    assert_ne!(a_tag, "bob1", "B's tag does not reach A");
+
+    sim.send(B, &answer(inv, 200, "bob1", Some(&sdp(5000))));
+    let (to_a, to_b) = sim.out();
+    let ack = &to_b[0];
+    assert_eq!(ack.method(), Some(&Method::Ack));
+    assert_eq!(
+        ack.request_uri().unwrap().to_string(),
+        "sip:bob@127.0.0.1:5080"
+    );
+    assert_eq!(ack.to_hdr().unwrap().tag(), Some("bob1"));
+    let ok = &to_a[0];
+    assert_eq!(ok.code(), Some(200));
+    assert_eq!(ok.to_hdr().unwrap().tag(), Some(a_tag.as_str()));
+    assert_eq!(ok.call_id().unwrap(), "a-call-1@10.0.0.1");
+    let ok_text = String::from_utf8(ok.to_bytes()).unwrap();
+    assert!(!ok_text.contains("bob@127.0.0.1:5080") && !ok_text.contains("10.9.9.9"));
+    assert!(
+        ok.header(&HeaderName::Contact)
+            .unwrap()
+            .contains("127.0.0.1:5060")
+    );
+    // received/rport stamped on A's Via (RFC 3581).
+    assert!(
+        ok.header(&HeaderName::Via)
+            .unwrap()
+            .contains("received=127.0.0.1")
+    );
+    assert!(ok.header(&HeaderName::Via).unwrap().contains("rport=5070"));
+
+    sim.from(A, &from_a("ACK", 1, &a_tag, "z9hG4bKack1", None));
+    assert_eq!(sim.b2b.calls().len(), 1);
+    assert_eq!(sim.b2b.calls()[0].state, "confirmed");
+    // No 2xx retransmission after the ACK.
+    sim.advance(Duration::from_secs(5));
+    assert!(sim.out().0.is_empty());
+
+    sim.from(A, &from_a("BYE", 2, &a_tag, "z9hG4bKbye1", None));
+    let (to_a, to_b) = sim.out();
+    assert_eq!(to_a[0].code(), Some(200));
+    let bye = &to_b[0];
+    assert_eq!(bye.method(), Some(&Method::Bye));
+    assert_eq!(bye.cseq().unwrap().seq, 2);
+    sim.send(B, &answer(bye, 200, "bob1", None));
+    let r = sim.b2b.poll_record().expect("a call record");
+    assert_eq!((r.code, r.reason.as_str()), (200, "caller hung up"));
+    assert!(r.answer_ms.is_some());
+    sim.assert_clean();
+}
+
+#[test]
+fn the_callee_hangs_up_and_the_caller_gets_the_bye() {
+    let mut sim = Sim::new();
+    let (b_inv, a_tag) = establish(&mut sim);
+    let mut d = sluice_sip::Dialog::uas(&b_inv, "bob1").unwrap();
+    d.remote_target = sluice_sip::Uri::parse("sip:sluice@127.0.0.1:5060").unwrap();
+    let via = Via::new(
+        "UDP",
+        Host::V4("127.0.0.1".parse().unwrap()),
+        Some(5080),
+        "z9hG4bKbb1",
+    );
+    let bye = d.request(Method::Bye, &via, None);
+    sim.send(B, &bye);
+    let (to_a, to_b) = sim.out();
+    assert_eq!(to_b[0].code(), Some(200));
+    let bye_a = &to_a[0];
+    assert_eq!(bye_a.method(), Some(&Method::Bye));
+    assert_eq!(
+        bye_a.request_uri().unwrap().to_string(),
+        "sip:alice@10.0.0.1:5070"
+    );
+    assert_eq!(bye_a.from_hdr().unwrap().tag(), Some(a_tag.as_str()));
+    assert_eq!(bye_a.to_hdr().unwrap().tag(), Some("alice1"));
+    assert_eq!(bye_a.call_id().unwrap(), "a-call-1@10.0.0.1");
+    // A's dialog has its Record-Route as the route set (RFC 3261 12.1.1).
+    assert_eq!(
+        bye_a.header(&HeaderName::Route),
+        Some("<sip:proxy.internal.example;lr>")
+    );
+    sim.send(A, &sluice_sip::response_for(bye_a, 200, None));
+    sim.assert_clean();
+}
+
+#[test]
+fn cancel_before_answer_gives_487_to_the_caller_and_cancels_the_callee() {
+    let mut sim = Sim::new();
+    sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+    let (_, to_b) = sim.out();
+    let inv = to_b[0].clone();
+    sim.send(B, &answer(&inv, 180, "bob1", None));
+    sim.out();
+    let cancel = invite("z9hG4bKa1", None)
+        .replace("INVITE sip:bob", "CANCEL sip:bob")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    sim.from(A, &cancel);
+    let (to_a, to_b) = sim.out();
+    let codes: Vec<_> = to_a.iter().filter_map(Message::code).collect();
+    assert!(codes.contains(&200) && codes.contains(&487), "{codes:?}");
+    let c = &to_b[0];
+    assert_eq!(c.method(), Some(&Method::Cancel));
+    // RFC 3261 9.1: the CANCEL matches the INVITE's branch and CSeq number.
+    assert_eq!(
+        c.top_via().unwrap().branch(),
+        inv.top_via().unwrap().branch()
+    );
+    assert_eq!(c.cseq().unwrap().seq, 1);
+    sim.send(B, &sluice_sip::response_for(c, 200, None));
+    sim.send(B, &answer(&inv, 487, "bob1", None));
+    let (_, to_b) = sim.out();
+    assert_eq!(
+        to_b[0].method(),
+        Some(&Method::Ack),
+        "the transaction layer ACKs the 487"
+    );
+    // A ACKs its 487.
+    let ack = invite("z9hG4bKa1", None)
+        .replace("INVITE sip:bob", "ACK sip:bob")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
+    sim.from(A, &ack);
+    sim.assert_clean();
+}
+
+#[test]
+fn a_cancel_before_any_provisional_waits_for_one_rfc3261_9_1() {
+    let mut sim = Sim::new();
+    sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+    let (_, to_b) = sim.out();
+    let inv = to_b[0].clone();
+    let cancel = invite("z9hG4bKa1", None)
+        .replace("INVITE sip:bob", "CANCEL sip:bob")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    sim.from(A, &cancel);
+    let (_, to_b) = sim.out();
+    assert!(to_b.is_empty(), "no CANCEL before B's provisional");
+    sim.send(B, &answer(&inv, 100, "", None));
+    let (_, to_b) = sim.out();
+    assert_eq!(to_b[0].method(), Some(&Method::Cancel));
+}
+
+#[test]
+fn failures_from_the_callee_are_passed_on_by_class() {
+    for (code, expect) in [(486, 486), (503, 503), (404, 404), (603, 603), (302, 480)] {
+        let mut sim = Sim::new();
+        sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+        let (_, to_b) = sim.out();
+        sim.send(B, &answer(&to_b[0], code, "bob1", None));
+        let (to_a, to_b) = sim.out();
+        assert_eq!(to_a.last().unwrap().code(), Some(expect), "{code}");
+        assert!(
+            !String::from_utf8(to_a.last().unwrap().to_bytes())
+                .unwrap()
+                .contains("bob@127.0.0.1")
+        );
+        assert_eq!(to_b[0].method(), Some(&Method::Ack));
+        let ack = invite("z9hG4bKa1", None)
+            .replace("INVITE sip:bob", "ACK sip:bob")
+            .replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
+        sim.from(A, &ack);
+        assert_eq!(sim.b2b.poll_record().unwrap().code, code);
+        sim.assert_clean();
+    }
+}
+
+#[test]
+fn a_retransmitted_invite_is_absorbed_not_sent_twice() {
+    let mut sim = Sim::new();
+    sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+    sim.out();
+    sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+    let (to_a, to_b) = sim.out();
+    assert!(to_b.is_empty(), "no second INVITE to B");
+    assert_eq!(to_a[0].code(), Some(100));
+    assert_eq!(sim.b2b.live().0, 1);
+}
+
+#[test]
+fn a_second_fork_answering_gets_ack_then_bye() {
+    let mut sim = Sim::new();
+    sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+    let (_, to_b) = sim.out();
+    let inv = to_b[0].clone();
+    sim.send(B, &answer(&inv, 200, "fork1", Some(&sdp(5000))));
+    sim.out();
+    sim.send(B, &answer(&inv, 200, "fork2", Some(&sdp(5002))));
+    let (to_a, to_b) = sim.out();
+    assert!(to_a.is_empty(), "the losing fork's 200 does not reach A");
+    let methods: Vec<_> = to_b
+        .iter()
+        .map(|m| {
+            (
+                m.method().cloned(),
+                m.to_hdr().unwrap().tag().map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            (Some(Method::Ack), Some("fork2".to_owned())),
+            (Some(Method::Bye), Some("fork2".to_owned()))
+        ]
+    );
+}
+
+#[test]
+fn an_unacked_2xx_is_retransmitted_then_the_call_ends_rfc3261_13_3_1_4() {
+    let mut sim = Sim::new();
+    sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+    let (_, to_b) = sim.out();
+    let inv = to_b[0].clone();
+    sim.send(B, &answer(&inv, 200, "bob1", Some(&sdp(5000))));
+    sim.out();
+    let mut at = Vec::new();
+    let start = sim.now;
+    for _ in 0..400 {
+        sim.advance(Duration::from_millis(100));
+        let (to_a, to_b) = sim.out();
+        for m in to_a {
+            if m.code() == Some(200) {
+                at.push((sim.now - start).as_millis() / 100 * 100);
+            }
+        }
+        if to_b.iter().any(|m| m.method() == Some(&Method::Bye)) {
+            break;
+        }
+    }
+    // T1 doubling, capped at T2 = 4 s.
+    assert_eq!(&at[..5], &[500, 1500, 3500, 7500, 11500]);
+    assert_eq!(sim.b2b.live().0, 0, "the call ended after 64*T1");
+}
+
+#[test]
+fn timer_b_ends_an_unanswered_call_with_408() {
+    let mut sim = Sim::new();
+    sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+    sim.out();
+    sim.advance(Duration::from_secs(33));
+    let (to_a, _) = sim.out();
+    assert_eq!(to_a.last().unwrap().code(), Some(408));
+    assert_eq!(sim.b2b.live().0, 0);
+}
+
+#[test]
+fn a_reinvite_for_hold_goes_through_the_media_session_to_the_other_leg() {
+    let mut sim = Sim::new();
+    let (_, a_tag) = establish(&mut sim);
+    sim.out();
+    let hold = sdp(4000) + "a=sendonly\r\n";
+    sim.from(A, &from_a("INVITE", 2, &a_tag, "z9hG4bKre1", Some(&hold)));
+    let (to_a, to_b) = sim.out();
+    assert_eq!(to_a[0].code(), Some(100));
+    let re = &to_b[0];
+    assert_eq!(re.method(), Some(&Method::Invite));
+    assert_eq!(re.to_hdr().unwrap().tag(), Some("bob1"));
+    assert!(sdp_of(re).contains("a=sendonly"), "{}", sdp_of(re));
+    assert!(sdp_of(re).contains("c=IN IP4 127.0.0.1"));
+    // A second re-INVITE while this one is pending: 491 (RFC 3261 14.2).
+    sim.from(A, &from_a("INVITE", 3, &a_tag, "z9hG4bKre2", Some(&hold)));
+    let (to_a, _) = sim.out();
+    assert!(to_a.iter().any(|m| m.code() == Some(491)));
+    sim.send(
+        B,
+        &answer(re, 200, "bob1", Some(&(sdp(5000) + "a=recvonly\r\n"))),
+    );
+    let (to_a, to_b) = sim.out();
+    assert_eq!(to_b[0].method(), Some(&Method::Ack));
+    assert_eq!(to_b[0].cseq().unwrap().seq, re.cseq().unwrap().seq);
+    let ok = &to_a[0];
+    assert_eq!(ok.code(), Some(200));
+    assert!(sdp_of(ok).contains("a=recvonly"));
+    assert!(!sdp_of(ok).contains("10.9.9.9"));
+}
+
+#[test]
+fn a_late_offer_takes_the_offer_from_the_2xx_and_the_answer_from_the_ack() {
+    let mut sim = Sim::new();
+    sim.from(A, &invite("z9hG4bKa1", None));
+    let (_, to_b) = sim.out();
+    let inv = to_b[0].clone();
+    assert!(inv.body.is_empty(), "no SDP invented for B");
+    sim.send(B, &answer(&inv, 200, "bob1", Some(&sdp(5000))));
+    let (to_a, to_b) = sim.out();
+    assert!(to_b.is_empty(), "B's ACK waits for A's answer");
+    let ok = &to_a[0];
+    assert!(sdp_of(ok).contains("c=IN IP4 127.0.0.1"));
+    let tag = ok.to_hdr().unwrap().tag().unwrap().to_owned();
+    sim.from(A, &from_a("ACK", 1, &tag, "z9hG4bKack1", Some(&sdp(4000))));
+    let (_, to_b) = sim.out();
+    let ack = &to_b[0];
+    assert_eq!(ack.method(), Some(&Method::Ack));
+    assert!(
+        sdp_of(ack).contains("c=IN IP4 127.0.0.1"),
+        "answer in the ACK"
+    );
+}
+
+#[test]
+fn options_unsupported_methods_extensions_and_limits_get_their_answers() {
+    let mut sim = Sim::with(|c| c.max_calls = Some(1));
+    let opts = invite("z9hG4bKo1", None)
+        .replace("INVITE sip:bob", "OPTIONS sip:bob")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS");
+    sim.from(A, &opts);
+    let (to_a, _) = sim.out();
+    assert_eq!(to_a[0].code(), Some(200));
+    assert_eq!(to_a[0].header(&HeaderName::Allow), Some(ALLOW));
+    let reg = invite("z9hG4bKr1", None)
+        .replace("INVITE sip:bob", "REGISTER sip:bob")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 REGISTER");
+    sim.from(A, &reg);
+    let (to_a, _) = sim.out();
+    assert_eq!(to_a[0].code(), Some(405));
+    assert_eq!(to_a[0].header(&HeaderName::Allow), Some(ALLOW));
+    let req = invite("z9hG4bKx1", Some(&sdp(4000)))
+        .replace("Max-Forwards: 70", "Max-Forwards: 70\nRequire: 100rel");
+    sim.from(A, &req);
+    let (to_a, _) = sim.out();
+    let r = to_a.iter().find(|m| m.code() == Some(420)).expect("420");
+    assert_eq!(r.header(&HeaderName::Unsupported), Some("100rel"));
+    sim.from(
+        A,
+        &invite("z9hG4bKm1", Some(&sdp(4000))).replace("Max-Forwards: 70", "Max-Forwards: 0"),
+    );
+    let (to_a, _) = sim.out();
+    assert!(to_a.iter().any(|m| m.code() == Some(483)));
+    // One call fills --max-calls 1; the next INVITE gets 503.
+    sim.from(A, &invite("z9hG4bKc1", Some(&sdp(4000))));
+    sim.out();
+    sim.from(
+        A,
+        &invite("z9hG4bKc2", Some(&sdp(4002))).replace("a-call-1", "a-call-2"),
+    );
+    let (to_a, _) = sim.out();
+    assert!(to_a.iter().any(|m| m.code() == Some(503)));
+    // A BYE for no dialog: 481.
+    sim.from(
+        A,
+        &from_a("BYE", 5, "nosuchtag", "z9hG4bKb9", None).replace("a-call-1", "a-call-9"),
+    );
+    let (to_a, _) = sim.out();
+    assert_eq!(to_a[0].code(), Some(481));
+}
+
+#[test]
+fn malformed_sip_is_counted_and_answered_400_when_it_can_be() {
+    let mut sim = Sim::new();
+    sim.b2b
+        .on_datagram(b"\x16\x03\x01 not sip at all\r\n\r\n", sa(A), sim.now);
+    sim.b2b.on_datagram(&[0u8; 3000], sa(A), sim.now);
+    assert_eq!(sim.b2b.counters().malformed, 2);
+    assert!(sim.out().0.is_empty());
+    sim.from(
+        A,
+        &invite("z9hG4bKa1", Some(&sdp(4000))).replace("CSeq: 1 INVITE", "CSeq: 1 BYE"),
+    );
+    let (to_a, to_b) = sim.out();
+    assert_eq!(to_a[0].code(), Some(400));
+    assert!(
+        to_a[0].to_bytes().windows(5).any(|w| w == b"CSeq "),
+        "reason names the fault"
+    );
+    assert!(to_b.is_empty());
+    assert_eq!(sim.b2b.counters().rejected, 1);
+    sim.assert_clean();
+}
+
+#[test]
+fn an_sdp_sluice_cannot_read_gets_a_clear_answer() {
+    let mut sim = Sim::new();
+    sim.from(A, &invite("z9hG4bKa1", Some("v=0\r\nthis is not sdp\r\n")));
+    let (to_a, to_b) = sim.out();
+    let r = to_a
+        .iter()
+        .find(|m| m.code().is_some_and(|c| c >= 400))
+        .expect("refused");
+    assert_eq!(r.code(), Some(400));
+    assert!(
+        r.header(&HeaderName::Warning)
+            .unwrap()
+            .starts_with("399 sluice \"bad SDP")
+    );
+    assert!(to_b.is_empty());
+    sim.assert_clean();
+}
