@@ -68,6 +68,10 @@ pub enum Method {
         /// A number, or none.
         limit: String,
     },
+    /// The B2BUA's live SIP calls and the state of each.
+    Calls,
+    /// End a SIP call (by the id `calls` shows): CANCEL before the answer, BYE after it.
+    Hangup { id: u64 },
     /// Print call events as JSON lines until interrupted (or --count events).
     Watch {
         #[arg(long)]
@@ -288,6 +292,18 @@ pub async fn run(addr: &ControlAddr, method: Method) -> anyhow::Result<()> {
                     .into_inner(),
             )
         }
+        Method::Calls => print(
+            &c.list_sip_calls(proto::ListSipCallsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner(),
+        ),
+        Method::Hangup { id } => print(
+            &c.hangup_sip_call(proto::HangupSipCallRequest { id })
+                .await
+                .map_err(status)?
+                .into_inner(),
+        ),
         Method::Statistics => print(
             &c.statistics(proto::StatisticsRequest {})
                 .await

@@ -94,17 +94,17 @@ pub async fn run_until(
     }
 
     let mut sip_servers = Vec::new();
+    let mut sip_cores = Vec::new();
     if let Some(route) = cfg.route {
         for addr in &cfg.sip {
             let sock = crate::b2bua::udp::bind(*addr)
                 .with_context(|| format!("cannot bind the SIP socket udp:{addr}"))?;
             let mut b2b_cfg = crate::b2bua::B2buaConfig::udp(*addr, route);
             b2b_cfg.max_calls = cfg.max_calls.map(|n| n as usize);
-            let core = Arc::new(std::sync::Mutex::new(crate::b2bua::B2bua::new(
-                b2b_cfg,
-                sessions.clone(),
-                rand::random(),
-            )));
+            let core: crate::b2bua::Shared = Arc::new(std::sync::Mutex::new(
+                crate::b2bua::B2bua::new(b2b_cfg, sessions.clone(), rand::random()),
+            ));
+            sip_cores.push(core.clone());
             let cdr: Option<Box<dyn std::io::Write + Send>> = match &cfg.cdr {
                 Some(path) => Some(Box::new(
                     std::fs::OpenOptions::new()
@@ -125,7 +125,9 @@ pub async fn run_until(
         }
     }
 
-    let service = ControlService::new(sessions.clone()).into_server();
+    let service = ControlService::new(sessions.clone())
+        .with_sip(sip_cores)
+        .into_server();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)

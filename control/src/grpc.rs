@@ -22,11 +22,42 @@ use crate::session::{
 
 pub struct ControlService {
     sessions: Arc<Sessions>,
+    /// The B2BUA of each `--sip` socket (none without SIP).
+    sip: Vec<crate::b2bua::Shared>,
 }
 
 impl ControlService {
     pub fn new(sessions: Arc<Sessions>) -> Self {
-        Self { sessions }
+        Self {
+            sessions,
+            sip: Vec::new(),
+        }
+    }
+
+    /// Serves the SIP calls of these B2BUAs too (ListSipCalls, HangupSipCall, statistics).
+    pub fn with_sip(mut self, sip: Vec<crate::b2bua::Shared>) -> Self {
+        self.sip = sip;
+        self
+    }
+
+    fn sip_statistics(&self) -> Option<proto::SipStatistics> {
+        if self.sip.is_empty() {
+            return None;
+        }
+        let mut out = proto::SipStatistics::default();
+        for b in &self.sip {
+            let b = crate::b2bua::lock(b);
+            let c = b.counters();
+            let (calls, transactions) = b.live();
+            out.calls_current += calls as u64;
+            out.transactions += transactions as u64;
+            out.calls_total += c.calls_started;
+            out.calls_answered += c.calls_answered;
+            out.calls_failed += c.calls_failed;
+            out.malformed += c.malformed;
+            out.rejected += c.rejected;
+        }
+        Some(out)
     }
 
     pub fn into_server(self) -> proto::control_server::ControlServer<Self> {
@@ -217,6 +248,7 @@ pub fn statistics_reply(s: &Statistics) -> proto::StatisticsReply {
         workers: s.workers.iter().map(worker_info).collect(),
         kernel_features: s.kernel_features.iter().map(kernel_feature).collect(),
         max_sessions: s.max_sessions,
+        sip: None,
     }
 }
 
@@ -312,7 +344,49 @@ impl Control for ControlService {
         &self,
         _: Request<proto::StatisticsRequest>,
     ) -> Result<Response<proto::StatisticsReply>, Status> {
-        Ok(Response::new(statistics_reply(&self.sessions.statistics())))
+        let mut reply = statistics_reply(&self.sessions.statistics());
+        reply.sip = self.sip_statistics();
+        Ok(Response::new(reply))
+    }
+
+    async fn list_sip_calls(
+        &self,
+        _: Request<proto::ListSipCallsRequest>,
+    ) -> Result<Response<proto::ListSipCallsReply>, Status> {
+        let mut calls = Vec::new();
+        for b in &self.sip {
+            calls.extend(
+                crate::b2bua::lock(b)
+                    .calls()
+                    .into_iter()
+                    .map(|c| proto::SipCall {
+                        id: c.id,
+                        state: c.state.into(),
+                        caller: c.caller,
+                        callee: c.callee,
+                        a_call_id: c.a_call_id,
+                        b_call_id: c.b_call_id,
+                        media_call_id: c.media_id,
+                    }),
+            );
+        }
+        Ok(Response::new(proto::ListSipCallsReply { calls }))
+    }
+
+    async fn hangup_sip_call(
+        &self,
+        req: Request<proto::HangupSipCallRequest>,
+    ) -> Result<Response<proto::HangupSipCallReply>, Status> {
+        let id = req.into_inner().id;
+        let now = std::time::Instant::now();
+        for b in &self.sip {
+            if crate::b2bua::lock(b).hangup(id, now) {
+                return Ok(Response::new(proto::HangupSipCallReply {}));
+            }
+        }
+        Err(Status::not_found(format!(
+            "no SIP call {id} (ended, or never started)"
+        )))
     }
 
     async fn set_max_sessions(

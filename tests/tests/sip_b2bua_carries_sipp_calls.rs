@@ -5,7 +5,12 @@
 //! afterwards sluice holds no call and no port. Then callers that CANCEL while it rings get
 //! their 487 through sluice, and nothing is left either.
 //!
+//! The other tests: the callee hangs up; refusals (486, 503) are passed on; 1,000 calls at
+//! 50 calls/s with 3 s holds all succeed and leave no call, transaction or port; hostile and
+//! malformed datagrams are counted and never stop the B2BUA.
+//!
 //! Needs sipp (Debian: sip-tester): required under CI, skipped with a line saying so elsewhere.
+//! The tests run one at a time (SIPp and the daemon share 2 cores).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +19,9 @@ use std::time::{Duration, Instant};
 use sluice_tests::*;
 
 const CALLS: u32 = 4;
+
+/// One SIPp test at a time: they time calls, and the machine has 2 cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn sipp_missing() -> bool {
     if Command::new("sipp").arg("-v").output().is_ok() {
@@ -33,9 +41,25 @@ fn scenarios() -> PathBuf {
 
 /// A SIPp callee on `port` running `scenario`, echoing RTP when `echo`.
 fn callee(dir: &Path, scenario: &str, port: u16, calls: u32, echo: bool) -> Group {
+    callee_with(dir, scenario, port, calls, echo, &[])
+}
+
+/// [`callee`] with more SIPp arguments; `scenario` "uas" is SIPp's built-in one.
+fn callee_with(
+    dir: &Path,
+    scenario: &str,
+    port: u16,
+    calls: u32,
+    echo: bool,
+    extra: &[&str],
+) -> Group {
     let mut uas = Command::new("sipp");
-    uas.arg("-sf")
-        .arg(scenarios().join(scenario))
+    if scenario == "uas" {
+        uas.args(["-sn", "uas"]);
+    } else {
+        uas.arg("-sf").arg(scenarios().join(scenario));
+    }
+    uas.args(extra)
         .args(["-i", "127.0.0.1", "-p", &port.to_string()])
         .args(["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()])
         .args(["-m", &calls.to_string(), "-nostdin"]);
@@ -49,26 +73,41 @@ fn callee(dir: &Path, scenario: &str, port: u16, calls: u32, echo: bool) -> Grou
 
 /// A SIPp caller to sluice's SIP port; returns SIPp's exit status and its stderr.
 async fn caller(dir: &Path, scenario: &str, sip_port: u16, calls: u32) -> (bool, String) {
+    let calls = calls.to_string();
+    caller_with(
+        dir,
+        scenario,
+        sip_port,
+        &["-m", &calls, "-r", "2", "-l", "4"],
+        45,
+    )
+    .await
+}
+
+/// A SIPp caller with the given load arguments, killed after `limit_s`; `scenario` "uac" is
+/// SIPp's built-in one.
+async fn caller_with(
+    dir: &Path,
+    scenario: &str,
+    sip_port: u16,
+    load: &[&str],
+    limit_s: u64,
+) -> (bool, String) {
     let mut uac = Command::new("sipp");
-    uac.arg(format!("127.0.0.1:{sip_port}"))
-        .arg("-sf")
-        .arg(scenarios().join(scenario))
-        .args(["-i", "127.0.0.1", "-p", &free_udp_port().to_string()])
+    uac.arg(format!("127.0.0.1:{sip_port}"));
+    if scenario == "uac" {
+        uac.args(["-sn", "uac"]);
+    } else {
+        uac.arg("-sf").arg(scenarios().join(scenario));
+    }
+    uac.args(["-i", "127.0.0.1", "-p", &free_udp_port().to_string()])
         .args(["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()])
-        .args([
-            "-s",
-            "callee",
-            "-m",
-            &calls.to_string(),
-            "-r",
-            "2",
-            "-l",
-            "4",
-        ])
+        .args(["-s", "callee"])
+        .args(load)
         .args(["-nostdin", "-timeout", "30", "-timeout_error"])
         .current_dir(dir);
     let (out, killed) =
-        tokio::task::spawn_blocking(move || run_bounded(uac, Duration::from_secs(45)))
+        tokio::task::spawn_blocking(move || run_bounded(uac, Duration::from_secs(limit_s)))
             .await
             .unwrap();
     (
@@ -106,6 +145,46 @@ async fn settled(d: &Daemon) -> pb::StatisticsReply {
     }
 }
 
+/// A daemon taking SIP on a free port and routing to `uas_port`, with a CDR file in `dir`.
+async fn b2bua(dir: &Path, uas_port: u16) -> (Daemon, u16, PathBuf) {
+    b2bua_with(dir, uas_port, &[]).await
+}
+
+async fn b2bua_with(dir: &Path, uas_port: u16, extra: &[&str]) -> (Daemon, u16, PathBuf) {
+    let sip_port = free_udp_port();
+    let cdr = dir.join("cdr.jsonl");
+    let (sip, route) = (
+        format!("udp:127.0.0.1:{sip_port}"),
+        format!("sip:127.0.0.1:{uas_port}"),
+    );
+    let mut args = vec![
+        "--sip",
+        &sip,
+        "--route",
+        &route,
+        "--cdr",
+        cdr.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let d = Daemon::start(&args).await;
+    assert!(
+        d.log_text().contains("B2BUA taking SIP calls"),
+        "{}",
+        d.log_text()
+    );
+    (d, sip_port, cdr)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-{name}-{}-{}",
+        std::process::id(),
+        free_udp_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn cdr_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -119,24 +198,10 @@ async fn sipp_calls_through_the_b2bua_carry_media_and_leave_nothing_behind() {
     if sipp_missing() {
         return;
     }
-    let (sip_port, uas_port) = (free_udp_port(), free_udp_port());
-    let dir = std::env::temp_dir().join(format!("sluice-b2bua-{}-{sip_port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cdr = dir.join("cdr.jsonl");
-    let d = Daemon::start(&[
-        "--sip",
-        &format!("udp:127.0.0.1:{sip_port}"),
-        "--route",
-        &format!("sip:127.0.0.1:{uas_port}"),
-        "--cdr",
-        cdr.to_str().unwrap(),
-    ])
-    .await;
-    assert!(
-        d.log_text().contains("B2BUA taking SIP calls"),
-        "{}",
-        d.log_text()
-    );
+    let _serial = SERIAL.lock().await;
+    let dir = scratch("b2bua");
+    let uas_port = free_udp_port();
+    let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
 
     let _uas = callee(&dir, "uas_rr_pcma.xml", uas_port, CALLS, true);
     let (ok, why) = caller(&dir, "uac_rr_pcma.xml", sip_port, CALLS).await;
@@ -215,5 +280,237 @@ async fn sipp_calls_through_the_b2bua_carry_media_and_leave_nothing_behind() {
         records[CALLS as usize..].iter().all(|r| r["code"] == 487),
         "{records:?}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callee_hangs_up_and_the_caller_gets_the_bye_through_sluice() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = scratch("b2bua-bye");
+    let uas_port = free_udp_port();
+    let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
+    let _uas = callee(&dir, "uas_hangs_up.xml", uas_port, 2, true);
+    let (ok, why) = caller(&dir, "uac_waits_for_bye.xml", sip_port, 2).await;
+    assert!(ok, "{why}\nsluice log:\n{}", d.log_text());
+    let stats = settled(&d).await;
+    assert_eq!(
+        (stats.calls_current, stats.ports_in_use),
+        (0, 0),
+        "{}",
+        d.log_text()
+    );
+    let records = cdr_lines(&cdr);
+    assert_eq!(records.len(), 2);
+    assert!(
+        records.iter().all(|r| r["reason"] == "callee hung up"),
+        "{records:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_by_the_callee_reach_the_caller_with_their_code() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    for (code, scenario) in [("486", "uas_busy.xml"), ("503", "uas_unavailable.xml")] {
+        let dir = scratch("b2bua-refused");
+        let uas_port = free_udp_port();
+        let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
+        let _uas = callee(&dir, scenario, uas_port, 2, false);
+        let (ok, why) = caller(&dir, "uac_refused.xml", sip_port, 2).await;
+        assert!(ok, "{code}: {why}\nsluice log:\n{}", d.log_text());
+        let stats = settled(&d).await;
+        assert_eq!(
+            (stats.calls_current, stats.ports_in_use),
+            (0, 0),
+            "{}",
+            d.log_text()
+        );
+        let sip = stats.sip.expect("SIP counters with --sip");
+        assert_eq!(
+            (sip.calls_total, sip.calls_answered, sip.calls_failed),
+            (2, 0, 2)
+        );
+        let records = cdr_lines(&cdr);
+        assert!(
+            records.iter().all(|r| r["code"] == code.parse::<u64>().unwrap()),
+            "{records:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The SIP counters once every transaction has ended (a BYE's server transaction lingers
+/// 64*T1 = 32 s over UDP to absorb retransmissions, RFC 3261 17.2.2).
+async fn transactions_drained(d: &Daemon) -> pb::SipStatistics {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let s = d
+            .client()
+            .await
+            .statistics(pb::StatisticsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sip
+            .expect("SIP counters with --sip");
+        if s.transactions == 0 || Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_calls_at_50_per_second_all_succeed_and_leave_nothing() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    const N: u64 = 1000;
+    let dir = scratch("b2bua-1000");
+    let uas_port = free_udp_port();
+    // About 150 calls are up at once, 4 relay ports each (RTP and RTCP per side): more than
+    // the test harness's default 500-port slice. Debug logs would cost more than the calls.
+    let (d, sip_port, cdr) = b2bua_with(
+        &dir,
+        uas_port,
+        &["--ports", "20000-29999", "--log-level", "info"],
+    )
+    .await;
+    let _uas = callee_with(
+        &dir,
+        "uas",
+        uas_port,
+        N as u32,
+        false,
+        &["-buff_size", "4194304"],
+    );
+    let (ok, why) = caller_with(
+        &dir,
+        "uac",
+        sip_port,
+        &[
+            "-m",
+            &N.to_string(),
+            "-r",
+            "50",
+            "-d",
+            "3000",
+            "-l",
+            "400",
+            "-buff_size",
+            "4194304",
+        ],
+        90,
+    )
+    .await;
+    assert!(
+        ok,
+        "not every call succeeded\n{why}\nsluice log tail:\n{}",
+        tail(&d.log_text())
+    );
+    let stats = settled(&d).await;
+    assert_eq!(stats.calls_total, N, "one media session per call");
+    assert_eq!((stats.calls_current, stats.ports_in_use), (0, 0));
+    let sip = transactions_drained(&d).await;
+    assert_eq!(
+        (
+            sip.calls_total,
+            sip.calls_answered,
+            sip.calls_failed,
+            sip.calls_current
+        ),
+        (N, N, 0, 0),
+        "{sip:?}"
+    );
+    assert_eq!(sip.transactions, 0, "no transaction left: {sip:?}");
+    assert_eq!(cdr_lines(&cdr).len() as u64, N);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_and_malformed_sip_is_counted_and_calls_still_go_through() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = scratch("b2bua-hostile");
+    let uas_port = free_udp_port();
+    let (d, sip_port, _cdr) = b2bua(&dir, uas_port).await;
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let to = ("127.0.0.1", sip_port);
+    let local = s.local_addr().unwrap();
+    let request = |extra: &str, body: &str| {
+        format!(
+            "OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKh{}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:h@example.com>;tag=1\r\nTo: <sip:x@example.com>\r\n\
+             Call-ID: hostile-{}\r\nCSeq: 1 OPTIONS\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            free_udp_port(),
+            free_udp_port(),
+            body.len()
+        )
+    };
+    let mut hostile: Vec<Vec<u8>> = vec![
+        // Not SIP at all: TLS ClientHello bytes, NULs, a CRLF flood.
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+        vec![0u8; 1200],
+        b"\r\n".repeat(4000),
+        // Content-Length larger than the datagram; negative; twice.
+        request("", "")
+            .replace("Content-Length: 0", "Content-Length: 900")
+            .into_bytes(),
+        request("", "")
+            .replace("Content-Length: 0", "Content-Length: -1")
+            .into_bytes(),
+        request("Content-Length: 3\r\n", "").into_bytes(),
+    ];
+    // 10,000 headers (over the 256-header limit) in one 60 kB datagram.
+    hostile.push(request(&"X-A: b\r\n".repeat(7_000), "").into_bytes());
+    // One line over the 8 kB line limit.
+    hostile.push(request(&format!("X-Long: {}\r\n", "a".repeat(9000)), "").into_bytes());
+    for _ in 0..50 {
+        for h in &hostile {
+            let _ = s.send_to(h, to);
+        }
+    }
+    // A bad CSeq in an otherwise fine request is answered 400 with the fault in the reason.
+    s.send_to(
+        request("", "")
+            .replace("CSeq: 1 OPTIONS", "CSeq: x OPTIONS")
+            .as_bytes(),
+        to,
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut got_400 = false;
+    while let Ok((n, _)) = recv_from_retrying(&s, &mut buf) {
+        let text = String::from_utf8_lossy(&buf[..n]);
+        if text.starts_with("SIP/2.0 400") && text.contains("CSeq") {
+            got_400 = true;
+        }
+    }
+    assert!(got_400, "no 400 naming the CSeq fault");
+    // The B2BUA still answers and still carries a call.
+    let _uas = callee_with(&dir, "uas", uas_port, 1, false, &[]);
+    let (ok, why) = caller_with(&dir, "uac", sip_port, &["-m", "1"], 30).await;
+    assert!(ok, "{why}\nsluice log:\n{}", tail(&d.log_text()));
+    let stats = settled(&d).await;
+    let sip = stats.sip.expect("SIP counters");
+    assert!(sip.malformed >= 50 * 8, "counted: {sip:?}");
+    assert!(sip.rejected >= 1, "{sip:?}");
+    assert_eq!(sip.calls_answered, 1, "{sip:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,6 +34,15 @@ use call::{Call, CallState, Leg, Unacked};
 pub use config::B2buaConfig;
 pub use record::{CallRecord, CallSummary};
 
+/// A B2BUA shared by its socket thread and the control API (which lists and hangs up
+/// calls): locked once per datagram and per control request, never per media packet.
+pub type Shared = Arc<std::sync::Mutex<B2bua>>;
+
+/// Locks a shared B2BUA; a panic in another holder does not stop the others.
+pub fn lock(b: &Shared) -> std::sync::MutexGuard<'_, B2bua> {
+    b.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Methods sluice answers or relays (the Allow header, RFC 3261 20.5).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
 

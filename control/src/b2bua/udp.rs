@@ -3,8 +3,8 @@
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -55,14 +55,14 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// Serves until `stop` is set. Call records go to `cdr`, one JSON line each.
 pub fn serve(
     sock: UdpSocket,
-    core: Arc<Mutex<B2bua>>,
+    core: super::Shared,
     stop: Arc<AtomicBool>,
     mut cdr: Option<Box<dyn Write + Send>>,
 ) {
     let mut buf = vec![0u8; 65_536];
     while !stop.load(Ordering::Relaxed) {
         let wait = {
-            let mut b = core.lock().unwrap_or_else(|e| e.into_inner());
+            let mut b = super::lock(&core);
             flush(&sock, &mut b, cdr.as_mut());
             b.poll_timeout()
                 .map(|t| t.saturating_duration_since(Instant::now()))
@@ -71,7 +71,7 @@ pub fn serve(
         };
         let _ = sock.set_read_timeout(Some(wait));
         let got = sock.recv_from(&mut buf);
-        let mut b = core.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = super::lock(&core);
         match got {
             Ok((n, from)) => b.on_datagram(&buf[..n], from, Instant::now()),
             Err(e)
@@ -87,7 +87,7 @@ pub fn serve(
         }
         b.handle_timeout(Instant::now());
     }
-    let mut b = core.lock().unwrap_or_else(|e| e.into_inner());
+    let mut b = super::lock(&core);
     flush(&sock, &mut b, cdr.as_mut());
 }
 
