@@ -29,7 +29,7 @@ use sluice_sip::{
     TxId, Uri, Via, parse_datagram, response_for, validate_request, validate_response,
 };
 
-use crate::session::{SessionError, Sessions};
+use crate::session::{EventKind, EventSubscriber, SessionError, Sessions};
 use call::{Call, CallState, Leg, Unacked};
 pub use config::B2buaConfig;
 pub use record::{CallRecord, CallSummary};
@@ -42,6 +42,10 @@ pub type Shared = Arc<std::sync::Mutex<B2bua>>;
 pub fn lock(b: &Shared) -> std::sync::MutexGuard<'_, B2bua> {
     b.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// The Reason of the BYEs that end a call whose media stopped (RFC 3326: the cause is a
+/// SIP status; 408 as for a request that got no answer).
+const MEDIA_TIMEOUT_REASON: &str = "SIP;cause=408;text=\"Media timeout\"";
 
 /// Methods sluice answers or relays (the Allow header, RFC 3261 20.5).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
@@ -94,6 +98,10 @@ pub struct B2bua {
     by_a: HashMap<(String, String), u64>,
     /// B's Call-ID (sluice's) -> call.
     by_b: HashMap<String, u64>,
+    /// The media session's call id -> call, to end a call whose media timed out.
+    by_media: HashMap<String, u64>,
+    /// The session layer's events: a media timeout ends the SIP call with BYEs.
+    media_events: EventSubscriber,
     roles: HashMap<TxId, Role>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
     records: VecDeque<CallRecord>,
@@ -105,12 +113,14 @@ impl B2bua {
     pub fn new(cfg: B2buaConfig, media: Arc<Sessions>, seed: u64) -> Self {
         Self {
             layer: TransactionLayer::new(cfg.timers),
+            media_events: media.subscribe(),
             cfg,
             media,
             rng: StdRng::seed_from_u64(seed),
             calls: HashMap::new(),
             by_a: HashMap::new(),
             by_b: HashMap::new(),
+            by_media: HashMap::new(),
             roles: HashMap::new(),
             timers: BinaryHeap::new(),
             records: VecDeque::new(),
@@ -151,6 +161,7 @@ impl B2bua {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.media_timeouts(now);
         self.layer.handle_timeout(now);
         self.drain(now);
         while let Some(Reverse((at, call, kind))) = self.timers.peek().copied() {
@@ -163,6 +174,52 @@ impl B2bua {
             }
         }
         self.drain(now);
+    }
+
+    /// Calls whose media session timed out (`--timeout` without RTP or signalling) end
+    /// with a BYE on both legs carrying a Reason (RFC 3326).
+    fn media_timeouts(&mut self, now: Instant) {
+        let mut ended = Vec::new();
+        while let Some(ev) = self.media_events.try_recv() {
+            match ev.kind {
+                EventKind::TimedOut => ended.extend(self.by_media.get(&ev.call_id).copied()),
+                EventKind::Overflow { .. } => {
+                    // Events were missed: ask the session layer about every call.
+                    ended.extend(
+                        self.calls
+                            .values()
+                            .filter(|c| {
+                                matches!(
+                                    self.media.query(&c.media_id),
+                                    Err(SessionError::NotFound(_))
+                                )
+                            })
+                            .map(|c| c.id),
+                    );
+                }
+                _ => {}
+            }
+        }
+        for id in ended {
+            let Some(call) = self.calls.get(&id) else {
+                continue;
+            };
+            tracing::info!(call = id, "media timed out; ending the call");
+            match call.state {
+                CallState::Confirmed => {
+                    self.bye_with(id, Leg::A, MEDIA_TIMEOUT_REASON, now);
+                    self.bye_with(id, Leg::B, MEDIA_TIMEOUT_REASON, now);
+                }
+                CallState::Calling | CallState::Early => {
+                    let a_tx = call.a_tx;
+                    let r = self.reply_in_call(id, 408, Some("Media Timeout"));
+                    let _ = self.layer.respond(a_tx, r, now);
+                    self.cancel_b(id, now);
+                }
+                CallState::Cancelling => {}
+            }
+            self.end(id, "media timeout", 408);
+        }
     }
 
     /// One datagram from `from` on the UDP socket.
@@ -499,10 +556,12 @@ impl B2bua {
             rang: None,
             answered: None,
         };
+        let media_id_of_call = call.media_id.clone();
         tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "call started");
         self.calls.insert(id, call);
         self.by_a.insert((a_call_id, a_remote_tag), id);
         self.by_b.insert(b_call_id, id);
+        self.by_media.insert(media_id_of_call, id);
         self.roles.insert(tx, Role::AInvite(id));
         self.roles.insert(b_tx, Role::BInvite(id));
         self.counters.calls_started += 1;
@@ -782,6 +841,10 @@ impl B2bua {
 
     /// Sends a BYE on `leg` (no answer expected by anyone but the call's end).
     fn bye(&mut self, id: u64, leg: Leg, now: Instant) {
+        self.bye_with(id, leg, "SIP;cause=200;text=\"Call completed\"", now);
+    }
+
+    fn bye_with(&mut self, id: u64, leg: Leg, reason: &str, now: Instant) {
         let via = self.via();
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -791,7 +854,7 @@ impl B2bua {
             return;
         };
         let mut bye = d.request(Method::Bye, &via, None);
-        bye.push(HeaderName::Reason, "SIP;cause=200;text=\"Call completed\"");
+        bye.push(HeaderName::Reason, reason);
         let t = self.layer.send_request(bye, peer, now);
         self.roles.insert(t, Role::ByeOut);
     }
@@ -1206,6 +1269,7 @@ impl B2bua {
         self.by_a
             .remove(&(call.a_call_id.clone(), call.a_remote_tag.clone()));
         self.by_b.remove(&call.b_call_id);
+        self.by_media.remove(&call.media_id);
         let media = match self.media.delete(&call.media_id, "", "") {
             Ok(report) => Some(report),
             Err(SessionError::NotFound(_)) => None,

@@ -651,3 +651,55 @@ fn an_sdp_sluice_cannot_read_gets_a_clear_answer() {
     assert!(to_b.is_empty());
     sim.assert_clean();
 }
+
+#[test]
+fn a_media_timeout_ends_the_call_with_bye_and_reason_on_both_legs() {
+    let mut sim = Sim::new();
+    let (_, _) = establish(&mut sim);
+    sim.out();
+    // The session layer's sweep finds no media for --timeout.
+    let expired = sim.sessions.sweep_at(u64::MAX / 2);
+    assert_eq!(expired.len(), 1);
+    sim.advance(Duration::from_millis(10));
+    let (to_a, to_b) = sim.out();
+    for (leg, msgs) in [("A", &to_a), ("B", &to_b)] {
+        let bye = msgs
+            .iter()
+            .find(|m| m.method() == Some(&Method::Bye))
+            .unwrap_or_else(|| panic!("BYE to {leg}"));
+        assert!(
+            bye.header(&HeaderName::Reason)
+                .unwrap()
+                .contains("cause=408"),
+            "{leg}"
+        );
+    }
+    let r = sim.b2b.poll_record().unwrap();
+    assert_eq!(r.reason, "media timeout");
+    assert_eq!(sim.b2b.live().0, 0);
+}
+
+#[test]
+fn hangup_cancels_before_the_answer_and_byes_both_legs_after() {
+    let mut sim = Sim::new();
+    sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+    let (_, to_b) = sim.out();
+    sim.send(B, &answer(&to_b[0], 180, "bob1", None));
+    sim.out();
+    let id = sim.b2b.calls()[0].id;
+    assert!(sim.b2b.hangup(id, sim.now));
+    let (to_a, to_b) = sim.out();
+    assert_eq!(to_a.last().unwrap().code(), Some(480));
+    assert_eq!(to_b[0].method(), Some(&Method::Cancel));
+    assert!(!sim.b2b.hangup(999, sim.now), "unknown call");
+
+    let mut sim = Sim::new();
+    let _ = establish(&mut sim);
+    sim.out();
+    let id = sim.b2b.calls()[0].id;
+    assert!(sim.b2b.hangup(id, sim.now));
+    let (to_a, to_b) = sim.out();
+    assert_eq!(to_a[0].method(), Some(&Method::Bye));
+    assert_eq!(to_b[0].method(), Some(&Method::Bye));
+    assert_eq!(sim.b2b.live().0, 0);
+}
