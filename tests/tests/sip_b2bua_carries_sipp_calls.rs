@@ -5,7 +5,8 @@
 //! afterwards sluice holds no call and no port. Then callers that CANCEL while it rings get
 //! their 487 through sluice, and nothing is left either.
 //!
-//! The other tests: the callee hangs up; refusals (486, 503) are passed on; 1,000 calls at
+//! The other tests: a G.711 caller reaches an Opus-only callee through transcoding; the
+//! callee hangs up; refusals (486, 503) are passed on; 1,000 calls at
 //! 50 calls/s with 3 s holds all succeed and leave no call, transaction or port; hostile and
 //! malformed datagrams are counted and never stop the B2BUA.
 //!
@@ -338,7 +339,9 @@ async fn refusals_by_the_callee_reach_the_caller_with_their_code() {
         );
         let records = cdr_lines(&cdr);
         assert!(
-            records.iter().all(|r| r["code"] == code.parse::<u64>().unwrap()),
+            records
+                .iter()
+                .all(|r| r["code"] == code.parse::<u64>().unwrap()),
             "{records:?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
@@ -512,5 +515,45 @@ async fn hostile_and_malformed_sip_is_counted_and_calls_still_go_through() {
     assert!(sip.malformed >= 50 * 8, "counted: {sip:?}");
     assert!(sip.rejected >= 1, "{sip:?}");
     assert_eq!(sip.calls_answered, 1, "{sip:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_g711_caller_reaches_an_opus_only_callee_through_transcoding() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = scratch("b2bua-opus");
+    let uas_port = free_udp_port();
+    let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
+    let _uas = callee(&dir, "uas_opus.xml", uas_port, 2, true);
+    let (ok, why) = caller(&dir, "uac_rr_pcma.xml", sip_port, 2).await;
+    assert!(
+        ok,
+        "no 488: the calls go through\n{why}\nsluice log:\n{}",
+        tail(&d.log_text())
+    );
+    let stats = settled(&d).await;
+    assert_eq!((stats.calls_current, stats.ports_in_use), (0, 0));
+    let records = cdr_lines(&cdr);
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        let streams: Vec<&serde_json::Value> = r["media"]["legs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|l| l["streams"].as_array().unwrap())
+            .collect();
+        assert!(
+            streams.iter().any(|s| s["transcoded"] == true),
+            "transcoded: {r}"
+        );
+        // PCMA from the caller, Opus back from the echoing callee: both ways carried media.
+        assert!(
+            streams.iter().all(|s| s["packets"].as_u64().unwrap() >= 50),
+            "media both ways: {r}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -61,6 +61,8 @@ fn media_json(r: &CallReport) -> serde_json::Value {
                 "streams": l.streams.iter().map(|s| serde_json::json!({
                     "packets": s.packets,
                     "bytes": s.bytes,
+                    "codec": s.codec,
+                    "transcoded": s.transcoded,
                 })).collect::<Vec<_>>(),
             })
         })
