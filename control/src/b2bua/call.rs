@@ -96,6 +96,8 @@ pub struct Call {
     pub b_ack_pending: bool,
     /// An in-dialog INVITE in progress on this call (RFC 3261 14.1: a second one gets 491).
     pub reinvite_pending: bool,
+    /// RFC 4028: the session interval the 2xx agreed, and when it was last refreshed.
+    pub session_timer: Option<super::session_timer::SessionTimer>,
     // Record.
     pub started: Instant,
     pub rang: Option<Instant>,

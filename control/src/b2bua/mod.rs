@@ -15,6 +15,7 @@
 mod call;
 pub mod config;
 mod record;
+mod session_timer;
 pub mod udp;
 
 use std::cmp::Reverse;
@@ -33,6 +34,7 @@ use crate::session::{EventKind, EventSubscriber, SessionError, Sessions};
 use call::{Call, CallState, Leg, Unacked};
 pub use config::B2buaConfig;
 pub use record::{CallRecord, CallSummary};
+use session_timer::SessionTimer;
 
 /// A B2BUA shared by its socket thread and the control API (which lists and hangs up
 /// calls): locked once per datagram and per control request, never per media packet.
@@ -47,8 +49,14 @@ pub fn lock(b: &Shared) -> std::sync::MutexGuard<'_, B2bua> {
 /// SIP status; 408 as for a request that got no answer).
 const MEDIA_TIMEOUT_REASON: &str = "SIP;cause=408;text=\"Media timeout\"";
 
+/// The Reason of the BYEs that end a session nobody refreshed (RFC 4028 section 10).
+const SESSION_EXPIRED_REASON: &str = "SIP;cause=408;text=\"Session timer expired\"";
+
 /// Methods sluice answers or relays (the Allow header, RFC 3261 20.5).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
+
+/// Extensions sluice takes in Require (RFC 4028 session timers); anything else gets 420.
+pub const SUPPORTED: &[&str] = &["timer"];
 
 /// What a transaction is for, so its response or timeout goes to the right place.
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +94,8 @@ pub struct B2buaCounters {
 enum TimerKind {
     /// Retransmit the unACKed 2xx to A.
     Retransmit2xx,
+    /// The session timer runs out unless a refresh came (RFC 4028).
+    SessionExpiry,
 }
 
 pub struct B2bua {
@@ -171,6 +181,7 @@ impl B2bua {
             self.timers.pop();
             match kind {
                 TimerKind::Retransmit2xx => self.retransmit_2xx(call, at, now),
+                TimerKind::SessionExpiry => self.session_expiry(call, at, now),
             }
         }
         self.drain(now);
@@ -434,6 +445,7 @@ impl B2bua {
         let required: Vec<String> = msg
             .option_tags(&HeaderName::Require)
             .into_iter()
+            .filter(|t| !SUPPORTED.contains(t))
             .map(str::to_owned)
             .collect();
         if !required.is_empty() {
@@ -441,6 +453,14 @@ impl B2bua {
             self.counters.rejected += 1;
             let mut r = self.reply(&msg, 420, None);
             r.push(HeaderName::Unsupported, required.join(", "));
+            let _ = self.layer.respond(tx, r, now);
+            return;
+        }
+        if let Err(e) = session_timer::check_request(&msg) {
+            // RFC 4028 section 8.1: 422 with the Min-SE sluice accepts.
+            self.counters.rejected += 1;
+            let mut r = self.reply(&msg, 422, None);
+            r.push(HeaderName::MinSe, e.min_se.to_string());
             let _ = self.layer.respond(tx, r, now);
             return;
         }
@@ -522,6 +542,17 @@ impl B2bua {
         invite.push(HeaderName::Contact, self.contact().to_string());
         invite.push(HeaderName::Allow, ALLOW);
         invite.push(HeaderName::UserAgent, self.cfg.product.clone());
+        // Session timers pass end to end (session_timer.rs says why that is consistent).
+        for h in &msg.headers {
+            if matches!(h.name, HeaderName::SessionExpires | HeaderName::MinSe) {
+                invite.headers.push(h.clone());
+            }
+        }
+        if msg.option_tags(&HeaderName::Supported).contains(&"timer")
+            || msg.option_tags(&HeaderName::Require).contains(&"timer")
+        {
+            invite.push(HeaderName::Supported, "timer");
+        }
         if let Some(b) = body_for_b {
             invite.push(HeaderName::ContentType, "application/sdp");
             invite.body = b.into_bytes();
@@ -552,6 +583,7 @@ impl B2bua {
             cancel_pending: false,
             b_ack_pending: false,
             reinvite_pending: false,
+            session_timer: None,
             started: now,
             rang: None,
             answered: None,
@@ -1061,6 +1093,7 @@ impl B2bua {
         let a_tx = call.a_tx;
         let mut r = self.reply_in_call(id, 200, Some(&reason_of(&msg)));
         r.push(HeaderName::Contact, self.contact().to_string());
+        copy_session_timer(&msg, &mut r);
         if let Some(b) = body {
             r.push(HeaderName::ContentType, "application/sdp");
             r.body = b.into_bytes();
@@ -1069,6 +1102,11 @@ impl B2bua {
         call.a_dialog = Dialog::uas(&call.a_invite, &call.a_tag).ok();
         call.state = CallState::Confirmed;
         call.answered = Some(now);
+        call.session_timer = SessionTimer::from_2xx(&msg, now);
+        if let Some(t) = call.session_timer {
+            self.timers
+                .push(Reverse((t.deadline(), id, TimerKind::SessionExpiry)));
+        }
         let t1 = self.cfg.timers.t1;
         call.a_unacked = Some(Unacked {
             response: r.clone(),
@@ -1114,6 +1152,21 @@ impl B2bua {
             .push(Reverse((next, id, TimerKind::Retransmit2xx)));
     }
 
+    /// RFC 4028 section 10: no refresh before the deadline ends the session with BYE.
+    fn session_expiry(&mut self, id: u64, at: Instant, now: Instant) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        // Only the timer of the latest refresh counts; earlier heap entries are stale.
+        if call.session_timer.map(|t| t.deadline()) != Some(at) {
+            return;
+        }
+        tracing::info!(call = id, "session timer expired; ending the call");
+        self.bye_with(id, Leg::A, SESSION_EXPIRED_REASON, now);
+        self.bye_with(id, Leg::B, SESSION_EXPIRED_REASON, now);
+        self.end(id, "session timer expired", 408);
+    }
+
     fn on_relayed_response(
         &mut self,
         id: u64,
@@ -1140,6 +1193,21 @@ impl B2bua {
             if (200..300).contains(&code) {
                 if let Some(d) = call.dialog_mut(to) {
                     d.on_refresh_response(&msg);
+                }
+                if matches!(method, Method::Invite | Method::Update) {
+                    // A successful refresh restarts the session timer (RFC 4028 section 10),
+                    // with the interval its 2xx names.
+                    if let Some(t) = SessionTimer::from_2xx(&msg, now) {
+                        call.session_timer = Some(t);
+                        self.timers
+                            .push(Reverse((t.deadline(), id, TimerKind::SessionExpiry)));
+                    } else if let Some(t) = call.session_timer.as_mut() {
+                        t.refreshed = now;
+                        let at = t.deadline();
+                        self.timers
+                            .push(Reverse((at, id, TimerKind::SessionExpiry)));
+                    }
+                    copy_session_timer(&msg, &mut r);
                 }
                 if method == Method::Invite {
                     ack_seq = msg.cseq().ok().map(|c| c.seq);
@@ -1312,6 +1380,15 @@ fn reason_of(m: &Message) -> String {
         }
         sluice_sip::StartLine::Response { reason, .. } => reason.clone(),
         _ => String::new(),
+    }
+}
+
+/// The session timer of a 2xx, relayed: Session-Expires, and Require: timer with it.
+fn copy_session_timer(from: &Message, to: &mut Message) {
+    if let Some(se) = from.header(&HeaderName::SessionExpires) {
+        to.push(HeaderName::SessionExpires, se.to_owned());
+        // RFC 4028 section 9: a 2xx with Session-Expires carries Require: timer.
+        to.push(HeaderName::Require, "timer");
     }
 }
 

@@ -703,3 +703,106 @@ fn hangup_cancels_before_the_answer_and_byes_both_legs_after() {
     assert_eq!(to_b[0].method(), Some(&Method::Bye));
     assert_eq!(sim.b2b.live().0, 0);
 }
+
+fn with_timer(inv: &str, se: &str) -> String {
+    inv.replace(
+        "Max-Forwards: 70\n",
+        &format!("Max-Forwards: 70\nSupported: timer\nSession-Expires: {se}\n"),
+    )
+    .replace(
+        "Max-Forwards: 70\r\n",
+        &format!("Max-Forwards: 70\r\nSupported: timer\r\nSession-Expires: {se}\r\n"),
+    )
+}
+
+#[test]
+fn a_session_interval_below_min_se_gets_422_rfc4028() {
+    let mut sim = Sim::new();
+    sim.from(A, &with_timer(&invite("z9hG4bKa1", Some(&sdp(4000))), "60"));
+    let (to_a, to_b) = sim.out();
+    let r = to_a.iter().find(|m| m.code() == Some(422)).expect("422");
+    assert_eq!(r.header(&HeaderName::MinSe), Some("90"));
+    assert!(to_b.is_empty());
+}
+
+#[test]
+fn session_timers_pass_end_to_end_and_an_unrefreshed_session_ends_with_bye_rfc4028() {
+    let mut sim = Sim::new();
+    sim.from(
+        A,
+        &with_timer(&invite("z9hG4bKa1", Some(&sdp(4000))), "90;refresher=uac"),
+    );
+    let (_, to_b) = sim.out();
+    let inv = to_b[0].clone();
+    assert_eq!(
+        inv.header(&HeaderName::SessionExpires),
+        Some("90;refresher=uac")
+    );
+    assert!(inv.option_tags(&HeaderName::Supported).contains(&"timer"));
+    let mut ok = answer(&inv, 200, "bob1", Some(&sdp(5000)));
+    ok.push(HeaderName::SessionExpires, "90;refresher=uac");
+    ok.push(HeaderName::Require, "timer");
+    sim.send(B, &ok);
+    let (to_a, _) = sim.out();
+    let ok_a = to_a.iter().find(|m| m.code() == Some(200)).unwrap();
+    assert_eq!(
+        ok_a.header(&HeaderName::SessionExpires),
+        Some("90;refresher=uac")
+    );
+    assert!(ok_a.option_tags(&HeaderName::Require).contains(&"timer"));
+    let tag = ok_a.to_hdr().unwrap().tag().unwrap().to_owned();
+    sim.from(A, &from_a("ACK", 1, &tag, "z9hG4bKack1", None));
+
+    // A refreshes at 45 s (half the interval): relayed, and the timer starts again.
+    sim.advance(Duration::from_secs(45));
+    sim.out();
+    sim.from(
+        A,
+        &with_timer(
+            &from_a("INVITE", 2, &tag, "z9hG4bKre1", Some(&sdp(4000))),
+            "90;refresher=uac",
+        ),
+    );
+    let (_, to_b) = sim.out();
+    let re = to_b
+        .iter()
+        .find(|m| m.method() == Some(&Method::Invite))
+        .unwrap()
+        .clone();
+    assert_eq!(
+        re.header(&HeaderName::SessionExpires),
+        Some("90;refresher=uac")
+    );
+    let mut ok = answer(&re, 200, "bob1", Some(&sdp(5000)));
+    ok.push(HeaderName::SessionExpires, "90;refresher=uac");
+    sim.send(B, &ok);
+    sim.out();
+    // The first deadline (60 s after the answer) passes without a BYE...
+    sim.advance(Duration::from_secs(50));
+    let (to_a, to_b) = sim.out();
+    assert!(
+        !to_a
+            .iter()
+            .chain(&to_b)
+            .any(|m| m.method() == Some(&Method::Bye)),
+        "refreshed"
+    );
+    // ...and 60 s after the refresh, with no further one, both legs get BYE.
+    sim.advance(Duration::from_secs(11));
+    let (to_a, to_b) = sim.out();
+    for (leg, msgs) in [("A", &to_a), ("B", &to_b)] {
+        let bye = msgs
+            .iter()
+            .find(|m| m.method() == Some(&Method::Bye))
+            .unwrap_or_else(|| panic!("BYE to {leg}"));
+        assert!(
+            bye.header(&HeaderName::Reason)
+                .unwrap()
+                .contains("Session timer expired")
+        );
+    }
+    assert_eq!(
+        sim.b2b.poll_record().unwrap().reason,
+        "session timer expired"
+    );
+}
