@@ -88,36 +88,40 @@ pub fn parse_ng(s: &str) -> Result<SocketAddr, ConfigError> {
     Ok(a)
 }
 
-/// `--sip udp:IP:PORT` (`udp6:[IP]:PORT`): where the B2BUA listens. The address goes into
-/// Via and Contact, so it must be one the peers reach: not 0.0.0.0 or ::.
-pub fn parse_sip_listen(s: &str) -> Result<SocketAddr, ConfigError> {
+/// `--sip udp:IP:PORT` / `tcp:IP:PORT` (`udp6:[IP]:PORT`, `tcp6:[IP]:PORT`): where the B2BUA
+/// listens. The address goes into Via and Contact, so it must be one the peers reach: not
+/// 0.0.0.0 or ::.
+pub fn parse_sip_listen(s: &str) -> Result<sluice_sip::Peer, ConfigError> {
     let bad = |why: &str| ConfigError::Invalid {
         key: "sip",
         value: s.to_string(),
         why: why.to_string(),
     };
-    if s.starts_with("tcp:") || s.starts_with("tls:") {
-        return Err(bad(
-            "SIP over TCP and TLS is not built yet; use udp:IP:PORT",
-        ));
+    const FORMS: &str = "expected udp:IP:PORT or tcp:IP:PORT, e.g. udp:127.0.0.1:5060";
+    if s.starts_with("tls:") {
+        return Err(bad("SIP over TLS is not built yet; use udp: or tcp:"));
     }
-    let addr = s
-        .strip_prefix("udp6:")
-        .or_else(|| s.strip_prefix("udp:"))
-        .ok_or_else(|| bad("expected udp:IP:PORT, e.g. udp:127.0.0.1:5060"))?;
-    let a: SocketAddr = addr
-        .parse()
-        .map_err(|_| bad("expected udp:IP:PORT, e.g. udp:127.0.0.1:5060"))?;
+    let (transport, addr) = [
+        ("udp6:", sluice_sip::Transport::Udp),
+        ("udp:", sluice_sip::Transport::Udp),
+        ("tcp6:", sluice_sip::Transport::Tcp),
+        ("tcp:", sluice_sip::Transport::Tcp),
+    ]
+    .into_iter()
+    .find_map(|(p, t)| s.strip_prefix(p).map(|a| (t, a)))
+    .ok_or_else(|| bad(FORMS))?;
+    let a: SocketAddr = addr.parse().map_err(|_| bad(FORMS))?;
     if a.ip().is_unspecified() {
         return Err(bad(
             "the address is written into Via and Contact: give the one peers reach, not 0.0.0.0",
         ));
     }
-    Ok(a)
+    Ok(sluice_sip::Peer { transport, addr: a })
 }
 
-/// `--route sip:IP:PORT`: the next hop. Numeric addresses only: sluice resolves no names.
-pub fn parse_route(s: &str) -> Result<SocketAddr, ConfigError> {
+/// `--route sip:IP:PORT[;transport=tcp]`: the next hop. Numeric addresses only: sluice
+/// resolves no names.
+pub fn parse_route(s: &str) -> Result<sluice_sip::Peer, ConfigError> {
     let bad = |why: &str| ConfigError::Invalid {
         key: "route",
         value: s.to_string(),
@@ -127,14 +131,19 @@ pub fn parse_route(s: &str) -> Result<SocketAddr, ConfigError> {
     if !matches!(uri.scheme, sluice_sip::Scheme::Sip) {
         return Err(bad("expected sip:IP:PORT"));
     }
-    if uri.transport().is_some_and(|t| t != "udp") {
-        return Err(bad("only UDP next hops are built yet"));
-    }
+    let transport = match uri.transport().as_deref() {
+        None | Some("udp") => sluice_sip::Transport::Udp,
+        Some("tcp") => sluice_sip::Transport::Tcp,
+        Some(_) => return Err(bad("transport must be udp or tcp")),
+    };
     let ip = uri
         .host
         .ip()
         .ok_or_else(|| bad("give a numeric address: sluice resolves no host names"))?;
-    Ok(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
+    Ok(sluice_sip::Peer {
+        transport,
+        addr: SocketAddr::new(ip, uri.port.unwrap_or(5060)),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -228,9 +237,9 @@ pub struct Config {
     /// default.
     pub ng: Vec<SocketAddr>,
     /// `--sip`: where the B2BUA takes calls (none: sluice is a media relay only).
-    pub sip: Vec<SocketAddr>,
+    pub sip: Vec<sluice_sip::Peer>,
     /// `--route`: the next hop of every call the B2BUA takes.
-    pub route: Option<SocketAddr>,
+    pub route: Option<sluice_sip::Peer>,
     /// `--max-calls`: the B2BUA answers 503 beyond this many live calls.
     pub max_calls: Option<u64>,
     /// `--cdr`: one JSON line per ended call is appended here.

@@ -95,34 +95,57 @@ pub async fn run_until(
 
     let mut sip_servers = Vec::new();
     let mut sip_cores = Vec::new();
-    if let Some(route) = cfg.route {
-        for addr in &cfg.sip {
-            let sock = crate::b2bua::udp::bind(*addr)
-                .with_context(|| format!("cannot bind the SIP socket udp:{addr}"))?;
-            let mut b2b_cfg = crate::b2bua::B2buaConfig::udp(*addr, route);
-            b2b_cfg.max_calls = cfg.max_calls.map(|n| n as usize);
-            let core: crate::b2bua::Shared = Arc::new(std::sync::Mutex::new(
-                crate::b2bua::B2bua::new(b2b_cfg, sessions.clone(), rand::random()),
-            ));
-            sip_cores.push(core.clone());
-            let cdr: Option<Box<dyn std::io::Write + Send>> = match &cfg.cdr {
-                Some(path) => Some(Box::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .with_context(|| format!("cannot open the CDR file {}", path.display()))?,
-                )),
-                None => None,
-            };
-            tracing::info!(sip = %format!("udp:{addr}"), route = %format!("sip:{route}"), "B2BUA taking SIP calls");
-            let stop = ng_stop.clone();
-            sip_servers.push(
-                std::thread::Builder::new()
-                    .name("sluice-sip".into())
-                    .spawn(move || crate::b2bua::udp::serve(sock, core, stop, cdr))?,
-            );
+    if let Some(route) = cfg.route
+        && !cfg.sip.is_empty()
+    {
+        let mut listeners = Vec::new();
+        for peer in &cfg.sip {
+            listeners.push(crate::b2bua::transport::bind(*peer).with_context(|| {
+                format!(
+                    "cannot bind the SIP socket {}:{}",
+                    peer.transport.via_name().to_ascii_lowercase(),
+                    peer.addr
+                )
+            })?);
         }
+        let mut b2b_cfg = crate::b2bua::B2buaConfig::new(cfg.sip.clone(), route);
+        b2b_cfg.max_calls = cfg.max_calls.map(|n| n as usize);
+        let core: crate::b2bua::Shared = Arc::new(std::sync::Mutex::new(crate::b2bua::B2bua::new(
+            b2b_cfg,
+            sessions.clone(),
+            rand::random(),
+        )));
+        sip_cores.push(core.clone());
+        let cdr: Option<Box<dyn std::io::Write + Send>> = match &cfg.cdr {
+            Some(path) => Some(Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open the CDR file {}", path.display()))?,
+            )),
+            None => None,
+        };
+        let names: Vec<String> = cfg
+            .sip
+            .iter()
+            .map(|p| format!("{}:{}", p.transport.via_name().to_ascii_lowercase(), p.addr))
+            .collect();
+        tracing::info!(
+            sip = %names.join(","),
+            route = %format!("sip:{};transport={}", route.addr, route.transport.via_name().to_ascii_lowercase()),
+            "B2BUA taking SIP calls"
+        );
+        let stop = ng_stop.clone();
+        sip_servers.push(
+            std::thread::Builder::new()
+                .name("sluice-sip".into())
+                .spawn(move || {
+                    if let Err(e) = crate::b2bua::transport::serve(listeners, core, stop, cdr) {
+                        tracing::error!(error = %e, "the SIP socket loop failed; no more SIP calls");
+                    }
+                })?,
+        );
     }
 
     let service = ControlService::new(sessions.clone())

@@ -6,7 +6,7 @@
 //! their 487 through sluice, and nothing is left either.
 //!
 //! The other tests: a G.711 caller reaches an Opus-only callee through transcoding; the
-//! callee hangs up; refusals (486, 503) are passed on; 1,000 calls at
+//! callee hangs up; callers over TCP reach callees over UDP and over TCP; refusals (486, 503) are passed on; 1,000 calls at
 //! 50 calls/s with 3 s holds all succeed and leave no call, transaction or port; hostile and
 //! malformed datagrams are counted and never stop the B2BUA.
 //!
@@ -556,4 +556,65 @@ async fn a_g711_caller_reaches_an_opus_only_callee_through_transcoding() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_over_tcp_reach_callees_over_udp_and_over_tcp() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    for callee_tcp in [false, true] {
+        let dir = scratch("b2bua-tcp");
+        let (uas_port, sip_port) = (free_tcp_port(), free_tcp_port());
+        let route = if callee_tcp {
+            format!("sip:127.0.0.1:{uas_port};transport=tcp")
+        } else {
+            format!("sip:127.0.0.1:{uas_port}")
+        };
+        let d = Daemon::start(&[
+            "--sip",
+            &format!("tcp:127.0.0.1:{sip_port}"),
+            "--sip",
+            &format!("udp:127.0.0.1:{sip_port}"),
+            "--route",
+            &route,
+        ])
+        .await;
+        let transport = if callee_tcp { "t1" } else { "u1" };
+        let _uas = callee_with(&dir, "uas", uas_port, 2, false, &["-t", transport]);
+        let (ok, why) = caller_with(
+            &dir,
+            "uac",
+            sip_port,
+            &["-m", "2", "-r", "2", "-t", "t1"],
+            30,
+        )
+        .await;
+        assert!(
+            ok,
+            "callee over {transport}: {why}\nsluice log:\n{}",
+            tail(&d.log_text())
+        );
+        let stats = settled(&d).await;
+        let sip = stats.sip.expect("SIP counters");
+        assert_eq!((sip.calls_answered, sip.calls_current), (2, 0), "{sip:?}");
+        assert_eq!(stats.ports_in_use, 0);
+        // A stream that cannot be framed is closed and counted; calls go on.
+        use std::io::Write as _;
+        let mut junk = std::net::TcpStream::connect(("127.0.0.1", sip_port)).unwrap();
+        junk.write_all(b"OPTIONS sip:x@y SIP/2.0\r\nContent-Length: -5\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 16];
+        junk.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        use std::io::Read as _;
+        assert_eq!(
+            junk.read(&mut buf).unwrap_or(0),
+            0,
+            "the connection is closed"
+        );
+        let sip = settled(&d).await.sip.unwrap();
+        assert!(sip.malformed >= 1, "{sip:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

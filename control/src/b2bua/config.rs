@@ -9,10 +9,10 @@ use crate::session::LegOptions;
 
 #[derive(Debug, Clone)]
 pub struct B2buaConfig {
-    /// The address sluice's SIP socket is bound to: written into Via and Contact, so it must
-    /// be one the peers can reach (not 0.0.0.0).
-    pub local: Peer,
-    /// `--route`: every new INVITE goes to this next hop.
+    /// The addresses sluice's SIP sockets are bound to, one per transport and family: written
+    /// into Via and Contact, so they must be ones the peers can reach (not 0.0.0.0).
+    pub listen: Vec<Peer>,
+    /// `--route`: every new INVITE goes to this next hop, over its transport.
     pub route: Peer,
     /// `--max-calls`: INVITEs beyond this many live calls get 503 (None: no cap).
     pub max_calls: Option<usize>,
@@ -27,21 +27,43 @@ pub struct B2buaConfig {
 
 impl B2buaConfig {
     pub fn udp(local: SocketAddr, route: SocketAddr) -> Self {
-        Self {
-            local: Peer {
+        Self::new(
+            vec![Peer {
                 transport: Transport::Udp,
                 addr: local,
-            },
-            route: Peer {
+            }],
+            Peer {
                 transport: Transport::Udp,
                 addr: route,
             },
+        )
+    }
+
+    pub fn new(listen: Vec<Peer>, route: Peer) -> Self {
+        Self {
+            listen,
+            route,
             max_calls: None,
             timers: TimerConfig::default(),
             limits: Limits::default(),
             media: LegOptions::default(),
             product: format!("sluice/{}", env!("CARGO_PKG_VERSION")),
         }
+    }
+
+    /// The listening address that reaches `to`: its transport and address family first,
+    /// then its transport, then anything.
+    pub fn local_for(&self, to: Peer) -> Peer {
+        let same_family = |p: &&Peer| p.addr.is_ipv4() == to.addr.is_ipv4();
+        self.listen
+            .iter()
+            .filter(|p| p.transport == to.transport)
+            .find(same_family)
+            .or_else(|| self.listen.iter().find(|p| p.transport == to.transport))
+            .or_else(|| self.listen.iter().find(same_family))
+            .or(self.listen.first())
+            .copied()
+            .unwrap_or(to)
     }
 
     /// RFC 3261 13.3.1.4: a UAS gives up retransmitting its 2xx after 64*T1.

@@ -2,11 +2,11 @@
 //! leg B (sluice calls the next hop), with the media of both through the relay.
 //!
 //! Sans-IO like the `sluice-sip` crate it drives: datagrams and `now` go in
-//! ([`B2bua::on_datagram`], [`B2bua::handle_timeout`]); datagrams to send, the next deadline
+//! ([`B2bua::on_bytes`], [`B2bua::handle_timeout`]); datagrams to send, the next deadline
 //! and call records come out ([`B2bua::poll_transmit`], [`B2bua::poll_timeout`],
 //! [`B2bua::poll_record`]). The media goes through the same [`Sessions`] API as gRPC and ng,
-//! so ports, latching, SRTP and transcoding behave exactly as there. `udp` is the socket
-//! driver.
+//! so ports, latching, SRTP and transcoding behave exactly as there. `transport` is the
+//! socket driver (UDP and TCP).
 //!
 //! Topology hiding: leg B gets a new Call-ID, new tags, sluice's own Via and Contact and no
 //! Record-Route; the SDP each side sees carries relay addresses only (c= and o=). From and
@@ -16,7 +16,7 @@ mod call;
 pub mod config;
 mod record;
 mod session_timer;
-pub mod udp;
+pub mod transport;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -143,6 +143,15 @@ impl B2bua {
         self.counters
     }
 
+    pub fn limits(&self) -> sluice_sip::Limits {
+        self.cfg.limits
+    }
+
+    /// Bytes on a stream connection that cannot be framed as SIP (the driver closes it).
+    pub fn count_malformed(&mut self) {
+        self.counters.malformed += 1;
+    }
+
     /// Live calls and transactions (0 and 0 once everything has ended).
     pub fn live(&self) -> (usize, usize) {
         (self.calls.len(), self.layer.len())
@@ -233,12 +242,10 @@ impl B2bua {
         }
     }
 
-    /// One datagram from `from` on the UDP socket.
-    pub fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) {
-        let peer = Peer {
-            transport: self.cfg.local.transport,
-            addr: from,
-        };
+    /// One message from `peer`: a UDP datagram, or one framed off a stream connection
+    /// (`sluice_sip::frame_stream`).
+    pub fn on_bytes(&mut self, bytes: &[u8], peer: Peer, now: Instant) {
+        let from = peer.addr;
         let mut msg = match parse_datagram(bytes, &self.cfg.limits) {
             Ok(m) => m,
             Err(e) => {
@@ -302,25 +309,44 @@ impl B2bua {
         format!("{:016x}", self.rng.random::<u64>())
     }
 
-    fn via(&mut self) -> Via {
+    /// A Via for a request to `to`: sluice's address on the transport that reaches it, a new
+    /// branch, and rport (RFC 3581 section 3: the response comes back to the source port).
+    fn via(&mut self, to: Peer) -> Via {
         let branch = format!("z9hG4bK{}", self.token());
+        let local = self.cfg.local_for(to);
         let mut v = Via::new(
-            self.cfg.local.transport.via_name(),
-            Host::from(self.cfg.local.addr.ip()),
-            Some(self.cfg.local.addr.port()),
+            local.transport.via_name(),
+            Host::from(local.addr.ip()),
+            Some(local.addr.port()),
             &branch,
         );
-        // RFC 3581 section 3: ask for the response to come back to the source port.
         v.params.set("rport", None);
         v
     }
 
-    fn contact(&self) -> NameAddr {
-        NameAddr::new(Uri::sip(
+    /// sluice's Contact towards `to` (with `;transport=tcp` on TCP, RFC 3261 19.1.4).
+    fn contact(&self, to: Peer) -> NameAddr {
+        let local = self.cfg.local_for(to);
+        let mut uri = Uri::sip(
             Some("sluice"),
-            Host::from(self.cfg.local.addr.ip()),
-            Some(self.cfg.local.addr.port()),
-        ))
+            Host::from(local.addr.ip()),
+            Some(local.addr.port()),
+        );
+        if local.transport != sluice_sip::Transport::Udp {
+            uri.params.set(
+                "transport",
+                Some(&local.transport.via_name().to_ascii_lowercase()),
+            );
+        }
+        NameAddr::new(uri)
+    }
+
+    /// The peer of one leg of a call (the route when the call is gone).
+    fn leg_peer(&self, id: u64, leg: Leg) -> Peer {
+        self.calls
+            .get(&id)
+            .map(|c| c.peer(leg))
+            .unwrap_or(self.cfg.route)
     }
 
     /// A response sluice generates itself: a To tag when the request had none (RFC 3261
@@ -521,7 +547,7 @@ impl B2bua {
             ruri.user = a_to.uri.user.clone();
         }
         let mut invite = Message::request(Method::Invite, ruri);
-        let via = self.via();
+        let via = self.via(self.cfg.route);
         invite.push(HeaderName::Via, via.to_string());
         let mf = msg
             .max_forwards()
@@ -539,7 +565,10 @@ impl B2bua {
         invite.push(HeaderName::To, to_b.to_string());
         invite.push(HeaderName::CallId, b_call_id.clone());
         invite.push(HeaderName::CSeq, "1 INVITE");
-        invite.push(HeaderName::Contact, self.contact().to_string());
+        invite.push(
+            HeaderName::Contact,
+            self.contact(self.cfg.route).to_string(),
+        );
         invite.push(HeaderName::Allow, ALLOW);
         invite.push(HeaderName::UserAgent, self.cfg.product.clone());
         // Session timers pass end to end (session_timer.rs says why that is consistent).
@@ -702,7 +731,7 @@ impl B2bua {
                 &answer,
                 self.cfg.media,
             );
-            let via = self.via();
+            let via = self.via(self.leg_peer(id, Leg::B));
             let call = self.calls.get_mut(&id).expect("looked up above");
             let Some(d) = call.b_dialog.as_ref() else {
                 return;
@@ -834,8 +863,8 @@ impl B2bua {
             }
             _ => {}
         }
-        let via = self.via();
-        let contact = self.contact();
+        let via = self.via(self.leg_peer(id, to));
+        let contact = self.contact(self.leg_peer(id, to));
         let call = self.calls.get_mut(&id).expect("found");
         let peer = call.peer(to);
         let Some(d) = call.dialog_mut(to) else { return };
@@ -877,7 +906,7 @@ impl B2bua {
     }
 
     fn bye_with(&mut self, id: u64, leg: Leg, reason: &str, now: Instant) {
-        let via = self.via();
+        let via = self.via(self.leg_peer(id, leg));
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
@@ -988,7 +1017,10 @@ impl B2bua {
         let a_tx = self.calls[&id].a_tx;
         let reason = reason_of(&msg);
         let mut r = self.reply_in_call(id, code, Some(&reason));
-        r.push(HeaderName::Contact, self.contact().to_string());
+        r.push(
+            HeaderName::Contact,
+            self.contact(self.leg_peer(id, Leg::A)).to_string(),
+        );
         if let Some(b) = body {
             r.push(HeaderName::ContentType, "application/sdp");
             r.body = b.into_bytes();
@@ -997,7 +1029,7 @@ impl B2bua {
     }
 
     fn on_b_2xx(&mut self, id: u64, msg: Message, now: Instant) {
-        let via = self.via();
+        let via = self.via(self.leg_peer(id, Leg::B));
         let call = self.calls.get_mut(&id).expect("checked");
         let to_tag = msg
             .to_hdr()
@@ -1092,7 +1124,10 @@ impl B2bua {
         }
         let a_tx = call.a_tx;
         let mut r = self.reply_in_call(id, 200, Some(&reason_of(&msg)));
-        r.push(HeaderName::Contact, self.contact().to_string());
+        r.push(
+            HeaderName::Contact,
+            self.contact(self.leg_peer(id, Leg::A)).to_string(),
+        );
         copy_session_timer(&msg, &mut r);
         if let Some(b) = body {
             r.push(HeaderName::ContentType, "application/sdp");
@@ -1243,14 +1278,17 @@ impl B2bua {
                 }
             }
             if matches!(method, Method::Invite | Method::Update) && (200..300).contains(&code) {
-                r.push(HeaderName::Contact, self.contact().to_string());
+                r.push(
+                    HeaderName::Contact,
+                    self.contact(self.leg_peer(id, from)).to_string(),
+                );
             }
         }
         self.decorate(&mut r, code);
         let _ = self.layer.respond(server, r, now);
         if let Some(seq) = ack_seq {
             // sluice ACKs the 2xx of the re-INVITE it sent; the originator's ACK is absorbed.
-            let via = self.via();
+            let via = self.via(self.leg_peer(id, to));
             if let Some(call) = self.calls.get_mut(&id)
                 && let Some(d) = call.dialog_mut(to)
             {
@@ -1296,7 +1334,7 @@ impl B2bua {
         let Some((id, Leg::B)) = self.find(&msg) else {
             return;
         };
-        let via = self.via();
+        let via = self.via(self.leg_peer(id, Leg::B));
         let Some(call) = self.calls.get(&id) else {
             return;
         };
@@ -1320,9 +1358,9 @@ impl B2bua {
         let Ok(mut d) = Dialog::uac(&invite.0, msg) else {
             return;
         };
-        let via = self.via();
+        let via = self.via(invite.1);
         self.layer.send_stateless(d.ack(1, &via), invite.1);
-        let via = self.via();
+        let via = self.via(invite.1);
         let bye = d.request(Method::Bye, &via, None);
         let t = self.layer.send_request(bye, invite.1, now);
         self.roles.insert(t, Role::ForkBye);

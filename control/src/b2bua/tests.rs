@@ -36,6 +36,13 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+fn udp(s: &str) -> Peer {
+    Peer {
+        transport: sluice_sip::Transport::Udp,
+        addr: sa(s),
+    }
+}
+
 struct Sim {
     b2b: B2bua,
     plane: Plane,
@@ -77,11 +84,11 @@ impl Sim {
 
     fn from(&mut self, who: &str, text: &str) {
         let bytes = text.replace('\n', "\r\n");
-        self.b2b.on_datagram(bytes.as_bytes(), sa(who), self.now);
+        self.b2b.on_bytes(bytes.as_bytes(), udp(who), self.now);
     }
 
     fn send(&mut self, who: &str, m: &Message) {
-        self.b2b.on_datagram(&m.to_bytes(), sa(who), self.now);
+        self.b2b.on_bytes(&m.to_bytes(), udp(who), self.now);
     }
 
     /// Everything sluice sent since the last call, to A and to B.
@@ -614,8 +621,8 @@ fn options_unsupported_methods_extensions_and_limits_get_their_answers() {
 fn malformed_sip_is_counted_and_answered_400_when_it_can_be() {
     let mut sim = Sim::new();
     sim.b2b
-        .on_datagram(b"\x16\x03\x01 not sip at all\r\n\r\n", sa(A), sim.now);
-    sim.b2b.on_datagram(&[0u8; 3000], sa(A), sim.now);
+        .on_bytes(b"\x16\x03\x01 not sip at all\r\n\r\n", udp(A), sim.now);
+    sim.b2b.on_bytes(&[0u8; 3000], udp(A), sim.now);
     assert_eq!(sim.b2b.counters().malformed, 2);
     assert!(sim.out().0.is_empty());
     sim.from(
@@ -804,5 +811,61 @@ fn session_timers_pass_end_to_end_and_an_unrefreshed_session_ends_with_bye_rfc40
     assert_eq!(
         sim.b2b.poll_record().unwrap().reason,
         "session timer expired"
+    );
+}
+
+#[test]
+fn a_caller_over_tcp_gets_answers_and_a_contact_on_tcp_and_the_callee_stays_on_udp() {
+    let mut sim = Sim::with(|c| {
+        c.listen.push(Peer {
+            transport: sluice_sip::Transport::Tcp,
+            addr: sa(SLUICE),
+        })
+    });
+    let tcp_a = Peer {
+        transport: sluice_sip::Transport::Tcp,
+        addr: sa(A),
+    };
+    let inv = invite("z9hG4bKa1", Some(&sdp(4000)))
+        .replace("SIP/2.0/UDP 10.0.0.1", "SIP/2.0/TCP 10.0.0.1");
+    sim.b2b
+        .on_bytes(inv.replace('\n', "\r\n").as_bytes(), tcp_a, sim.now);
+    let mut to_a = Vec::new();
+    let mut to_b = Vec::new();
+    while let Some(t) = sim.b2b.poll_transmit() {
+        let m = parse_datagram(&t.bytes, &Limits::default()).unwrap();
+        if t.peer == tcp_a {
+            to_a.push(m);
+        } else {
+            assert_eq!(
+                t.peer.transport,
+                sluice_sip::Transport::Udp,
+                "the route is UDP"
+            );
+            to_b.push(m);
+        }
+    }
+    assert_eq!(
+        to_a[0].code(),
+        Some(100),
+        "the 100 goes back on the connection's transport"
+    );
+    assert!(
+        to_b[0]
+            .header(&HeaderName::Via)
+            .unwrap()
+            .starts_with("SIP/2.0/UDP 127.0.0.1:5060")
+    );
+    sim.send(B, &answer(&to_b[0], 200, "bob1", Some(&sdp(5000))));
+    let mut ok = None;
+    while let Some(t) = sim.b2b.poll_transmit() {
+        if t.peer == tcp_a {
+            ok = Some(parse_datagram(&t.bytes, &Limits::default()).unwrap());
+        }
+    }
+    let ok = ok.expect("200 to A over TCP");
+    assert_eq!(
+        ok.header(&HeaderName::Contact),
+        Some("<sip:sluice@127.0.0.1:5060;transport=tcp>")
     );
 }
