@@ -1545,7 +1545,7 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let model = cpuinfo

@@ -19,6 +19,7 @@ mod proc_cpu;
 mod relays;
 mod sdp;
 mod sink;
+mod sip_bench;
 mod srtp_bench;
 mod sys;
 mod transcode_bench;
@@ -91,6 +92,9 @@ enum Bench {
     /// Calls set up and torn down over rtpengine's ng protocol (offer, answer, delete):
     /// calls/s and CPU per call, sluice vs rtpengine (ng_bench.rs).
     Ng(ng_bench::NgArgs),
+    /// SIP calls per second with zero failures (RFC 7502) through sluice's B2BUA and through
+    /// Kamailio + rtpengine, with RTP and signalling only: CPU per call, memory (sip_bench.rs).
+    Sip(sip_bench::SipArgs),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +105,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             which: Bench::Ng(args),
         } => ng_bench::run(args),
+        Cmd::Bench {
+            which: Bench::Sip(args),
+        } => sip_bench::run(args),
         Cmd::Bench {
             which: Bench::Srtp(args),
         } => srtp_bench::run(args),
