@@ -88,7 +88,12 @@ pub struct Call {
     pub b_invite: Message,
     pub b_peer: Peer,
     pub b_call_id: String,
+    /// Early (from a reliable provisional) until B's 2xx confirms it.
     pub b_dialog: Option<Dialog>,
+    /// The To tag of the 2xx that won: later 2xx with it are retransmissions, others forks.
+    pub b_answered_tag: Option<String>,
+    /// A said it supports 100rel (RFC 3262): B's reliable provisionals pass through to it.
+    pub a_100rel: bool,
     /// B sent a provisional: a CANCEL may go (RFC 3261 9.1).
     pub b_provisional: bool,
     pub cancel_pending: bool,

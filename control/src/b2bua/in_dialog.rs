@@ -111,6 +111,15 @@ impl B2bua {
                     }
                 }
             }
+            Ok(Some(_)) if method == Method::Prack => {
+                // An SDP answer in a PRACK (the offer was in a reliable provisional of a late
+                // offer) is not carried through the media session yet: dropped, never passed
+                // raw, since it holds the endpoint's addresses.
+                tracing::info!(
+                    call = id,
+                    "SDP in a PRACK is not supported; sent on without it"
+                );
+            }
             _ if !msg.body.is_empty() => {
                 let ct = msg
                     .header(&HeaderName::ContentType)
@@ -139,6 +148,12 @@ impl B2bua {
             ) || matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case("Info-Package") || n.eq_ignore_ascii_case("Content-Disposition"))
             {
                 out.headers.push(h.clone());
+            }
+            if h.name == HeaderName::RAck {
+                // RFC 3262 section 7.2: RSeq (passed through unchanged), then the CSeq of the
+                // INVITE on this leg, which sluice sent as 1.
+                let rseq = h.value.split_whitespace().next().unwrap_or("1");
+                out.push(HeaderName::RAck, format!("{rseq} 1 INVITE"));
             }
         }
         if let Some((ct, b)) = body {

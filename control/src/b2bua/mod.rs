@@ -62,8 +62,9 @@ const SESSION_EXPIRED_REASON: &str = "SIP;cause=408;text=\"Session timer expired
 /// Methods sluice answers or relays (the Allow header, RFC 3261 20.5).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
 
-/// Extensions sluice takes in Require (RFC 4028 session timers); anything else gets 420.
-pub const SUPPORTED: &[&str] = &["timer"];
+/// Extensions sluice takes in Require (RFC 4028 session timers, RFC 3262 reliable
+/// provisionals); anything else gets 420.
+pub const SUPPORTED: &[&str] = &["timer", "100rel"];
 
 /// What a transaction is for, so its response or timeout goes to the right place.
 #[derive(Debug, Clone, Copy)]
@@ -72,8 +73,9 @@ enum Role {
     AInvite(u64),
     /// The INVITE to B (client).
     BInvite(u64),
-    /// The CANCEL sent to B (client): its answer needs nothing.
-    CancelOut,
+    /// A request sluice sends on its own whose answer changes nothing: the CANCEL to B,
+    /// the PRACK of a reliable provisional A could not acknowledge.
+    Own,
     /// A BYE sluice sends to end a leg (client); the call has already ended.
     ByeOut,
     /// The BYE to a losing fork's 2xx (client).
@@ -489,7 +491,7 @@ impl B2bua {
             Role::RelayOut { call, server, to } => {
                 self.on_relayed_response(call, server, to, msg, code, now)
             }
-            Role::CancelOut | Role::ByeOut | Role::ForkBye | Role::AInvite(_) | Role::RelayIn => {}
+            Role::Own | Role::ByeOut | Role::ForkBye | Role::AInvite(_) | Role::RelayIn => {}
         }
     }
 

@@ -140,10 +140,21 @@ impl B2bua {
                 invite.headers.push(h.clone());
             }
         }
-        if msg.option_tags(&HeaderName::Supported).contains(&"timer")
-            || msg.option_tags(&HeaderName::Require).contains(&"timer")
-        {
-            invite.push(HeaderName::Supported, "timer");
+        // Extensions A takes pass to B as supported: timers (RFC 4028) and reliable
+        // provisionals (RFC 3262), whose PRACKs are relayed like any early-dialog request.
+        let a_tags: Vec<&str> = msg
+            .option_tags(&HeaderName::Supported)
+            .into_iter()
+            .chain(msg.option_tags(&HeaderName::Require))
+            .collect();
+        let a_100rel = a_tags.contains(&"100rel");
+        let passed: Vec<&str> = SUPPORTED
+            .iter()
+            .copied()
+            .filter(|t| a_tags.contains(t))
+            .collect();
+        if !passed.is_empty() {
+            invite.push(HeaderName::Supported, passed.join(", "));
         }
         if let Some(b) = body_for_b {
             invite.push(HeaderName::ContentType, "application/sdp");
@@ -171,6 +182,8 @@ impl B2bua {
             b_peer,
             b_call_id: b_call_id.clone(),
             b_dialog: None,
+            b_answered_tag: None,
+            a_100rel,
             b_provisional: false,
             cancel_pending: false,
             b_ack_pending: false,
@@ -230,7 +243,7 @@ impl B2bua {
         let cancel = cancel_for(&call.b_invite);
         let peer = call.b_peer;
         let t = self.layer.send_request(cancel, peer, now);
-        self.roles.insert(t, Role::CancelOut);
+        self.roles.insert(t, Role::Own);
     }
 
     pub(super) fn on_ack(&mut self, msg: Message, now: Instant) {
@@ -347,7 +360,7 @@ impl B2bua {
             let cancel = cancel_for(&call.b_invite);
             let peer = call.b_peer;
             let t = self.layer.send_request(cancel, peer, now);
-            self.roles.insert(t, Role::CancelOut);
+            self.roles.insert(t, Role::Own);
             return;
         }
         // 100 Trying is hop by hop: it lets a CANCEL go, and goes no further.
@@ -376,6 +389,45 @@ impl B2bua {
                 }
             }
         }
+        let reliable = msg.option_tags(&HeaderName::Require).contains(&"100rel");
+        let rseq = msg.header(&HeaderName::RSeq).map(str::to_owned);
+        let call = self.calls.get_mut(&id).expect("checked");
+        if reliable && let Some(rseq) = &rseq {
+            // RFC 3262: the provisional makes an early dialog on each leg; the PRACK runs in
+            // them. A new To tag (another fork) replaces B's early dialog.
+            if call.b_dialog.as_ref().map(|d| d.remote_tag.as_str())
+                != msg
+                    .to_hdr()
+                    .ok()
+                    .and_then(|t| t.tag().map(str::to_owned))
+                    .as_deref()
+            {
+                call.b_dialog = Dialog::uac(&call.b_invite, &msg).ok();
+            }
+            if call.a_100rel {
+                if call.a_dialog.is_none() {
+                    let early_remote_seq = call.a_dialog.as_ref().and_then(|d| d.remote_seq);
+                    call.a_dialog = Dialog::uas(&call.a_invite, &call.a_tag).ok().map(|mut d| {
+                        // PRACKs in the early dialog moved A's CSeq on.
+                        d.remote_seq = d.remote_seq.max(early_remote_seq);
+                        d
+                    });
+                }
+            } else {
+                // A does not do 100rel (so B should not have sent this): sluice PRACKs B
+                // itself (RFC 3262 section 4) and A gets an ordinary provisional.
+                let b_peer = call.b_peer;
+                let via = self.via(b_peer);
+                let call = self.calls.get_mut(&id).expect("checked");
+                if let Some(d) = call.b_dialog.as_mut() {
+                    let mut prack = d.request(Method::Prack, &via, None);
+                    prack.push(HeaderName::RAck, format!("{rseq} 1 INVITE"));
+                    let t = self.layer.send_request(prack, b_peer, now);
+                    self.roles.insert(t, Role::Own);
+                }
+            }
+        }
+        let a_100rel = self.calls[&id].a_100rel;
         let a_tx = self.calls[&id].a_tx;
         let reason = reason_of(&msg);
         let mut r = self.reply_in_call(id, code, Some(&reason));
@@ -383,6 +435,15 @@ impl B2bua {
             HeaderName::Contact,
             self.contact(self.leg_peer(id, Leg::A)).to_string(),
         );
+        if reliable
+            && a_100rel
+            && let Some(rseq) = rseq
+        {
+            // Passed through: B's retransmissions of it (until the PRACK) reach A as
+            // retransmissions too, and A's PRACK names B's RSeq.
+            r.push(HeaderName::Require, "100rel");
+            r.push(HeaderName::RSeq, rseq);
+        }
         if let Some(b) = body {
             r.push(HeaderName::ContentType, "application/sdp");
             r.body = b.into_bytes();
@@ -398,8 +459,9 @@ impl B2bua {
             .ok()
             .and_then(|t| t.tag().map(str::to_owned))
             .unwrap_or_default();
-        if let Some(d) = &call.b_dialog {
-            if d.remote_tag == to_tag {
+        if let Some(won) = &call.b_answered_tag {
+            if *won == to_tag {
+                let Some(d) = &call.b_dialog else { return };
                 // A retransmitted 2xx: its ACK was lost (RFC 3261 13.2.2.4), unless the
                 // late-offer ACK still waits for A.
                 if !call.b_ack_pending {
@@ -414,7 +476,17 @@ impl B2bua {
             return;
         }
         let d = match Dialog::uac(&call.b_invite, &msg) {
-            Ok(d) => d,
+            Ok(mut d) => {
+                // An early dialog with this tag (reliable provisionals) sent PRACKs: its
+                // CSeq goes on (RFC 3261 12.2.1.1).
+                if let Some(early) = &call.b_dialog
+                    && early.remote_tag == d.remote_tag
+                {
+                    d.local_seq = d.local_seq.max(early.local_seq);
+                }
+                call.b_answered_tag = Some(d.remote_tag.clone());
+                d
+            }
             Err(e) => {
                 tracing::info!(call = id, error = %e, "2xx from B cannot make a dialog; ending the call");
                 self.ack_and_bye_stray(&msg, now);
@@ -496,7 +568,12 @@ impl B2bua {
             r.body = b.into_bytes();
         }
         let call = self.calls.get_mut(&id).expect("checked");
-        call.a_dialog = Dialog::uas(&call.a_invite, &call.a_tag).ok();
+        let early_remote_seq = call.a_dialog.as_ref().and_then(|d| d.remote_seq);
+        call.a_dialog = Dialog::uas(&call.a_invite, &call.a_tag).ok().map(|mut d| {
+            // PRACKs in the early dialog moved A's CSeq on.
+            d.remote_seq = d.remote_seq.max(early_remote_seq);
+            d
+        });
         call.state = CallState::Confirmed;
         call.answered = Some(now);
         call.session_timer = SessionTimer::from_2xx(&msg, now);

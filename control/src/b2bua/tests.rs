@@ -587,12 +587,14 @@ fn options_unsupported_methods_extensions_and_limits_get_their_answers() {
     let (to_a, _) = sim.out();
     assert_eq!(to_a[0].code(), Some(405));
     assert_eq!(to_a[0].header(&HeaderName::Allow), Some(ALLOW));
-    let req = invite("z9hG4bKx1", Some(&sdp(4000)))
-        .replace("Max-Forwards: 70", "Max-Forwards: 70\nRequire: 100rel");
+    let req = invite("z9hG4bKx1", Some(&sdp(4000))).replace(
+        "Max-Forwards: 70",
+        "Max-Forwards: 70\nRequire: timer, sec-agree",
+    );
     sim.from(A, &req);
     let (to_a, _) = sim.out();
     let r = to_a.iter().find(|m| m.code() == Some(420)).expect("420");
-    assert_eq!(r.header(&HeaderName::Unsupported), Some("100rel"));
+    assert_eq!(r.header(&HeaderName::Unsupported), Some("sec-agree"));
     sim.from(
         A,
         &invite("z9hG4bKm1", Some(&sdp(4000))).replace("Max-Forwards: 70", "Max-Forwards: 0"),
@@ -868,4 +870,93 @@ fn a_caller_over_tcp_gets_answers_and_a_contact_on_tcp_and_the_callee_stays_on_u
         ok.header(&HeaderName::Contact),
         Some("<sip:sluice@127.0.0.1:5060;transport=tcp>")
     );
+}
+
+#[test]
+fn reliable_provisionals_pass_through_and_the_prack_goes_to_the_callee_rfc3262() {
+    let mut sim = Sim::new();
+    let inv = invite("z9hG4bKa1", Some(&sdp(4000))).replace(
+        "Max-Forwards: 70\n",
+        "Max-Forwards: 70\nSupported: 100rel, timer\n",
+    );
+    sim.from(A, &inv);
+    let (_, to_b) = sim.out();
+    let b_inv = to_b[0].clone();
+    assert_eq!(b_inv.header(&HeaderName::Supported), Some("timer, 100rel"));
+    let mut p183 = answer(&b_inv, 183, "bob1", Some(&sdp(5000)));
+    p183.push(HeaderName::Require, "100rel");
+    p183.push(HeaderName::RSeq, "7");
+    sim.send(B, &p183);
+    let (to_a, _) = sim.out();
+    let r = &to_a[0];
+    assert_eq!(r.code(), Some(183));
+    assert_eq!(r.header(&HeaderName::RSeq), Some("7"));
+    assert!(r.option_tags(&HeaderName::Require).contains(&"100rel"));
+    assert!(
+        sdp_of(r).contains("c=IN IP4 127.0.0.1"),
+        "early media answer through the relay"
+    );
+    let a_tag = r.to_hdr().unwrap().tag().unwrap().to_owned();
+    // B retransmits the 183 until it is PRACKed: A gets it again.
+    sim.send(B, &p183);
+    let (to_a, _) = sim.out();
+    assert_eq!(to_a[0].header(&HeaderName::RSeq), Some("7"));
+    let prack = from_a("PRACK", 2, &a_tag, "z9hG4bKpr1", None)
+        .replace("Contact:", "RAck: 7 1 INVITE\nContact:");
+    sim.from(A, &prack);
+    let (_, to_b) = sim.out();
+    let p = to_b
+        .iter()
+        .find(|m| m.method() == Some(&Method::Prack))
+        .expect("PRACK to B");
+    assert_eq!(p.header(&HeaderName::RAck), Some("7 1 INVITE"));
+    assert_eq!(p.to_hdr().unwrap().tag(), Some("bob1"));
+    assert_eq!(p.cseq().unwrap().seq, 2);
+    sim.send(B, &sluice_sip::response_for(p, 200, None));
+    let (to_a, _) = sim.out();
+    assert_eq!(
+        (to_a[0].code(), to_a[0].cseq().unwrap().method),
+        (Some(200), Method::Prack)
+    );
+    sim.send(B, &answer(&b_inv, 200, "bob1", None));
+    let (to_a, _) = sim.out();
+    let ok = to_a.iter().find(|m| m.code() == Some(200)).unwrap();
+    assert!(ok.body.is_empty(), "the answer was in the reliable 183");
+    sim.from(A, &from_a("ACK", 1, &a_tag, "z9hG4bKack1", None));
+    sim.from(A, &from_a("BYE", 3, &a_tag, "z9hG4bKbye1", None));
+    let (to_a, to_b) = sim.out();
+    assert_eq!(
+        to_a[0].code(),
+        Some(200),
+        "CSeq 3 after the PRACK's 2 is in order"
+    );
+    let bye = to_b
+        .iter()
+        .find(|m| m.method() == Some(&Method::Bye))
+        .unwrap();
+    assert_eq!(
+        bye.cseq().unwrap().seq,
+        3,
+        "B's dialog CSeq goes on after the PRACK"
+    );
+}
+
+#[test]
+fn a_reliable_provisional_to_a_caller_without_100rel_is_pracked_by_sluice() {
+    let mut sim = Sim::new();
+    sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+    let (_, to_b) = sim.out();
+    assert!(to_b[0].header(&HeaderName::Supported).is_none());
+    let mut p180 = answer(&to_b[0], 180, "bob1", None);
+    p180.push(HeaderName::Require, "100rel");
+    p180.push(HeaderName::RSeq, "1");
+    sim.send(B, &p180);
+    let (to_a, to_b) = sim.out();
+    assert_eq!(to_a[0].code(), Some(180));
+    assert!(to_a[0].header(&HeaderName::RSeq).is_none());
+    let p = to_b
+        .iter()
+        .find(|m| m.method() == Some(&Method::Prack))
+        .expect("sluice's PRACK");
+    assert_eq!(p.header(&HeaderName::RAck), Some("1 1 INVITE"));
 }
