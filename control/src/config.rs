@@ -171,7 +171,7 @@ pub struct FileConfig {
     pub control: Option<String>,
     pub ng: Option<Vec<String>>,
     pub sip: Option<Vec<String>>,
-    pub route: Option<String>,
+    pub route: Option<Vec<String>>,
     pub max_calls: Option<u64>,
     pub cdr: Option<PathBuf>,
     pub max_sessions: Option<u64>,
@@ -210,7 +210,7 @@ pub struct Overrides {
     pub control: Option<String>,
     pub ng: Vec<String>,
     pub sip: Vec<String>,
-    pub route: Option<String>,
+    pub route: Vec<String>,
     pub max_calls: Option<u64>,
     pub cdr: Option<PathBuf>,
     pub max_sessions: Option<u64>,
@@ -238,8 +238,8 @@ pub struct Config {
     pub ng: Vec<SocketAddr>,
     /// `--sip`: where the B2BUA takes calls (none: sluice is a media relay only).
     pub sip: Vec<sluice_sip::Peer>,
-    /// `--route`: the next hop of every call the B2BUA takes.
-    pub route: Option<sluice_sip::Peer>,
+    /// `--route`: the next hops of every call the B2BUA takes, tried in this order.
+    pub routes: Vec<sluice_sip::Peer>,
     /// `--max-calls`: the B2BUA answers 503 beyond this many live calls.
     pub max_calls: Option<u64>,
     /// `--cdr`: one JSON line per ended call is appended here.
@@ -344,12 +344,16 @@ impl Config {
             .iter()
             .map(|s| parse_sip_listen(s))
             .collect::<Result<Vec<_>, _>>()?;
-        let route = cli
-            .route
-            .or(file.route)
-            .map(|r| parse_route(&r))
-            .transpose()?;
-        if !sip.is_empty() && route.is_none() {
+        let route_list = if cli.route.is_empty() {
+            file.route.unwrap_or_default()
+        } else {
+            cli.route
+        };
+        let routes = route_list
+            .iter()
+            .map(|r| parse_route(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !sip.is_empty() && routes.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "route",
                 value: String::new(),
@@ -511,7 +515,7 @@ impl Config {
             ng,
             max_sessions: cli.max_sessions.or(file.max_sessions),
             sip,
-            route,
+            routes,
             max_calls: cli.max_calls.or(file.max_calls),
             cdr: cli.cdr.or(file.cdr),
             media_ips,
@@ -979,5 +983,64 @@ mod ng_tests {
             Config::resolve(FileConfig::default(), cli("udp:10.1.2.3:2223", false)).unwrap_err();
         assert!(e.to_string().contains("no authentication"), "{e}");
         assert!(Config::resolve(FileConfig::default(), cli("udp:10.1.2.3:2223", true)).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod sip_tests {
+    use super::*;
+    use sluice_sip::Transport;
+
+    #[test]
+    fn sip_listen_addresses_name_a_transport_and_a_reachable_address() {
+        let p = parse_sip_listen("tcp:127.0.0.1:5060").unwrap();
+        assert_eq!(
+            (p.transport, p.addr),
+            (Transport::Tcp, "127.0.0.1:5060".parse().unwrap())
+        );
+        assert_eq!(
+            parse_sip_listen("udp6:[::1]:5060").unwrap().transport,
+            Transport::Udp
+        );
+        for (bad, why) in [
+            ("udp:0.0.0.0:5060", "Via and Contact"),
+            ("tls:127.0.0.1:5061", "TLS is not built yet"),
+            ("127.0.0.1:5060", "expected udp:IP:PORT"),
+            ("udp:127.0.0.1", "expected udp:IP:PORT"),
+        ] {
+            let e = parse_sip_listen(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn routes_are_numeric_sip_uris_with_udp_or_tcp_and_sip_needs_one() {
+        let r = parse_route("sip:192.0.2.7;transport=tcp").unwrap();
+        assert_eq!(
+            (r.transport, r.addr),
+            (Transport::Tcp, "192.0.2.7:5060".parse().unwrap())
+        );
+        assert!(
+            parse_route("sip:pbx.example.com:5060")
+                .unwrap_err()
+                .to_string()
+                .contains("numeric")
+        );
+        assert!(parse_route("sip:192.0.2.7;transport=sctp").is_err());
+        assert!(parse_route("tel:+15551234").is_err());
+        let cli = |routes: &[&str]| Overrides {
+            sip: vec!["udp:127.0.0.1:5060".into()],
+            route: routes.iter().map(|r| r.to_string()).collect(),
+            ..Overrides::default()
+        };
+        let e = Config::resolve(FileConfig::default(), cli(&[])).unwrap_err();
+        assert!(e.to_string().contains("--sip needs --route"), "{e}");
+        let c = Config::resolve(
+            FileConfig::default(),
+            cli(&["sip:127.0.0.1:5080", "sip:127.0.0.1:5090;transport=tcp"]),
+        )
+        .unwrap();
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[1].transport, Transport::Tcp);
     }
 }

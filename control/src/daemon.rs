@@ -95,9 +95,7 @@ pub async fn run_until(
 
     let mut sip_servers = Vec::new();
     let mut sip_cores = Vec::new();
-    if let Some(route) = cfg.route
-        && !cfg.sip.is_empty()
-    {
+    if !cfg.routes.is_empty() && !cfg.sip.is_empty() {
         let mut listeners = Vec::new();
         for peer in &cfg.sip {
             listeners.push(crate::b2bua::transport::bind(*peer).with_context(|| {
@@ -108,7 +106,7 @@ pub async fn run_until(
                 )
             })?);
         }
-        let mut b2b_cfg = crate::b2bua::B2buaConfig::new(cfg.sip.clone(), route);
+        let mut b2b_cfg = crate::b2bua::B2buaConfig::new(cfg.sip.clone(), cfg.routes.clone());
         b2b_cfg.max_calls = cfg.max_calls.map(|n| n as usize);
         let core: crate::b2bua::Shared = Arc::new(std::sync::Mutex::new(crate::b2bua::B2bua::new(
             b2b_cfg,
@@ -133,7 +131,12 @@ pub async fn run_until(
             .collect();
         tracing::info!(
             sip = %names.join(","),
-            route = %format!("sip:{};transport={}", route.addr, route.transport.via_name().to_ascii_lowercase()),
+            route = %cfg
+                .routes
+                .iter()
+                .map(|r| format!("sip:{};transport={}", r.addr, r.transport.via_name().to_ascii_lowercase()))
+                .collect::<Vec<_>>()
+                .join(","),
             "B2BUA taking SIP calls"
         );
         let stop = ng_stop.clone();

@@ -35,9 +35,10 @@ enum Cmd {
         /// no SIP, sluice is a media relay for gRPC and ng clients.
         #[arg(long)]
         sip: Vec<String>,
-        /// The next hop of every call the B2BUA takes: sip:IP:PORT.
+        /// The next hop of every call the B2BUA takes: sip:IP:PORT[;transport=tcp]. Repeat for
+        /// failover: a 5xx, 408 or no answer from one sends the call to the next.
         #[arg(long)]
-        route: Option<String>,
+        route: Vec<String>,
         /// The B2BUA answers 503 beyond this many live calls (default: no limit).
         #[arg(long = "max-calls")]
         max_calls: Option<u64>,

@@ -87,6 +87,10 @@ pub struct Call {
     // Leg B.
     pub b_invite: Message,
     pub b_peer: Peer,
+    /// The INVITE transaction towards the current route, and that route's place in
+    /// `--route` (failover moves both on).
+    pub b_tx: TxId,
+    pub route_index: usize,
     pub b_call_id: String,
     /// Early (from a reliable provisional) until B's 2xx confirms it.
     pub b_dialog: Option<Dialog>,

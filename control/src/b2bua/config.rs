@@ -12,8 +12,9 @@ pub struct B2buaConfig {
     /// The addresses sluice's SIP sockets are bound to, one per transport and family: written
     /// into Via and Contact, so they must be ones the peers can reach (not 0.0.0.0).
     pub listen: Vec<Peer>,
-    /// `--route`: every new INVITE goes to this next hop, over its transport.
-    pub route: Peer,
+    /// `--route`: every new INVITE goes to the first of these next hops, over its transport;
+    /// a 5xx, 408 or no answer from one sends it on to the next. Never empty.
+    pub routes: Vec<Peer>,
     /// `--max-calls`: INVITEs beyond this many live calls get 503 (None: no cap).
     pub max_calls: Option<usize>,
     pub timers: TimerConfig,
@@ -32,17 +33,19 @@ impl B2buaConfig {
                 transport: Transport::Udp,
                 addr: local,
             }],
-            Peer {
+            vec![Peer {
                 transport: Transport::Udp,
                 addr: route,
-            },
+            }],
         )
     }
 
-    pub fn new(listen: Vec<Peer>, route: Peer) -> Self {
+    /// `routes` must not be empty (the daemon refuses `--sip` without `--route`).
+    pub fn new(listen: Vec<Peer>, routes: Vec<Peer>) -> Self {
+        assert!(!routes.is_empty(), "a B2BUA needs a route");
         Self {
             listen,
-            route,
+            routes,
             max_calls: None,
             timers: TimerConfig::default(),
             limits: Limits::default(),

@@ -355,7 +355,7 @@ impl B2bua {
         self.calls
             .get(&id)
             .map(|c| c.peer(leg))
-            .unwrap_or(self.cfg.route)
+            .unwrap_or(self.cfg.routes[0])
     }
 
     /// A response sluice generates itself: a To tag when the request had none (RFC 3261
@@ -487,7 +487,16 @@ impl B2bua {
         };
         let code = msg.code().unwrap_or(0);
         match role {
-            Role::BInvite(id) => self.on_b_invite_response(id, msg, code, now),
+            Role::BInvite(id) => {
+                if self.calls.get(&id).is_some_and(|c| c.b_tx != tx) {
+                    // From a route the call has left (failover): only a 2xx needs an answer.
+                    if (200..300).contains(&code) {
+                        self.ack_and_bye_stray(&msg, now);
+                    }
+                    return;
+                }
+                self.on_b_invite_response(id, msg, code, now)
+            }
             Role::RelayOut { call, server, to } => {
                 self.on_relayed_response(call, server, to, msg, code, now)
             }
@@ -498,6 +507,12 @@ impl B2bua {
     fn on_failure(&mut self, tx: TxId, now: Instant) {
         match self.roles.get(&tx).copied() {
             Some(Role::BInvite(id)) => {
+                if self.calls.get(&id).is_some_and(|c| c.b_tx != tx) {
+                    return;
+                }
+                if self.try_next_route(id, now) {
+                    return;
+                }
                 if let Some(call) = self.calls.get(&id) {
                     if matches!(call.state, CallState::Calling | CallState::Early) {
                         let a_tx = call.a_tx;

@@ -103,14 +103,14 @@ impl B2bua {
             .unwrap_or_else(|| a_to.uri.clone());
         let mut ruri = Uri::sip(
             a_uri.user.as_deref(),
-            Host::from(self.cfg.route.addr.ip()),
-            Some(self.cfg.route.addr.port()),
+            Host::from(self.cfg.routes[0].addr.ip()),
+            Some(self.cfg.routes[0].addr.port()),
         );
         if a_uri.user.is_none() {
             ruri.user = a_to.uri.user.clone();
         }
         let mut invite = Message::request(Method::Invite, ruri);
-        let via = self.via(self.cfg.route);
+        let via = self.via(self.cfg.routes[0]);
         invite.push(HeaderName::Via, via.to_string());
         let mf = msg
             .max_forwards()
@@ -130,7 +130,7 @@ impl B2bua {
         invite.push(HeaderName::CSeq, "1 INVITE");
         invite.push(
             HeaderName::Contact,
-            self.contact(self.cfg.route).to_string(),
+            self.contact(self.cfg.routes[0]).to_string(),
         );
         invite.push(HeaderName::Allow, ALLOW);
         invite.push(HeaderName::UserAgent, self.cfg.product.clone());
@@ -160,7 +160,7 @@ impl B2bua {
             invite.push(HeaderName::ContentType, "application/sdp");
             invite.body = b.into_bytes();
         }
-        let b_peer = self.cfg.route;
+        let b_peer = self.cfg.routes[0];
         let b_tx = self.layer.send_request(invite.clone(), b_peer, now);
         let a_tag = self.token();
         let call = Call {
@@ -180,6 +180,8 @@ impl B2bua {
             a_unacked: None,
             b_invite: invite,
             b_peer,
+            b_tx,
+            route_index: 0,
             b_call_id: b_call_id.clone(),
             b_dialog: None,
             b_answered_tag: None,
@@ -327,7 +329,12 @@ impl B2bua {
         if code < 300 {
             return self.on_b_2xx(id, msg, now);
         }
-        // 300-699: the transaction layer ACKed it (RFC 3261 17.1.1.3).
+        // 300-699: the transaction layer ACKed it (RFC 3261 17.1.1.3). A 5xx or 408 lets the
+        // next route try; a 6xx ends the search (RFC 3261 16.7 step 5), a 4xx is the callee's
+        // own answer.
+        if (code == 408 || (500..600).contains(&code)) && self.try_next_route(id, now) {
+            return;
+        }
         let state = self.calls[&id].state;
         if state != CallState::Cancelling {
             // A 3xx would hand A the callee's Contacts (topology hiding): 480 instead.
@@ -350,6 +357,45 @@ impl B2bua {
             let _ = self.layer.respond(a_tx, r, now);
         }
         self.end(id, "callee refused", code);
+    }
+
+    /// Sends the INVITE of call `id` to the next `--route`, if there is one and A has not
+    /// cancelled: a new transaction with a new branch and Call-ID, the same SDP offer.
+    pub(super) fn try_next_route(&mut self, id: u64, now: Instant) -> bool {
+        let Some(call) = self.calls.get(&id) else {
+            return false;
+        };
+        let next = call.route_index + 1;
+        if next >= self.cfg.routes.len() || call.state == CallState::Cancelling {
+            return false;
+        }
+        let route = self.cfg.routes[next];
+        let via = self.via(route);
+        let contact = self.contact(route);
+        let b_call_id = self.token();
+        let call = self.calls.get_mut(&id).expect("checked");
+        let mut invite = call.b_invite.clone();
+        if let sluice_sip::StartLine::Request { uri, .. } = &mut invite.start {
+            uri.host = Host::from(route.addr.ip());
+            uri.port = Some(route.addr.port());
+        }
+        invite.set(HeaderName::Via, via.to_string());
+        invite.set(HeaderName::CallId, b_call_id.clone());
+        invite.set(HeaderName::Contact, contact.to_string());
+        tracing::info!(call = id, route = %route.addr, "trying the next route");
+        self.by_b.remove(&call.b_call_id);
+        self.by_b.insert(b_call_id.clone(), id);
+        call.b_call_id = b_call_id;
+        call.b_invite = invite.clone();
+        call.b_peer = route;
+        call.route_index = next;
+        call.b_dialog = None;
+        call.b_answered_tag = None;
+        call.b_provisional = false;
+        let t = self.layer.send_request(invite, route, now);
+        self.roles.insert(t, Role::BInvite(id));
+        self.calls.get_mut(&id).expect("checked").b_tx = t;
+        true
     }
 
     pub(super) fn on_b_provisional(&mut self, id: u64, msg: Message, code: u16, now: Instant) {

@@ -31,6 +31,8 @@ impl MediaPlane for Plane {
 const SLUICE: &str = "127.0.0.1:5060";
 const A: &str = "127.0.0.1:5070";
 const B: &str = "127.0.0.1:5080";
+/// A second route (failover).
+const B2: &str = "127.0.0.1:5090";
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -98,7 +100,7 @@ impl Sim {
             let m = parse_datagram(&t.bytes, &Limits::default()).expect("sluice sends SIP");
             match t.peer.addr {
                 x if x == sa(A) => a.push(m),
-                x if x == sa(B) => b.push(m),
+                x if x == sa(B) || x == sa(B2) => b.push(m),
                 x => panic!("sent to {x}"),
             }
         }
@@ -959,4 +961,65 @@ fn a_reliable_provisional_to_a_caller_without_100rel_is_pracked_by_sluice() {
         .find(|m| m.method() == Some(&Method::Prack))
         .expect("sluice's PRACK");
     assert_eq!(p.header(&HeaderName::RAck), Some("1 1 INVITE"));
+}
+
+#[test]
+fn a_5xx_or_no_answer_from_one_route_sends_the_call_to_the_next() {
+    let mut sim = Sim::with(|c| c.routes.push(udp(B2)));
+    sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+    let (_, to_b) = sim.out();
+    let first = to_b[0].clone();
+    assert_eq!(first.request_uri().unwrap().port, Some(5080));
+    sim.send(B, &answer(&first, 503, "x", None));
+    let (to_a, to_b) = sim.out();
+    assert!(
+        to_a.iter().all(|m| m.code() != Some(503)),
+        "A does not see the 503"
+    );
+    let second = to_b
+        .iter()
+        .find(|m| m.method() == Some(&Method::Invite))
+        .expect("INVITE to the next route")
+        .clone();
+    assert_eq!(second.request_uri().unwrap().port, Some(5090));
+    assert_ne!(second.call_id().unwrap(), first.call_id().unwrap());
+    assert_ne!(
+        second.top_via().unwrap().branch(),
+        first.top_via().unwrap().branch()
+    );
+    assert_eq!(sdp_of(&second), sdp_of(&first), "the same offer");
+    sim.b2b.on_bytes(
+        &answer(&second, 200, "bob2", Some(&sdp(5000))).to_bytes(),
+        udp(B2),
+        sim.now,
+    );
+    let (to_a, to_b) = sim.out();
+    assert_eq!(
+        to_a.iter().find(|m| m.code() == Some(200)).unwrap().code(),
+        Some(200)
+    );
+    assert!(to_b.iter().any(|m| m.method() == Some(&Method::Ack)));
+
+    // No answer at all from the first route: timer B moves on; the last route's 6xx ends it.
+    let mut sim = Sim::with(|c| c.routes.push(udp(B2)));
+    sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+    sim.out();
+    sim.advance(Duration::from_secs(33));
+    let (to_a, to_b) = sim.out();
+    assert!(to_a.iter().all(|m| m.code() != Some(408)));
+    let second = to_b
+        .iter()
+        .rev()
+        .find(|m| m.method() == Some(&Method::Invite))
+        .unwrap()
+        .clone();
+    assert_eq!(second.request_uri().unwrap().port, Some(5090));
+    sim.b2b.on_bytes(
+        &answer(&second, 603, "bob2", None).to_bytes(),
+        udp(B2),
+        sim.now,
+    );
+    let (to_a, _) = sim.out();
+    assert_eq!(to_a.last().unwrap().code(), Some(603));
+    assert_eq!(sim.b2b.live().0, 0);
 }
