@@ -100,6 +100,8 @@ pub struct Call {
     pub a_100rel: bool,
     /// B sent a provisional: a CANCEL may go (RFC 3261 9.1).
     pub b_provisional: bool,
+    /// B's INVITE (to the current route) got its final answer.
+    pub b_final: bool,
     pub cancel_pending: bool,
     /// A late offer's ACK to B waits for A's ACK, which carries the answer.
     pub b_ack_pending: bool,

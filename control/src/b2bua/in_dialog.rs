@@ -42,7 +42,7 @@ impl B2bua {
                     let a_tx = self.calls[&id].a_tx;
                     let resp = self.reply_in_call(id, 487, None);
                     let _ = self.layer.respond(a_tx, resp, now);
-                    self.end(id, "callee hung up before answering", 487);
+                    self.end(id, "callee hung up before answering", 487, now);
                 }
                 return;
             }
@@ -62,7 +62,7 @@ impl B2bua {
                 Leg::A => "caller hung up",
                 Leg::B => "callee hung up",
             };
-            self.end(id, reason, 200);
+            self.end(id, reason, 200, now);
             return;
         }
         if method == Method::Invite {
@@ -204,7 +204,7 @@ impl B2bua {
         tracing::info!(call = id, "session timer expired; ending the call");
         self.bye_with(id, Leg::A, SESSION_EXPIRED_REASON, now);
         self.bye_with(id, Leg::B, SESSION_EXPIRED_REASON, now);
-        self.end(id, "session timer expired", 408);
+        self.end(id, "session timer expired", 408, now);
     }
 
     pub(super) fn on_relayed_response(

@@ -122,6 +122,8 @@ pub struct B2bua {
     /// The session layer's events: a media timeout ends the SIP call with BYEs.
     media_events: EventSubscriber,
     roles: HashMap<TxId, Role>,
+    /// INVITEs of ended calls that sluice cancelled (one CANCEL each).
+    cancelled: std::collections::HashSet<TxId>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
     records: VecDeque<CallRecord>,
     next_call: u64,
@@ -141,6 +143,7 @@ impl B2bua {
             by_b: HashMap::new(),
             by_media: HashMap::new(),
             roles: HashMap::new(),
+            cancelled: Default::default(),
             timers: BinaryHeap::new(),
             records: VecDeque::new(),
             next_call: 1,
@@ -247,7 +250,7 @@ impl B2bua {
                 }
                 CallState::Cancelling => {}
             }
-            self.end(id, "media timeout", 408);
+            self.end(id, "media timeout", 408, now);
         }
     }
 
@@ -300,7 +303,7 @@ impl B2bua {
             CallState::Confirmed => {
                 self.bye(id, Leg::A, now);
                 self.bye(id, Leg::B, now);
-                self.end(id, "hung up by operator", 200);
+                self.end(id, "hung up by operator", 200, now);
             }
             CallState::Cancelling => {}
         }
@@ -397,6 +400,7 @@ impl B2bua {
             TxEvent::StrayResponse { msg, from } => self.on_stray(msg, from),
             TxEvent::Terminated { tx } => {
                 self.roles.remove(&tx);
+                self.cancelled.remove(&tx);
             }
         }
     }
@@ -487,7 +491,26 @@ impl B2bua {
         };
         let code = msg.code().unwrap_or(0);
         match role {
+            Role::BInvite(id) if !self.calls.contains_key(&id) && code < 200 => {
+                // A provisional for a call that already ended (B hung up early, A went
+                // away): the INVITE would stay open forever in Proceeding, so cancel it
+                // (RFC 3261 9.1), once.
+                if self.cancelled.insert(tx)
+                    && let (Some(invite), Some(peer)) =
+                        (self.layer.request(tx), self.layer.peer(tx))
+                {
+                    let cancel = headers::cancel_for(invite);
+                    let t = self.layer.send_request(cancel, peer, now);
+                    self.roles.insert(t, Role::Own);
+                }
+            }
             Role::BInvite(id) => {
+                if code >= 200
+                    && let Some(c) = self.calls.get_mut(&id)
+                    && c.b_tx == tx
+                {
+                    c.b_final = true;
+                }
                 if self.calls.get(&id).is_some_and(|c| c.b_tx != tx) {
                     // From a route the call has left (failover): only a 2xx needs an answer.
                     if (200..300).contains(&code) {
@@ -519,7 +542,7 @@ impl B2bua {
                         let r = self.reply_in_call(id, 408, None);
                         let _ = self.layer.respond(a_tx, r, now);
                     }
-                    self.end(id, "callee did not answer (timer B)", 408);
+                    self.end(id, "callee did not answer (timer B)", 408, now);
                 }
             }
             Some(Role::RelayOut { call, server, .. }) => {
@@ -537,10 +560,18 @@ impl B2bua {
 
     /// The call is over: media deleted, record queued, indexes dropped. Transactions still
     /// running (a BYE, a CANCEL) finish on their own.
-    fn end(&mut self, id: u64, reason: &str, code: u16) {
+    fn end(&mut self, id: u64, reason: &str, code: u16, now: Instant) {
         let Some(call) = self.calls.remove(&id) else {
             return;
         };
+        if !call.b_final && call.b_provisional {
+            // B's INVITE is still open (no final answer): an INVITE client transaction in
+            // Proceeding has no timeout of its own, so it is cancelled (RFC 3261 9.1).
+            let t = self
+                .layer
+                .send_request(headers::cancel_for(&call.b_invite), call.b_peer, now);
+            self.roles.insert(t, Role::Own);
+        }
         self.by_a
             .remove(&(call.a_call_id.clone(), call.a_remote_tag.clone()));
         self.by_b.remove(&call.b_call_id);

@@ -187,6 +187,7 @@ impl B2bua {
             b_answered_tag: None,
             a_100rel,
             b_provisional: false,
+            b_final: false,
             cancel_pending: false,
             b_ack_pending: false,
             reinvite_pending: false,
@@ -220,8 +221,10 @@ impl B2bua {
         };
         let r = self.reply(&msg, 200, None);
         let _ = self.layer.respond(tx, r, now);
-        let state = self.calls[&id].state;
-        if matches!(state, CallState::Calling | CallState::Early) {
+        // RFC 3261 9.2: a CANCEL of an INVITE already answered (or of a call already over)
+        // gets its 200 and changes nothing.
+        let state = self.calls.get(&id).map(|c| c.state);
+        if matches!(state, Some(CallState::Calling | CallState::Early)) {
             // RFC 3261 9.2: the INVITE is answered 487.
             let a_tx = self.calls[&id].a_tx;
             let resp = self.reply_in_call(id, 487, None);
@@ -278,7 +281,7 @@ impl B2bua {
                     );
                     self.bye(id, Leg::A, now);
                     self.bye(id, Leg::B, now);
-                    self.end(id, "ACK without SDP answer", 488);
+                    self.end(id, "ACK without SDP answer", 488, now);
                     return;
                 }
             };
@@ -308,7 +311,7 @@ impl B2bua {
                     self.layer.send_stateless(ack, peer);
                     self.bye(id, Leg::A, now);
                     self.bye(id, Leg::B, now);
-                    self.end(id, "late-offer answer refused", e.sip_status());
+                    self.end(id, "late-offer answer refused", e.sip_status(), now);
                 }
             }
         }
@@ -356,7 +359,7 @@ impl B2bua {
             }
             let _ = self.layer.respond(a_tx, r, now);
         }
-        self.end(id, "callee refused", code);
+        self.end(id, "callee refused", code, now);
     }
 
     /// Sends the INVITE of call `id` to the next `--route`, if there is one and A has not
@@ -392,6 +395,7 @@ impl B2bua {
         call.b_dialog = None;
         call.b_answered_tag = None;
         call.b_provisional = false;
+        call.b_final = false;
         let t = self.layer.send_request(invite, route, now);
         self.roles.insert(t, Role::BInvite(id));
         self.calls.get_mut(&id).expect("checked").b_tx = t;
@@ -546,7 +550,7 @@ impl B2bua {
             let peer = call.b_peer;
             self.layer.send_stateless(ack, peer);
             self.bye(id, Leg::B, now);
-            self.end(id, "cancelled; callee answered too late", 487);
+            self.end(id, "cancelled; callee answered too late", 487, now);
             return;
         }
         let media_id = call.media_id.clone();
@@ -591,7 +595,7 @@ impl B2bua {
                     format!("399 sluice \"{}\"", e.to_string().replace('"', "'")),
                 );
                 let _ = self.layer.respond(a_tx, r, now);
-                self.end(id, "callee's SDP refused", e.sip_status());
+                self.end(id, "callee's SDP refused", e.sip_status(), now);
                 return;
             }
         };
@@ -659,7 +663,7 @@ impl B2bua {
             tracing::info!(call = id, "no ACK for the 2xx; ending the call");
             self.bye(id, Leg::A, now);
             self.bye(id, Leg::B, now);
-            self.end(id, "caller never ACKed the 2xx", 408);
+            self.end(id, "caller never ACKed the 2xx", 408, now);
             return;
         }
         let resp = u.response.clone();

@@ -1023,3 +1023,131 @@ fn a_5xx_or_no_answer_from_one_route_sends_the_call_to_the_next() {
     assert_eq!(to_a.last().unwrap().code(), Some(603));
     assert_eq!(sim.b2b.live().0, 0);
 }
+
+mod random {
+    //! Random interleavings of what callers, callees and the clock do: the B2BUA never panics,
+    //! and once every call is hung up and time has passed, nothing is left.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Caller `n` sends (or retransmits) its INVITE, with SDP or without.
+        Invite(u8, bool),
+        /// The callee answers the INVITE it saw `i`-th (modulo) with a code from the list.
+        Respond(u8, u8),
+        Cancel(u8),
+        Ack(u8),
+        ByeFromA(u8),
+        ByeFromB(u8),
+        Advance(u16),
+        Junk(Vec<u8>),
+    }
+
+    const CODES: [u16; 9] = [100, 180, 183, 200, 404, 486, 488, 503, 603];
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..4, any::<bool>()).prop_map(|(n, s)| Op::Invite(n, s)),
+            (any::<u8>(), 0u8..CODES.len() as u8).prop_map(|(i, c)| Op::Respond(i, c)),
+            (0u8..4).prop_map(Op::Cancel),
+            (0u8..4).prop_map(Op::Ack),
+            (0u8..4).prop_map(Op::ByeFromA),
+            (any::<u8>()).prop_map(Op::ByeFromB),
+            (1u16..40_000).prop_map(Op::Advance),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(Op::Junk),
+        ]
+    }
+
+    fn caller_invite(n: u8, with_sdp: bool) -> String {
+        invite(
+            &format!("z9hG4bKr{n}"),
+            with_sdp.then(|| sdp(4000 + 2 * n as u16)).as_deref(),
+        )
+        .replace("a-call-1@", &format!("a-call-{n}@"))
+        .replace("tag=alice1", &format!("tag=alice{n}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+        #[test]
+        fn random_calls_never_panic_and_leave_nothing(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut sim = Sim::with(|c| c.max_calls = Some(3));
+            let mut at_b: Vec<Message> = Vec::new();
+            let mut a_tags: HashMap<u8, String> = HashMap::new();
+            let mut b_tags: Vec<String> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Invite(n, s) => sim.from(A, &caller_invite(n, s)),
+                    Op::Respond(i, c) if !at_b.is_empty() => {
+                        let inv = at_b[i as usize % at_b.len()].clone();
+                        let code = CODES[c as usize];
+                        let tag = format!("b{}", i % 3);
+                        let body = (code == 183 || code == 200).then(|| sdp(5000));
+                        sim.send(B, &answer(&inv, code, &tag, body.as_deref()));
+                        if code == 200 {
+                            b_tags.push(inv.call_id().unwrap().to_owned());
+                        }
+                    }
+                    Op::Respond(..) => {}
+                    Op::Cancel(n) => sim.from(
+                        A,
+                        &caller_invite(n, false)
+                            .replace("INVITE sip:bob", "CANCEL sip:bob")
+                            .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL"),
+                    ),
+                    Op::Ack(n) => {
+                        if let Some(tag) = a_tags.get(&n) {
+                            let ack = from_a("ACK", 1, tag, "z9hG4bKack", Some(&sdp(4000)))
+                                .replace("a-call-1@", &format!("a-call-{n}@"))
+                                .replace("tag=alice1", &format!("tag=alice{n}"));
+                            sim.from(A, &ack);
+                        }
+                    }
+                    Op::ByeFromA(n) => {
+                        if let Some(tag) = a_tags.get(&n) {
+                            let bye = from_a("BYE", 9, tag, &format!("z9hG4bKbye{n}"), None)
+                                .replace("a-call-1@", &format!("a-call-{n}@"))
+                                .replace("tag=alice1", &format!("tag=alice{n}"));
+                            sim.from(A, &bye);
+                        }
+                    }
+                    Op::ByeFromB(i) if !at_b.is_empty() => {
+                        let inv = &at_b[i as usize % at_b.len()];
+                        if let Ok(mut d) = sluice_sip::Dialog::uas(inv, &format!("b{}", i % 3)) {
+                            d.remote_target = sluice_sip::Uri::parse("sip:sluice@127.0.0.1:5060").unwrap();
+                            let via = Via::new("UDP", Host::V4("127.0.0.1".parse().unwrap()), Some(5080), &format!("z9hG4bKbb{i}"));
+                            let bye = d.request(Method::Bye, &via, None);
+                            sim.send(B, &bye);
+                        }
+                    }
+                    Op::ByeFromB(_) => {}
+                    Op::Advance(ms) => sim.advance(Duration::from_millis(u64::from(ms))),
+                    Op::Junk(b) => sim.b2b.on_bytes(&b, udp(A), sim.now),
+                }
+                let (to_a, to_b) = sim.out();
+                for m in to_a {
+                    if let (Some(code), Ok(to)) = (m.code(), m.to_hdr())
+                        && code > 100
+                        && let (Some(tag), Ok(from)) = (to.tag(), m.from_hdr())
+                        && let Some(n) = from.tag().and_then(|t| t.strip_prefix("alice")).and_then(|n| n.parse().ok())
+                    {
+                        a_tags.insert(n, tag.to_owned());
+                    }
+                }
+                at_b.extend(to_b.into_iter().filter(|m| m.method() == Some(&Method::Invite)));
+            }
+            let _ = b_tags;
+            // Hang up whatever is left; nobody answers the BYEs, and after timer F nothing
+            // may remain.
+            for c in sim.b2b.calls() {
+                sim.b2b.hangup(c.id, sim.now);
+            }
+            sim.advance(Duration::from_secs(100));
+            sim.out();
+            prop_assert_eq!(sim.b2b.live(), (0, 0));
+            prop_assert!(sim.plane.0.lock().unwrap().is_empty(), "media endpoints left");
+            prop_assert!(sim.sessions.list(10).is_empty(), "media sessions left");
+        }
+    }
+}

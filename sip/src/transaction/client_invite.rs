@@ -28,7 +28,7 @@ pub(crate) struct ClientInvite {
     pub(crate) timers: Slots,
     /// The request as sent, for retransmissions.
     bytes: Vec<u8>,
-    peer: Peer,
+    pub(super) peer: Peer,
     state: State,
     /// Timer A's current interval.
     interval: Duration,

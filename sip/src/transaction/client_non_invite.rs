@@ -25,7 +25,7 @@ pub(crate) struct ClientNonInvite {
     pub(crate) timers: Slots,
     /// The request as sent, for retransmissions.
     bytes: Vec<u8>,
-    peer: Peer,
+    pub(super) peer: Peer,
     state: State,
     /// Timer E's current interval.
     interval: Duration,

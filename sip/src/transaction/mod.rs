@@ -393,6 +393,15 @@ impl Machine {
         }
     }
 
+    fn peer(&self) -> Peer {
+        match self {
+            Self::ClientInvite(m) => m.peer,
+            Self::ClientNonInvite(m) => m.peer,
+            Self::ServerInvite(m) => m.peer,
+            Self::ServerNonInvite(m) => m.peer,
+        }
+    }
+
     fn on_timer(&mut self, t: Timer, ctx: &mut Ctx<'_>) -> Step {
         match self {
             Self::ClientInvite(m) => m.on_timer(t, ctx),
@@ -803,6 +812,12 @@ impl TransactionLayer {
     /// sent.
     pub fn request(&self, tx: TxId) -> Option<&Message> {
         self.txs.get(&tx).map(|t| t.machine.request())
+    }
+
+    /// The peer of transaction `tx`: where a client transaction sends, where a server
+    /// transaction's request came from.
+    pub fn peer(&self, tx: TxId) -> Option<Peer> {
+        self.txs.get(&tx).map(|t| t.machine.peer())
     }
 }
 

@@ -29,7 +29,7 @@ pub(crate) struct ServerInvite {
     pub(crate) request: Message,
     pub(crate) timers: Slots,
     /// Where the request came from, where every response goes.
-    peer: Peer,
+    pub(super) peer: Peer,
     state: State,
     /// The most recent provisional response sent, re-sent on a retransmitted INVITE.
     provisional: Vec<u8>,

@@ -25,7 +25,7 @@ pub(crate) struct ServerNonInvite {
     pub(crate) request: Message,
     pub(crate) timers: Slots,
     /// Where the request came from, where every response goes.
-    peer: Peer,
+    pub(super) peer: Peer,
     state: State,
     /// The most recent provisional response sent.
     provisional: Vec<u8>,
