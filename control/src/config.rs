@@ -88,7 +88,7 @@ pub fn parse_ng(s: &str) -> Result<SocketAddr, ConfigError> {
     Ok(a)
 }
 
-/// `--sip udp:IP:PORT` / `tcp:IP:PORT` (`udp6:[IP]:PORT`, `tcp6:[IP]:PORT`): where the B2BUA
+/// `--sip udp:IP:PORT` / `tcp:IP:PORT` / `tls:IP:PORT` (`udp6:[IP]:PORT`, ...): where the B2BUA
 /// listens. The address goes into Via and Contact, so it must be one the peers reach: not
 /// 0.0.0.0 or ::.
 pub fn parse_sip_listen(s: &str) -> Result<sluice_sip::Peer, ConfigError> {
@@ -97,11 +97,10 @@ pub fn parse_sip_listen(s: &str) -> Result<sluice_sip::Peer, ConfigError> {
         value: s.to_string(),
         why: why.to_string(),
     };
-    const FORMS: &str = "expected udp:IP:PORT or tcp:IP:PORT, e.g. udp:127.0.0.1:5060";
-    if s.starts_with("tls:") {
-        return Err(bad("SIP over TLS is not built yet; use udp: or tcp:"));
-    }
+    const FORMS: &str = "expected udp:IP:PORT, tcp:IP:PORT or tls:IP:PORT, e.g. udp:127.0.0.1:5060";
     let (transport, addr) = [
+        ("tls6:", sluice_sip::Transport::Tls),
+        ("tls:", sluice_sip::Transport::Tls),
         ("udp6:", sluice_sip::Transport::Udp),
         ("udp:", sluice_sip::Transport::Udp),
         ("tcp6:", sluice_sip::Transport::Tcp),
@@ -134,6 +133,11 @@ pub fn parse_route(s: &str) -> Result<sluice_sip::Peer, ConfigError> {
     let transport = match uri.transport().as_deref() {
         None | Some("udp") => sluice_sip::Transport::Udp,
         Some("tcp") => sluice_sip::Transport::Tcp,
+        Some("tls") => {
+            return Err(bad(
+                "TLS towards the next hop is not built yet (sluice takes TLS calls, --sip tls:)",
+            ));
+        }
         Some(_) => return Err(bad("transport must be udp or tcp")),
     };
     let ip = uri
@@ -174,6 +178,8 @@ pub struct FileConfig {
     pub route: Option<Vec<String>>,
     pub max_calls: Option<u64>,
     pub cdr: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub max_sessions: Option<u64>,
     pub media_ip: Option<Vec<String>>,
     pub ports: Option<String>,
@@ -213,6 +219,8 @@ pub struct Overrides {
     pub route: Vec<String>,
     pub max_calls: Option<u64>,
     pub cdr: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub max_sessions: Option<u64>,
     pub media_ip: Vec<String>,
     pub ports: Option<String>,
@@ -244,6 +252,8 @@ pub struct Config {
     pub max_calls: Option<u64>,
     /// `--cdr`: one JSON line per ended call is appended here.
     pub cdr: Option<PathBuf>,
+    /// `--tls-cert`, `--tls-key`: the PEM certificate chain and key of `--sip tls:`.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// `--max-sessions`: new calls are refused beyond this many (None: no limit); changeable
     /// at run time through the control API.
     pub max_sessions: Option<u64>,
@@ -353,6 +363,41 @@ impl Config {
             .iter()
             .map(|r| parse_route(r))
             .collect::<Result<Vec<_>, _>>()?;
+        let tls = match (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "tls-cert",
+                    value: String::new(),
+                    why: "--tls-cert and --tls-key go together".into(),
+                });
+            }
+        };
+        if tls.is_none()
+            && sip
+                .iter()
+                .any(|p| p.transport == sluice_sip::Transport::Tls)
+        {
+            return Err(ConfigError::Invalid {
+                key: "sip",
+                value: "tls:".into(),
+                why: "a tls: listener needs --tls-cert FILE and --tls-key FILE (PEM)".into(),
+            });
+        }
+        for r in &routes {
+            if !sip.is_empty() && !sip.iter().any(|l| l.transport == r.transport) {
+                let t = r.transport.via_name().to_ascii_lowercase();
+                return Err(ConfigError::Invalid {
+                    key: "route",
+                    value: format!("sip:{};transport={t}", r.addr),
+                    why: format!(
+                        "a route over {t} needs a --sip {t}:IP:PORT listener: requests to it are \
+                         sent from there, and its answers and requests come back there"
+                    ),
+                });
+            }
+        }
         if !sip.is_empty() && routes.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "route",
@@ -518,6 +563,7 @@ impl Config {
             routes,
             max_calls: cli.max_calls.or(file.max_calls),
             cdr: cli.cdr.or(file.cdr),
+            tls,
             media_ips,
             port_low,
             port_high,
@@ -1004,7 +1050,7 @@ mod sip_tests {
         );
         for (bad, why) in [
             ("udp:0.0.0.0:5060", "Via and Contact"),
-            ("tls:127.0.0.1:5061", "TLS is not built yet"),
+            ("tls:127.0.0.1", "expected udp:IP:PORT"),
             ("127.0.0.1:5060", "expected udp:IP:PORT"),
             ("udp:127.0.0.1", "expected udp:IP:PORT"),
         ] {
@@ -1035,11 +1081,18 @@ mod sip_tests {
         };
         let e = Config::resolve(FileConfig::default(), cli(&[])).unwrap_err();
         assert!(e.to_string().contains("--sip needs --route"), "{e}");
-        let c = Config::resolve(
+        let e = Config::resolve(
             FileConfig::default(),
             cli(&["sip:127.0.0.1:5080", "sip:127.0.0.1:5090;transport=tcp"]),
         )
-        .unwrap();
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("needs a --sip tcp:IP:PORT listener"),
+            "{e}"
+        );
+        let mut both = cli(&["sip:127.0.0.1:5080", "sip:127.0.0.1:5090;transport=tcp"]);
+        both.sip.push("tcp:127.0.0.1:5060".into());
+        let c = Config::resolve(FileConfig::default(), both).unwrap();
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[1].transport, Transport::Tcp);
     }

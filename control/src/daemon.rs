@@ -96,6 +96,10 @@ pub async fn run_until(
     let mut sip_servers = Vec::new();
     let mut sip_cores = Vec::new();
     if !cfg.routes.is_empty() && !cfg.sip.is_empty() {
+        let tls = match &cfg.tls {
+            Some((cert, key)) => Some(crate::b2bua::transport::tls_config(cert, key)?),
+            None => None,
+        };
         let mut listeners = Vec::new();
         for peer in &cfg.sip {
             listeners.push(crate::b2bua::transport::bind(*peer).with_context(|| {
@@ -144,7 +148,7 @@ pub async fn run_until(
             std::thread::Builder::new()
                 .name("sluice-sip".into())
                 .spawn(move || {
-                    if let Err(e) = crate::b2bua::transport::serve(listeners, core, stop, cdr) {
+                    if let Err(e) = crate::b2bua::transport::serve(listeners, tls, core, stop, cdr) {
                         tracing::error!(error = %e, "the SIP socket loop failed; no more SIP calls");
                     }
                 })?,

@@ -45,6 +45,12 @@ enum Cmd {
         /// Append one JSON line per ended SIP call to this file.
         #[arg(long)]
         cdr: Option<PathBuf>,
+        /// PEM certificate chain of `--sip tls:` (with --tls-key).
+        #[arg(long = "tls-cert")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of `--sip tls:`.
+        #[arg(long = "tls-key")]
+        tls_key: Option<PathBuf>,
         /// Refuse new calls beyond this many (ng: "load limit" so Kamailio tries its next node);
         /// `sluice ctl max-sessions N|none` changes it at run time, 0 drains (default: no limit).
         #[arg(long = "max-sessions")]
@@ -147,6 +153,8 @@ fn main() -> ExitCode {
             route,
             max_calls,
             cdr,
+            tls_cert,
+            tls_key,
             max_sessions,
             media_ip,
             ports,
@@ -179,6 +187,8 @@ fn main() -> ExitCode {
                     route,
                     max_calls,
                     cdr,
+                    tls_cert,
+                    tls_key,
                     max_sessions,
                     media_ip,
                     ports,

@@ -1,5 +1,5 @@
-//! The B2BUA's sockets: UDP sockets, TCP listeners and the TCP connections they accept or
-//! open, on one mio loop that feeds messages and time into [`B2bua`] and sends what it asks
+//! The B2BUA's sockets: UDP sockets, TCP and TLS listeners and the connections they accept
+//! or open, on one mio loop that feeds messages and time into [`B2bua`] and sends what it asks
 //! for. The only I/O of the SIP front end.
 //!
 //! TCP (RFC 3261 18.3): messages are framed by Content-Length; a connection a peer opened is
@@ -7,6 +7,11 @@
 //! opened when none exists. A CRLFCRLF keep-alive ping is answered with CRLF (RFC 5626 section
 //! 4.4.1). Bytes that cannot be framed close the connection and are counted; a connection idle
 //! for [`IDLE`] is closed, and at most [`MAX_CONNECTIONS`] are held.
+//!
+//! TLS (RFC 3261 26.2, `sips:` and port 5061 by convention): rustls on the accepted
+//! connection, TLS 1.2 and 1.3 only (rustls has no 1.0/1.1), the certificate and key from
+//! `--tls-cert`/`--tls-key`. A failed handshake or a broken record closes the connection
+//! and is counted like unframable bytes.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -45,6 +50,43 @@ const MAX_PENDING_WRITE: usize = 1 << 20;
 pub enum Listener {
     Udp(std::net::UdpSocket),
     Tcp(std::net::TcpListener),
+    Tls(std::net::TcpListener),
+}
+
+/// The server side of `--sip tls:`: `--tls-cert` (PEM chain) and `--tls-key` (PEM key).
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use anyhow::Context as _;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read --tls-cert {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| {
+            format!(
+                "--tls-cert {} is not a PEM certificate chain",
+                cert.display()
+            )
+        })?;
+    if certs.is_empty() {
+        anyhow::bail!("--tls-cert {} holds no certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("--tls-key {} is not a PEM private key", key.display()))?;
+    // ring, not aws-lc-rs: aws-lc's build wants CMake and more than a fresh machine has. rustls
+    // marks ring's provider deprecated for lacking post-quantum key exchange, which SIP peers
+    // (trunks, PBXs) do not offer yet.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the --tls-cert and --tls-key do not make a usable certificate")?;
+    Ok(Arc::new(cfg))
 }
 
 /// Binds `peer` (UDP with 4 MiB buffers, or a TCP listener).
@@ -70,7 +112,10 @@ pub fn bind(peer: Peer) -> io::Result<Listener> {
             sock.bind(&addr.into())?;
             sock.listen(1024)?;
             sock.set_nonblocking(true)?;
-            Ok(Listener::Tcp(sock.into()))
+            Ok(match peer.transport {
+                Transport::Tls => Listener::Tls(sock.into()),
+                _ => Listener::Tcp(sock.into()),
+            })
         }
     }
 }
@@ -103,6 +148,8 @@ fn set_buffers(sock: &Socket) {
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
+    /// The TLS session of a connection accepted on a `tls:` listener.
+    tls: Option<rustls::ServerConnection>,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     /// Still connecting (sluice opened it): writes wait for writability.
@@ -113,7 +160,9 @@ struct Conn {
 struct Driver {
     poll: Poll,
     udp: Vec<(UdpSocket, SocketAddr)>,
-    tcp: Vec<(TcpListener, SocketAddr)>,
+    /// TCP and TLS listeners; the flag says TLS.
+    tcp: Vec<(TcpListener, SocketAddr, bool)>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     conns: HashMap<Token, Conn>,
     by_peer: HashMap<SocketAddr, Token>,
     next_token: usize,
@@ -127,6 +176,7 @@ const FIRST_CONN: usize = 1 << 16;
 /// Serves `listeners` until `stop` is set. Call records go to `cdr`, one JSON line each.
 pub fn serve(
     listeners: Vec<Listener>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     core: Shared,
     stop: Arc<AtomicBool>,
     mut cdr: Option<Box<dyn Write + Send>>,
@@ -136,6 +186,7 @@ pub fn serve(
         poll: Poll::new()?,
         udp: Vec::new(),
         tcp: Vec::new(),
+        tls,
         conns: HashMap::new(),
         by_peer: HashMap::new(),
         next_token: FIRST_CONN,
@@ -143,7 +194,7 @@ pub fn serve(
         buf: vec![0u8; 65_536],
     };
     for l in listeners {
-        match l {
+        let (l, is_tls) = match l {
             Listener::Udp(s) => {
                 let addr = s.local_addr()?;
                 let mut s = UdpSocket::from_std(s);
@@ -152,17 +203,24 @@ pub fn serve(
                     .registry()
                     .register(&mut s, token, Interest::READABLE)?;
                 d.udp.push((s, addr));
+                continue;
             }
-            Listener::Tcp(l) => {
-                let addr = l.local_addr()?;
-                let mut l = TcpListener::from_std(l);
-                let token = Token(FIRST_CONN / 2 + d.tcp.len());
-                d.poll
-                    .registry()
-                    .register(&mut l, token, Interest::READABLE)?;
-                d.tcp.push((l, addr));
-            }
+            Listener::Tcp(l) => (l, false),
+            Listener::Tls(l) => (l, true),
+        };
+        if is_tls && d.tls.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a tls: SIP listener needs --tls-cert and --tls-key",
+            ));
         }
+        let addr = l.local_addr()?;
+        let mut l = TcpListener::from_std(l);
+        let token = Token(FIRST_CONN / 2 + d.tcp.len());
+        d.poll
+            .registry()
+            .register(&mut l, token, Interest::READABLE)?;
+        d.tcp.push((l, addr, is_tls));
     }
     let mut events = Events::with_capacity(256);
     let mut last_sweep = Instant::now();
@@ -236,7 +294,17 @@ impl Driver {
                         tracing::warn!(%peer, max = MAX_CONNECTIONS, "SIP TCP connection refused: too many");
                         continue;
                     }
-                    self.add_conn(stream, peer, false);
+                    let tls = match (self.tcp[i].2, &self.tls) {
+                        (true, Some(cfg)) => match rustls::ServerConnection::new(cfg.clone()) {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "cannot start a TLS session");
+                                continue;
+                            }
+                        },
+                        _ => None,
+                    };
+                    self.add_conn(stream, peer, false, tls);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -253,6 +321,7 @@ impl Driver {
         mut stream: TcpStream,
         peer: SocketAddr,
         connecting: bool,
+        tls: Option<rustls::ServerConnection>,
     ) -> Option<Token> {
         let token = Token(self.next_token);
         self.next_token += 1;
@@ -270,6 +339,7 @@ impl Driver {
             Conn {
                 stream,
                 peer,
+                tls,
                 rbuf: Vec::new(),
                 wbuf: Vec::new(),
                 connecting,
@@ -304,15 +374,42 @@ impl Driver {
             return;
         }
         let mut closed = false;
+        let mut bad = false;
         loop {
-            match c.stream.read(&mut self.buf) {
+            let got = match c.tls.as_mut() {
+                Some(tls) => tls.read_tls(&mut c.stream),
+                None => c.stream.read(&mut self.buf),
+            };
+            match got {
                 Ok(0) => {
                     closed = true;
                     break;
                 }
                 Ok(n) => {
-                    c.rbuf.extend_from_slice(&self.buf[..n]);
                     c.last_active = Instant::now();
+                    match c.tls.as_mut() {
+                        None => c.rbuf.extend_from_slice(&self.buf[..n]),
+                        Some(tls) => {
+                            if let Err(e) = tls.process_new_packets() {
+                                tracing::debug!(peer = %c.peer, error = %e, "TLS failed; closing");
+                                bad = true;
+                                break;
+                            }
+                            // The plaintext the records carried.
+                            loop {
+                                match tls.reader().read(&mut self.buf) {
+                                    Ok(0) => break,
+                                    Ok(m) => c.rbuf.extend_from_slice(&self.buf[..m]),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                    }
+                    if c.rbuf.len() > self.limits.max_message * 2 {
+                        // More unframed bytes than any message may take: frame_stream says
+                        // which limit; reading on would only grow the buffer.
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -323,17 +420,20 @@ impl Driver {
             }
         }
         let peer = Peer {
-            transport: Transport::Tcp,
+            transport: if c.tls.is_some() {
+                Transport::Tls
+            } else {
+                Transport::Tcp
+            },
             addr: c.peer,
         };
         let mut used = 0;
-        let mut bad = false;
-        loop {
+        while !bad {
             match frame_stream(&c.rbuf[used..], &self.limits) {
                 Ok(Frame::Incomplete) => break,
                 Ok(Frame::Ping) => {
                     // RFC 5626 section 4.4.1: the pong is one CRLF.
-                    c.wbuf.extend_from_slice(b"\r\n");
+                    queue(c, b"\r\n");
                     used += 4;
                 }
                 Ok(Frame::Pong) => used += 2,
@@ -342,14 +442,15 @@ impl Driver {
                     used += n;
                 }
                 Err(e) => {
-                    tracing::debug!(peer = %c.peer, error = %e, "SIP TCP stream not framable; closing");
-                    b.count_malformed();
+                    tracing::debug!(peer = %c.peer, error = %e, "SIP stream not framable; closing");
                     bad = true;
-                    break;
                 }
             }
         }
         c.rbuf.drain(..used);
+        if bad {
+            b.count_malformed();
+        }
         if bad || closed || !write_out(c) {
             self.close(token);
         }
@@ -397,7 +498,7 @@ impl Driver {
                     return;
                 }
                 match TcpStream::connect(to) {
-                    Ok(s) => match self.add_conn(s, to, true) {
+                    Ok(s) => match self.add_conn(s, to, true, None) {
                         Some(t) => t,
                         None => return,
                     },
@@ -412,7 +513,7 @@ impl Driver {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
-        c.wbuf.extend_from_slice(&bytes);
+        queue(c, &bytes);
         c.last_active = Instant::now();
         if c.wbuf.len() > MAX_PENDING_WRITE || (!c.connecting && !write_out(c)) {
             self.close(token);
@@ -432,8 +533,31 @@ impl Driver {
     }
 }
 
+/// Queues bytes for a connection (encrypted on a TLS one; rustls holds them until the
+/// handshake is done).
+fn queue(c: &mut Conn, bytes: &[u8]) {
+    match c.tls.as_mut() {
+        Some(tls) => {
+            let _ = tls.writer().write_all(bytes);
+        }
+        None => c.wbuf.extend_from_slice(bytes),
+    }
+}
+
 /// Writes what is queued; false when the connection failed.
 fn write_out(c: &mut Conn) -> bool {
+    if let Some(tls) = c.tls.as_mut() {
+        while tls.wants_write() {
+            match tls.write_tls(&mut c.stream) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        return true;
+    }
     while !c.wbuf.is_empty() {
         match c.stream.write(&c.wbuf) {
             Ok(0) => return false,
