@@ -118,9 +118,18 @@ pub fn parse_sip_listen(s: &str) -> Result<sluice_sip::Peer, ConfigError> {
     Ok(sluice_sip::Peer { transport, addr: a })
 }
 
-/// `--route sip:IP:PORT[;transport=tcp]`: the next hop. Numeric addresses only: sluice
-/// resolves no names.
-pub fn parse_route(s: &str) -> Result<sluice_sip::Peer, ConfigError> {
+/// `--route sip:HOST[:PORT][;transport=tcp]`: the next hop(s), located as RFC 3263 says
+/// (`sluice_sip::locate`). A numeric host needs no lookup; a name is read from /etc/hosts
+/// (this build has no DNS client), once, at start.
+pub fn parse_route(s: &str) -> Result<Vec<sluice_sip::Peer>, ConfigError> {
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    parse_route_with(s, &mut sluice_sip::HostsFile::parse(&hosts))
+}
+
+fn parse_route_with(
+    s: &str,
+    resolver: &mut impl sluice_sip::Resolver,
+) -> Result<Vec<sluice_sip::Peer>, ConfigError> {
     let bad = |why: &str| ConfigError::Invalid {
         key: "route",
         value: s.to_string(),
@@ -128,26 +137,29 @@ pub fn parse_route(s: &str) -> Result<sluice_sip::Peer, ConfigError> {
     };
     let uri = sluice_sip::Uri::parse(s).map_err(bad)?;
     if !matches!(uri.scheme, sluice_sip::Scheme::Sip) {
-        return Err(bad("expected sip:IP:PORT"));
+        return Err(bad("expected sip:HOST[:PORT][;transport=udp|tcp]"));
     }
-    let transport = match uri.transport().as_deref() {
-        None | Some("udp") => sluice_sip::Transport::Udp,
-        Some("tcp") => sluice_sip::Transport::Tcp,
+    match uri.transport().as_deref() {
+        None | Some("udp") | Some("tcp") => {}
         Some("tls") => {
             return Err(bad(
                 "TLS towards the next hop is not built yet (sluice takes TLS calls, --sip tls:)",
             ));
         }
         Some(_) => return Err(bad("transport must be udp or tcp")),
-    };
-    let ip = uri
-        .host
-        .ip()
-        .ok_or_else(|| bad("give a numeric address: sluice resolves no host names"))?;
-    Ok(sluice_sip::Peer {
-        transport,
-        addr: SocketAddr::new(ip, uri.port.unwrap_or(5060)),
-    })
+    }
+    let found = sluice_sip::locate(
+        &uri,
+        &[sluice_sip::Transport::Udp, sluice_sip::Transport::Tcp],
+        resolver,
+    );
+    if found.is_empty() {
+        return Err(bad(
+            "the host resolves to no address: give an IP address or a name in /etc/hosts \
+             (sluice has no DNS client yet)",
+        ));
+    }
+    Ok(found)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -359,10 +371,10 @@ impl Config {
         } else {
             cli.route
         };
-        let routes = route_list
-            .iter()
-            .map(|r| parse_route(r))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut routes = Vec::new();
+        for r in &route_list {
+            routes.extend(parse_route(r)?);
+        }
         let tls = match (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key)) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -1060,18 +1072,17 @@ mod sip_tests {
     }
 
     #[test]
-    fn routes_are_numeric_sip_uris_with_udp_or_tcp_and_sip_needs_one() {
+    fn routes_are_located_as_rfc3263_says_and_sip_needs_one() {
         let r = parse_route("sip:192.0.2.7;transport=tcp").unwrap();
         assert_eq!(
-            (r.transport, r.addr),
+            (r[0].transport, r[0].addr),
             (Transport::Tcp, "192.0.2.7:5060".parse().unwrap())
         );
-        assert!(
-            parse_route("sip:pbx.example.com:5060")
-                .unwrap_err()
-                .to_string()
-                .contains("numeric")
-        );
+        let mut hosts = sluice_sip::HostsFile::parse("192.0.2.9 pbx.lan\n");
+        let r = parse_route_with("sip:pbx.lan:5070", &mut hosts).unwrap();
+        assert_eq!(r[0].addr, "192.0.2.9:5070".parse().unwrap());
+        let e = parse_route_with("sip:nowhere.lan", &mut hosts).unwrap_err();
+        assert!(e.to_string().contains("/etc/hosts"), "{e}");
         assert!(parse_route("sip:192.0.2.7;transport=sctp").is_err());
         assert!(parse_route("tel:+15551234").is_err());
         let cli = |routes: &[&str]| Overrides {
