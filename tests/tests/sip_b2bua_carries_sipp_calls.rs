@@ -6,7 +6,7 @@
 //! their 487 through sluice, and nothing is left either.
 //!
 //! The other tests: a G.711 caller reaches an Opus-only callee through transcoding; the
-//! callee hangs up; a reliable 183 and its PRACK cross sluice (RFC 3262); callers over TCP reach callees over UDP and over TCP; refusals (486, 503) are passed on; 1,000 calls at
+//! callee hangs up; a late offer (SDP in the 200 and the ACK) carries media; a reliable 183 and its PRACK cross sluice (RFC 3262); callers over TCP reach callees over UDP and over TCP; refusals (486, 503) are passed on; 1,000 calls at
 //! 50 calls/s with 3 s holds all succeed and leave no call, transaction or port; hostile and
 //! malformed datagrams are counted and never stop the B2BUA.
 //!
@@ -641,5 +641,28 @@ async fn a_reliable_183_and_its_prack_cross_sluice_rfc3262() {
             .all(|r| r["code"] == 200 && r["reason"] == "caller hung up"),
         "{records:?}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_offer_takes_its_sdp_from_the_200_and_the_ack_and_carries_media() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = scratch("b2bua-late");
+    let uas_port = free_udp_port();
+    let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
+    let _uas = callee(&dir, "uas_rr_pcma.xml", uas_port, 2, true);
+    let (ok, why) = caller(&dir, "uac_late_offer.xml", sip_port, 2).await;
+    assert!(ok, "{why}\nsluice log:\n{}", tail(&d.log_text()));
+    let stats = settled(&d).await;
+    assert_eq!((stats.calls_current, stats.ports_in_use), (0, 0));
+    assert!(
+        stats.packets_relayed >= 2 * 2 * 50,
+        "media both ways: {} packets",
+        stats.packets_relayed
+    );
+    assert_eq!(cdr_lines(&cdr).len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
