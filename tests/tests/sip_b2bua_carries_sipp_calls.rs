@@ -186,6 +186,51 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// What one [`calls_through`] run leaves to check.
+struct Run {
+    d: Daemon,
+    dir: PathBuf,
+    stats: pb::StatisticsReply,
+    records: Vec<serde_json::Value>,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `calls` calls from SIPp scenario `uac` through a fresh B2BUA to SIPp scenario `uas`
+/// (echoing RTP when `echo`): every call must succeed, and afterwards sluice must hold no
+/// call and no port.
+async fn calls_through(name: &str, uas: &str, uac: &str, calls: u32, echo: bool) -> Run {
+    let dir = scratch(name);
+    let uas_port = free_udp_port();
+    let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
+    let _uas = callee(&dir, uas, uas_port, calls, echo);
+    let (ok, why) = caller(&dir, uac, sip_port, calls).await;
+    assert!(
+        ok,
+        "{uac} -> {uas}: {why}\nsluice log:\n{}",
+        tail(&d.log_text())
+    );
+    let stats = settled(&d).await;
+    assert_eq!(
+        (stats.calls_current, stats.ports_in_use),
+        (0, 0),
+        "no call and no port left\n{}",
+        tail(&d.log_text())
+    );
+    let records = cdr_lines(&cdr);
+    assert_eq!(records.len(), calls as usize, "one record per call");
+    Run {
+        d,
+        dir,
+        stats,
+        records,
+    }
+}
+
 fn cdr_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -290,26 +335,19 @@ async fn the_callee_hangs_up_and_the_caller_gets_the_bye_through_sluice() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let dir = scratch("b2bua-bye");
-    let uas_port = free_udp_port();
-    let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
-    let _uas = callee(&dir, "uas_hangs_up.xml", uas_port, 2, true);
-    let (ok, why) = caller(&dir, "uac_waits_for_bye.xml", sip_port, 2).await;
-    assert!(ok, "{why}\nsluice log:\n{}", d.log_text());
-    let stats = settled(&d).await;
-    assert_eq!(
-        (stats.calls_current, stats.ports_in_use),
-        (0, 0),
-        "{}",
-        d.log_text()
-    );
-    let records = cdr_lines(&cdr);
-    assert_eq!(records.len(), 2);
+    let run = calls_through(
+        "b2bua-bye",
+        "uas_hangs_up.xml",
+        "uac_waits_for_bye.xml",
+        2,
+        true,
+    )
+    .await;
     assert!(
-        records.iter().all(|r| r["reason"] == "callee hung up"),
-        "{records:?}"
+        run.records.iter().all(|r| r["reason"] == "callee hung up"),
+        "{:?}",
+        run.records
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,33 +356,18 @@ async fn refusals_by_the_callee_reach_the_caller_with_their_code() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    for (code, scenario) in [("486", "uas_busy.xml"), ("503", "uas_unavailable.xml")] {
-        let dir = scratch("b2bua-refused");
-        let uas_port = free_udp_port();
-        let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
-        let _uas = callee(&dir, scenario, uas_port, 2, false);
-        let (ok, why) = caller(&dir, "uac_refused.xml", sip_port, 2).await;
-        assert!(ok, "{code}: {why}\nsluice log:\n{}", d.log_text());
-        let stats = settled(&d).await;
-        assert_eq!(
-            (stats.calls_current, stats.ports_in_use),
-            (0, 0),
-            "{}",
-            d.log_text()
-        );
-        let sip = stats.sip.expect("SIP counters with --sip");
+    for (code, scenario) in [(486, "uas_busy.xml"), (503, "uas_unavailable.xml")] {
+        let run = calls_through("b2bua-refused", scenario, "uac_refused.xml", 2, false).await;
+        let sip = run.stats.sip.expect("SIP counters with --sip");
         assert_eq!(
             (sip.calls_total, sip.calls_answered, sip.calls_failed),
             (2, 0, 2)
         );
-        let records = cdr_lines(&cdr);
         assert!(
-            records
-                .iter()
-                .all(|r| r["code"] == code.parse::<u64>().unwrap()),
-            "{records:?}"
+            run.records.iter().all(|r| r["code"] == code),
+            "{:?}",
+            run.records
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -524,21 +547,8 @@ async fn a_g711_caller_reaches_an_opus_only_callee_through_transcoding() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let dir = scratch("b2bua-opus");
-    let uas_port = free_udp_port();
-    let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
-    let _uas = callee(&dir, "uas_opus.xml", uas_port, 2, true);
-    let (ok, why) = caller(&dir, "uac_rr_pcma.xml", sip_port, 2).await;
-    assert!(
-        ok,
-        "no 488: the calls go through\n{why}\nsluice log:\n{}",
-        tail(&d.log_text())
-    );
-    let stats = settled(&d).await;
-    assert_eq!((stats.calls_current, stats.ports_in_use), (0, 0));
-    let records = cdr_lines(&cdr);
-    assert_eq!(records.len(), 2);
-    for r in &records {
+    let run = calls_through("b2bua-opus", "uas_opus.xml", "uac_rr_pcma.xml", 2, true).await;
+    for r in &run.records {
         let streams: Vec<&serde_json::Value> = r["media"]["legs"]
             .as_array()
             .unwrap()
@@ -555,7 +565,6 @@ async fn a_g711_caller_reaches_an_opus_only_callee_through_transcoding() {
             "media both ways: {r}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,23 +634,14 @@ async fn a_reliable_183_and_its_prack_cross_sluice_rfc3262() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let dir = scratch("b2bua-100rel");
-    let uas_port = free_udp_port();
-    let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
-    let _uas = callee(&dir, "uas_100rel.xml", uas_port, 2, false);
-    let (ok, why) = caller(&dir, "uac_100rel.xml", sip_port, 2).await;
-    assert!(ok, "{why}\nsluice log:\n{}", tail(&d.log_text()));
-    let stats = settled(&d).await;
-    assert_eq!((stats.calls_current, stats.ports_in_use), (0, 0));
-    let records = cdr_lines(&cdr);
-    assert_eq!(records.len(), 2);
+    let run = calls_through("b2bua-100rel", "uas_100rel.xml", "uac_100rel.xml", 2, false).await;
     assert!(
-        records
+        run.records
             .iter()
             .all(|r| r["code"] == 200 && r["reason"] == "caller hung up"),
-        "{records:?}"
+        "{:?}",
+        run.records
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -650,19 +650,18 @@ async fn a_late_offer_takes_its_sdp_from_the_200_and_the_ack_and_carries_media()
         return;
     }
     let _serial = SERIAL.lock().await;
-    let dir = scratch("b2bua-late");
-    let uas_port = free_udp_port();
-    let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
-    let _uas = callee(&dir, "uas_rr_pcma.xml", uas_port, 2, true);
-    let (ok, why) = caller(&dir, "uac_late_offer.xml", sip_port, 2).await;
-    assert!(ok, "{why}\nsluice log:\n{}", tail(&d.log_text()));
-    let stats = settled(&d).await;
-    assert_eq!((stats.calls_current, stats.ports_in_use), (0, 0));
+    let run = calls_through(
+        "b2bua-late",
+        "uas_rr_pcma.xml",
+        "uac_late_offer.xml",
+        2,
+        true,
+    )
+    .await;
     assert!(
-        stats.packets_relayed >= 2 * 2 * 50,
-        "media both ways: {} packets",
-        stats.packets_relayed
+        run.stats.packets_relayed >= 2 * 2 * 50,
+        "media both ways: {} packets\n{}",
+        run.stats.packets_relayed,
+        tail(&run.d.log_text())
     );
-    assert_eq!(cdr_lines(&cdr).len(), 2);
-    let _ = std::fs::remove_dir_all(&dir);
 }
