@@ -146,6 +146,10 @@ fn event(ev: CallEvent) -> proto::Event {
         EventKind::MediaStarted => proto::EventKind::MediaStarted,
         EventKind::TimedOut => proto::EventKind::TimedOut,
         EventKind::Deleted => proto::EventKind::Deleted,
+        EventKind::SipCallStarted => proto::EventKind::SipCallStarted,
+        EventKind::SipCallRinging => proto::EventKind::SipCallRinging,
+        EventKind::SipCallAnswered => proto::EventKind::SipCallAnswered,
+        EventKind::SipCallEnded => proto::EventKind::SipCallEnded,
         // The detail is the number missed, which the session layer writes there already.
         EventKind::Overflow { .. } => proto::EventKind::Overflow,
     };

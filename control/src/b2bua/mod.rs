@@ -588,8 +588,13 @@ impl B2bua {
             self.counters.calls_failed += 1;
         }
         tracing::info!(call = id, reason, code, "call ended");
-        self.records
-            .push_back(CallRecord::of(&call, reason, code, media));
+        let record = CallRecord::of(&call, reason, code, media);
+        self.media.announce(
+            EventKind::SipCallEnded,
+            &call.a_call_id,
+            serde_json::to_string(&record).unwrap_or_default(),
+        );
+        self.records.push_back(record);
         // Bounded: a driver that never reads records must not grow without limit.
         if self.records.len() > 10_000 {
             self.records.pop_front();

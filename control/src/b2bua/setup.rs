@@ -11,7 +11,7 @@ use super::call::{Call, CallState, Leg, Unacked};
 use super::headers::{cancel_for, copy_session_timer, reason_of, sdp_body};
 use super::session_timer::{self, SessionTimer};
 use super::{ALLOW, B2bua, Role, SUPPORTED, TimerKind};
-use crate::session::SessionError;
+use crate::session::{EventKind, SessionError};
 
 impl B2bua {
     pub(super) fn new_call(&mut self, tx: TxId, msg: Message, from: Peer, now: Instant) {
@@ -198,6 +198,17 @@ impl B2bua {
         };
         let media_id_of_call = call.media_id.clone();
         tracing::info!(call = id, caller = %call.caller, callee = %call.callee, "call started");
+        self.media.announce(
+            EventKind::SipCallStarted,
+            &call.a_call_id,
+            serde_json::json!({
+                "call": id,
+                "caller": call.caller,
+                "callee": call.callee,
+                "media_call_id": call.media_id,
+            })
+            .to_string(),
+        );
         self.calls.insert(id, call);
         self.by_a.insert((a_call_id, a_remote_tag), id);
         self.by_b.insert(b_call_id, id);
@@ -420,7 +431,16 @@ impl B2bua {
         if call.state == CallState::Calling {
             call.state = CallState::Early;
         }
-        call.rang.get_or_insert(now);
+        if call.rang.is_none() {
+            call.rang = Some(now);
+            let a_call_id = call.a_call_id.clone();
+            self.media.announce(
+                EventKind::SipCallRinging,
+                &a_call_id,
+                serde_json::json!({ "call": id, "code": code }).to_string(),
+            );
+        }
+        let call = self.calls.get_mut(&id).expect("checked");
         let mut body = None;
         if call.offerer == Some(Leg::A)
             && let Ok(Some(sdp)) = sdp_body(&msg)
@@ -641,6 +661,12 @@ impl B2bua {
         self.timers
             .push(Reverse((now + t1, id, TimerKind::Retransmit2xx)));
         self.counters.calls_answered += 1;
+        let a_call_id = self.calls[&id].a_call_id.clone();
+        self.media.announce(
+            EventKind::SipCallAnswered,
+            &a_call_id,
+            serde_json::json!({ "call": id }).to_string(),
+        );
         tracing::info!(call = id, "answered");
         let _ = self.layer.respond(a_tx, r, now);
     }

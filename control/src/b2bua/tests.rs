@@ -1151,3 +1151,42 @@ mod random {
         }
     }
 }
+
+#[test]
+fn call_records_reach_event_watchers_started_ringing_answered_ended() {
+    use crate::session::EventKind;
+    let mut sim = Sim::new();
+    let mut watch = sim.sessions.subscribe();
+    let (_, a_tag) = establish(&mut sim);
+    sim.from(A, &from_a("BYE", 2, &a_tag, "z9hG4bKbye1", None));
+    let (_, to_b) = sim.out();
+    sim.send(B, &answer(&to_b[0], 200, "bob1", None));
+    let mut sip = Vec::new();
+    while let Some(ev) = watch.try_recv() {
+        if matches!(
+            ev.kind,
+            EventKind::SipCallStarted
+                | EventKind::SipCallRinging
+                | EventKind::SipCallAnswered
+                | EventKind::SipCallEnded
+        ) {
+            assert_eq!(ev.call_id, "a-call-1@10.0.0.1");
+            sip.push((ev.kind, ev.detail));
+        }
+    }
+    let kinds: Vec<_> = sip.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::SipCallStarted,
+            EventKind::SipCallRinging,
+            EventKind::SipCallAnswered,
+            EventKind::SipCallEnded
+        ]
+    );
+    let started: serde_json::Value = serde_json::from_str(&sip[0].1).unwrap();
+    assert_eq!(started["caller"], "sip:alice@example.com");
+    let ended: serde_json::Value = serde_json::from_str(&sip[3].1).unwrap();
+    assert_eq!(ended["reason"], "caller hung up");
+    assert_eq!(ended["code"], 200);
+}

@@ -27,6 +27,13 @@ pub enum EventKind {
     MediaStarted,
     TimedOut,
     Deleted,
+    /// The SIP B2BUA's call records (`call_id` is the caller's Call-ID, `detail` a JSON
+    /// object): a call started (caller, callee, the media call id), rang, was answered, and
+    /// ended (the whole call record: reason, status, times, per-leg media).
+    SipCallStarted,
+    SipCallRinging,
+    SipCallAnswered,
+    SipCallEnded,
     /// This subscriber's queue was full and `missed` events for it were dropped, right here in
     /// the sequence; the calls they were about may have changed in any way. Not about a call:
     /// `call_id` and `tag` are empty, `detail` is the number.
@@ -211,6 +218,12 @@ impl QueueState {
 }
 
 impl Sessions {
+    /// Publishes a front end's event (the B2BUA's call records) to every subscriber, in order
+    /// with the session layer's own.
+    pub fn announce(&self, kind: EventKind, call_id: &str, detail: String) {
+        self.emit(kind, call_id, "", detail);
+    }
+
     pub(super) fn emit(&self, kind: EventKind, call_id: &str, tag: &str, detail: String) {
         let ev = CallEvent {
             kind,
