@@ -68,24 +68,51 @@ impl std::str::FromStr for ControlAddr {
     }
 }
 
-/// `--ng udp:IP:PORT` (or `udp6:[IP]:PORT`): where rtpengine's ng protocol is served.
-pub fn parse_ng(s: &str) -> Result<SocketAddr, ConfigError> {
+/// Where rtpengine's ng protocol is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NgListen {
+    /// `udp:IP:PORT` / `udp6:[IP]:PORT`: what Kamailio and OpenSIPS send.
+    Udp(SocketAddr),
+    /// `tcp:IP:PORT` / `tcp6:[IP]:PORT`: rtpengine's `listen-tcp-ng`.
+    Tcp(SocketAddr),
+}
+
+impl NgListen {
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            NgListen::Udp(a) | NgListen::Tcp(a) => *a,
+        }
+    }
+}
+
+impl std::fmt::Display for NgListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NgListen::Udp(a) => write!(f, "udp:{a}"),
+            NgListen::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+/// `--ng udp:IP:PORT` (`udp6:[IP]:PORT`, `tcp:IP:PORT`, `tcp6:[IP]:PORT`).
+pub fn parse_ng(s: &str) -> Result<NgListen, ConfigError> {
+    const FORMS: &str = "expected udp:IP:PORT, udp6:[IP]:PORT, tcp:IP:PORT or tcp6:[IP]:PORT, \
+                         e.g. udp:127.0.0.1:2223";
     let bad = |why: &str| ConfigError::Invalid {
         key: "ng",
         value: s.to_string(),
         why: why.to_string(),
     };
-    let addr = s
-        .strip_prefix("udp6:")
-        .or_else(|| s.strip_prefix("udp:"))
-        .ok_or_else(|| bad("expected udp:IP:PORT or udp6:[IP]:PORT, e.g. udp:127.0.0.1:2223"))?;
-    let a: SocketAddr = addr
-        .parse()
-        .map_err(|_| bad("expected udp:IP:PORT or udp6:[IP]:PORT, e.g. udp:127.0.0.1:2223"))?;
-    if s.starts_with("udp6:") && !a.is_ipv6() {
-        return Err(bad("udp6: needs an IPv6 address in brackets"));
+    let (scheme, addr) = s.split_once(':').ok_or_else(|| bad(FORMS))?;
+    let a: SocketAddr = addr.parse().map_err(|_| bad(FORMS))?;
+    if scheme.ends_with('6') && !a.is_ipv6() {
+        return Err(bad("udp6:/tcp6: need an IPv6 address in brackets"));
     }
-    Ok(a)
+    match scheme {
+        "udp" | "udp6" => Ok(NgListen::Udp(a)),
+        "tcp" | "tcp6" => Ok(NgListen::Tcp(a)),
+        _ => Err(bad(FORMS)),
+    }
 }
 
 /// `--sip udp:IP:PORT` / `tcp:IP:PORT` / `tls:IP:PORT` (`udp6:[IP]:PORT`, ...): where the B2BUA
@@ -193,6 +220,8 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub max_sessions: Option<u64>,
+    pub max_load: Option<f64>,
+    pub max_cpu: Option<f64>,
     pub media_ip: Option<Vec<String>>,
     pub ports: Option<String>,
     pub timeout: Option<u64>,
@@ -234,6 +263,8 @@ pub struct Overrides {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub max_sessions: Option<u64>,
+    pub max_load: Option<f64>,
+    pub max_cpu: Option<f64>,
     pub media_ip: Vec<String>,
     pub ports: Option<String>,
     pub timeout: Option<u64>,
@@ -253,9 +284,8 @@ pub struct Overrides {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub control: ControlAddr,
-    /// `--ng`: UDP addresses serving rtpengine's ng protocol (Kamailio, OpenSIPS); none by
-    /// default.
-    pub ng: Vec<SocketAddr>,
+    /// `--ng`: where rtpengine's ng protocol is served (Kamailio, OpenSIPS); none by default.
+    pub ng: Vec<NgListen>,
     /// `--sip`: where the B2BUA takes calls (none: sluice is a media relay only).
     pub sip: Vec<sluice_sip::Peer>,
     /// `--route`: the next hops of every call the B2BUA takes, tried in this order.
@@ -269,6 +299,8 @@ pub struct Config {
     /// `--max-sessions`: new calls are refused beyond this many (None: no limit); changeable
     /// at run time through the control API.
     pub max_sessions: Option<u64>,
+    /// `--max-load`, `--max-cpu`: new calls are refused while the host is above them.
+    pub load_limits: crate::load::LoadLimits,
     pub media_ips: Vec<IpAddr>,
     pub port_low: u16,
     pub port_high: u16,
@@ -346,7 +378,7 @@ impl Config {
         let mut ng = Vec::new();
         for s in &ng_list {
             let a = parse_ng(s)?;
-            if !a.ip().is_loopback() && !allow_remote {
+            if !a.addr().ip().is_loopback() && !allow_remote {
                 return Err(ConfigError::Invalid {
                     key: "ng",
                     value: s.clone(),
@@ -567,10 +599,31 @@ impl Config {
             }
             us => us,
         };
+        let max_load = cli.max_load.or(file.max_load);
+        if let Some(l) = max_load
+            && !(l.is_finite() && l > 0.0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "max-load",
+                value: l.to_string(),
+                why: "a 1-minute load average above 0, e.g. 2 x the CPU count".into(),
+            });
+        }
+        let max_cpu = cli.max_cpu.or(file.max_cpu);
+        if let Some(c) = max_cpu
+            && !(c > 0.0 && c <= 100.0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "max-cpu",
+                value: c.to_string(),
+                why: "percent of all CPUs busy, above 0 and at most 100".into(),
+            });
+        }
         Ok(Config {
             control,
             ng,
             max_sessions: cli.max_sessions.or(file.max_sessions),
+            load_limits: crate::load::LoadLimits { max_load, max_cpu },
             sip,
             routes,
             max_calls: cli.max_calls.or(file.max_calls),
@@ -1014,15 +1067,24 @@ mod ng_tests {
     fn ng_addresses_parse_and_stay_on_loopback_unless_allowed() {
         assert_eq!(
             parse_ng("udp:127.0.0.1:2223").unwrap(),
-            "127.0.0.1:2223".parse().unwrap()
+            NgListen::Udp("127.0.0.1:2223".parse().unwrap())
         );
         assert_eq!(
             parse_ng("udp6:[::1]:2223").unwrap(),
-            "[::1]:2223".parse().unwrap()
+            NgListen::Udp("[::1]:2223".parse().unwrap())
+        );
+        assert_eq!(
+            parse_ng("tcp:127.0.0.1:2223").unwrap(),
+            NgListen::Tcp("127.0.0.1:2223".parse().unwrap())
+        );
+        assert_eq!(
+            parse_ng("tcp6:[::1]:2223").unwrap().to_string(),
+            "tcp:[::1]:2223"
         );
         for bad in [
             "127.0.0.1:2223",
-            "tcp:127.0.0.1:1",
+            "sctp:127.0.0.1:1",
+            "tcp6:127.0.0.1:1",
             "udp:localhost:1",
             "udp6:127.0.0.1:1",
             "udp:",
@@ -1037,6 +1099,7 @@ mod ng_tests {
         };
         let c = Config::resolve(FileConfig::default(), cli("udp:127.0.0.1:2223", false)).unwrap();
         assert_eq!((c.ng.len(), c.max_sessions), (1, Some(5)));
+        assert_eq!(c.load_limits, crate::load::LoadLimits::default());
         let e =
             Config::resolve(FileConfig::default(), cli("udp:10.1.2.3:2223", false)).unwrap_err();
         assert!(e.to_string().contains("no authentication"), "{e}");

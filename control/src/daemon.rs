@@ -15,7 +15,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 
-use crate::config::{Config, ControlAddr, XdpSetting};
+use crate::config::{Config, ControlAddr, NgListen, XdpSetting};
 use crate::grpc::ControlService;
 use crate::kernel::{KernelPath, Xdp};
 use crate::session::{SessionConfig, SessionEnv, Sessions};
@@ -81,16 +81,41 @@ pub async fn run_until(
         sessions.set_max_sessions(cfg.max_sessions);
     }
     let ng_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut ng_servers = Vec::new();
-    for addr in &cfg.ng {
-        let sock = crate::ng::server::bind(*addr)?;
-        tracing::info!(ng = %format!("udp:{addr}"), "serving rtpengine's ng protocol");
-        let (s, stop) = (sessions.clone(), ng_stop.clone());
-        ng_servers.push(
-            std::thread::Builder::new()
-                .name("sluice-ng".into())
-                .spawn(move || crate::ng::server::serve(sock, s, stop))?,
+    // Not joined at shutdown: it holds nothing and would add up to a second of sleep.
+    let _load_sampler = if cfg.load_limits.any() {
+        sessions.set_load_limits(cfg.load_limits);
+        tracing::info!(
+            max_load = ?cfg.load_limits.max_load,
+            max_cpu_percent = ?cfg.load_limits.max_cpu,
+            "refusing new calls above these host load limits"
         );
+        Some(crate::load::spawn_sampler(
+            sessions.load_gauge().clone(),
+            cfg.load_limits,
+            ng_stop.clone(),
+        )?)
+    } else {
+        None
+    };
+    let mut ng_servers = Vec::new();
+    for listen in &cfg.ng {
+        let (s, stop) = (sessions.clone(), ng_stop.clone());
+        let thread = std::thread::Builder::new().name("sluice-ng".into());
+        ng_servers.push(match *listen {
+            NgListen::Udp(addr) => {
+                let sock = crate::ng::server::bind(addr)?;
+                thread.spawn(move || crate::ng::server::serve(sock, s, stop))?
+            }
+            NgListen::Tcp(addr) => {
+                let l = crate::ng::tcp::bind(addr)?;
+                thread.spawn(move || {
+                    if let Err(e) = crate::ng::tcp::serve(l, s, stop) {
+                        tracing::error!(error = %e, "the ng TCP listener failed; no more ng over TCP");
+                    }
+                })?
+            }
+        });
+        tracing::info!(ng = %listen, "serving rtpengine's ng protocol");
     }
 
     let mut sip_servers = Vec::new();

@@ -76,9 +76,9 @@ impl From<SessionError> for Status {
             }
             SessionError::NotFound(_) => Status::not_found(msg),
             SessionError::NoCodecBridge(_) => Status::failed_precondition(msg),
-            SessionError::NoPorts(_) | SessionError::SessionLimit(_) => {
-                Status::resource_exhausted(msg)
-            }
+            SessionError::NoPorts(_)
+            | SessionError::SessionLimit(_)
+            | SessionError::Overloaded(_) => Status::resource_exhausted(msg),
             SessionError::ShuttingDown | SessionError::Engine(_) => Status::unavailable(msg),
         }
     }
@@ -617,6 +617,13 @@ mod tests {
             ),
             (SessionError::NotFound("c".into()), Code::NotFound),
             (SessionError::SessionLimit(0), Code::ResourceExhausted),
+            (
+                SessionError::Overloaded(crate::load::Overload::Cpu {
+                    used: 95.0,
+                    max: 90.0,
+                }),
+                Code::ResourceExhausted,
+            ),
             (SessionError::ShuttingDown, Code::Unavailable),
             (
                 SessionError::Engine(sluice_relay::engine::EngineGone),

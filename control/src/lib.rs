@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod grpc;
 pub mod h2_authority;
 pub mod kernel;
+pub mod load;
 pub mod ng;
 pub mod port_alloc;
 pub mod sdes;

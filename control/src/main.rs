@@ -55,6 +55,12 @@ enum Cmd {
         /// `sluice ctl max-sessions N|none` changes it at run time, 0 drains (default: no limit).
         #[arg(long = "max-sessions")]
         max_sessions: Option<u64>,
+        /// Refuse new calls while the 1-minute load average is above this (as rtpengine's).
+        #[arg(long = "max-load")]
+        max_load: Option<f64>,
+        /// Refuse new calls while more than this percent of all CPUs is busy (as rtpengine's).
+        #[arg(long = "max-cpu")]
+        max_cpu: Option<f64>,
         /// Relay address media is received on; repeat for IPv4 and IPv6.
         #[arg(long = "media-ip")]
         media_ip: Vec<String>,
@@ -156,6 +162,8 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             max_sessions,
+            max_load,
+            max_cpu,
             media_ip,
             ports,
             timeout,
@@ -190,6 +198,8 @@ fn main() -> ExitCode {
                     tls_cert,
                     tls_key,
                     max_sessions,
+                    max_load,
+                    max_cpu,
                     media_ip,
                     ports,
                     timeout,

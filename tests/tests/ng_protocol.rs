@@ -446,3 +446,71 @@ async fn the_session_limit_answers_load_limit_and_drains() {
     })
     .await;
 }
+
+/// `--max-cpu`: while more of the machine's CPU is busy than allowed, new calls get
+/// `result: load limit` (Kamailio, which `supports` it) or rtpengine's "CPU usage limit
+/// exceeded" (the string OpenSIPS matches). The test keeps one core busy so that a 1% limit
+/// is exceeded on any machine; the sampler reads /proc/stat once a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_host_answers_load_limit_with_max_cpu() {
+    bounded(async {
+        let port = free_udp_port();
+        let d = Daemon::start(&["--ng", &format!("udp:127.0.0.1:{port}"), "--max-cpu", "1"]).await;
+        assert!(
+            d.log_text().contains("host load limits"),
+            "{}",
+            d.log_text()
+        );
+        let spin = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let s = spin.clone();
+        let burner = std::thread::spawn(move || {
+            let mut x = 0u64;
+            while s.load(std::sync::atomic::Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        });
+        let ng = Ng::new(port);
+        let caller = Peer::v4();
+        let deadline = std::time::Instant::now() + Duration::from_secs(8);
+        let mut i = 0;
+        let limited = loop {
+            i += 1;
+            let r = ng.call(
+                &format!("c{i}"),
+                offer_msg(&format!("cpu-{i}"), &caller.sdp(&[])),
+            );
+            if r.get_str("result").as_deref() == Some("load limit")
+                || std::time::Instant::now() > deadline
+            {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(
+            limited.get_str("result").as_deref(),
+            Some("load limit"),
+            "{limited:?}\n{}",
+            d.log_text()
+        );
+        let Value::Dict(mut plain) = offer_msg("cpu-plain", &caller.sdp(&[])) else {
+            unreachable!()
+        };
+        plain.remove(b"supports".as_slice());
+        let refused = ng.call("plain", Value::Dict(plain));
+        assert_eq!(
+            refused.get_str("error-reason").as_deref(),
+            Some("CPU usage limit exceeded"),
+            "{refused:?}"
+        );
+        spin.store(false, std::sync::atomic::Ordering::Relaxed);
+        burner.join().unwrap();
+        assert!(
+            d.log_text()
+                .contains("refusing new calls until the load drops"),
+            "one log line when the limit trips\n{}",
+            d.log_text()
+        );
+        drop(d);
+    })
+    .await;
+}

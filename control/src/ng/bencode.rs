@@ -28,6 +28,15 @@ pub struct DecodeError {
     pub reason: &'static str,
 }
 
+impl DecodeError {
+    /// The input stopped inside a value: on a stream, more bytes may complete it.
+    pub fn is_truncation(&self) -> bool {
+        matches!(self.reason, ENDS_EARLY | "string runs past the end")
+    }
+}
+
+const ENDS_EARLY: &str = "input ends early";
+
 impl Value {
     pub fn str(s: &str) -> Self {
         Value::Bytes(s.as_bytes().to_vec())
@@ -104,16 +113,26 @@ impl Value {
 
     /// Decodes exactly one value that spans all of `input`.
     pub fn decode(input: &[u8]) -> Result<Value, DecodeError> {
+        let (v, used) = Value::decode_prefix(input)?;
+        if used != input.len() {
+            return Err(DecodeError {
+                at: used,
+                reason: "trailing bytes after the value",
+            });
+        }
+        Ok(v)
+    }
+
+    /// Decodes the value at the start of `input` and says how many bytes it took: on a stream
+    /// a bencoded value delimits itself.
+    pub fn decode_prefix(input: &[u8]) -> Result<(Value, usize), DecodeError> {
         let mut d = Decoder {
             input,
             pos: 0,
             items: 0,
         };
         let v = d.value(0)?;
-        if d.pos != input.len() {
-            return Err(d.err("trailing bytes after the value"));
-        }
-        Ok(v)
+        Ok((v, d.pos))
     }
 
     /// A JSON object as the equivalent bencode dictionary (ng accepts either): strings become
@@ -175,7 +194,7 @@ impl Decoder<'_> {
             return Err(self.err("too many values"));
         }
         let Some(&tag) = self.input.get(self.pos) else {
-            return Err(self.err("input ends early"));
+            return Err(self.err(ENDS_EARLY));
         };
         match tag {
             b'i' => {
@@ -253,6 +272,9 @@ impl Decoder<'_> {
         // Lengths and integers are at most 20 digits: do not scan a megabyte for the delimiter.
         let window = &self.input[start..self.input.len().min(start + 21)];
         let Some(off) = window.iter().position(|&b| b == delim) else {
+            if start + 21 > self.input.len() {
+                return Err(self.err(ENDS_EARLY));
+            }
             return Err(self.err(if delim == b':' {
                 "string length without ':'"
             } else {

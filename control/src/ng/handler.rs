@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 
 use crate::codecs::TranscodeMode;
+use crate::load::Overload;
 use crate::session::{
     CallReport, CodecRequest, Family, LegOptions, RtcpMuxMode, SessionError, Sessions, SrtpMode,
     Statistics, StreamReport,
@@ -67,6 +68,9 @@ pub fn reason(e: &SessionError) -> String {
         SessionError::NoPorts(_) => "Ran out of ports".into(),
         // Exactly rtpengine's string: Kamailio and OpenSIPS match it to fail over.
         SessionError::SessionLimit(_) => "Parallel session limit reached".into(),
+        // rtpengine's words, matched literally by OpenSIPS to fail over.
+        SessionError::Overloaded(Overload::Cpu { .. }) => "CPU usage limit exceeded".into(),
+        SessionError::Overloaded(Overload::Load { .. }) => "Load limit exceeded".into(),
         SessionError::NotFound(_) => "Unknown call-id".into(),
         SessionError::BadSdp(e) => format!("Failed to parse SDP: {e}"),
         other => other.to_string(),
@@ -98,7 +102,11 @@ fn run(sessions: &Sessions, req: &mut Request) -> Result<Entries, Fail> {
             let out = sessions
                 .offer_branch(&call_id, &from_tag, &branch, &sdp, opts)
                 .map_err(|e| match e {
-                    SessionError::SessionLimit(_) if req.supports_load_limit => Fail::LoadLimit,
+                    SessionError::SessionLimit(_) | SessionError::Overloaded(_)
+                        if req.supports_load_limit =>
+                    {
+                        Fail::LoadLimit
+                    }
                     e => Fail::Reason(reason(&e)),
                 })?;
             Ok(vec![("sdp", Value::str(&finish_sdp(req, out)))])

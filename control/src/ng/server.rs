@@ -1,4 +1,4 @@
-//! The ng protocol on UDP: `<cookie> <dictionary>` in, `<cookie> <reply>` out, through the
+//! The ng protocol on UDP (TCP: [`super::tcp`]): `<cookie> <dictionary>` in, `<cookie> <reply>` out, through the
 //! [`CookieCache`] so that a retransmission never runs twice.
 //!
 //! One thread per socket handles requests in arrival order: a request costs the session layer
@@ -65,30 +65,61 @@ pub fn serve(sock: UdpSocket, sessions: Arc<Sessions>, stop: Arc<AtomicBool>) {
             continue;
         };
         let (cookie, body) = (&datagram[..space], &datagram[space + 1..]);
-        match cache.begin(peer, cookie, now_ns()) {
-            Lookup::Cached(reply) => {
-                tracing::debug!(%peer, cookie = %String::from_utf8_lossy(cookie), "ng retransmission answered from the cache");
-                send(&sock, &reply, peer);
-            }
-            // Cannot happen with one thread per socket; a later parallel server would hold it.
-            Lookup::InFlight => {}
-            Lookup::New => {
-                let reply = if n > MAX_DATAGRAM {
-                    handler::error(&format!("Message too large (over {MAX_DATAGRAM} bytes)"))
-                } else {
-                    match decode(body) {
-                        Ok(msg) => handler::handle(&sessions, &msg),
-                        Err(reason) => handler::error(&reason),
-                    }
-                };
-                out.clear();
-                out.extend_from_slice(cookie);
-                out.push(b' ');
-                reply.encode(&mut out);
-                let copies = cache.finish(peer, cookie, &out, now_ns());
+        let body = if n > MAX_DATAGRAM {
+            Err(format!("Message too large (over {MAX_DATAGRAM} bytes)"))
+        } else {
+            decode(body)
+        };
+        match respond(&mut cache, &sessions, peer, cookie, body, &mut out) {
+            Reply::Cached(reply) => send(&sock, &reply, peer),
+            Reply::Held => {}
+            Reply::Fresh { copies } => {
                 for _ in 0..=copies {
                     send(&sock, &out, peer);
                 }
+            }
+        }
+    }
+}
+
+/// What a request gets, through the cache.
+pub(super) enum Reply {
+    /// A retransmission: this reply again.
+    Cached(Vec<u8>),
+    /// A copy of a request still being handled (only where requests run in parallel).
+    Held,
+    /// Handled now: the reply is in `out`, to be sent `copies + 1` times (once per copy held).
+    Fresh { copies: usize },
+}
+
+/// Answers one request (`body` decoded, or why not) from `peer` with `cookie`, writing
+/// `<cookie> <reply>` into `out` unless the cache already holds the reply.
+pub(super) fn respond(
+    cache: &mut CookieCache,
+    sessions: &Sessions,
+    peer: SocketAddr,
+    cookie: &[u8],
+    body: Result<Value, String>,
+    out: &mut Vec<u8>,
+) -> Reply {
+    match cache.begin(peer, cookie, now_ns()) {
+        Lookup::Cached(reply) => {
+            tracing::debug!(%peer, cookie = %String::from_utf8_lossy(cookie), "ng retransmission answered from the cache");
+            Reply::Cached(reply)
+        }
+        // Cannot happen with one thread per socket; a later parallel server would hold it.
+        Lookup::InFlight => Reply::Held,
+        Lookup::New => {
+            let reply = match body {
+                Ok(msg) => handler::handle(sessions, &msg),
+                Err(reason) => handler::error(&reason),
+            };
+            out.clear();
+            out.extend_from_slice(cookie);
+            out.push(b' ');
+            reply.encode(out);
+            Reply::Fresh {
+                copies: cache.finish(peer, cookie, out, now_ns()),
             }
         }
     }

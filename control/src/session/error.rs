@@ -24,6 +24,7 @@ use crate::sdp::SdpError;
 /// | `NoCodecBridge` | `FAILED_PRECONDITION` | 488        | the message           |
 /// | `NoPorts`       | `RESOURCE_EXHAUSTED`  | 503        | "Ran out of ports"    |
 /// | `SessionLimit`  | `RESOURCE_EXHAUSTED`  | 503        | "Parallel session limit reached", or `result: load limit` to a client that supports it |
+/// | `Overloaded`    | `RESOURCE_EXHAUSTED`  | 503        | "CPU usage limit exceeded" / "Load limit exceeded", or `result: load limit` |
 /// | `NotFound`      | `NOT_FOUND`           | 481        | "Unknown call-id"     |
 /// | `ShuttingDown`  | `UNAVAILABLE`         | 503        | the message           |
 /// | `Engine`        | `UNAVAILABLE`         | 500        | the message           |
@@ -61,6 +62,9 @@ pub enum SessionError {
     /// match to send the call to their next media relay.
     #[error("Parallel session limit reached ({0} calls)")]
     SessionLimit(u64),
+    /// `--max-cpu` or `--max-load` is exceeded: no new call until the host is less busy.
+    #[error("{0}")]
+    Overloaded(#[from] crate::load::Overload),
     /// The relay thread is gone; no request can succeed any more.
     #[error("{0}")]
     Engine(#[from] EngineGone),
@@ -97,6 +101,7 @@ impl SessionError {
             SessionError::NotFound(_) => 481,
             SessionError::NoPorts(_)
             | SessionError::SessionLimit(_)
+            | SessionError::Overloaded(_)
             | SessionError::ShuttingDown => 503,
             SessionError::Engine(_) => 500,
         }

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sluice_relay::engine::{Command, EngineEvent, EngineGone, EngineHandle};
 
 use crate::kernel::{FlowIds, KernelPath};
+use crate::load::{LoadGauge, LoadLimits};
 use crate::port_alloc::{PortAllocError, PortAllocator};
 use crate::sdp::Sdp;
 
@@ -86,6 +87,8 @@ pub struct Sessions {
     closing: tokio::sync::watch::Sender<bool>,
     clock: Arc<dyn Clock>,
     started_ns: u64,
+    /// Host load readings for `--max-load` / `--max-cpu` (written by the daemon's sampler).
+    load: Arc<LoadGauge>,
 }
 
 impl Sessions {
@@ -113,12 +116,14 @@ impl Sessions {
                 totals: Totals::default(),
                 shutting_down: false,
                 max_sessions: None,
+                load_limits: LoadLimits::default(),
                 kernel,
                 flow_ids: FlowIds::default(),
             }),
             events: EventHub::new(EVENT_QUEUE_LEN),
             closing: tokio::sync::watch::Sender::new(false),
             clock,
+            load: Arc::default(),
         }))
     }
 
@@ -145,6 +150,17 @@ impl Sessions {
     pub fn set_max_sessions(&self, max: Option<u64>) -> Option<u64> {
         let mut st = self.lock();
         std::mem::replace(&mut st.max_sessions, max)
+    }
+
+    /// Refuses new calls (with [`SessionError::Overloaded`]) while the host is above `limits`,
+    /// as read into [`Sessions::load_gauge`]; calls in progress go on.
+    pub fn set_load_limits(&self, limits: LoadLimits) {
+        self.lock().load_limits = limits;
+    }
+
+    /// The readings the load limits are checked against.
+    pub fn load_gauge(&self) -> &Arc<LoadGauge> {
+        &self.load
     }
 
     /// Resolves once shutdown has begun.
@@ -194,6 +210,9 @@ impl Sessions {
             && st.calls.len() as u64 >= max
         {
             return Err(SessionError::SessionLimit(max));
+        }
+        if created {
+            self.load.check(&st.load_limits)?;
         }
         let o = match st.calls.get(call_id) {
             None => 0,

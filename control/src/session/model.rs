@@ -174,6 +174,8 @@ pub(super) struct State {
     pub(super) shutting_down: bool,
     /// New calls are refused at this many (None: no limit); set at run time to drain a node.
     pub(super) max_sessions: Option<u64>,
+    /// `--max-load` / `--max-cpu`: new calls are refused above them.
+    pub(super) load_limits: crate::load::LoadLimits,
     pub(super) kernel: Option<Box<dyn KernelPath>>,
     pub(super) flow_ids: FlowIds,
 }

@@ -336,3 +336,38 @@ fn the_session_limit_refuses_new_calls_only() {
         .unwrap();
     assert_eq!(s.statistics().calls_current, 2);
 }
+
+/// `--max-cpu` / `--max-load`: while a reading is above its limit new calls are refused, calls
+/// in progress go on; when it drops, new calls are taken again.
+#[test]
+fn load_limits_refuse_new_calls_only_while_exceeded() {
+    use crate::load::{LoadLimits, Overload};
+    let (s, _) = sessions(20000, 20999, Duration::from_secs(60));
+    s.set_load_limits(LoadLimits {
+        max_load: Some(4.0),
+        max_cpu: Some(85.0),
+    });
+    s.offer("c1", "a", &sdp("alice", 4000, ""), LegOptions::default())
+        .expect("no reading yet refuses nothing");
+    s.load_gauge().set(Some(1.0), Some(97.5));
+    let e = s
+        .offer("c2", "a", &sdp("alice", 4002, ""), LegOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(e, SessionError::Overloaded(Overload::Cpu { .. })),
+        "{e}"
+    );
+    assert_eq!(e.sip_status(), 503);
+    assert!(e.to_string().contains("97.5%"), "{e}");
+    s.answer("c1", "a", "b", &sdp("bob", 5000, ""), LegOptions::default())
+        .expect("the call in progress is answered");
+    s.load_gauge().set(Some(6.0), Some(10.0));
+    assert!(matches!(
+        s.offer("c2", "a", &sdp("alice", 4002, ""), LegOptions::default()),
+        Err(SessionError::Overloaded(Overload::Load { .. }))
+    ));
+    s.load_gauge().set(Some(0.5), None);
+    s.offer("c2", "a", &sdp("alice", 4002, ""), LegOptions::default())
+        .expect("under the limits again");
+    assert_eq!(s.statistics().calls_current, 2);
+}
