@@ -3,7 +3,9 @@
 //! BYE and failures). SIPp calls through Kamailio to a SIPp callee that echoes RTP: every call
 //! succeeds, the RTP goes through sluice both ways, Kamailio's `$rtpestat` (read from sluice's
 //! query reply) is filled in, and after the BYEs sluice holds no call and no port. Then callers
-//! that CANCEL while it rings: Kamailio deletes those calls too, and nothing is left.
+//! that CANCEL while it rings: Kamailio deletes those calls too, and nothing is left. And two
+//! sluice nodes in one Kamailio set: calls spread over both; a node drained at run time answers
+//! `load limit` and Kamailio sends every new call to the other.
 //!
 //! Needs kamailio and sipp (Debian: kamailio, sip-tester): required under CI, skipped with a
 //! line saying so elsewhere.
@@ -26,7 +28,8 @@ fn missing_tools() -> Option<String> {
     (!missing.is_empty()).then(|| format!("apt-get install {}", missing.join(" ")))
 }
 
-fn kamailio_cfg(sip_port: u16, uas_port: u16, ng_port: u16) -> String {
+/// `rtpengine_sock`: one node (`udp:127.0.0.1:PORT`) or a set (`udp:...=1 udp:...=1`).
+fn kamailio_cfg(sip_port: u16, uas_port: u16, rtpengine_sock: &str) -> String {
     format!(
         r#"#!KAMAILIO
 debug=2
@@ -53,7 +56,7 @@ loadmodule "xlog.so"
 loadmodule "rtpengine.so"
 
 modparam("rr", "enable_full_lr", 0)
-modparam("rtpengine", "rtpengine_sock", "udp:127.0.0.1:{ng_port}")
+modparam("rtpengine", "rtpengine_sock", "{rtpengine_sock}")
 
 request_route {{
 	if (!mf_process_maxfwd_header("10")) {{
@@ -118,6 +121,21 @@ failure_route[MANAGE_FAILURE] {{
     )
 }
 
+/// Kamailio with `cfg`, its files and `kamailio.log` in `dir`, killed on drop.
+fn start_kamailio(dir: &Path, cfg: &str) -> Group {
+    let path = dir.join("kamailio.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let mut kam = Command::new("kamailio");
+    kam.arg("-f")
+        .arg(&path)
+        .arg("-P")
+        .arg(dir.join("kamailio.pid"))
+        .arg("-Y")
+        .arg(dir)
+        .args(["-DD", "-E", "-m", "64", "-M", "8"]);
+    spawn_group(kam, &dir.join("kamailio.log"))
+}
+
 /// Kamailio answers (405 to OPTIONS) once it listens.
 fn wait_sip(port: u16, log: &Path) {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -153,18 +171,11 @@ async fn kamailio_calls_go_through_sluice_and_end_with_bye() {
     let (ng_port, sip_port, uas_port) = (free_udp_port(), free_udp_port(), free_udp_port());
     let d = Daemon::start(&["--ng", &format!("udp:127.0.0.1:{ng_port}")]).await;
     let dir = d.dir.clone();
-    let cfg = dir.join("kamailio.cfg");
-    std::fs::write(&cfg, kamailio_cfg(sip_port, uas_port, ng_port)).unwrap();
     let kam_log = dir.join("kamailio.log");
-    let mut kam = Command::new("kamailio");
-    kam.arg("-f")
-        .arg(&cfg)
-        .arg("-P")
-        .arg(dir.join("kamailio.pid"))
-        .arg("-Y")
-        .arg(&dir)
-        .args(["-DD", "-E", "-m", "64", "-M", "8"]);
-    let _kamailio = spawn_group(kam, &kam_log);
+    let _kamailio = start_kamailio(
+        &dir,
+        &kamailio_cfg(sip_port, uas_port, &format!("udp:127.0.0.1:{ng_port}")),
+    );
     wait_sip(sip_port, &kam_log);
 
     let scenarios = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sipp");
@@ -315,4 +326,148 @@ async fn kamailio_calls_go_through_sluice_and_end_with_bye() {
         "no port left behind\n{}",
         d.log_text()
     );
+}
+
+/// `calls` SIPp calls with echoed PCMA through Kamailio at `sip_port` to a SIPp callee at
+/// `uas_port`; panics with the logs unless every call succeeds.
+async fn calls_with_media(dir: &Path, sip_port: u16, uas_port: u16, calls: u32, what: &str) {
+    let scenarios = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sipp");
+    let mut uas = Command::new("sipp");
+    uas.arg("-sf")
+        .arg(scenarios.join("uas_rr_pcma.xml"))
+        .args(["-i", "127.0.0.1", "-p", &uas_port.to_string()])
+        .args(["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()])
+        .args(["-rtp_echo", "-m", &calls.to_string(), "-nostdin"]);
+    let _uas = spawn_group(uas, &dir.join(format!("sipp_uas_{what}.log")));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut uac = Command::new("sipp");
+    uac.arg(format!("127.0.0.1:{sip_port}"))
+        .arg("-sf")
+        .arg(scenarios.join("uac_rr_pcma.xml"))
+        .args(["-i", "127.0.0.1", "-p", &free_udp_port().to_string()])
+        .args(["-mi", "127.0.0.1", "-mp", &free_udp_port().to_string()])
+        .args([
+            "-s",
+            "sluice",
+            "-m",
+            &calls.to_string(),
+            "-r",
+            "4",
+            "-l",
+            "4",
+        ])
+        .args(["-nostdin", "-timeout", "30", "-timeout_error"])
+        .current_dir(dir);
+    let (out, killed) =
+        tokio::task::spawn_blocking(move || run_bounded(uac, Duration::from_secs(45)))
+            .await
+            .unwrap();
+    assert!(
+        !killed && out.status.success(),
+        "{what}: not every call succeeded: {} (killed: {killed})\n{}\nkamailio log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.join("kamailio.log")).unwrap_or_default()
+    );
+}
+
+/// A node's statistics once its calls have ended (the BYE's delete reaches sluice beside the
+/// SIP exchange).
+async fn idle_stats(d: &Daemon) -> pb::StatisticsReply {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = d
+            .client()
+            .await
+            .statistics(pb::StatisticsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if s.calls_current == 0 || Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two sluice nodes in one Kamailio rtpengine set, as a deployment grows across hosts: every
+/// call lands on exactly one node and carries media there. Then node A is drained at run time
+/// (`SetMaxSessions 0`, what `sluice ctl max-sessions 0` sends): it answers new offers with
+/// `load limit`, Kamailio silently sends them to node B, every call still succeeds, and A takes
+/// none of them. Afterwards neither node holds a call or a port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_sends_kamailio_to_the_next_one_in_its_set() {
+    if let Some(install) = missing_tools() {
+        assert!(std::env::var_os("CI").is_none(), "under CI: {install}");
+        skipped(&format!("needs Kamailio and SIPp ({install})"));
+        return;
+    }
+    let (ng_a, ng_b, sip_port, uas_port) = (
+        free_udp_port(),
+        free_udp_port(),
+        free_udp_port(),
+        free_udp_port(),
+    );
+    let a = Daemon::start(&["--ng", &format!("udp:127.0.0.1:{ng_a}")]).await;
+    let b = Daemon::start(&["--ng", &format!("udp:127.0.0.1:{ng_b}")]).await;
+    let dir = a.dir.clone();
+    let set = format!("udp:127.0.0.1:{ng_a}=1 udp:127.0.0.1:{ng_b}=1");
+    let _kamailio = start_kamailio(&dir, &kamailio_cfg(sip_port, uas_port, &set));
+    wait_sip(sip_port, &dir.join("kamailio.log"));
+
+    const FIRST: u32 = 6;
+    calls_with_media(&dir, sip_port, uas_port, FIRST, "both").await;
+    let (sa, sb) = (idle_stats(&a).await, idle_stats(&b).await);
+    assert_eq!(
+        sa.calls_total + sb.calls_total,
+        u64::from(FIRST),
+        "each call on exactly one node (A {}, B {})",
+        sa.calls_total,
+        sb.calls_total
+    );
+    for (name, s, total) in [("A", &sa, sa.calls_total), ("B", &sb, sb.calls_total)] {
+        assert!(
+            s.packets_relayed >= total * 2 * 50,
+            "node {name}: {} packets for {total} calls",
+            s.packets_relayed
+        );
+    }
+
+    let drained = a
+        .client()
+        .await
+        .set_max_sessions(pb::SetMaxSessionsRequest {
+            max_sessions: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(drained.previous, None);
+    const SECOND: u32 = 6;
+    calls_with_media(&dir, sip_port, uas_port, SECOND, "drained").await;
+    let (a2, b2) = (idle_stats(&a).await, idle_stats(&b).await);
+    assert_eq!(
+        a2.calls_total, sa.calls_total,
+        "the drained node took no new call"
+    );
+    assert_eq!(
+        b2.calls_total,
+        sb.calls_total + u64::from(SECOND),
+        "node B took every new call"
+    );
+    assert!(b2.packets_relayed >= sb.packets_relayed + u64::from(SECOND) * 2 * 50);
+    println!(
+        "calls on A/B: {}/{} before the drain, {}/{} after",
+        sa.calls_total,
+        sb.calls_total,
+        a2.calls_total - sa.calls_total,
+        b2.calls_total - sb.calls_total
+    );
+    for (name, s) in [("A", &a2), ("B", &b2)] {
+        assert_eq!(
+            (s.calls_current, s.ports_in_use),
+            (0, 0),
+            "node {name} holds nothing"
+        );
+    }
 }
