@@ -16,8 +16,8 @@ use crate::proto::{self, control_server::Control};
 use crate::sdp::Direction;
 use crate::session::{
     CallEvent, CallReport, CodecRequest, EventKind, Family, KernelFeatureReport, LegOptions,
-    LegReport, RtcpMuxMode, SessionError, Sessions, SrtpMode, SrtpReport, Statistics, StreamReport,
-    WorkerReport,
+    LegReport, QualityPoint, RtcpMuxMode, SessionError, Sessions, SrtpMode, SrtpReport, Statistics,
+    StreamReport, WorkerReport,
 };
 
 pub struct ControlService {
@@ -180,6 +180,17 @@ fn leg_info(r: &LegReport) -> proto::LegInfo {
     }
 }
 
+fn quality_point(p: &QualityPoint) -> proto::QualityPoint {
+    proto::QualityPoint {
+        mos: p.mos,
+        reported_unix_ms: p.reported_unix_ms,
+        loss_pct: p.loss_pct,
+        jitter_ms: p.jitter_ms,
+        rtt_us: p.rtt_us,
+        rtt_leg_us: p.rtt_leg_us,
+    }
+}
+
 fn stream_info(r: &StreamReport) -> proto::StreamInfo {
     let addr = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
     proto::StreamInfo {
@@ -229,6 +240,14 @@ fn stream_info(r: &StreamReport) -> proto::StreamInfo {
         transcode_dropped: r.transcode_dropped,
         opus_fec_loss_pct: r.opus_fec_loss_pct,
         reported_loss_pct: r.reported_loss_pct.map_or(-1, i32::from),
+        quality: r.quality.as_ref().map(|q| proto::StreamQuality {
+            ssrc: q.ssrc,
+            samples: q.samples,
+            average: q.average.as_ref().map(quality_point),
+            lowest: q.lowest.as_ref().map(quality_point),
+            highest: q.highest.as_ref().map(quality_point),
+            latest: Some(quality_point(&q.latest)),
+        }),
     }
 }
 

@@ -20,6 +20,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::clock::now_ns;
 use crate::latch::{DropReason, Latch, LatchConfig, Verdict};
+use crate::rtcp_report::RtcpReports;
 use crate::rtp::{PacketKind, RtpPacket, classify_relay};
 use crate::rtp_stats::RtpStats;
 use crate::srtp::{SrtpConfig, SrtpContext, SrtpError, SrtpProfile};
@@ -133,6 +134,13 @@ pub enum EngineEvent {
         rtcp: bool,
         addr: SocketAddr,
     },
+    /// The endpoint sent RTCP with a sender report or report blocks, received at `at_ns` (the
+    /// relay's monotonic clock): one per compound packet, every few seconds per endpoint.
+    Rtcp {
+        id: EndpointId,
+        at_ns: u64,
+        reports: RtcpReports,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +231,13 @@ struct Endpoint {
     /// A plan was given but no transcoder could be built: its RTP is dropped, never relayed in
     /// a codec the other leg did not agree to.
     transcode_broken: bool,
+    /// SR/RR content of the RTCP accepted in the current batch, with its arrival time, sent
+    /// to the control plane after the batch (capacity fixed at creation: never grows).
+    rtcp_reports: Vec<(u64, RtcpReports)>,
 }
+
+/// RTCP reports kept per endpoint per batch; an endpoint sends one compound every few seconds.
+const RTCP_REPORTS_PER_BATCH: usize = 4;
 
 /// Takes over the SRTP state a worker published for this direction, when it is not the one this
 /// context published itself.
@@ -513,6 +527,7 @@ impl Engine {
             srtp_tx: None,
             transcode: None,
             transcode_broken: false,
+            rtcp_reports: Vec::with_capacity(RTCP_REPORTS_PER_BATCH),
         });
         self.by_id.insert(id, slot);
         Ok(())
@@ -672,6 +687,13 @@ impl Engine {
                     .events
                     .try_send(EngineEvent::MediaStarted { id: ep.id });
             }
+            for (at_ns, reports) in ep.rtcp_reports.drain(..) {
+                let _ = self.events.try_send(EngineEvent::Rtcp {
+                    id: ep.id,
+                    at_ns,
+                    reports,
+                });
+            }
             if let Some(h) = ep.srtp_rx.as_ref().and_then(|(_, c)| c.handover()) {
                 ep.counters.publish_srtp(false, h);
             }
@@ -823,6 +845,11 @@ fn process_batch(
         if is_rtcp {
             rtcp_packets += 1;
             rtcp_bytes += wire_len as u64;
+            if ep.rtcp_reports.len() < RTCP_REPORTS_PER_BATCH
+                && let Some(r) = crate::rtcp_report::parse(&io.bufs[i][..len])
+            {
+                ep.rtcp_reports.push((now, r));
+            }
         } else {
             let rtp = RtpPacket::new_unchecked(buf);
             ep.stats

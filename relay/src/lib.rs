@@ -7,6 +7,7 @@ pub mod clock;
 pub mod codec;
 pub mod engine;
 pub mod latch;
+pub mod rtcp_report;
 pub mod rtp;
 pub mod rtp_stats;
 pub mod srtp;

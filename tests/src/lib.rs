@@ -581,6 +581,34 @@ pub fn rtcp_sr(ssrc: u32, rtp_ts: u32, packets: u32, octets: u32) -> Vec<u8> {
     p
 }
 
+/// The middle 32 bits of the NTP timestamp [`rtcp_sr`] writes for `packets`: what a receiver
+/// report names as LSR.
+pub fn rtcp_sr_ntp_mid(packets: u32) -> u32 {
+    packets.wrapping_mul(0x0100_0000) >> 16
+}
+
+/// An RTCP receiver report (RFC 3550 6.4.2) from `reporter` with one block about `source`:
+/// `fraction` lost in 1/256ths, `jitter` in timestamp units, `lsr` and `dlsr` (1/65536 s).
+pub fn rtcp_rr(
+    reporter: u32,
+    source: u32,
+    fraction: u8,
+    jitter: u32,
+    lsr: u32,
+    dlsr: u32,
+) -> Vec<u8> {
+    let mut p = Vec::with_capacity(32);
+    p.extend_from_slice(&[0x81, 201, 0, 7]);
+    p.extend_from_slice(&reporter.to_be_bytes());
+    p.extend_from_slice(&source.to_be_bytes());
+    p.extend_from_slice(&[fraction, 0, 0, 1]);
+    p.extend_from_slice(&100u32.to_be_bytes());
+    p.extend_from_slice(&jitter.to_be_bytes());
+    p.extend_from_slice(&lsr.to_be_bytes());
+    p.extend_from_slice(&dlsr.to_be_bytes());
+    p
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reading the relay's SDP
 

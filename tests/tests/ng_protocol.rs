@@ -514,3 +514,149 @@ async fn a_busy_host_answers_load_limit_with_max_cpu() {
     })
     .await;
 }
+
+/// MOS from the endpoints' RTCP, in the shape Kamailio's `mos_*` variables read: each side's SR
+/// crosses the relay, the other side answers with an RR naming it (LSR) and its own delay
+/// (DLSR); the relay turns that into a round trip, and the RR's loss and jitter into a MOS by
+/// the E-model. `query` then carries `SSRC` entries keyed by the reported-on source with
+/// average, lowest and highest MOS; gRPC's Query carries the same per stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtcp_reports_give_mos_in_the_ssrc_dictionary() {
+    bounded(async {
+        let port = free_udp_port();
+        let d = Daemon::start(&["--ng", &format!("udp:127.0.0.1:{port}")]).await;
+        let ng = Ng::new(port);
+        let (caller, callee) = (Peer::v4(), Peer::v4());
+        let offer = ng.call("o", offer_msg("mos-1", &caller.sdp(&[])));
+        let to_callee = SdpView::parse(&offer.get_str("sdp").unwrap());
+        let answer = ng.call(
+            "a",
+            Value::dict([
+                ("command", Value::str("answer")),
+                ("call-id", Value::str("mos-1")),
+                ("from-tag", Value::str("caller")),
+                ("to-tag", Value::str("callee")),
+                ("sdp", Value::str(&callee.sdp(&[]))),
+            ]),
+        );
+        let to_caller = SdpView::parse(&answer.get_str("sdp").unwrap());
+        let (a_ssrc, b_ssrc) = (0xA0A0_0001u32, 0xB0B0_0002u32);
+        for seq in 0..3u16 {
+            caller.send_rtp(
+                to_caller.rtp_addr(),
+                &pcmu(seq, u32::from(seq) * 160, a_ssrc),
+            );
+            callee.send_rtp(
+                to_callee.rtp_addr(),
+                &pcmu(seq, u32::from(seq) * 160, b_ssrc),
+            );
+        }
+        assert_eq!(callee.recv_rtp_n(3).len(), 3);
+        assert_eq!(caller.recv_rtp_n(3).len(), 3);
+
+        // Each SR crosses the relay; 30 ms later the other side reports on it, saying it held
+        // it 10 ms (655/65536 s): the relay measures each leg's round trip as about 20 ms.
+        for (sender, receiver, to_relay, back_to_relay, ssrc, peer_ssrc, packets, fraction) in [
+            (
+                &caller,
+                &callee,
+                to_caller.rtcp_addr(),
+                to_callee.rtcp_addr(),
+                a_ssrc,
+                b_ssrc,
+                5,
+                13u8,
+            ),
+            (
+                &callee,
+                &caller,
+                to_callee.rtcp_addr(),
+                to_caller.rtcp_addr(),
+                b_ssrc,
+                a_ssrc,
+                7,
+                0u8,
+            ),
+        ] {
+            sender.send_rtcp(to_relay, &rtcp_sr(ssrc, 480, packets, 480));
+            assert!(receiver.recv_rtcp().is_some(), "the SR crossed the relay");
+            std::thread::sleep(Duration::from_millis(30));
+            receiver.send_rtcp(
+                back_to_relay,
+                &rtcp_rr(peer_ssrc, ssrc, fraction, 80, rtcp_sr_ntp_mid(packets), 655),
+            );
+            assert!(sender.recv_rtcp().is_some(), "the RR crossed the relay");
+        }
+        // The reports reach the session layer beside the forwarding: allow them a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let q = loop {
+            let q = ng.call(
+                &format!("q{}", deadline.elapsed().as_nanos()),
+                Value::dict([
+                    ("command", Value::str("query")),
+                    ("call-id", Value::str("mos-1")),
+                ]),
+            );
+            let n = match q.get("SSRC") {
+                Some(Value::Dict(m)) => m.len(),
+                _ => 0,
+            };
+            if n == 2 || std::time::Instant::now() > deadline {
+                break q;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let entry = |ssrc: u32, which: &str, key: &str| -> i64 {
+            match q
+                .get("SSRC")
+                .and_then(|m| m.get(&ssrc.to_string()))
+                .and_then(|e| e.get(which))
+                .and_then(|p| p.get(key))
+            {
+                Some(Value::Int(i)) => *i,
+                other => panic!("SSRC.{ssrc}.{which}.{key}: {other:?} in {q:?}"),
+            }
+        };
+        // The caller's media as the callee reports it: 13/256 lost (5%), 10 ms jitter.
+        assert_eq!(entry(a_ssrc, "average MOS", "packet loss"), 5);
+        assert_eq!(entry(a_ssrc, "average MOS", "jitter"), 10);
+        assert_eq!(entry(a_ssrc, "average MOS", "samples"), 1);
+        assert_eq!(entry(b_ssrc, "average MOS", "packet loss"), 0);
+        let (mos_a, mos_b) = (
+            entry(a_ssrc, "average MOS", "MOS"),
+            entry(b_ssrc, "average MOS", "MOS"),
+        );
+        assert!(
+            (30..=44).contains(&mos_a) && (40..=44).contains(&mos_b),
+            "{mos_a} {mos_b}"
+        );
+        assert!(mos_a < mos_b, "5% loss costs MOS: {mos_a} vs {mos_b}");
+        assert_eq!(entry(a_ssrc, "lowest MOS", "MOS"), mos_a);
+        // The callee's leg was measured from the first exchange, the caller's from the
+        // second; the caller's report then knows both legs.
+        let leg = entry(a_ssrc, "average MOS", "round-trip time leg");
+        assert!((15_000..1_000_000).contains(&leg), "callee's leg {leg} us");
+        let both = entry(b_ssrc, "average MOS", "round-trip time");
+        let caller_leg = entry(b_ssrc, "average MOS", "round-trip time leg");
+        assert_eq!(both, caller_leg + leg, "end to end = both legs");
+        assert!(entry(a_ssrc, "highest MOS", "reported at") > 1_700_000_000);
+        println!("MOS x10: {mos_a} (5% loss), {mos_b}; legs {leg} + {caller_leg} us");
+
+        let reply = d
+            .client()
+            .await
+            .query(pb::QueryRequest {
+                call_id: "mos-1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let callee_leg = &reply.call.unwrap().legs[1].streams[0];
+        let quality = callee_leg.quality.as_ref().expect("the callee's reports");
+        assert_eq!((quality.ssrc, quality.samples), (a_ssrc, 1));
+        let avg = quality.average.as_ref().unwrap();
+        assert!((avg.mos.unwrap() * 10.0).round() as i64 == mos_a, "{avg:?}");
+        drop(d);
+    })
+    .await;
+}

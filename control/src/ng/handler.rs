@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use crate::codecs::TranscodeMode;
 use crate::load::Overload;
 use crate::session::{
-    CallReport, CodecRequest, Family, LegOptions, RtcpMuxMode, SessionError, Sessions, SrtpMode,
-    Statistics, StreamReport,
+    CallReport, CodecRequest, Family, LegOptions, QualityPoint, RtcpMuxMode, SessionError,
+    Sessions, SrtpMode, Statistics, StreamReport,
 };
 
 use super::bencode::Value;
@@ -348,9 +348,50 @@ fn stream_stats(s: &StreamReport) -> Value {
     Value::dict(d)
 }
 
-/// rtpengine's call statistics shape: what Kamailio's `$rtpestat` reads (`totals`) and the
-/// per-tag, per-media, per-stream tree. `SSRC` (MOS) stays empty: sluice does not compute MOS
-/// from RTCP yet.
+/// One MOS figure the way rtpengine's `SSRC` entries carry it: MOS x10 and whole units, as
+/// Kamailio's `mos_*` variables read them.
+fn mos_point(p: &QualityPoint, samples: Option<u32>) -> Value {
+    let mut d = vec![
+        ("MOS", int((p.mos.unwrap_or(0.0) * 10.0).round() as u64)),
+        ("packet loss", int(p.loss_pct.round() as u64)),
+        ("jitter", int(p.jitter_ms.round() as u64)),
+        ("round-trip time", int(p.rtt_us.unwrap_or(0))),
+        ("round-trip time leg", int(p.rtt_leg_us.unwrap_or(0))),
+        ("reported at", int(p.reported_unix_ms / 1000)),
+    ];
+    if let Some(n) = samples {
+        d.push(("samples", int(u64::from(n))));
+    }
+    Value::dict(d)
+}
+
+/// rtpengine's `SSRC` dictionary: per reported-on source, the average, lowest and highest MOS
+/// of the receiver's RTCP reports (only sources with a MOS: no round trip, no entry).
+fn ssrc_stats(r: &CallReport) -> Value {
+    let mut out = std::collections::BTreeMap::new();
+    for q in r
+        .legs
+        .iter()
+        .flat_map(|l| &l.streams)
+        .filter_map(|s| s.quality.as_ref())
+    {
+        let (Some(avg), Some(lo), Some(hi)) = (&q.average, &q.lowest, &q.highest) else {
+            continue;
+        };
+        out.insert(
+            q.ssrc.to_string().into_bytes(),
+            Value::dict([
+                ("average MOS", mos_point(avg, Some(q.samples))),
+                ("lowest MOS", mos_point(lo, None)),
+                ("highest MOS", mos_point(hi, None)),
+            ]),
+        );
+    }
+    Value::Dict(out)
+}
+
+/// rtpengine's call statistics shape: what Kamailio's `$rtpestat` reads (`totals`), the
+/// per-tag, per-media, per-stream tree, and `SSRC` with MOS from the endpoints' RTCP.
 pub fn call_stats(r: &CallReport) -> Entries {
     let (mut rtp_p, mut rtp_b, mut rtp_e, mut rtcp_p, mut rtcp_b) = (0, 0, 0, 0, 0);
     let mut tags = std::collections::BTreeMap::new();
@@ -407,7 +448,7 @@ pub fn call_stats(r: &CallReport) -> Entries {
             ]),
         ),
         ("tags", Value::Dict(tags)),
-        ("SSRC", Value::Dict(Default::default())),
+        ("SSRC", ssrc_stats(r)),
     ]
 }
 

@@ -25,7 +25,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sluice_relay::engine::{Command, EngineEvent, EngineGone, EngineHandle};
+use sluice_relay::engine::{Command, EndpointId, EngineEvent, EngineGone, EngineHandle};
+use sluice_relay::rtcp_report::RtcpReports;
 
 use crate::kernel::{FlowIds, KernelPath};
 use crate::load::{LoadGauge, LoadLimits};
@@ -42,6 +43,7 @@ mod model;
 mod offer;
 mod offload;
 mod options;
+pub mod quality;
 mod report;
 mod srtp;
 #[cfg(test)]
@@ -52,7 +54,8 @@ pub use error::SessionError;
 pub use events::{CallEvent, EVENT_QUEUE_LEN, EventKind, EventSubscriber, unix_ms_of};
 pub use options::{CodecRequest, Family, LegOptions, RtcpMuxMode, SessionConfig, SrtpMode};
 pub use report::{
-    CallReport, KernelFeatureReport, LegReport, SrtpReport, Statistics, StreamReport, WorkerReport,
+    CallReport, KernelFeatureReport, LegReport, QualityPoint, QualityReport, SrtpReport,
+    Statistics, StreamReport, WorkerReport,
 };
 pub use srtp::SideCrypto;
 
@@ -410,8 +413,10 @@ impl Sessions {
 
     /// Feeds an event from the relay engine.
     pub fn on_engine_event(&self, ev: EngineEvent) {
-        let EngineEvent::MediaStarted { id } = ev else {
-            return;
+        let id = match ev {
+            EngineEvent::MediaStarted { id } => id,
+            EngineEvent::Rtcp { id, at_ns, reports } => return self.on_rtcp(id, at_ns, &reports),
+            EngineEvent::Latched { .. } => return,
         };
         let mut st = self.lock();
         let Some((call_id, side)) = st.by_endpoint.get(&id).cloned() else {
@@ -441,6 +446,41 @@ impl Sessions {
             &tag,
             format!("first packet from side {side}"),
         );
+    }
+
+    /// An endpoint's SR is remembered for the round trip of the other side's next report; its
+    /// report blocks become the quality of the stream it receives ([`quality`]).
+    fn on_rtcp(&self, id: EndpointId, at_ns: u64, reports: &RtcpReports) {
+        let mut st = self.lock();
+        let Some((call_id, side)) = st.by_endpoint.get(&id).cloned() else {
+            return;
+        };
+        let Some(call) = st.calls.get_mut(&call_id) else {
+            return;
+        };
+        let Some(stream) = call
+            .streams
+            .iter_mut()
+            .find(|s| s.sides[side].endpoint == id)
+        else {
+            return;
+        };
+        if let Some((_, ntp_mid)) = reports.sender_report {
+            stream.sides[side].quality.on_sender_report(ntp_mid, at_ns);
+        }
+        let [a, b] = &mut stream.sides;
+        let (reporter, sender) = if side == 0 { (a, &*b) } else { (b, &*a) };
+        for block in reports.blocks() {
+            let codec = quality::impairment(&reporter.codec);
+            quality::on_report_block(
+                &mut reporter.quality,
+                &sender.quality,
+                block,
+                at_ns,
+                reporter.clock_rate,
+                codec,
+            );
+        }
     }
 
     /// Stops taking offers, deletes every call and stops the data plane (every relay socket is

@@ -52,6 +52,8 @@ pub(super) struct Side {
     pub(super) sockets: Option<SideSockets>,
     /// The codec this side sends and receives, as SDP names it ("" before the answer).
     pub(super) codec: String,
+    /// What this side's endpoint says in RTCP: its SRs, its leg's round trip, its reports.
+    pub(super) quality: super::quality::SideQuality,
 }
 
 pub(super) struct SideSockets {
@@ -254,6 +256,7 @@ impl State {
             offered_keys: Vec::new(),
             sockets,
             codec: String::new(),
+            quality: Default::default(),
         };
         let cmd = Command::Add {
             id: endpoint,

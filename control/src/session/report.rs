@@ -20,6 +20,7 @@ use crate::sdp::Direction;
 use super::env::Clock;
 use super::model::{Call, State, Stream};
 use super::offload::kernel_counters;
+use super::quality::{QualitySample, QualitySummary};
 use super::srtp::SideCrypto;
 
 /// One call: its legs' streams with their state and counters.
@@ -116,6 +117,53 @@ pub struct StreamReport {
     /// The loss (percent, rounded up) this leg reports in RTCP about the transcoded stream sluice
     /// sends it; `None` before its first report.
     pub reported_loss_pct: Option<u8>,
+    /// What this leg's endpoint reports in RTCP about the stream it receives (loss, jitter,
+    /// round trip, MOS); `None` before its first report block.
+    pub quality: Option<QualityReport>,
+}
+
+/// One report's figures, with its time as wall-clock.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QualityPoint {
+    /// 1.0-4.5; `None` without a known round trip.
+    pub mos: Option<f64>,
+    pub reported_unix_ms: u64,
+    pub loss_pct: f64,
+    pub jitter_ms: f64,
+    pub rtt_us: Option<u64>,
+    pub rtt_leg_us: Option<u64>,
+}
+
+/// A leg's RTCP reports about the stream it receives from `ssrc`, over the call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QualityReport {
+    pub ssrc: u32,
+    /// Reports with a MOS (a round trip known).
+    pub samples: u32,
+    /// Averages over those reports.
+    pub average: Option<QualityPoint>,
+    pub lowest: Option<QualityPoint>,
+    pub highest: Option<QualityPoint>,
+    pub latest: QualityPoint,
+}
+
+fn quality_report(q: &QualitySummary, clock: &dyn Clock) -> QualityReport {
+    let point = |s: QualitySample| QualityPoint {
+        mos: s.mos,
+        reported_unix_ms: clock.unix_ms_of(s.at_ns),
+        loss_pct: s.loss_pct,
+        jitter_ms: s.jitter_ms,
+        rtt_us: s.rtt_us,
+        rtt_leg_us: s.rtt_leg_us,
+    };
+    QualityReport {
+        ssrc: q.ssrc,
+        samples: q.samples,
+        average: q.average().map(point),
+        lowest: q.lowest.map(point),
+        highest: q.highest.map(point),
+        latest: point(q.latest),
+    }
 }
 
 /// SRTP on one leg.
@@ -279,6 +327,11 @@ fn stream_report(
         transcode_dropped: c.transcode_dropped.load(Relaxed),
         opus_fec_loss_pct: c.transcode_fec_loss_pct.load(Relaxed),
         reported_loss_pct: c.reported_loss_pct(),
+        quality: side
+            .quality
+            .received
+            .as_ref()
+            .map(|q| quality_report(q, clock)),
     }
 }
 
