@@ -6,6 +6,9 @@
 //!   AEAD_AES_128/256_GCM), a subset of rtpengine's twelve, and no DTLS-SRTP (`a=setup`,
 //!   `a=fingerprint`), which it does not terminate.
 //!
+//! Cases: plain, hold, codec-strip, codec-mask, RTP/SAVP, an IPv6 offer, an IPv4 offer turned
+//! IPv6 (`address family`), and a forked offer (`via-branch`) answered by its second branch.
+//!
 //! Needs rtpengine: required under CI, skipped with a line saying so elsewhere.
 
 use std::net::UdpSocket;
@@ -150,6 +153,7 @@ async fn offers_and_answers_match_rtpengines() {
     let rtpe = Killed(
         Command::new("rtpengine")
             .args(["--config-file=none", "--table=-1", "--interface=127.0.0.1"])
+            .arg("--interface=::1")
             .arg(format!("--listen-ng=127.0.0.1:{rtpe_port}"))
             .args([
                 "--foreground",
@@ -165,7 +169,15 @@ async fn offers_and_answers_match_rtpengines() {
             .expect("start rtpengine"),
     );
     let sluice_port = free_udp_port();
-    let d = Daemon::start(&["--ng", &format!("udp:127.0.0.1:{sluice_port}")]).await;
+    let d = Daemon::start(&[
+        "--ng",
+        &format!("udp:127.0.0.1:{sluice_port}"),
+        "--media-ip",
+        "127.0.0.1",
+        "--media-ip",
+        "::1",
+    ])
+    .await;
     let mut rtpengine = Ng::new(rtpe_port);
     let mut sluice = Ng::new(sluice_port);
     let ping = Value::dict([("command", Value::str("ping"))]);
@@ -175,6 +187,7 @@ async fn offers_and_answers_match_rtpengines() {
     }
 
     let hold = OFFER.replace("a=sendrecv", "a=sendonly");
+    let v6 = OFFER.replace("IN IP4 127.0.0.1", "IN IP6 ::1");
     let codec = |verb: &str, name: &str| {
         (
             "codec",
@@ -190,6 +203,12 @@ async fn offers_and_answers_match_rtpengines() {
         (
             "srtp",
             vec![("transport-protocol", Value::str("RTP/SAVP"))],
+            OFFER,
+        ),
+        ("ipv6", vec![], v6.as_str()),
+        (
+            "to-ipv6",
+            vec![("address family", Value::str("IP6"))],
             OFFER,
         ),
     ];
@@ -228,6 +247,12 @@ async fn offers_and_answers_match_rtpengines() {
                 );
             }
             assert!(!sdtls, "{name} {step}: sluice offers DTLS");
+            if name.ends_with("ipv6") && step == "offer" {
+                assert!(
+                    sl.iter().any(|l| l == "c=IN IP6 ::1"),
+                    "{name}: the callee is offered the IPv6 relay address: {sl:?}"
+                );
+            }
             if name == "srtp" && step == "offer" {
                 assert!(
                     rdtls && !ss.is_empty(),
@@ -252,6 +277,48 @@ async fn offers_and_answers_match_rtpengines() {
             }
         }
     }
+
+    // A forked INVITE: the same offer to two branches (via-branch), each of which gets ports
+    // of its own from both relays; the second branch answers.
+    let branch = |b: &str| ("via-branch", Value::str(b));
+    let mut ports = Vec::new();
+    let mut offered_b2 = String::new();
+    for b in ["z9hG4bK-b1", "z9hG4bK-b2"] {
+        let msg = offer_msg("fork", &[branch(b)], OFFER);
+        let r = rtpengine.call(&msg).expect("rtpengine replied");
+        let s = sluice.call(&msg).expect("sluice replied");
+        let (rsdp, ssdp) = (r.get_str("sdp").unwrap(), s.get_str("sdp").unwrap());
+        assert_eq!(
+            normalize(&ssdp).0,
+            normalize(&rsdp).0,
+            "fork offer {b}: SDP lines differ"
+        );
+        ports.push((
+            SdpView::parse(&rsdp).rtp_port,
+            SdpView::parse(&ssdp).rtp_port,
+        ));
+        offered_b2 = rsdp;
+    }
+    assert!(
+        ports[0].0 != ports[1].0 && ports[0].1 != ports[1].1,
+        "each branch gets its own port from both: (rtpengine, sluice) {ports:?}"
+    );
+    let mut answer = answer_msg("fork", &answer_to(&offered_b2));
+    if let Value::Dict(m) = &mut answer {
+        m.insert(b"via-branch".to_vec(), Value::str("z9hG4bK-b2"));
+    }
+    let r = rtpengine.call(&answer).expect("rtpengine replied");
+    let s = sluice.call(&answer).expect("sluice replied");
+    for (who, v) in [("rtpengine", &r), ("sluice", &s)] {
+        assert_eq!(
+            v.get_str("result").as_deref(),
+            Some("ok"),
+            "fork answer {who}: {v:?}"
+        );
+    }
+    let (rl, _, _) = normalize(&r.get_str("sdp").unwrap());
+    let (sl, _, _) = normalize(&s.get_str("sdp").unwrap());
+    assert_eq!(sl, rl, "fork answer: SDP lines differ");
     drop(rtpe);
     drop(d);
 }
