@@ -207,13 +207,19 @@ async fn calls_through(name: &str, uas: &str, uac: &str, calls: u32, echo: bool)
     let dir = scratch(name);
     let uas_port = free_udp_port();
     let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
-    let _uas = callee(&dir, uas, uas_port, calls, echo);
+    let mut callee = callee(&dir, uas, uas_port, calls, echo);
     let (ok, why) = caller(&dir, uac, sip_port, calls).await;
     assert!(
         ok,
         "{uac} -> {uas}: {why}\nsluice log:\n{}",
         tail(&d.log_text())
     );
+    if let Err(why) = callee_verdict(&mut callee, &dir, uas) {
+        panic!(
+            "{uac} -> {uas}: {why}\nsluice log:\n{}",
+            tail(&d.log_text())
+        );
+    }
     let stats = settled(&d).await;
     assert_eq!(
         (stats.calls_current, stats.ports_in_use),
@@ -228,6 +234,18 @@ async fn calls_through(name: &str, uas: &str, uac: &str, calls: u32, echo: bool)
         dir,
         stats,
         records,
+    }
+}
+
+/// A SIPp callee's verdict: started with `-m`, it exits once its calls are done, with 0 only
+/// when every call followed its scenario, its own checks (`ereg check_it`) included.
+fn callee_verdict(uas: &mut Group, dir: &Path, scenario: &str) -> Result<(), String> {
+    match wait_timeout(&mut uas.0, Duration::from_secs(10)) {
+        Some(status) if status.success() => Ok(()),
+        status => Err(format!(
+            "sipp callee {scenario}: {status:?} (None: still running)\n{}",
+            tail(&std::fs::read_to_string(dir.join(format!("{scenario}.log"))).unwrap_or_default())
+        )),
     }
 }
 
