@@ -683,3 +683,51 @@ async fn a_late_offer_takes_its_sdp_from_the_200_and_the_ack_and_carries_media()
         tail(&run.d.log_text())
     );
 }
+
+/// Packets sluice received from one side of the calls in `records` (`tag` "a": the callers,
+/// "b": the callees), summed over the calls.
+fn packets_from(records: &[serde_json::Value], tag: &str) -> u64 {
+    records
+        .iter()
+        .flat_map(|r| r["media"]["legs"].as_array().unwrap())
+        .filter(|l| l["tag"] == tag)
+        .flat_map(|l| l["streams"].as_array().unwrap())
+        .map(|s| s["packets"].as_u64().unwrap())
+        .sum()
+}
+
+/// Hold and resume by re-INVITE (RFC 3264 8.4) with media: the caller plays g711a.pcap (about
+/// 33 packets/s) and the callee echoes it. 1 s into the call the caller holds (a=sendonly):
+/// both SIPp ends check the SDP crossing sluice (sendonly to the callee, recvonly back, relay
+/// address and ports in c= and m=). For the 2 s of hold the callee's echo reaches sluice and
+/// must be dropped; after the resume (a=sendrecv both ways) it must flow again for 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinvite_holds_and_resumes_the_media_through_sluice() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    const N: u64 = 2;
+    let run = calls_through("b2bua-hold", "uas_hold.xml", "uac_hold.xml", N as u32, true).await;
+    assert!(
+        run.records
+            .iter()
+            .all(|r| r["code"] == 200 && r["reason"] == "caller hung up"),
+        "{:?}",
+        run.records
+    );
+    // Everything the caller sent was relayed (it only stopped receiving), so the rest of
+    // what was relayed is echo that reached the caller.
+    let echo_relayed = run.stats.packets_relayed - packets_from(&run.records, "a");
+    let (dropped, log) = (run.stats.packets_dropped, tail(&run.d.log_text()));
+    // About 66 echoed packets a call arrive during the hold: most must have been dropped.
+    assert!(
+        dropped >= N * 30,
+        "the hold stopped the callee's media: {dropped} dropped\n{log}"
+    );
+    // The second before the hold carries at most about 35 a call; more means it resumed.
+    assert!(
+        echo_relayed >= N * 50,
+        "the resume let the callee's media through again: {echo_relayed} relayed\n{log}"
+    );
+}
