@@ -731,3 +731,36 @@ async fn a_reinvite_holds_and_resumes_the_media_through_sluice() {
         "the resume let the callee's media through again: {echo_relayed} relayed\n{log}"
     );
 }
+
+/// Early media without 100rel (RFC 3261 13.2.1 allows SDP in an unreliable provisional): the
+/// callee's 183 carries its answer, and the caller must get the 183 with an SDP of sluice's
+/// relay (c= 127.0.0.1, a relay port, checked by the caller scenario), unreliable as it came,
+/// then, 1 s later, the 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreliable_183_with_sdp_reaches_the_caller_with_the_relays_address() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let run = calls_through(
+        "b2bua-early",
+        "uas_early_media.xml",
+        "uac_early_media.xml",
+        2,
+        false,
+    )
+    .await;
+    for r in &run.records {
+        assert_eq!(
+            (&r["code"], &r["reason"]),
+            (&200.into(), &"caller hung up".into())
+        );
+        let (ring, answer) = (r["ring_ms"].as_u64(), r["answer_ms"].as_u64());
+        // The callee waits 1 s between its 183 and its 200.
+        assert!(
+            ring.zip(answer)
+                .is_some_and(|(ring, answer)| answer >= ring + 900),
+            "the 183 was relayed when it came: {r}"
+        );
+    }
+}
