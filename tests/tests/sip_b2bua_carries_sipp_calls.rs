@@ -764,3 +764,59 @@ async fn an_unreliable_183_with_sdp_reaches_the_caller_with_the_relays_address()
         );
     }
 }
+
+/// Session timers (RFC 4028) through sluice. First the refreshes: a caller asking for 60 s
+/// gets 422 with Min-SE 90 from sluice (section 8.1) and retries with 90 s, which reaches the
+/// callee; the 200 carries Session-Expires and Require: timer back; a re-INVITE and an UPDATE
+/// refresh cross sluice both ways with Session-Expires (both SIPp ends check the headers).
+/// Then expiry (section 10): a callee that names itself refresher of a 3 s session and never
+/// refreshes; sluice must BYE both legs with Reason "Session timer expired" (both ends check
+/// it) at 3 s minus a third, 2 s. 3 s is below the 90 s floor a UAS may choose (section 9),
+/// so that expiry takes seconds, not a minute: sluice keeps the interval the 2xx names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_timers_are_refreshed_through_sluice_and_expire_with_bye_rfc4028() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let run = calls_through(
+        "b2bua-timer",
+        "uas_session_timer.xml",
+        "uac_session_timer.xml",
+        2,
+        false,
+    )
+    .await;
+    let sip = run.stats.sip.expect("SIP counters with --sip");
+    assert_eq!(
+        (sip.calls_total, sip.calls_answered, sip.rejected),
+        (2, 2, 2),
+        "the 60 s INVITEs were refused before they made a call: {sip:?}"
+    );
+    assert!(
+        run.records.iter().all(|r| r["reason"] == "caller hung up"),
+        "{:?}",
+        run.records
+    );
+    drop(run);
+
+    let run = calls_through(
+        "b2bua-expiry",
+        "uas_session_expires.xml",
+        "uac_session_expires.xml",
+        2,
+        false,
+    )
+    .await;
+    for r in &run.records {
+        assert_eq!(
+            (&r["code"], &r["reason"]),
+            (&408.into(), &"session timer expired".into())
+        );
+        let lasted = r["duration_ms"].as_u64().unwrap();
+        assert!(
+            (1_900..3_000).contains(&lasted),
+            "BYE at 2 s (3 s minus a third): {r}"
+        );
+    }
+}
