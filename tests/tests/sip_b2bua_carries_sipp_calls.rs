@@ -820,3 +820,83 @@ async fn session_timers_are_refreshed_through_sluice_and_expire_with_bye_rfc4028
         );
     }
 }
+
+/// The messages a SIPp run with `-trace_msg` in `dir` received, for scenario file `scenario`.
+fn received_by(dir: &Path, scenario: &str) -> Vec<String> {
+    let stem = scenario.trim_end_matches(".xml");
+    let mut got = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(stem) && name.ends_with("_messages.log")) {
+            continue;
+        }
+        let log = std::fs::read_to_string(dir.join(&name)).unwrap();
+        // Each message follows a line of dashes and a timestamp.
+        for entry in log.split("-----------------------------------------------") {
+            let text = entry.split_once('\n').map_or("", |(_, rest)| rest);
+            if let Some(msg) = text.strip_prefix("UDP message received") {
+                got.push(
+                    msg.split_once('\n')
+                        .map_or("", |(_, m)| m)
+                        .trim()
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    got
+}
+
+/// A forking callee answers one INVITE twice (two 200s, different To tags, RFC 3261
+/// 13.2.2.4): the caller must get one 200 per call (its message trace is counted: sluice gives
+/// the caller one tag, so SIPp alone would take a second 200 for a retransmission; on loopback
+/// the ACK comes long before sluice's first retransmission at T1), and sluice
+/// must ACK the second and BYE it, then BYE the first when the caller hangs up (the callee
+/// scenario checks the To tag of each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_second_200_is_acked_and_byed_and_the_caller_sees_one() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    const N: u32 = 2;
+    let dir = scratch("b2bua-forks");
+    let uas_port = free_udp_port();
+    let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
+    let mut uas = callee(&dir, "uas_forks.xml", uas_port, N, false);
+    let calls = N.to_string();
+    let (ok, why) = caller_with(
+        &dir,
+        "uac_rr_pcma.xml",
+        sip_port,
+        &["-m", &calls, "-r", "2", "-l", "4", "-trace_msg"],
+        45,
+    )
+    .await;
+    assert!(ok, "{why}\nsluice log:\n{}", tail(&d.log_text()));
+    if let Err(why) = callee_verdict(&mut uas, &dir, "uas_forks.xml") {
+        panic!("{why}\nsluice log:\n{}", tail(&d.log_text()));
+    }
+    let stats = settled(&d).await;
+    assert_eq!((stats.calls_current, stats.ports_in_use), (0, 0));
+    let sip = stats.sip.expect("SIP counters with --sip");
+    assert_eq!(
+        (sip.calls_total, sip.calls_answered),
+        (N as u64, N as u64),
+        "{sip:?}"
+    );
+    let answers: Vec<String> = received_by(&dir, "uac_rr_pcma.xml")
+        .into_iter()
+        .filter(|m| m.starts_with("SIP/2.0 200") && m.contains("CSeq: 1 INVITE"))
+        .collect();
+    assert_eq!(answers.len(), N as usize, "one 200 per call: {answers:#?}");
+    let records = cdr_lines(&cdr);
+    assert_eq!(records.len(), N as usize);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["code"] == 200 && r["reason"] == "caller hung up"),
+        "{records:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
