@@ -900,3 +900,35 @@ async fn a_forked_second_200_is_acked_and_byed_and_the_caller_sees_one() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A caller offering only G.729 (which sluice does not transcode) to a callee that answers
+/// PCMA: no codec bridges the two, so the caller gets 488 with sluice's Warning naming the
+/// codecs (the caller scenario checks it), and the callee's answered leg is ACKed and BYEd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_no_codec_can_bridge_gets_488_with_a_warning() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let run = calls_through(
+        "b2bua-488",
+        "uas_pcma_only.xml",
+        "uac_g729_only.xml",
+        2,
+        false,
+    )
+    .await;
+    let sip = run.stats.sip.expect("SIP counters with --sip");
+    assert_eq!(
+        (sip.calls_total, sip.calls_answered, sip.calls_failed),
+        (2, 0, 2),
+        "{sip:?}"
+    );
+    assert!(
+        run.records
+            .iter()
+            .all(|r| r["code"] == 488 && r["reason"] == "callee's SDP refused"),
+        "{:?}",
+        run.records
+    );
+}
