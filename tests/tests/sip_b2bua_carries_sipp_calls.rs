@@ -6,9 +6,19 @@
 //! their 487 through sluice, and nothing is left either.
 //!
 //! The other tests: a G.711 caller reaches an Opus-only callee through transcoding; the
-//! callee hangs up; a late offer (SDP in the 200 and the ACK) carries media; a reliable 183 and its PRACK cross sluice (RFC 3262); callers over TCP reach callees over UDP and over TCP; refusals (486, 503) are passed on; 1,000 calls at
-//! 50 calls/s with 3 s holds all succeed and leave no call, transaction or port; hostile and
-//! malformed datagrams are counted and never stop the B2BUA.
+//! callee hangs up; a late offer (SDP in the 200 and the ACK) carries media; a reliable 183 and
+//! its PRACK cross sluice (RFC 3262); an unreliable 183 with SDP gives the caller early media
+//! from the relay; a re-INVITE holds the call (the callee's media stops) and another resumes
+//! it (it flows again); session timers (RFC 4028): 422 for a short interval, re-INVITE and
+//! UPDATE refreshes, and a session nobody refreshes ended with BYE on both legs; a forking
+//! callee's second 200 is ACKed and BYEd and the caller sees one; an offer no codec can
+//! bridge gets 488 with a Warning; callers over TCP reach callees over UDP and over TCP;
+//! refusals (486, 503) are passed on; 1,000 calls at 50 calls/s with 3 s holds all succeed
+//! and leave no call, transaction or port; hostile and malformed datagrams are counted and
+//! never stop the B2BUA.
+//!
+//! The SIPp callees check what reaches them too (`ereg check_it`): the runs through
+//! `calls_through` require the callee's exit status to say every call passed.
 //!
 //! Needs sipp (Debian: sip-tester): required under CI, skipped with a line saying so elsewhere.
 //! The tests run one at a time (SIPp and the daemon share 2 cores).
