@@ -6,9 +6,19 @@
 //! their 487 through sluice, and nothing is left either.
 //!
 //! The other tests: a G.711 caller reaches an Opus-only callee through transcoding; the
-//! callee hangs up; a late offer (SDP in the 200 and the ACK) carries media; a reliable 183 and its PRACK cross sluice (RFC 3262); callers over TCP reach callees over UDP and over TCP; refusals (486, 503) are passed on; 1,000 calls at
-//! 50 calls/s with 3 s holds all succeed and leave no call, transaction or port; hostile and
-//! malformed datagrams are counted and never stop the B2BUA.
+//! callee hangs up; a late offer (SDP in the 200 and the ACK) carries media; a reliable 183 and
+//! its PRACK cross sluice (RFC 3262); an unreliable 183 with SDP gives the caller early media
+//! from the relay; a re-INVITE holds the call (the callee's media stops) and another resumes
+//! it (it flows again); session timers (RFC 4028): 422 for a short interval, re-INVITE and
+//! UPDATE refreshes, and a session nobody refreshes ended with BYE on both legs; a forking
+//! callee's second 200 is ACKed and BYEd and the caller sees one; an offer no codec can
+//! bridge gets 488 with a Warning; callers over TCP reach callees over UDP and over TCP;
+//! refusals (486, 503) are passed on; 1,000 calls at 50 calls/s with 3 s holds all succeed
+//! and leave no call, transaction or port; hostile and malformed datagrams are counted and
+//! never stop the B2BUA.
+//!
+//! The SIPp callees check what reaches them too (`ereg check_it`): the runs through
+//! `calls_through` require the callee's exit status to say every call passed.
 //!
 //! Needs sipp (Debian: sip-tester): required under CI, skipped with a line saying so elsewhere.
 //! The tests run one at a time (SIPp and the daemon share 2 cores).
@@ -207,13 +217,19 @@ async fn calls_through(name: &str, uas: &str, uac: &str, calls: u32, echo: bool)
     let dir = scratch(name);
     let uas_port = free_udp_port();
     let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
-    let _uas = callee(&dir, uas, uas_port, calls, echo);
+    let mut callee = callee(&dir, uas, uas_port, calls, echo);
     let (ok, why) = caller(&dir, uac, sip_port, calls).await;
     assert!(
         ok,
         "{uac} -> {uas}: {why}\nsluice log:\n{}",
         tail(&d.log_text())
     );
+    if let Err(why) = callee_verdict(&mut callee, &dir, uas) {
+        panic!(
+            "{uac} -> {uas}: {why}\nsluice log:\n{}",
+            tail(&d.log_text())
+        );
+    }
     let stats = settled(&d).await;
     assert_eq!(
         (stats.calls_current, stats.ports_in_use),
@@ -228,6 +244,18 @@ async fn calls_through(name: &str, uas: &str, uac: &str, calls: u32, echo: bool)
         dir,
         stats,
         records,
+    }
+}
+
+/// A SIPp callee's verdict: started with `-m`, it exits once its calls are done, with 0 only
+/// when every call followed its scenario, its own checks (`ereg check_it`) included.
+fn callee_verdict(uas: &mut Group, dir: &Path, scenario: &str) -> Result<(), String> {
+    match wait_timeout(&mut uas.0, Duration::from_secs(10)) {
+        Some(status) if status.success() => Ok(()),
+        status => Err(format!(
+            "sipp callee {scenario}: {status:?} (None: still running)\n{}",
+            tail(&std::fs::read_to_string(dir.join(format!("{scenario}.log"))).unwrap_or_default())
+        )),
     }
 }
 
@@ -663,5 +691,254 @@ async fn a_late_offer_takes_its_sdp_from_the_200_and_the_ack_and_carries_media()
         "media both ways: {} packets\n{}",
         run.stats.packets_relayed,
         tail(&run.d.log_text())
+    );
+}
+
+/// Packets sluice received from one side of the calls in `records` (`tag` "a": the callers,
+/// "b": the callees), summed over the calls.
+fn packets_from(records: &[serde_json::Value], tag: &str) -> u64 {
+    records
+        .iter()
+        .flat_map(|r| r["media"]["legs"].as_array().unwrap())
+        .filter(|l| l["tag"] == tag)
+        .flat_map(|l| l["streams"].as_array().unwrap())
+        .map(|s| s["packets"].as_u64().unwrap())
+        .sum()
+}
+
+/// Hold and resume by re-INVITE (RFC 3264 8.4) with media: the caller plays g711a.pcap (about
+/// 33 packets/s) and the callee echoes it. 1 s into the call the caller holds (a=sendonly):
+/// both SIPp ends check the SDP crossing sluice (sendonly to the callee, recvonly back, relay
+/// address and ports in c= and m=). For the 2 s of hold the callee's echo reaches sluice and
+/// must be dropped; after the resume (a=sendrecv both ways) it must flow again for 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinvite_holds_and_resumes_the_media_through_sluice() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    const N: u64 = 2;
+    let run = calls_through("b2bua-hold", "uas_hold.xml", "uac_hold.xml", N as u32, true).await;
+    assert!(
+        run.records
+            .iter()
+            .all(|r| r["code"] == 200 && r["reason"] == "caller hung up"),
+        "{:?}",
+        run.records
+    );
+    // Everything the caller sent was relayed (it only stopped receiving), so the rest of
+    // what was relayed is echo that reached the caller.
+    let echo_relayed = run.stats.packets_relayed - packets_from(&run.records, "a");
+    let (dropped, log) = (run.stats.packets_dropped, tail(&run.d.log_text()));
+    // About 66 echoed packets a call arrive during the hold: most must have been dropped.
+    assert!(
+        dropped >= N * 30,
+        "the hold stopped the callee's media: {dropped} dropped\n{log}"
+    );
+    // The second before the hold carries at most about 35 a call; more means it resumed.
+    assert!(
+        echo_relayed >= N * 50,
+        "the resume let the callee's media through again: {echo_relayed} relayed\n{log}"
+    );
+}
+
+/// Early media without 100rel (RFC 3261 13.2.1 allows SDP in an unreliable provisional): the
+/// callee's 183 carries its answer, and the caller must get the 183 with an SDP of sluice's
+/// relay (c= 127.0.0.1, a relay port, checked by the caller scenario), unreliable as it came,
+/// then, 1 s later, the 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreliable_183_with_sdp_reaches_the_caller_with_the_relays_address() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let run = calls_through(
+        "b2bua-early",
+        "uas_early_media.xml",
+        "uac_early_media.xml",
+        2,
+        false,
+    )
+    .await;
+    for r in &run.records {
+        assert_eq!(
+            (&r["code"], &r["reason"]),
+            (&200.into(), &"caller hung up".into())
+        );
+        let (ring, answer) = (r["ring_ms"].as_u64(), r["answer_ms"].as_u64());
+        // The callee waits 1 s between its 183 and its 200.
+        assert!(
+            ring.zip(answer)
+                .is_some_and(|(ring, answer)| answer >= ring + 900),
+            "the 183 was relayed when it came: {r}"
+        );
+    }
+}
+
+/// Session timers (RFC 4028) through sluice. First the refreshes: a caller asking for 60 s
+/// gets 422 with Min-SE 90 from sluice (section 8.1) and retries with 90 s, which reaches the
+/// callee; the 200 carries Session-Expires and Require: timer back; a re-INVITE and an UPDATE
+/// refresh cross sluice both ways with Session-Expires (both SIPp ends check the headers).
+/// Then expiry (section 10): a callee that names itself refresher of a 3 s session and never
+/// refreshes; sluice must BYE both legs with Reason "Session timer expired" (both ends check
+/// it) at 3 s minus a third, 2 s. 3 s is below the 90 s floor a UAS may choose (section 9),
+/// so that expiry takes seconds, not a minute: sluice keeps the interval the 2xx names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_timers_are_refreshed_through_sluice_and_expire_with_bye_rfc4028() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let run = calls_through(
+        "b2bua-timer",
+        "uas_session_timer.xml",
+        "uac_session_timer.xml",
+        2,
+        false,
+    )
+    .await;
+    let sip = run.stats.sip.expect("SIP counters with --sip");
+    assert_eq!(
+        (sip.calls_total, sip.calls_answered, sip.rejected),
+        (2, 2, 2),
+        "the 60 s INVITEs were refused before they made a call: {sip:?}"
+    );
+    assert!(
+        run.records.iter().all(|r| r["reason"] == "caller hung up"),
+        "{:?}",
+        run.records
+    );
+    drop(run);
+
+    let run = calls_through(
+        "b2bua-expiry",
+        "uas_session_expires.xml",
+        "uac_session_expires.xml",
+        2,
+        false,
+    )
+    .await;
+    for r in &run.records {
+        assert_eq!(
+            (&r["code"], &r["reason"]),
+            (&408.into(), &"session timer expired".into())
+        );
+        let lasted = r["duration_ms"].as_u64().unwrap();
+        assert!(
+            (1_900..3_000).contains(&lasted),
+            "BYE at 2 s (3 s minus a third): {r}"
+        );
+    }
+}
+
+/// The messages a SIPp run with `-trace_msg` in `dir` received, for scenario file `scenario`.
+fn received_by(dir: &Path, scenario: &str) -> Vec<String> {
+    let stem = scenario.trim_end_matches(".xml");
+    let mut got = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(stem) && name.ends_with("_messages.log")) {
+            continue;
+        }
+        let log = std::fs::read_to_string(dir.join(&name)).unwrap();
+        // Each message follows a line of dashes and a timestamp.
+        for entry in log.split("-----------------------------------------------") {
+            let text = entry.split_once('\n').map_or("", |(_, rest)| rest);
+            if let Some(msg) = text.strip_prefix("UDP message received") {
+                got.push(
+                    msg.split_once('\n')
+                        .map_or("", |(_, m)| m)
+                        .trim()
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    got
+}
+
+/// A forking callee answers one INVITE twice (two 200s, different To tags, RFC 3261
+/// 13.2.2.4): the caller must get one 200 per call (its message trace is counted: sluice gives
+/// the caller one tag, so SIPp alone would take a second 200 for a retransmission; on loopback
+/// the ACK comes long before sluice's first retransmission at T1), and sluice
+/// must ACK the second and BYE it, then BYE the first when the caller hangs up (the callee
+/// scenario checks the To tag of each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_second_200_is_acked_and_byed_and_the_caller_sees_one() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    const N: u32 = 2;
+    let dir = scratch("b2bua-forks");
+    let uas_port = free_udp_port();
+    let (d, sip_port, cdr) = b2bua(&dir, uas_port).await;
+    let mut uas = callee(&dir, "uas_forks.xml", uas_port, N, false);
+    let calls = N.to_string();
+    let (ok, why) = caller_with(
+        &dir,
+        "uac_rr_pcma.xml",
+        sip_port,
+        &["-m", &calls, "-r", "2", "-l", "4", "-trace_msg"],
+        45,
+    )
+    .await;
+    assert!(ok, "{why}\nsluice log:\n{}", tail(&d.log_text()));
+    if let Err(why) = callee_verdict(&mut uas, &dir, "uas_forks.xml") {
+        panic!("{why}\nsluice log:\n{}", tail(&d.log_text()));
+    }
+    let stats = settled(&d).await;
+    assert_eq!((stats.calls_current, stats.ports_in_use), (0, 0));
+    let sip = stats.sip.expect("SIP counters with --sip");
+    assert_eq!(
+        (sip.calls_total, sip.calls_answered),
+        (N as u64, N as u64),
+        "{sip:?}"
+    );
+    let answers: Vec<String> = received_by(&dir, "uac_rr_pcma.xml")
+        .into_iter()
+        .filter(|m| m.starts_with("SIP/2.0 200") && m.contains("CSeq: 1 INVITE"))
+        .collect();
+    assert_eq!(answers.len(), N as usize, "one 200 per call: {answers:#?}");
+    let records = cdr_lines(&cdr);
+    assert_eq!(records.len(), N as usize);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["code"] == 200 && r["reason"] == "caller hung up"),
+        "{records:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A caller offering only G.729 (which sluice does not transcode) to a callee that answers
+/// PCMA: no codec bridges the two, so the caller gets 488 with sluice's Warning naming the
+/// codecs (the caller scenario checks it), and the callee's answered leg is ACKed and BYEd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_no_codec_can_bridge_gets_488_with_a_warning() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let run = calls_through(
+        "b2bua-488",
+        "uas_pcma_only.xml",
+        "uac_g729_only.xml",
+        2,
+        false,
+    )
+    .await;
+    let sip = run.stats.sip.expect("SIP counters with --sip");
+    assert_eq!(
+        (sip.calls_total, sip.calls_answered, sip.calls_failed),
+        (2, 0, 2),
+        "{sip:?}"
+    );
+    assert!(
+        run.records
+            .iter()
+            .all(|r| r["code"] == 488 && r["reason"] == "callee's SDP refused"),
+        "{:?}",
+        run.records
     );
 }
