@@ -86,6 +86,10 @@ pub struct OptionArgs {
     /// Drop media from any source but the latched/SDP one (default true).
     #[arg(long)]
     strict_source: Option<bool>,
+    /// The IP this side's signalling came from: media from other hosts than it or the SDP's
+    /// is dropped and never latched.
+    #[arg(long)]
+    signalling_source: Option<String>,
     #[arg(long, value_enum)]
     latching: Option<LatchArg>,
     #[arg(long, value_enum)]
@@ -193,6 +197,7 @@ impl OptionArgs {
             codec_transcode: self.codec_transcode.clone(),
             codec_strip: self.codec_strip.clone(),
             codec_mask: self.codec_mask.clone(),
+            signalling_source: self.signalling_source.clone().unwrap_or_default(),
         }
     }
 }

@@ -101,6 +101,14 @@ pub fn leg_options(o: Option<proto::LegOptions>) -> Result<LegOptions, Status> {
     if let Some(s) = o.strict_source {
         out.strict_source = s;
     }
+    if !o.signalling_source.is_empty() {
+        out.signalling_source = Some(o.signalling_source.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "signalling_source '{}' is not an IP address",
+                o.signalling_source
+            ))
+        })?);
+    }
     out.latching = match enum_value("latching", o.latching)? {
         proto::Latching::Unspecified | proto::Latching::Heuristic => LatchMode::Heuristic,
         proto::Latching::Off => LatchMode::Off,

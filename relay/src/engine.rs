@@ -85,6 +85,9 @@ impl std::fmt::Debug for SrtpKeys {
 pub struct Signalling {
     pub sdp_rtp: Option<SocketAddr>,
     pub sdp_rtcp: Option<SocketAddr>,
+    /// Where the endpoint's signalling came from, when the front end knows: new media sources
+    /// must come from this IP or the SDP's (latch rule 5).
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug)]
@@ -424,6 +427,8 @@ impl Engine {
                     let now = now_ns();
                     ep.rtp_latch.signalling(sig.sdp_rtp, now);
                     ep.rtcp_latch.signalling(sig.sdp_rtcp, now);
+                    ep.rtp_latch.signalling_from(sig.source_ip);
+                    ep.rtcp_latch.signalling_from(sig.source_ip);
                 }
                 // A new SDP address makes the latch forget the old source: the control plane
                 // must not go on seeing (and kernelizing) it.
@@ -1229,7 +1234,7 @@ mod tests {
                     },
                     signalling: Some(Signalling {
                         sdp_rtp: Some(peer.local_addr().unwrap()),
-                        sdp_rtcp: None,
+                        ..Signalling::default()
                     }),
                 })
                 .unwrap();

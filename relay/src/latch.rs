@@ -23,6 +23,15 @@
 //!    Without `strict_source` every packet is accepted and forwarded: latching then only decides
 //!    where media for this endpoint goes, never what is let in.
 //!
+//! 5. **Only hosts signalling vouches for.** When the front end knows where this endpoint's
+//!    signalling came from ([`Latch::signalling_from`]: the B2BUA always, ng `received-from`, a
+//!    gRPC option), a new source may latch only from that IP or the SDP's IP (any port: NATs
+//!    rewrite ports). Anything else is [`DropReason::WrongSource`] and never a candidate, so an
+//!    attacker elsewhere on the internet can neither inject media before the endpoint speaks
+//!    (RTP Inject) nor take the other side's media (RTP Bleed) even when the SDP address is
+//!    unreachable. Without that knowledge rules 1-4 are all there is: a host that races the
+//!    endpoint inside the window with consecutive packets can still win it.
+//!
 //! [`LatchMode::Immediate`] trades rule 3 for speed: the first source in each window latches at
 //! once. [`LatchMode::Off`] never latches and always sends to the SDP address.
 //!
@@ -40,7 +49,7 @@
 //! `a.b.c.d`. The address stored and returned is the one given, so it stays usable on the socket
 //! it came from.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// How a leg learns its endpoint's media source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -120,6 +129,8 @@ pub struct Latch {
     /// The SDP address latched inside the current window, so it needs no further checks.
     sdp_won_in_window: bool,
     candidate: Option<Candidate>,
+    /// Where the endpoint's signalling came from (rule 5); `None`: unknown.
+    signalling_ip: Option<IpAddr>,
 }
 
 impl Latch {
@@ -133,7 +144,28 @@ impl Latch {
             won_in_window: false,
             sdp_won_in_window: false,
             candidate: None,
+            signalling_ip: None,
         }
+    }
+
+    /// Rule 5: new sources must come from `ip` (where this endpoint's signalling came from) or
+    /// from the SDP address's IP. `None` lifts the rule.
+    pub fn signalling_from(&mut self, ip: Option<IpAddr>) {
+        self.signalling_ip = ip;
+    }
+
+    /// Whether a source may be let in or become a candidate (rule 5): its IP is the signalling
+    /// source's or the SDP address's (the latched source is let in by the caller).
+    fn vouched_for(&self, src: SocketAddr) -> bool {
+        let Some(sig) = self.signalling_ip else {
+            return true;
+        };
+        let ip = canonical(src).ip();
+        ip == canonical(SocketAddr::new(sig, 0)).ip()
+            || self
+                .sdp
+                .or(self.last_sdp)
+                .is_some_and(|sdp| canonical(sdp).ip() == ip)
     }
 
     /// Replaces the configuration. Switching to [`LatchMode::Off`] forgets the latched source so
@@ -166,6 +198,10 @@ impl Latch {
 
     /// A datagram from `src`; `seq` is the RTP sequence number, None for RTCP or non-RTP.
     pub fn on_packet(&mut self, src: SocketAddr, seq: Option<u16>, now_ns: u64) -> Verdict {
+        // Rule 5 holds with or without strict source: it is what signalling says.
+        if !self.vouched_for(src) && !self.latched.is_some_and(|l| same(l, src)) {
+            return Verdict::Drop(DropReason::WrongSource);
+        }
         match self.cfg.mode {
             LatchMode::Off => self.filter(self.sdp, src),
             _ if !self.window_open(now_ns) => self.filter(self.latched.or(self.sdp), src),
@@ -718,5 +754,79 @@ mod tests {
         assert_eq!(l.on_packet(sdp(), Some(2), T0 + 11 * SEC), Verdict::Accept);
         let v6 = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 4000, 0, 0));
         assert!(!same(v6, sdp()));
+    }
+
+    /// The attack the issue measured: 10 consecutive packets from a stranger before the caller
+    /// speaks. Without a signalling source 8 get through (heuristic, 3 to confirm) and the
+    /// stranger holds the latch; with one, none does and the NAT-ed caller still latches.
+    #[test]
+    fn a_signalling_source_keeps_strangers_out_and_lets_the_nat_in() {
+        for strict in [true, false] {
+            let mut open = signalled(LatchMode::Heuristic, true, Some(sdp()));
+            let forwarded = (0..10u16)
+                .filter(|&i| {
+                    !matches!(
+                        open.on_packet(attacker(), Some(100 + i), T0 + u64::from(i) * MS),
+                        Verdict::Drop(_)
+                    )
+                })
+                .count();
+            assert_eq!(forwarded, 8, "the gap rule 5 closes");
+            assert_eq!(open.peer(), Some(attacker()));
+
+            let mut l = signalled(LatchMode::Heuristic, strict, Some(sdp()));
+            l.signalling_from(Some(nat().ip()));
+            for i in 0..10u16 {
+                assert_eq!(
+                    l.on_packet(attacker(), Some(100 + i), T0 + u64::from(i) * MS),
+                    Verdict::Drop(DropReason::WrongSource),
+                    "strict {strict}: packet {i} from a host signalling never named"
+                );
+            }
+            assert_eq!(
+                l.peer(),
+                Some(sdp()),
+                "no bleed: media still goes to the SDP address"
+            );
+            // The caller's NAT (its signalling IP, another port) proves itself and latches.
+            let from_nat = SocketAddr::new(nat().ip(), 40_000);
+            let verdicts: Vec<Verdict> = (0..3u16)
+                .map(|i| l.on_packet(from_nat, Some(7 + i), T0 + SEC + u64::from(i) * MS))
+                .collect();
+            assert_eq!(verdicts[2], Verdict::Latched(from_nat), "strict {strict}");
+            // Outside the window too, strangers stay out.
+            assert_eq!(
+                l.on_packet(attacker(), Some(1), T0 + 60 * SEC),
+                Verdict::Drop(DropReason::WrongSource)
+            );
+        }
+    }
+
+    #[test]
+    fn the_sdp_ip_is_vouched_for_on_any_port_and_immediate_mode_obeys_too() {
+        let mut l = signalled(LatchMode::Immediate, true, Some(sdp()));
+        l.signalling_from(Some(nat().ip()));
+        assert_eq!(
+            l.on_packet(attacker(), None, T0),
+            Verdict::Drop(DropReason::WrongSource)
+        );
+        let sdp_host_other_port = SocketAddr::new(sdp().ip(), 4444);
+        assert_eq!(
+            l.on_packet(sdp_host_other_port, None, T0 + MS),
+            Verdict::Latched(sdp_host_other_port)
+        );
+        // IPv4-mapped sources compare as IPv4.
+        let mut m = signalled(LatchMode::Heuristic, true, None);
+        m.signalling_from(Some(nat().ip()));
+        let mapped = SocketAddr::V6(SocketAddrV6::new(
+            Ipv4Addr::new(203, 0, 113, 7).to_ipv6_mapped(),
+            5000,
+            0,
+            0,
+        ));
+        assert_eq!(
+            m.on_packet(mapped, Some(1), T0),
+            Verdict::Drop(DropReason::Unconfirmed)
+        );
     }
 }

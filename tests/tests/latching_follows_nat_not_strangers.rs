@@ -174,3 +174,74 @@ async fn strict_source_off_lets_any_source_in() {
     })
     .await
 }
+
+/// RTP Inject and RTP Bleed (issue 13), closed where the signalling source is known: the caller's
+/// offer says its signalling came from 127.0.0.1 (gRPC `signalling_source`; the B2BUA passes the
+/// SIP peer's address, ng `received-from`). A host elsewhere (127.0.0.66) that sends 10
+/// consecutive packets to the caller's relay port before the caller speaks gets none of them
+/// forwarded and never receives the callee's media, even without strict source; the caller's
+/// own NAT mapping (its signalling IP, another port than its SDP's) still latches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_signalling_source_keeps_strangers_out_but_lets_the_nat_in() {
+    bounded(async {
+        let d = Daemon::start(&[]).await;
+        let mut c = d.client().await;
+        let stranger_ip: std::net::IpAddr = "127.0.0.66".parse().unwrap();
+        let (a_sdp, a_nat, b, stranger) =
+            (Peer::v4(), Peer::v4(), Peer::v4(), Peer::on(stranger_ip));
+        let opts = |strict| {
+            Some(LegOptions {
+                signalling_source: "127.0.0.1".into(),
+                strict_source: Some(strict),
+                ..LegOptions::default()
+            })
+        };
+        for (id, strict) in [("sig-strict", true), ("sig-loose", false)] {
+            let to_b = offer(&mut c, id, a_sdp.sdp(&[]), opts(strict))
+                .await
+                .unwrap();
+            let to_a = answer(&mut c, id, b.sdp(&[]), opts(strict)).await.unwrap();
+            let call = Call {
+                id: id.into(),
+                to_b,
+                to_a,
+            };
+            burst(&stranger, call.a_sends_rtp(), 100, 10, 0xbad);
+            b.assert_silent("the stranger's packets reached the callee (RTP Inject)");
+            burst(&b, call.b_sends_rtp(), 1, 3, 0xb);
+            assert_eq!(
+                a_sdp.recv_rtp_n(3).len(),
+                3,
+                "the callee's media goes to the SDP address"
+            );
+            stranger.assert_silent("the stranger got the callee's media (RTP Bleed)");
+            let info = wait_query(&mut c, id, "the stranger's packets counted", |i| {
+                stream(i, 0).dropped_wrong_source >= 10
+            })
+            .await;
+            assert_eq!(
+                stream(&info, 0).latched_peer,
+                "",
+                "strict {strict}: nothing latched"
+            );
+
+            burst(&a_nat, call.a_sends_rtp(), 500, 6, 0xa);
+            assert!(
+                !b.recv_rtp_n(3).is_empty(),
+                "the NAT-ed caller's media got through"
+            );
+            wait_query(&mut c, id, "the caller's NAT latched", |i| {
+                stream(i, 0).latched_peer == a_nat.rtp_addr().to_string()
+            })
+            .await;
+            while b.recv_rtp().is_some() {}
+            c.delete(pb::DeleteRequest {
+                call_id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    })
+    .await
+}

@@ -86,10 +86,8 @@ impl B2bua {
         match sdp_body(&msg) {
             Ok(Some(sdp)) if matches!(method, Method::Invite | Method::Update) => {
                 let media_id = self.calls[&id].media_id.clone();
-                match self
-                    .media
-                    .offer(&media_id, from.media_tag(), &sdp, self.cfg.media)
-                {
+                let opts = self.media_opts(self.leg_peer(id, from));
+                match self.media.offer(&media_id, from.media_tag(), &sdp, opts) {
                     Ok(out) => {
                         body = Some((
                             "application/sdp".to_owned(),
@@ -263,7 +261,7 @@ impl B2bua {
                         from.media_tag(),
                         to.media_tag(),
                         &sdp,
-                        self.cfg.media,
+                        super::from_source(self.cfg.media, call.peer(from)),
                     ) {
                         Ok(out) => {
                             r.push(HeaderName::ContentType, "application/sdp");

@@ -354,6 +354,13 @@ impl B2bua {
     }
 
     /// The peer of one leg of a call (the route when the call is gone).
+    /// The media options of an SDP from `source`: the configured ones, with where its
+    /// signalling comes from, so that media only from that host (or the SDP's) is let in
+    /// (latch rule 5: no RTP Inject, no RTP Bleed behind NAT).
+    fn media_opts(&self, source: Peer) -> crate::session::LegOptions {
+        from_source(self.cfg.media, source)
+    }
+
     fn leg_peer(&self, id: u64, leg: Leg) -> Peer {
         self.calls
             .get(&id)
@@ -604,3 +611,11 @@ impl B2bua {
 
 #[cfg(test)]
 mod tests;
+
+/// `opts` for an SDP whose signalling came from `source` (see [`B2bua::media_opts`]).
+fn from_source(opts: crate::session::LegOptions, source: Peer) -> crate::session::LegOptions {
+    crate::session::LegOptions {
+        signalling_source: Some(source.addr.ip()),
+        ..opts
+    }
+}

@@ -77,7 +77,7 @@ impl B2bua {
             Some(offer) => {
                 match self
                     .media
-                    .offer(&media_id, Leg::A.media_tag(), offer, self.cfg.media)
+                    .offer(&media_id, Leg::A.media_tag(), offer, self.media_opts(from))
                 {
                     Ok(out) => Some(crate::sdp::origin_from_connection(out)),
                     Err(e) => {
@@ -296,12 +296,13 @@ impl B2bua {
                     return;
                 }
             };
+            let opts = super::from_source(self.cfg.media, call.a_peer);
             let out = self.media.answer(
                 &call.media_id,
                 Leg::B.media_tag(),
                 Leg::A.media_tag(),
                 &answer,
-                self.cfg.media,
+                opts,
             );
             let via = self.via(self.leg_peer(id, Leg::B));
             let call = self.calls.get_mut(&id).expect("looked up above");
@@ -451,7 +452,7 @@ impl B2bua {
                 Leg::A.media_tag(),
                 Leg::B.media_tag(),
                 &sdp,
-                self.cfg.media,
+                super::from_source(self.cfg.media, call.b_peer),
             ) {
                 Ok(out) => body = Some(crate::sdp::origin_from_connection(out)),
                 Err(e) => {
@@ -584,12 +585,17 @@ impl B2bua {
                     Leg::A.media_tag(),
                     Leg::B.media_tag(),
                     s,
-                    self.cfg.media,
+                    super::from_source(self.cfg.media, call.b_peer),
                 )
                 .map(Some),
             (Some(s), true) => self
                 .media
-                .offer(&media_id, Leg::B.media_tag(), s, self.cfg.media)
+                .offer(
+                    &media_id,
+                    Leg::B.media_tag(),
+                    s,
+                    super::from_source(self.cfg.media, call.b_peer),
+                )
                 .map(Some),
             // No SDP in the 2xx: the answer came in a reliable provisional or is missing;
             // the session keeps what it has.

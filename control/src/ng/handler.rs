@@ -255,6 +255,16 @@ fn options(req: &mut Request, offer: bool) -> Result<LegOptions, String> {
         strict_source: req.flags.strict_source,
         ..LegOptions::default()
     };
+    // Latch rule 5: media only from the host the SIP message came from, or the SDP's.
+    // `media-handover` (rtpengine: let media move to any new source) opts out.
+    if let Some((_, addr)) = &req.received_from
+        && !req.flags.media_handover
+    {
+        o.signalling_source = Some(
+            addr.parse()
+                .map_err(|_| format!("received-from address '{addr}' is not an IP address"))?,
+        );
+    }
     o.family = match req.address_family.as_deref() {
         None => Family::Auto,
         Some("IP4") => Family::V4,
@@ -486,6 +496,29 @@ fn statistics(s: &Statistics) -> Entries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn received_from_vouches_for_the_signalling_host_unless_media_handover() {
+        let mut req = Request {
+            received_from: Some(("IP4".into(), "203.0.113.9".into())),
+            ..Request::default()
+        };
+        assert_eq!(
+            options(&mut req, true).unwrap().signalling_source,
+            Some("203.0.113.9".parse().unwrap())
+        );
+        req.flags.media_handover = true;
+        assert_eq!(options(&mut req, true).unwrap().signalling_source, None);
+        let mut bad = Request {
+            received_from: Some(("IP4".into(), "proxy.example".into())),
+            ..Request::default()
+        };
+        assert!(
+            options(&mut bad, true)
+                .unwrap_err()
+                .contains("not an IP address")
+        );
+    }
 
     #[test]
     fn replace_origin_puts_the_relay_address_in_o() {

@@ -139,6 +139,7 @@ impl State {
                 sa.direction = opts.direction.unwrap_or_else(|| answer.direction(i));
                 sa.rtcp_mux = sa.offered_mux && m.rtcp_mux();
                 sa.latch = latch_config(&opts);
+                sa.signalling_source = opts.signalling_source.or(sa.signalling_source);
                 sa.crypto = std::mem::take(&mut answer_crypto[i]);
             }
             {

@@ -66,6 +66,7 @@ pub(super) fn configure(s: &Stream, k: usize) -> Command {
         signalling: Some(Signalling {
             sdp_rtp: me.sdp_rtp,
             sdp_rtcp: me.sdp_rtcp,
+            source_ip: me.signalling_source,
         }),
     }
 }

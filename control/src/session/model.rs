@@ -41,6 +41,8 @@ pub(super) struct Side {
     /// The SDP sent to this side offered rtcp-mux.
     pub(super) offered_mux: bool,
     pub(super) latch: LatchConfig,
+    /// Where this side's signalling comes from, if a front end said (latch rule 5).
+    pub(super) signalling_source: Option<IpAddr>,
     pub(super) clock_rate: u32,
     /// Kernel counters of this side's flows that were removed already.
     pub(super) kernel_base: FlowCounters,
@@ -250,6 +252,7 @@ impl State {
             rtcp_mux: false,
             offered_mux: false,
             latch: LatchConfig::default(),
+            signalling_source: None,
             clock_rate: 8000,
             kernel_base: FlowCounters::default(),
             crypto: SideCrypto::Plain,

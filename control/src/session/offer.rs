@@ -216,6 +216,7 @@ impl State {
                 // accepts it on the RTP port if it offered mux.
                 so.rtcp_mux = offered_mux && opts.rtcp_mux != RtcpMuxMode::Strip;
                 so.latch = latch_config(&opts);
+                so.signalling_source = opts.signalling_source.or(so.signalling_source);
                 // A transcoded stream keeps each side's codec clock until the answer decides.
                 if stream.transcode.is_none() {
                     so.clock_rate = clock_rate(offer, i);

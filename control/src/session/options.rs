@@ -65,6 +65,10 @@ pub struct LegOptions {
     pub srtp: SrtpMode,
     /// Offer only (ignored in answers): transcoding mode and codec lists (see `codecs`).
     pub codecs: CodecOptions,
+    /// Where this side's signalling came from, when the front end knows it (the B2BUA's peer,
+    /// ng `received-from`, gRPC `signalling_source`): media from any other IP than this or the
+    /// SDP's is dropped and never latched (latch rule 5). Kept from earlier requests when absent.
+    pub signalling_source: Option<IpAddr>,
 }
 
 impl Default for LegOptions {
@@ -77,6 +81,7 @@ impl Default for LegOptions {
             direction: None,
             srtp: SrtpMode::Default,
             codecs: CodecOptions::default(),
+            signalling_source: None,
         }
     }
 }
