@@ -212,6 +212,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     pub control: Option<String>,
+    pub metrics: Option<String>,
     pub ng: Option<Vec<String>>,
     pub sip: Option<Vec<String>>,
     pub route: Option<Vec<String>>,
@@ -255,6 +256,7 @@ impl FileConfig {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub control: Option<String>,
+    pub metrics: Option<String>,
     pub ng: Vec<String>,
     pub sip: Vec<String>,
     pub route: Vec<String>,
@@ -286,6 +288,8 @@ pub struct Config {
     pub control: ControlAddr,
     /// `--ng`: where rtpengine's ng protocol is served (Kamailio, OpenSIPS); none by default.
     pub ng: Vec<NgListen>,
+    /// `--metrics`: where Prometheus scrapes `/metrics` (none by default).
+    pub metrics: Option<SocketAddr>,
     /// `--sip`: where the B2BUA takes calls (none: sluice is a media relay only).
     pub sip: Vec<sluice_sip::Peer>,
     /// `--route`: the next hops of every call the B2BUA takes, tried in this order.
@@ -389,6 +393,26 @@ impl Config {
             }
             ng.push(a);
         }
+        let metrics = match cli.metrics.or(file.metrics) {
+            None => None,
+            Some(m) => {
+                let a: SocketAddr = m.parse().map_err(|_| ConfigError::Invalid {
+                    key: "metrics",
+                    value: m.clone(),
+                    why: "expected IP:PORT, e.g. 127.0.0.1:9464".into(),
+                })?;
+                if !a.ip().is_loopback() && !allow_remote {
+                    return Err(ConfigError::Invalid {
+                        key: "metrics",
+                        value: m,
+                        why: "metrics have no authentication; listen on loopback, or set \
+                              allow-remote-control = true if a firewall protects it"
+                            .into(),
+                    });
+                }
+                Some(a)
+            }
+        };
         let sip_list = if cli.sip.is_empty() {
             file.sip.unwrap_or_default()
         } else {
@@ -622,6 +646,7 @@ impl Config {
         Ok(Config {
             control,
             ng,
+            metrics,
             max_sessions: cli.max_sessions.or(file.max_sessions),
             load_limits: crate::load::LoadLimits { max_load, max_cpu },
             sip,

@@ -180,6 +180,23 @@ pub async fn run_until(
         );
     }
 
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr).await?;
+            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+            let registry = crate::metrics::registry(crate::metrics::Scrape {
+                sessions: sessions.clone(),
+                sip: sip_cores.clone(),
+            });
+            let stop = sessions.closed();
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(listener, registry, stop).await {
+                    tracing::error!(error = %e, "the metrics server failed; no more scrapes");
+                }
+            }))
+        }
+        None => None,
+    };
     let service = ControlService::new(sessions.clone())
         .with_sip(sip_cores)
         .into_server();
@@ -191,6 +208,7 @@ pub async fn run_until(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let router = Server::builder()
+        .layer(crate::metrics::GrpcTimingLayer)
         .add_service(service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -238,6 +256,9 @@ pub async fn run_until(
         }
     };
     sweeper.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     ng_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in ng_servers.into_iter().chain(sip_servers) {
         let _ = t.join();

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod h2_authority;
 pub mod kernel;
 pub mod load;
+pub mod metrics;
 pub mod ng;
 pub mod port_alloc;
 pub mod sdes;

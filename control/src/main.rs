@@ -55,6 +55,10 @@ enum Cmd {
         /// `sluice ctl max-sessions N|none` changes it at run time, 0 drains (default: no limit).
         #[arg(long = "max-sessions")]
         max_sessions: Option<u64>,
+        /// Serve Prometheus metrics at http://IP:PORT/metrics (loopback unless
+        /// --allow-remote-control), e.g. 127.0.0.1:9464.
+        #[arg(long)]
+        metrics: Option<String>,
         /// Refuse new calls while the 1-minute load average is above this (as rtpengine's).
         #[arg(long = "max-load")]
         max_load: Option<f64>,
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             max_sessions,
+            metrics,
             max_load,
             max_cpu,
             media_ip,
@@ -198,6 +203,7 @@ fn main() -> ExitCode {
                     tls_cert,
                     tls_key,
                     max_sessions,
+                    metrics,
                     max_load,
                     max_cpu,
                     media_ip,

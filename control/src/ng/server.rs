@@ -110,10 +110,13 @@ pub(super) fn respond(
         // Cannot happen with one thread per socket; a later parallel server would hold it.
         Lookup::InFlight => Reply::Held,
         Lookup::New => {
-            let reply = match body {
-                Ok(msg) => handler::handle(sessions, &msg),
-                Err(reason) => handler::error(&reason),
+            let started = std::time::Instant::now();
+            let (method, reply) = match body {
+                Ok(msg) => (command_label(&msg), handler::handle(sessions, &msg)),
+                Err(reason) => ("malformed", handler::error(&reason)),
             };
+            let ok = matches!(reply.get_str("result").as_deref(), Some("ok" | "pong"));
+            crate::metrics::request("ng", method, ok, started.elapsed());
             out.clear();
             out.extend_from_slice(cookie);
             out.push(b' ');
@@ -129,6 +132,24 @@ fn send(sock: &UdpSocket, reply: &[u8], peer: SocketAddr) {
     if let Err(e) = sock.send_to(reply, peer) {
         tracing::warn!(%peer, error = %e, "ng reply not sent");
     }
+}
+
+/// The command as a metrics label: one of a fixed set, whatever the request says.
+fn command_label(msg: &Value) -> &'static str {
+    const KNOWN: [&str; 7] = [
+        "ping",
+        "offer",
+        "answer",
+        "delete",
+        "query",
+        "list",
+        "statistics",
+    ];
+    let cmd = msg
+        .get_str("command")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    KNOWN.into_iter().find(|k| *k == cmd).unwrap_or("other")
 }
 
 /// The message after the cookie: a bencoded dictionary, or a JSON object.

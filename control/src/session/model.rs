@@ -297,6 +297,9 @@ impl State {
         let info = call_report(&call, None, &*self.clock);
         for s in &call.streams {
             for side in &s.sides {
+                if let Some(mos) = side.quality.received.and_then(|q| q.average_mos()) {
+                    crate::metrics::ended_stream_mos(mos);
+                }
                 self.retire_side(side);
             }
         }

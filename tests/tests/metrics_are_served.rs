@@ -1,0 +1,151 @@
+//! `--metrics`: Prometheus scrapes `/metrics` and reads what the daemon counts. A call over gRPC
+//! with media and a ping over ng show up in the call, packet and port figures and in the
+//! control request counters and latency histograms; every sample follows the naming rules
+//! (`sluice_` prefix, counters ending in `_total`, seconds).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use sluice_control::ng::bencode::Value;
+use sluice_tests::*;
+
+/// One `GET /metrics`: (status line, content type, body).
+fn scrape(port: u16) -> (String, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("the metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.lines().next().unwrap_or_default().to_string();
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (status, ctype, body.to_string())
+}
+
+/// The value of the sample line that starts with `series` (name and labels, exactly).
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_reads_calls_packets_and_control_requests() {
+    bounded(async {
+        let (mport, ngport) = (free_tcp_port(), free_udp_port());
+        let d = Daemon::start(&[
+            "--metrics",
+            &format!("127.0.0.1:{mport}"),
+            "--ng",
+            &format!("udp:127.0.0.1:{ngport}"),
+        ])
+        .await;
+        let mut c = d.client().await;
+        let (a, b) = (Peer::v4(), Peer::v4());
+        let call = establish(&mut c, "m1", &a, &b).await;
+        for seq in 0..4u16 {
+            a.send_rtp(call.a_sends_rtp(), &pcmu(seq, u32::from(seq) * 160, 0x51));
+        }
+        assert_eq!(b.recv_rtp_n(4).len(), 4);
+        let during = scrape(mport).2;
+        assert_eq!(
+            sample(&during, "sluice_calls_active"),
+            Some(1.0),
+            "{during}"
+        );
+        assert!(sample(&during, "sluice_ports_in_use").unwrap_or(0.0) >= 2.0);
+        c.delete(pb::DeleteRequest {
+            call_id: "m1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let ng = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        ng.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut ping = b"p1 ".to_vec();
+        Value::dict([("command", Value::str("ping"))]).encode(&mut ping);
+        ng.send_to(&ping, ("127.0.0.1", ngport)).unwrap();
+        let mut buf = [0u8; 512];
+        recv_from_retrying(&ng, &mut buf).expect("pong");
+
+        let (status, ctype, body) = scrape(mport);
+        assert!(status.contains(" 200 "), "{status}");
+        assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+        assert!(body.trim_end().ends_with("# EOF"), "{body}");
+        assert_eq!(sample(&body, "sluice_calls_total"), Some(1.0), "{body}");
+        assert_eq!(sample(&body, "sluice_calls_active"), Some(0.0));
+        assert_eq!(sample(&body, "sluice_ports_in_use"), Some(0.0));
+        assert!(sample(&body, "sluice_packets_relayed_total").unwrap_or(0.0) >= 4.0);
+        assert_eq!(
+            sample(
+                &body,
+                r#"sluice_control_requests_total{frontend="grpc",method="Offer",result="ok"}"#
+            ),
+            Some(1.0),
+            "{body}"
+        );
+        assert_eq!(
+            sample(
+                &body,
+                r#"sluice_control_requests_total{frontend="ng",method="ping",result="ok"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &body,
+                r#"sluice_control_request_duration_seconds_count{frontend="ng",method="ping"}"#
+            ),
+            Some(1.0)
+        );
+        // Naming: every sample is sluice_*, every counter sample ends in _total.
+        let mut counters = Vec::new();
+        for l in body.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let mut f = rest.split(' ');
+                let (name, kind) = (f.next().unwrap(), f.next().unwrap());
+                assert!(name.starts_with("sluice_"), "{l}");
+                if kind == "counter" {
+                    counters.push(name.to_string());
+                }
+            } else if !l.starts_with('#') && !l.is_empty() {
+                assert!(l.starts_with("sluice_"), "{l}");
+            }
+        }
+        assert!(counters.len() >= 5, "{counters:?}");
+        let sample_names: Vec<&str> = body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap())
+            .collect();
+        for name in counters {
+            let total = format!("{name}_total");
+            assert!(
+                sample_names.contains(&total.as_str()) && !sample_names.contains(&name.as_str()),
+                "counter {name}: its samples must be {total}"
+            );
+        }
+        drop(d);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_stay_on_loopback_unless_allowed() {
+    let out = std::process::Command::new(sluice_bin())
+        .args(["run", "--metrics", "0.0.0.0:9464"])
+        .output()
+        .expect("run sluice");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("metrics have no authentication"), "{err}");
+}
