@@ -322,18 +322,18 @@ pub fn registry(scrape: Scrape) -> Registry {
     let r = recorded();
     reg.register(
         "sluice_control_requests",
-        "Control requests by front end, method and result.",
+        "Control requests by front end, method and result",
         r.requests.clone(),
     );
     reg.register_with_unit(
         "sluice_control_request_duration",
-        "Time to handle a control request.",
+        "Time to handle a control request",
         prometheus_client::registry::Unit::Seconds,
         r.latency.clone(),
     );
     reg.register(
         "sluice_ended_stream_mos",
-        "Average MOS (E-model, from the endpoints' RTCP) of each stream side of ended calls that reported one.",
+        "Average MOS (E-model, from the endpoints' RTCP) of each stream side of ended calls that reported one",
         r.mos.clone(),
     );
     reg

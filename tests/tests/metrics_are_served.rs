@@ -149,3 +149,80 @@ async fn metrics_stay_on_loopback_unless_allowed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("metrics have no authentication"), "{err}");
 }
+
+/// The metric names in an expression: `sluice_` identifiers.
+fn names_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("sluice_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// contrib/grafana/sluice.json uses only names the daemon exports: each name in each panel's
+/// expression is a sample of a scrape of a daemon running every front end, or a sample name of
+/// a family the scrape declares (`_total`, `_bucket`, `_count`, `_sum` of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_uses_only_exported_names() {
+    bounded(async {
+        let (mport, sip, route) = (free_tcp_port(), free_udp_port(), free_udp_port());
+        let d = Daemon::start(&[
+            "--metrics",
+            &format!("127.0.0.1:{mport}"),
+            "--sip",
+            &format!("udp:127.0.0.1:{sip}"),
+            "--route",
+            &format!("sip:127.0.0.1:{route}"),
+            "--max-cpu",
+            "100",
+        ])
+        .await;
+        let mut c = d.client().await;
+        c.statistics(pb::StatisticsRequest {}).await.unwrap();
+        // The host load is sampled once a second.
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        let body = scrape(mport).2;
+        let mut known: Vec<String> = body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+            .collect();
+        for l in body.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let family = rest.split(' ').next().unwrap();
+                for suffix in ["", "_total", "_bucket", "_count", "_sum"] {
+                    known.push(format!("{family}{suffix}"));
+                }
+            }
+        }
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/grafana/sluice.json");
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut checked = 0;
+        for panel in dash["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                let names = names_in(expr);
+                assert!(!names.is_empty(), "{expr}");
+                for n in names {
+                    assert!(
+                        known.contains(&n),
+                        "panel {:?} uses {n}, which the daemon does not export\n{body}",
+                        panel["title"]
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 20, "{checked} names checked");
+        drop(d);
+    })
+    .await;
+}
