@@ -86,7 +86,11 @@ impl B2bua {
         match sdp_body(&msg) {
             Ok(Some(sdp)) if matches!(method, Method::Invite | Method::Update) => {
                 let media_id = self.calls[&id].media_id.clone();
-                let opts = self.media_opts(self.leg_peer(id, from));
+                let opts = super::offer_opts(
+                    self.cfg.media,
+                    self.leg_peer(id, from),
+                    self.leg_peer(id, from.other()),
+                );
                 match self.media.offer(&media_id, from.media_tag(), &sdp, opts) {
                     Ok(out) => {
                         body = Some((

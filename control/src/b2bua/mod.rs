@@ -354,13 +354,6 @@ impl B2bua {
     }
 
     /// The peer of one leg of a call (the route when the call is gone).
-    /// The media options of an SDP from `source`: the configured ones, with where its
-    /// signalling comes from, so that media only from that host (or the SDP's) is let in
-    /// (latch rule 5: no RTP Inject, no RTP Bleed behind NAT).
-    fn media_opts(&self, source: Peer) -> crate::session::LegOptions {
-        from_source(self.cfg.media, source)
-    }
-
     fn leg_peer(&self, id: u64, leg: Leg) -> Peer {
         self.calls
             .get(&id)
@@ -612,10 +605,29 @@ impl B2bua {
 #[cfg(test)]
 mod tests;
 
-/// `opts` for an SDP whose signalling came from `source` (see [`B2bua::media_opts`]).
+/// The media options of an SDP whose signalling came from `source`: the configured ones, with
+/// that source, so that media only from its host (or the SDP's) is let in (latch rule 5: no
+/// RTP Inject, no RTP Bleed behind NAT).
 fn from_source(opts: crate::session::LegOptions, source: Peer) -> crate::session::LegOptions {
     crate::session::LegOptions {
         signalling_source: Some(source.addr.ip()),
         ..opts
     }
+}
+
+/// `opts` for an offer whose signalling came from `source` and that goes on to `target`. SDES
+/// keys travel in the SDP, so an offer towards a leg whose signalling is not TLS never carries
+/// any: sluice terminates the SRTP of the offering side and offers plain RTP (RFC 4568 section
+/// 8.3: the key parameters MUST only be sent over secure signalling). Towards a TLS leg the
+/// configured mode applies (by default the SDP's own choice, SDES included).
+fn offer_opts(
+    opts: crate::session::LegOptions,
+    source: Peer,
+    target: Peer,
+) -> crate::session::LegOptions {
+    let mut o = from_source(opts, source);
+    if target.transport != sluice_sip::Transport::Tls {
+        o.srtp = crate::session::SrtpMode::Strip;
+    }
+    o
 }

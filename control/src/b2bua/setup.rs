@@ -75,10 +75,12 @@ impl B2bua {
         let media_id = format!("sip-{id}-{}", self.token());
         let body_for_b = match &sdp {
             Some(offer) => {
-                match self
-                    .media
-                    .offer(&media_id, Leg::A.media_tag(), offer, self.media_opts(from))
-                {
+                match self.media.offer(
+                    &media_id,
+                    Leg::A.media_tag(),
+                    offer,
+                    super::offer_opts(self.cfg.media, from, self.cfg.routes[0]),
+                ) {
                     Ok(out) => Some(crate::sdp::origin_from_connection(out)),
                     Err(e) => {
                         let code = e.sip_status();
@@ -594,7 +596,7 @@ impl B2bua {
                     &media_id,
                     Leg::B.media_tag(),
                     s,
-                    super::from_source(self.cfg.media, call.b_peer),
+                    super::offer_opts(self.cfg.media, call.b_peer, call.a_peer),
                 )
                 .map(Some),
             // No SDP in the 2xx: the answer came in a reliable provisional or is missing;

@@ -1190,3 +1190,52 @@ fn call_records_reach_event_watchers_started_ringing_answered_ended() {
     assert_eq!(ended["reason"], "caller hung up");
     assert_eq!(ended["code"], 200);
 }
+
+/// RFC 4568 section 8.3: SDES keys only over secure signalling. A caller's SRTP offer (over TLS
+/// or not) reaches a callee on UDP as plain RTP, its key nowhere in B's INVITE; sluice
+/// terminates the caller's SRTP and answers it with a key of its own.
+#[test]
+fn sdes_keys_never_go_to_a_leg_without_tls_rfc4568_8_3() {
+    const KEY: &str = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+    let savp = sdp(4000).replace("RTP/AVP 0 8", "RTP/SAVP 0 8")
+        + &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n");
+    for transport in [sluice_sip::Transport::Tls, sluice_sip::Transport::Udp] {
+        let mut sim = Sim::with(|c| {
+            c.listen.push(Peer {
+                transport: sluice_sip::Transport::Tls,
+                addr: sa(SLUICE),
+            })
+        });
+        let a = Peer {
+            transport,
+            addr: sa(A),
+        };
+        let via = format!("SIP/2.0/{} 10.0.0.1", transport.via_name());
+        let inv = invite("z9hG4bKa1", Some(&savp)).replace("SIP/2.0/UDP 10.0.0.1", &via);
+        sim.b2b
+            .on_bytes(inv.replace('\n', "\r\n").as_bytes(), a, sim.now);
+        let (_, to_b) = sim.out();
+        let b_inv = to_b.into_iter().next().expect("INVITE to B");
+        let offered = sdp_of(&b_inv);
+        assert!(offered.contains("RTP/AVP 0 8"), "{transport:?}: {offered}");
+        assert!(
+            !offered.contains("a=crypto"),
+            "{transport:?}: a key went to B: {offered}"
+        );
+        sim.send(B, &answer(&b_inv, 200, "bob1", Some(&sdp(5000))));
+        let mut ok = None;
+        while let Some(t) = sim.b2b.poll_transmit() {
+            let m = parse_datagram(&t.bytes, &Limits::default()).unwrap();
+            if t.peer.addr == sa(A) && m.code() == Some(200) {
+                ok = Some(m);
+            }
+        }
+        let answered = sdp_of(&ok.expect("200 to A"));
+        assert!(answered.contains("RTP/SAVP"), "{transport:?}: {answered}");
+        assert!(
+            answered.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:")
+                && !answered.contains(KEY),
+            "{transport:?}: sluice answers with its own key: {answered}"
+        );
+    }
+}
