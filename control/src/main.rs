@@ -141,6 +141,10 @@ fn init_logs(level: &str) {
         .init();
 }
 
+/// glibc's malloc cost a fifth of the ng control path's CPU (BENCHMARKS.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
