@@ -942,3 +942,59 @@ async fn an_offer_no_codec_can_bridge_gets_488_with_a_warning() {
         run.records
     );
 }
+
+/// A next hop over TCP where nothing listens: the refused connection fails the INVITE at once
+/// (RFC 3261 8.1.3.1, a transport error is a 503), so the caller gets 503 in well under timer
+/// B's 32 s, and the call record says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_tcp_next_hop_gives_the_caller_503_at_once() {
+    if sipp_missing() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let dir = scratch("b2bua-unreachable");
+    let (sip_port, tcp_port, closed) = (free_udp_port(), free_tcp_port(), free_tcp_port());
+    let cdr = dir.join("cdr.jsonl");
+    let (udp, tcp, route) = (
+        format!("udp:127.0.0.1:{sip_port}"),
+        format!("tcp:127.0.0.1:{tcp_port}"),
+        format!("sip:127.0.0.1:{closed};transport=tcp"),
+    );
+    let d = Daemon::start(&[
+        "--sip",
+        &udp,
+        "--sip",
+        &tcp,
+        "--route",
+        &route,
+        "--cdr",
+        cdr.to_str().unwrap(),
+    ])
+    .await;
+    let started = Instant::now();
+    let (ok, why) = caller_with(
+        &dir,
+        "uac_refused.xml",
+        sip_port,
+        &["-m", "2", "-r", "2"],
+        15,
+    )
+    .await;
+    assert!(ok, "{why}\nsluice log:\n{}", tail(&d.log_text()));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}: the failure waited for a timer",
+        started.elapsed()
+    );
+    let stats = settled(&d).await;
+    assert_eq!((stats.calls_current, stats.ports_in_use), (0, 0));
+    let records = cdr_lines(&cdr);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["code"] == 503 && r["reason"] == "callee unreachable (transport error)"),
+        "{records:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -191,6 +191,16 @@ impl B2bua {
         }
     }
 
+    /// The transport could not reach `peer` (a TCP connection sluice opened was refused, or
+    /// failed before it connected): the transactions sending to it fail now, so that a call
+    /// goes to its next route or gets its 503 at once instead of after timer B (32 s).
+    pub fn unreachable(&mut self, peer: Peer, now: Instant) {
+        for tx in self.layer.clients_to(peer) {
+            self.layer.transport_error(tx, now);
+        }
+        self.drain(now);
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         self.media_timeouts(now);
         self.layer.handle_timeout(now);
@@ -396,7 +406,8 @@ impl B2bua {
                 None => self.on_ack(msg, now),
             },
             TxEvent::Response { tx, msg } => self.on_response(tx, msg, now),
-            TxEvent::Timeout { tx } | TxEvent::TransportError { tx } => self.on_failure(tx, now),
+            TxEvent::Timeout { tx } => self.on_failure(tx, false, now),
+            TxEvent::TransportError { tx } => self.on_failure(tx, true, now),
             TxEvent::StrayResponse { msg, from } => self.on_stray(msg, from),
             TxEvent::Terminated { tx } => {
                 self.roles.remove(&tx);
@@ -527,7 +538,14 @@ impl B2bua {
         }
     }
 
-    fn on_failure(&mut self, tx: TxId, now: Instant) {
+    /// A client transaction got no final response: timer B/F fired, or (`transport`) the
+    /// transport could not reach the peer, which RFC 3261 8.1.3.1 treats as a 503.
+    fn on_failure(&mut self, tx: TxId, transport: bool, now: Instant) {
+        let (code, why) = if transport {
+            (503, "callee unreachable (transport error)")
+        } else {
+            (408, "callee did not answer (timer B)")
+        };
         match self.roles.get(&tx).copied() {
             Some(Role::BInvite(id)) => {
                 if self.calls.get(&id).is_some_and(|c| c.b_tx != tx) {
@@ -539,10 +557,10 @@ impl B2bua {
                 if let Some(call) = self.calls.get(&id) {
                     if matches!(call.state, CallState::Calling | CallState::Early) {
                         let a_tx = call.a_tx;
-                        let r = self.reply_in_call(id, 408, None);
+                        let r = self.reply_in_call(id, code, None);
                         let _ = self.layer.respond(a_tx, r, now);
                     }
-                    self.end(id, "callee did not answer (timer B)", 408, now);
+                    self.end(id, why, code, now);
                 }
             }
             Some(Role::RelayOut { call, server, .. }) => {
@@ -550,7 +568,7 @@ impl B2bua {
                     c.reinvite_pending = false;
                 }
                 if let Some(req) = self.layer.request(server).cloned() {
-                    let r = response_for(&req, 408, None);
+                    let r = response_for(&req, code, None);
                     let _ = self.layer.respond(server, r, now);
                 }
             }

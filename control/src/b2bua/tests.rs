@@ -1239,3 +1239,45 @@ fn sdes_keys_never_go_to_a_leg_without_tls_rfc4568_8_3() {
         );
     }
 }
+
+/// A TCP next hop that refuses the connection fails the INVITE at once (RFC 3261 8.1.3.1: a
+/// transport error counts as a 503): the call goes to the next route without waiting for
+/// timer B, and with no route left the caller gets its 503 at once.
+#[test]
+fn an_unreachable_tcp_next_hop_fails_over_at_once_and_the_last_one_gets_503() {
+    let tcp_b = Peer {
+        transport: sluice_sip::Transport::Tcp,
+        addr: sa(B),
+    };
+    for with_second_route in [true, false] {
+        let mut sim = Sim::with(|c| {
+            c.listen.push(Peer {
+                transport: sluice_sip::Transport::Tcp,
+                addr: sa(SLUICE),
+            });
+            c.routes = vec![tcp_b];
+            if with_second_route {
+                c.routes.push(udp(B2));
+            }
+        });
+        sim.from(A, &invite("z9hG4bKa1", Some(&sdp(4000))));
+        let (_, to_b) = sim.out();
+        assert_eq!(to_b.len(), 1, "the INVITE for the TCP hop");
+        sim.b2b.unreachable(tcp_b, sim.now);
+        let (to_a, to_b) = sim.out();
+        if with_second_route {
+            let next = to_b
+                .iter()
+                .find(|m| m.method() == Some(&Method::Invite))
+                .expect("INVITE to the next route at once");
+            assert_eq!(next.request_uri().unwrap().port, Some(5090));
+            assert!(to_a.iter().all(|m| m.code().is_none_or(|c| c < 300)));
+        } else {
+            assert!(
+                to_a.iter().any(|m| m.code() == Some(503)),
+                "503 to the caller at once: {to_a:?}"
+            );
+            assert_eq!(sim.b2b.live().0, 0, "the call ended");
+        }
+    }
+}

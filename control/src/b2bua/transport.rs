@@ -6,7 +6,8 @@
 //! reused for what sluice sends to that peer (RFC 3261 18.2.2 / RFC 5923's intent), and one is
 //! opened when none exists. A CRLFCRLF keep-alive ping is answered with CRLF (RFC 5626 section
 //! 4.4.1). Bytes that cannot be framed close the connection and are counted; a connection idle
-//! for [`IDLE`] is closed, and at most [`MAX_CONNECTIONS`] are held.
+//! for [`IDLE`] is closed, and at most [`MAX_CONNECTIONS`] are held. A connection sluice opens
+//! that fails to connect fails the transactions waiting on it at once ([`B2bua::unreachable`]).
 //!
 //! TLS (RFC 3261 26.2, `sips:` and port 5061 by convention): rustls on the accepted
 //! connection, TLS 1.2 and 1.3 only (rustls has no 1.0/1.1), the certificate and key from
@@ -165,6 +166,8 @@ struct Driver {
     tls: Option<Arc<rustls::ServerConfig>>,
     conns: HashMap<Token, Conn>,
     by_peer: HashMap<SocketAddr, Token>,
+    /// Peers a connection sluice opened could not reach, for the B2BUA at the next flush.
+    unreachable: Vec<SocketAddr>,
     next_token: usize,
     limits: Limits,
     buf: Vec<u8>,
@@ -189,6 +192,7 @@ pub fn serve(
         tls,
         conns: HashMap::new(),
         by_peer: HashMap::new(),
+        unreachable: Vec::new(),
         next_token: FIRST_CONN,
         limits,
         buf: vec![0u8; 65_536],
@@ -353,6 +357,9 @@ impl Driver {
 
     fn close(&mut self, token: Token) {
         if let Some(mut c) = self.conns.remove(&token) {
+            if c.connecting {
+                self.unreachable.push(c.peer);
+            }
             let _ = self.poll.registry().deregister(&mut c.stream);
             if self.by_peer.get(&c.peer) == Some(&token) {
                 self.by_peer.remove(&c.peer);
@@ -364,6 +371,17 @@ impl Driver {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
+        if writable && c.connecting {
+            // mio: a connect in progress reports writable when it ends; whether it connected
+            // is in SO_ERROR and peer_addr (NotConnected: not finished yet).
+            let failed = !matches!(c.stream.take_error(), Ok(None));
+            match c.stream.peer_addr() {
+                Err(e) if e.kind() == io::ErrorKind::NotConnected && !failed => return,
+                Err(_) => return self.close(token),
+                Ok(_) if failed => return self.close(token),
+                Ok(_) => {}
+            }
+        }
         if writable {
             c.connecting = false;
             if !write_out(c) {
@@ -456,12 +474,27 @@ impl Driver {
         }
     }
 
-    /// Sends what the B2BUA queued and writes the call records.
+    /// Sends what the B2BUA queued (and what it queues when a peer turns out unreachable)
+    /// and writes the call records.
     fn flush(&mut self, b: &mut B2bua, mut cdr: Option<&mut Box<dyn Write + Send>>) {
-        while let Some(t) = b.poll_transmit() {
-            match t.peer.transport {
-                Transport::Udp => self.send_udp(&t.bytes, t.peer.addr),
-                Transport::Tcp | Transport::Tls => self.send_tcp(t.bytes, t.peer.addr),
+        loop {
+            while let Some(t) = b.poll_transmit() {
+                match t.peer.transport {
+                    Transport::Udp => self.send_udp(&t.bytes, t.peer.addr),
+                    Transport::Tcp | Transport::Tls => self.send_tcp(t.bytes, t.peer.addr),
+                }
+            }
+            if self.unreachable.is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            for addr in std::mem::take(&mut self.unreachable) {
+                // Only connections sluice opens can fail to connect, and it opens TCP only.
+                let peer = Peer {
+                    transport: Transport::Tcp,
+                    addr,
+                };
+                b.unreachable(peer, now);
             }
         }
         while let Some(r) = b.poll_record() {
@@ -503,8 +536,8 @@ impl Driver {
                         None => return,
                     },
                     Err(e) => {
-                        // The transaction's timer (B or F) reports the failure to the call.
                         tracing::info!(%to, error = %e, "SIP TCP connect failed");
+                        self.unreachable.push(to);
                         return;
                     }
                 }

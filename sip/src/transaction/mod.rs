@@ -814,6 +814,21 @@ impl TransactionLayer {
         self.txs.get(&tx).map(|t| t.machine.request())
     }
 
+    /// The client transactions that send to `peer`: what a transport that cannot reach it
+    /// fails at once ([`TransactionLayer::transport_error`]) rather than at timer B or F.
+    pub fn clients_to(&self, peer: Peer) -> Vec<TxId> {
+        self.txs
+            .iter()
+            .filter(|(_, t)| {
+                matches!(
+                    t.machine,
+                    Machine::ClientInvite(_) | Machine::ClientNonInvite(_)
+                ) && t.machine.peer() == peer
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// The peer of transaction `tx`: where a client transaction sends, where a server
     /// transaction's request came from.
     pub fn peer(&self, tx: TxId) -> Option<Peer> {
