@@ -172,12 +172,21 @@ impl Collector for Scrape {
             "Bytes of the packets in sluice_packets_relayed_total.",
             s.bytes_relayed,
         )?;
-        counter(
-            e,
-            "sluice_packets_dropped",
-            "Packets not relayed: wrong source, direction, malformed, SRTP failures, no peer.",
-            s.packets_dropped,
-        )?;
+        {
+            #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+            struct Reason {
+                reason: &'static str,
+            }
+            let mut enc = e.encode_descriptor(
+                "sluice_packets_dropped",
+                "Packets not relayed, by reason (see README, Metrics).",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (reason, n) in s.dropped_by_reason {
+                ConstCounter::new(n).encode(enc.encode_family(&Reason { reason })?)?;
+            }
+        }
         gauge(
             e,
             "sluice_xdp_flows",

@@ -56,6 +56,12 @@ async fn prometheus_reads_calls_packets_and_control_requests() {
             a.send_rtp(call.a_sends_rtp(), &pcmu(seq, u32::from(seq) * 160, 0x51));
         }
         assert_eq!(b.recv_rtp_n(4).len(), 4);
+        // A stranger after the caller latched: dropped as wrong_source (strict source).
+        let stranger = Peer::v4();
+        for seq in 0..3u16 {
+            stranger.send_rtp(call.a_sends_rtp(), &pcmu(seq, 0, 0x66));
+        }
+        b.assert_silent("a stranger's packets were relayed");
         let during = scrape(mport).2;
         assert_eq!(
             sample(&during, "sluice_calls_active"),
@@ -85,6 +91,26 @@ async fn prometheus_reads_calls_packets_and_control_requests() {
         assert_eq!(sample(&body, "sluice_calls_active"), Some(0.0));
         assert_eq!(sample(&body, "sluice_ports_in_use"), Some(0.0));
         assert!(sample(&body, "sluice_packets_relayed_total").unwrap_or(0.0) >= 4.0);
+        // Every drop reason is a series; the stranger's packets are in wrong_source.
+        for reason in sluice_control::session::DROP_REASONS {
+            assert!(
+                sample(
+                    &body,
+                    &format!(r#"sluice_packets_dropped_total{{reason="{reason}"}}"#)
+                )
+                .is_some(),
+                "{reason}: {body}"
+            );
+        }
+        assert!(
+            sample(
+                &body,
+                r#"sluice_packets_dropped_total{reason="wrong_source"}"#
+            )
+            .unwrap_or(0.0)
+                >= 3.0,
+            "{body}"
+        );
         assert_eq!(
             sample(
                 &body,

@@ -54,8 +54,8 @@ pub use error::SessionError;
 pub use events::{CallEvent, EVENT_QUEUE_LEN, EventKind, EventSubscriber, unix_ms_of};
 pub use options::{CodecRequest, Family, LegOptions, RtcpMuxMode, SessionConfig, SrtpMode};
 pub use report::{
-    CallReport, KernelFeatureReport, LegReport, QualityPoint, QualityReport, SrtpReport,
-    Statistics, StreamReport, WorkerReport,
+    CallReport, DROP_REASONS, KernelFeatureReport, LegReport, QualityPoint, QualityReport,
+    SrtpReport, Statistics, StreamReport, WorkerReport,
 };
 pub use srtp::SideCrypto;
 

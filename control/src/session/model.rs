@@ -162,6 +162,7 @@ pub(super) struct Totals {
     pub(super) packets: u64,
     pub(super) bytes: u64,
     pub(super) dropped: u64,
+    pub(super) dropped_by_reason: [u64; 8],
     pub(super) kernel_packets: u64,
 }
 
@@ -283,6 +284,10 @@ impl State {
         self.totals.packets += side.counters.forwarded.load(Relaxed) + side.kernel_base.packets;
         self.totals.bytes += side.counters.forwarded_bytes.load(Relaxed) + side.kernel_base.bytes;
         self.totals.dropped += side.counters.dropped() + side.kernel_base.dropped();
+        let by_reason = super::report::drops(&side.counters, &side.kernel_base);
+        for (t, d) in self.totals.dropped_by_reason.iter_mut().zip(by_reason) {
+            *t += d;
+        }
         self.totals.kernel_packets += side.kernel_base.packets;
         if let Err(e) = self.plane.send(Command::Remove { id: side.endpoint }) {
             tracing::error!(error = %e, "cannot close relay sockets");

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use sluice_relay::stats::EndpointCounters;
 use sluice_relay::xdp::FlowCounters;
 
 use crate::kernel::KernelPath;
@@ -188,6 +189,8 @@ pub struct Statistics {
     pub packets_relayed: u64,
     pub bytes_relayed: u64,
     pub packets_dropped: u64,
+    /// `packets_dropped` by [`DROP_REASONS`].
+    pub dropped_by_reason: [(&'static str, u64); 8],
     /// Events dropped because a subscriber's queue was full, summed over subscribers since
     /// start; each subscriber was told its own count ([`super::EventKind::Overflow`]).
     pub events_missed: u64,
@@ -335,10 +338,43 @@ fn stream_report(
     }
 }
 
+/// Why packets were dropped, in the order of [`Statistics::dropped_by_reason`]: strict source,
+/// a new source not confirmed yet, direction (hold), malformed, no peer to send to yet, SRTP
+/// authentication, SRTP replay, and the XDP program's own drops (its action table).
+pub const DROP_REASONS: [&str; 8] = [
+    "wrong_source",
+    "unconfirmed",
+    "direction",
+    "malformed",
+    "no_peer",
+    "srtp_auth",
+    "srtp_replay",
+    "xdp",
+];
+
+/// One side's drops by [`DROP_REASONS`], userspace and kernel together.
+pub(super) fn drops(c: &EndpointCounters, kc: &FlowCounters) -> [u64; 8] {
+    [
+        c.dropped_wrong_source.load(Relaxed) + kc.dropped_wrong_source,
+        c.dropped_unconfirmed.load(Relaxed),
+        c.dropped_direction.load(Relaxed),
+        c.dropped_malformed.load(Relaxed),
+        c.dropped_no_peer.load(Relaxed),
+        c.srtp_auth_failures.load(Relaxed),
+        c.srtp_replayed.load(Relaxed),
+        kc.dropped_action,
+    ]
+}
+
+fn add(into: &mut [u64; 8], from: [u64; 8]) {
+    into.iter_mut().zip(from).for_each(|(a, b)| *a += b);
+}
+
 impl State {
     pub(super) fn statistics(&self, uptime: Duration) -> Statistics {
         let (mut packets, mut bytes, mut dropped) =
             (self.totals.packets, self.totals.bytes, self.totals.dropped);
+        let mut by_reason = self.totals.dropped_by_reason;
         let mut kernel_flows = 0;
         let mut kernel_packets = 0;
         for call in self.calls.values() {
@@ -349,6 +385,7 @@ impl State {
                     packets += side.counters.forwarded.load(Relaxed) + kc.packets;
                     bytes += side.counters.forwarded_bytes.load(Relaxed) + kc.bytes;
                     dropped += side.counters.dropped() + kc.dropped();
+                    add(&mut by_reason, drops(&side.counters, &kc));
                     kernel_packets += kc.packets;
                 }
             }
@@ -363,6 +400,7 @@ impl State {
             packets_relayed: packets,
             bytes_relayed: bytes,
             packets_dropped: dropped,
+            dropped_by_reason: std::array::from_fn(|i| (DROP_REASONS[i], by_reason[i])),
             // Kept by the event hub, outside the state; filled in by `Sessions::statistics`.
             events_missed: 0,
             max_sessions: self.max_sessions,
