@@ -196,6 +196,22 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// The statistics once `done` holds, or the last ones after 5 s: counters settle a moment
+    /// after the signalling that ends a call (a BYE's delete, a CANCEL's).
+    pub async fn statistics_once(
+        &self,
+        done: impl Fn(&proto::StatisticsReply) -> bool,
+    ) -> proto::StatisticsReply {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = statistics(&mut self.client().await).await;
+            if done(&s) || std::time::Instant::now() > deadline {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `sluice run` with a fresh control socket, its own port range (unless `args` has
     /// `--ports`) and debug logs (unless `args` has `--log-level`), plus `args`. Returns once it
     /// answers Ping.

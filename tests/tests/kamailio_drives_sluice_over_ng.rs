@@ -294,20 +294,7 @@ async fn kamailio_calls_go_through_sluice_and_end_with_bye() {
     );
     // Kamailio may delete twice (on the CANCEL, then in the failure route); either way the
     // call is gone. The delete reaches sluice beside the SIP exchange: allow it a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let stats = loop {
-        let s = d
-            .client()
-            .await
-            .statistics(pb::StatisticsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if s.calls_current == 0 || Instant::now() > deadline {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let stats = d.statistics_once(|s| s.calls_current == 0).await;
     assert_eq!(
         stats.calls_total,
         u64::from(CALLS + CANCELS),
@@ -374,20 +361,7 @@ async fn calls_with_media(dir: &Path, sip_port: u16, uas_port: u16, calls: u32, 
 /// A node's statistics once its calls have ended (the BYE's delete reaches sluice beside the
 /// SIP exchange).
 async fn idle_stats(d: &Daemon) -> pb::StatisticsReply {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = d
-            .client()
-            .await
-            .statistics(pb::StatisticsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if s.calls_current == 0 || Instant::now() > deadline {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    d.statistics_once(|s| s.calls_current == 0).await
 }
 
 /// Two sluice nodes in one Kamailio rtpengine set, as a deployment grows across hosts: every

@@ -140,20 +140,8 @@ async fn caller_with(
 /// The statistics once the calls have drained (BYE answers and deletes race the last
 /// SIPp exit by a few milliseconds).
 async fn settled(d: &Daemon) -> pb::StatisticsReply {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = d
-            .client()
-            .await
-            .statistics(pb::StatisticsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if (s.calls_current == 0 && s.ports_in_use == 0) || Instant::now() > deadline {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    d.statistics_once(|s| s.calls_current == 0 && s.ports_in_use == 0)
+        .await
 }
 
 /// A daemon taking SIP on a free port and routing to `uas_port`, with a CDR file in `dir`.
