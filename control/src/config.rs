@@ -1085,6 +1085,88 @@ mod tests {
 }
 
 #[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn load_limits_and_the_metrics_address_are_checked() {
+        let resolve = |o: Overrides| Config::resolve(FileConfig::default(), o);
+        let ok = resolve(Overrides {
+            max_cpu: Some(85.0),
+            max_load: Some(3.5),
+            metrics: Some("127.0.0.1:9464".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(
+            ok.load_limits,
+            crate::load::LoadLimits {
+                max_load: Some(3.5),
+                max_cpu: Some(85.0)
+            }
+        );
+        assert_eq!(ok.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        for (o, key) in [
+            (
+                Overrides {
+                    max_cpu: Some(0.0),
+                    ..Overrides::default()
+                },
+                "max-cpu",
+            ),
+            (
+                Overrides {
+                    max_cpu: Some(101.0),
+                    ..Overrides::default()
+                },
+                "max-cpu",
+            ),
+            (
+                Overrides {
+                    max_cpu: Some(f64::NAN),
+                    ..Overrides::default()
+                },
+                "max-cpu",
+            ),
+            (
+                Overrides {
+                    max_load: Some(-1.0),
+                    ..Overrides::default()
+                },
+                "max-load",
+            ),
+            (
+                Overrides {
+                    max_load: Some(f64::INFINITY),
+                    ..Overrides::default()
+                },
+                "max-load",
+            ),
+            (
+                Overrides {
+                    metrics: Some("localhost:9464".into()),
+                    ..Overrides::default()
+                },
+                "metrics",
+            ),
+            (
+                Overrides {
+                    metrics: Some("10.0.0.1:9464".into()),
+                    ..Overrides::default()
+                },
+                "metrics",
+            ),
+        ] {
+            let e = resolve(o).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Invalid { key: k, .. } if *k == key),
+                "{e}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
 mod ng_tests {
     use super::*;
 

@@ -467,6 +467,24 @@ impl Control for ControlService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signalling_source_must_be_an_ip_address() {
+        let opts = |src: &str| {
+            leg_options(Some(proto::LegOptions {
+                signalling_source: src.into(),
+                ..Default::default()
+            }))
+        };
+        assert_eq!(
+            opts("203.0.113.9").unwrap().signalling_source,
+            Some("203.0.113.9".parse().unwrap())
+        );
+        assert_eq!(opts("").unwrap().signalling_source, None);
+        let e = opts("pbx.example").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("signalling_source"), "{e:?}");
+    }
     use crate::codecs::Codec;
 
     #[test]
