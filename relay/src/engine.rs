@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::net::UdpSocket;
@@ -123,6 +124,20 @@ pub enum Command {
     Remove {
         id: EndpointId,
     },
+    /// Ends the endpoint's stream but keeps its sockets open and registered under `id` (the
+    /// control plane's socket pool), for a later [`Command::Reuse`] or [`Command::Remove`] to
+    /// name: what reaches them meanwhile is read and dropped, counted as `dropped_no_peer`.
+    Pool {
+        id: EndpointId,
+    },
+    /// A new endpoint `id` on the sockets of the pooled endpoint `pooled`: the same as an
+    /// [`Command::Add`] of them, without a system call.
+    Reuse {
+        pooled: EndpointId,
+        id: EndpointId,
+        config: EndpointConfig,
+        counters: Arc<EndpointCounters>,
+    },
     Shutdown,
 }
 
@@ -155,8 +170,8 @@ pub struct EngineGone;
 pub struct EngineHandle {
     tx: Sender<Command>,
     waker: Arc<Waker>,
-    /// A wake is on its way or the engine is about to drain: a command sent now needs no wake
-    /// of its own (an offer sends several back to back; each eventfd write and wake-up cost
+    /// A wake is on its way, or the engine is lingering (see `Engine::run`): a command sent now
+    /// needs no wake of its own (an offer sends several back to back; each eventfd write and wake-up cost
     /// ~8% of the ng path's CPU).
     awake: Arc<AtomicBool>,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -188,8 +203,8 @@ impl EngineHandle {
 
     pub fn send(&self, cmd: Command) -> Result<(), EngineGone> {
         self.tx.send(cmd).map_err(|_| EngineGone)?;
-        // The engine clears the flag before it drains: a command queued before a swap that
-        // saw `true` is drained after that clear.
+        // The engine clears the flag before its last drain when it stops lingering: a command
+        // queued before a swap that saw `true` is drained after that clear.
         if self.awake.swap(true, SeqCst) {
             return Ok(());
         }
@@ -220,6 +235,9 @@ impl Drop for EngineHandle {
 }
 
 const WAKER: Token = Token(usize::MAX);
+/// How long the engine goes on looking for commands without being woken (see [`Engine::run`]):
+/// a command waits at most this long, and its packets meanwhile wait in their socket.
+const LINGER: Duration = Duration::from_millis(1);
 const BATCH: usize = 32;
 /// Spare buffers for transcoder output sent in one round.
 const SPARE: usize = 32;
@@ -250,6 +268,39 @@ struct Endpoint {
     /// SR/RR content of the RTCP accepted in the current batch, with its arrival time, sent
     /// to the control plane after the batch (capacity fixed at creation: never grows).
     rtcp_reports: Vec<(u64, RtcpReports)>,
+    /// Between [`Command::Pool`] and [`Command::Reuse`]: belongs to no call.
+    pooled: bool,
+}
+
+impl Endpoint {
+    fn new(
+        id: EndpointId,
+        rtp: UdpSocket,
+        rtcp: Option<UdpSocket>,
+        config: EndpointConfig,
+        counters: Arc<EndpointCounters>,
+        partner_slot: Option<usize>,
+    ) -> Self {
+        counters.clock_rate.store(config.clock_rate, Relaxed);
+        Endpoint {
+            id,
+            rtp,
+            rtcp,
+            cfg: config,
+            partner_slot,
+            rtp_latch: Latch::new(config.latch),
+            rtcp_latch: Latch::new(rtcp_latch_config(config.latch)),
+            stats: RtpStats::new(config.clock_rate),
+            counters,
+            started: false,
+            srtp_rx: None,
+            srtp_tx: None,
+            transcode: None,
+            transcode_broken: false,
+            rtcp_reports: Vec::with_capacity(RTCP_REPORTS_PER_BATCH),
+            pooled: false,
+        }
+    }
 }
 
 /// RTCP reports kept per endpoint per batch; an endpoint sends one compound every few seconds.
@@ -376,22 +427,44 @@ impl Engine {
 
     fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        // After commands, the loop lingers: `awake` stays set, so that commands sent meanwhile
+        // need no wake of their own (ng requests come every ~100 µs under load, each with a few
+        // commands: one eventfd write and wake-up per request was ~15% of the control path's
+        // CPU), and the channel is looked at every LINGER instead. A LINGER without a command
+        // ends it.
+        let mut lingering = false;
         loop {
-            let timeout = self
+            let mut timeout = self
                 .next_timer()
-                .map(|t| std::time::Duration::from_nanos(t.saturating_sub(now_ns())));
+                .map(|t| Duration::from_nanos(t.saturating_sub(now_ns())));
+            if lingering {
+                timeout = Some(timeout.map_or(LINGER, |t| t.min(LINGER)));
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
+            // Commands before packets: a packet read below may have been sent after a command
+            // that changes how it is handled (a new SDP address, new keys).
+            if !self.rx.is_empty() {
+                if !self.drain_commands() {
+                    return Ok(());
+                }
+                lingering = true;
+            } else if lingering && events.is_empty() {
+                // A sender that saw the flag set before this store queued its command without
+                // a wake: the drain after it finds the command.
+                self.awake.store(false, SeqCst);
+                lingering = false;
+                if !self.drain_commands() {
+                    return Ok(());
+                }
+            }
             self.run_timers();
             for ev in events.iter() {
                 if ev.token() == WAKER {
-                    if !self.drain_commands() {
-                        return Ok(());
-                    }
                     continue;
                 }
                 let slot = ev.token().0 >> 1;
@@ -403,7 +476,6 @@ impl Engine {
 
     /// Returns false on shutdown.
     fn drain_commands(&mut self) -> bool {
-        self.awake.store(false, SeqCst);
         loop {
             match self.rx.try_recv() {
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return false,
@@ -497,6 +569,17 @@ impl Engine {
                 self.timers.retain(|&s| s != slot);
                 self.free.push(slot);
             }
+            Command::Pool { id } => self.pool(id),
+            Command::Reuse {
+                pooled,
+                id,
+                config,
+                counters,
+            } => {
+                if let Err(e) = self.reuse(pooled, id, config, counters) {
+                    tracing::error!(%id, error = %e, "cannot reuse a pooled endpoint; its media will not flow");
+                }
+            }
             Command::Shutdown => unreachable!("handled by drain_commands"),
         }
     }
@@ -537,32 +620,82 @@ impl Engine {
                 return Err(e);
             }
         };
-        counters.clock_rate.store(config.clock_rate, Relaxed);
         let partner_slot = config.partner.and_then(|p| self.by_id.get(&p).copied());
-        self.slots[slot] = Some(Endpoint {
-            id,
-            rtp,
-            rtcp,
-            cfg: config,
-            partner_slot,
-            rtp_latch: Latch::new(config.latch),
-            rtcp_latch: Latch::new(rtcp_latch_config(config.latch)),
-            stats: RtpStats::new(config.clock_rate),
-            counters,
-            started: false,
-            srtp_rx: None,
-            srtp_tx: None,
-            transcode: None,
-            transcode_broken: false,
-            rtcp_reports: Vec::with_capacity(RTCP_REPORTS_PER_BATCH),
-        });
+        self.slots[slot] = Some(Endpoint::new(id, rtp, rtcp, config, counters, partner_slot));
         self.by_id.insert(id, slot);
         Ok(())
     }
 
+    /// See [`Command::Pool`]. Its stream state goes at once; its sockets stay registered, so
+    /// that pooling and reusing cost no system call.
+    fn pool(&mut self, id: EndpointId) {
+        let Some(&slot) = self.by_id.get(&id) else {
+            tracing::warn!(%id, "pooling of an unknown endpoint ignored");
+            return;
+        };
+        let ep = self.slots[slot]
+            .as_mut()
+            .expect("by_id points at a live slot");
+        ep.pooled = true;
+        ep.cfg.partner = None;
+        ep.partner_slot = None;
+        ep.srtp_rx = None;
+        ep.srtp_tx = None;
+        ep.transcode = None;
+        self.timers.retain(|&s| s != slot);
+    }
+
+    /// See [`Command::Reuse`].
+    fn reuse(
+        &mut self,
+        pooled: EndpointId,
+        id: EndpointId,
+        config: EndpointConfig,
+        counters: Arc<EndpointCounters>,
+    ) -> io::Result<()> {
+        if self.by_id.contains_key(&id) {
+            return Err(io::Error::other(format!("{id} added twice")));
+        }
+        let slot = match self.by_id.get(&pooled) {
+            Some(&slot) if self.slots[slot].as_ref().is_some_and(|ep| ep.pooled) => slot,
+            _ => return Err(io::Error::other(format!("{pooled} is not pooled"))),
+        };
+        self.by_id.remove(&pooled);
+        let old = self.slots[slot].take().expect("checked above");
+        let partner_slot = config.partner.and_then(|p| self.by_id.get(&p).copied());
+        let mut ep = Endpoint::new(id, old.rtp, old.rtcp, config, counters, partner_slot);
+        // Keeps the report buffer rather than allocating another.
+        ep.rtcp_reports = old.rtcp_reports;
+        ep.rtcp_reports.clear();
+        self.slots[slot] = Some(ep);
+        self.by_id.insert(id, slot);
+        Ok(())
+    }
+
+    /// Reads and drops what reached a pooled endpoint's socket (its sockets are edge-triggered:
+    /// left unread, they would never signal again).
+    fn drop_strays(&mut self, slot: usize, fd: RawFd) {
+        loop {
+            match self.io.recv(fd) {
+                Ok(n) => {
+                    if let Some(ep) = self.slots[slot].as_ref() {
+                        bump(&ep.counters.dropped_no_peer, n as u64);
+                        // The pool hands out only sockets quiet for a while (a stream still
+                        // arriving could latch the next call): the last stray's time says.
+                        ep.counters.last_packet_ns.store(now_ns(), Relaxed);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => tracing::debug!(error = %e, "recvmmsg on a pooled socket"),
+            }
+        }
+    }
+
     fn egress(&self, ep: &Endpoint) -> Option<Egress> {
         let p = self.slots.get(ep.partner_slot?)?.as_ref()?;
-        if Some(p.id) != ep.cfg.partner {
+        // A pooled partner keeps its id until reused: its stream ended all the same.
+        if Some(p.id) != ep.cfg.partner || p.pooled {
             return None;
         }
         let rtp_fd = p.rtp.as_raw_fd();
@@ -662,6 +795,9 @@ impl Engine {
             } else {
                 ep.rtp.as_raw_fd()
             };
+            if ep.pooled {
+                return self.drop_strays(slot, fd);
+            }
             let egress = self.egress(ep);
             let n = match self.io.recv(fd) {
                 Ok(n) => n,
@@ -1225,7 +1361,6 @@ mod tests {
     #[test]
     fn the_engine_relays_rtp_into_srtp_without_allocating() {
         use std::net::UdpSocket;
-        use std::time::Duration;
         let (ev_tx, _ev_rx) = crossbeam_channel::bounded(64);
         let engine = EngineHandle::spawn(ev_tx).unwrap();
         let bind = || UdpSocket::bind("127.0.0.1:0").unwrap();
