@@ -52,6 +52,7 @@ pub async fn run_until(
             transcode: cfg.transcode,
             opus_complexity: cfg.opus_complexity,
             opus_bitrate: cfg.opus_bitrate,
+            socket_pool: cfg.socket_pool,
         },
         SessionEnv::system(),
         Box::new(engine),

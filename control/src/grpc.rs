@@ -559,6 +559,7 @@ mod tests {
                 transcode: TranscodeMode::Auto,
                 opus_complexity: 5,
                 opus_bitrate: 32000,
+                socket_pool: 0,
             },
             crate::session::SessionEnv::system(),
             Box::new(NoPlane),

@@ -876,17 +876,22 @@ pub async fn wait_query(
     }
 }
 
-/// Tries to bind `addr` for up to ~1 s (the relay closes sockets asynchronously).
+/// Tries to bind `addr` for up to 4 s: a relay socket whose call ended waits in the socket pool
+/// for up to its idle time (2 s) and one sweep (0.5 s) before sluice closes it.
 pub fn can_bind(addr: SocketAddr) -> Result<(), std::io::Error> {
-    let mut last = None;
-    for _ in 0..20 {
+    can_bind_within(addr, Duration::from_secs(4))
+}
+
+/// Tries to bind `addr` until `within` has passed.
+pub fn can_bind_within(addr: SocketAddr, within: Duration) -> Result<(), std::io::Error> {
+    let deadline = Instant::now() + within;
+    loop {
         match UdpSocket::bind(addr) {
             Ok(_) => return Ok(()),
-            Err(e) => last = Some(e),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    Err(last.expect("tried"))
 }
 
 /// A WatchEvents subscription.

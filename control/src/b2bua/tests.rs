@@ -22,6 +22,7 @@ impl MediaPlane for Plane {
         match cmd {
             Command::Add { id, .. } => assert!(live.insert(id)),
             Command::Remove { id } => assert!(live.remove(&id)),
+            Command::Pool { .. } | Command::Reuse { .. } => panic!("no socket pool here"),
             _ => {}
         }
         Ok(())
@@ -68,6 +69,7 @@ impl Sim {
                 transcode: TranscodeMode::Auto,
                 opus_complexity: sluice_relay::transcode::DEFAULT_OPUS_COMPLEXITY,
                 opus_bitrate: sluice_relay::transcode::OpusParams::default().bitrate,
+                socket_pool: 0,
             },
             SessionEnv::system(),
             Box::new(plane.clone()),

@@ -88,7 +88,8 @@ impl State {
     ) -> Result<(), SessionError> {
         let mut cmds = Vec::new();
         let mut fresh = Vec::with_capacity(sides.len());
-        for (side, add) in sides {
+        for (mut side, add) in sides {
+            side.reused = None;
             self.by_endpoint
                 .insert(side.endpoint, (call_id.to_string(), 1));
             cmds.push(add);
@@ -163,8 +164,8 @@ impl State {
             Some(call) => std::mem::take(&mut call.forks),
             None => return,
         };
-        for f in forks {
-            for side in &f.state.sides {
+        for mut f in forks {
+            for side in &mut f.state.sides {
                 self.retire_side(side);
             }
         }
@@ -195,8 +196,8 @@ impl State {
             .iter()
             .position(|f| f.label == label)
             .ok_or_else(|| bad(format!("call '{call_id}' has no branch '{label}'")))?;
-        let gone = call.forks.remove(i);
-        for side in &gone.state.sides {
+        let mut gone = call.forks.remove(i);
+        for side in &mut gone.state.sides {
             self.retire_side(side);
         }
         Ok(true)

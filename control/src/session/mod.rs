@@ -45,6 +45,7 @@ mod offload;
 mod options;
 pub mod quality;
 mod report;
+mod socket_pool;
 mod srtp;
 #[cfg(test)]
 mod tests;
@@ -105,6 +106,7 @@ impl Sessions {
     ) -> Result<Arc<Sessions>, PortAllocError> {
         let SessionEnv { clock, mut rng } = env;
         let ports = PortAllocator::from_rng(cfg.port_low, cfg.port_high, &mut rng)?;
+        let cfg_pool = cfg.socket_pool;
         Ok(Arc::new(Sessions {
             started_ns: clock.now_ns(),
             state: Mutex::new(State {
@@ -122,6 +124,7 @@ impl Sessions {
                 load_limits: LoadLimits::default(),
                 kernel,
                 flow_ids: FlowIds::default(),
+                pool: socket_pool::SocketPool::new(cfg_pool),
             }),
             events: EventHub::new(EVENT_QUEUE_LEN),
             closing: tokio::sync::watch::Sender::new(false),
@@ -399,6 +402,7 @@ impl Sessions {
             st.totals.timed_out += 1;
         }
         st.kernelize(now);
+        st.expire_pool(now);
         let secs = st.cfg.timeout.as_secs();
         for id in &expired {
             self.emit(

@@ -15,7 +15,7 @@ use sluice_relay::xdp::FlowCounters;
 
 use crate::codecs::{self, DirectionPlan, OfferCodecs};
 use crate::kernel::{FlowIds, KernelPath};
-use crate::port_alloc::{DEFAULT_MAX_TRIES, PortAllocator};
+use crate::port_alloc::{DEFAULT_MAX_TRIES, PortAllocError, PortAllocator};
 use crate::sdes::SdesKey;
 use crate::sdp::{Direction, Sdp};
 
@@ -24,6 +24,7 @@ use super::env::{Clock, Random};
 use super::error::{SessionError, bad};
 use super::options::SessionConfig;
 use super::report::{CallReport, call_report};
+use super::socket_pool::{Pooled, SocketPool};
 use super::srtp::SideCrypto;
 
 pub(super) struct Side {
@@ -56,6 +57,49 @@ pub(super) struct Side {
     pub(super) codec: String,
     /// What this side's endpoint says in RTCP: its SRs, its leg's round trip, its reports.
     pub(super) quality: super::quality::SideQuality,
+    /// Taken from the pool, until its [`Command::Reuse`] is sent: the pooled side whose
+    /// sockets it has, for a rollback to return them as they were. Cleared when the command is
+    /// sent.
+    pub(super) reused: Option<Box<Pooled>>,
+}
+
+impl Side {
+    fn new(
+        endpoint: EndpointId,
+        local_ip: IpAddr,
+        rtp_port: u16,
+        pair: bool,
+        counters: Arc<EndpointCounters>,
+        sockets: Option<SideSockets>,
+    ) -> Side {
+        Side {
+            endpoint,
+            local_ip,
+            rtp_port,
+            rtcp_port: pair.then_some(rtp_port + 1),
+            counters,
+            sdp_rtp: None,
+            sdp_rtcp: None,
+            direction: Direction::SendRecv,
+            rtcp_mux: false,
+            offered_mux: false,
+            latch: LatchConfig::default(),
+            signalling_source: None,
+            clock_rate: 8000,
+            kernel_base: FlowCounters::default(),
+            crypto: SideCrypto::Plain,
+            offered_keys: Vec::new(),
+            sockets,
+            codec: String::new(),
+            quality: Default::default(),
+            reused: None,
+        }
+    }
+
+    fn reusing(mut self, pooled: Pooled) -> Side {
+        self.reused = Some(Box::new(pooled));
+        self
+    }
 }
 
 pub(super) struct SideSockets {
@@ -183,6 +227,8 @@ pub(super) struct State {
     pub(super) load_limits: crate::load::LoadLimits,
     pub(super) kernel: Option<Box<dyn KernelPath>>,
     pub(super) flow_ids: FlowIds,
+    /// Sockets of retired sides, open for the next sides to take over.
+    pub(super) pool: SocketPool,
 }
 
 const RECV_BUFFER: usize = 1 << 20;
@@ -203,13 +249,18 @@ impl State {
             })
     }
 
-    /// Reserves ports and binds sockets for one side of a new stream.
+    /// Reserves ports and binds sockets for one side of a new stream, or takes over a retired
+    /// side's (see [`super::socket_pool`]).
     pub(super) fn new_side(
         &mut self,
         ip: IpAddr,
         pair: bool,
     ) -> Result<(Side, Command), SessionError> {
-        let (rtp_port, (rtp, rtcp)) = self.ports.allocate_with(pair, DEFAULT_MAX_TRIES, |p| {
+        let now = self.clock.now_ns();
+        if let Some(p) = self.pool.take(ip, pair, now, &mut *self.rng) {
+            return Ok(self.reuse_side(p));
+        }
+        let bind = |p| {
             let rtp = UdpSocket::bind((ip, p))?;
             // The default buffer holds ~2 ms of a 160 kpps stream; one scheduling hiccup of the
             // relay thread would overflow it. The kernel only charges what is queued.
@@ -220,8 +271,27 @@ impl State {
                 None
             };
             Ok::<_, std::io::Error>((rtp, rtcp))
-        })?;
+        };
+        let (rtp_port, (rtp, rtcp)) = match self.ports.allocate_with(pair, DEFAULT_MAX_TRIES, bind)
+        {
+            Ok(bound) => bound,
+            // Rather than refuse the call, the pool gives up its longest-held sockets of this
+            // shape, quiet or not: fewer ports than calls want is worse than a possible stray.
+            Err(e @ PortAllocError::Exhausted { .. }) => {
+                if let Some(p) = self.pool.take_oldest(ip, pair) {
+                    return Ok(self.reuse_side(p));
+                }
+                // Sockets of another address or shape: their ports are free once the relay
+                // thread has closed them, for the next request (this one would race the close).
+                if let Some(p) = self.pool.pop_oldest() {
+                    self.close_pooled(p);
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let endpoint = EndpointId(self.next_endpoint);
+        let counters = Arc::new(EndpointCounters::default());
         self.next_endpoint += 1;
         let sockets = if self.kernel.as_ref().is_some_and(|k| k.has_workers()) {
             let dup = || -> std::io::Result<SideSockets> {
@@ -240,28 +310,7 @@ impl State {
         } else {
             None
         };
-        let counters = Arc::new(EndpointCounters::default());
-        let side = Side {
-            endpoint,
-            local_ip: ip,
-            rtp_port,
-            rtcp_port: pair.then_some(rtp_port + 1),
-            counters: counters.clone(),
-            sdp_rtp: None,
-            sdp_rtcp: None,
-            direction: Direction::SendRecv,
-            rtcp_mux: false,
-            offered_mux: false,
-            latch: LatchConfig::default(),
-            signalling_source: None,
-            clock_rate: 8000,
-            kernel_base: FlowCounters::default(),
-            crypto: SideCrypto::Plain,
-            offered_keys: Vec::new(),
-            sockets,
-            codec: String::new(),
-            quality: Default::default(),
-        };
+        let side = Side::new(endpoint, ip, rtp_port, pair, counters.clone(), sockets);
         let cmd = Command::Add {
             id: endpoint,
             rtp,
@@ -272,15 +321,90 @@ impl State {
         Ok((side, cmd))
     }
 
-    pub(super) fn release_side(&mut self, side: &Side) {
+    /// A new side on a pooled side's sockets.
+    fn reuse_side(&mut self, mut p: Pooled) -> (Side, Command) {
+        self.pooled_strays(&p);
+        let endpoint = EndpointId(self.next_endpoint);
+        self.next_endpoint += 1;
+        let counters = Arc::new(EndpointCounters::default());
+        let sockets = p.sockets.take();
+        let side = Side::new(
+            endpoint,
+            p.ip,
+            p.rtp_port,
+            p.pair,
+            counters.clone(),
+            sockets,
+        );
+        let cmd = Command::Reuse {
+            pooled: p.endpoint,
+            id: endpoint,
+            config: EndpointConfig::default(),
+            counters,
+        };
+        (side.reusing(p), cmd)
+    }
+
+    /// Undoes a [`State::new_side`] whose command was never sent: its sockets close with the
+    /// command, or, taken from the pool, go back there.
+    pub(super) fn release_side(&mut self, side: &mut Side) {
+        self.by_endpoint.remove(&side.endpoint);
+        if let Some(mut back) = side.reused.take() {
+            back.sockets = side.sockets.take();
+            // Its strays so far are in the totals already.
+            back.strays_before = back.counters.dropped_no_peer.load(Relaxed);
+            if let Err(p) = self.pool.put_back(*back) {
+                self.close_pooled(p);
+            }
+            return;
+        }
+        self.free_ports(side);
+    }
+
+    fn free_ports(&mut self, side: &Side) {
         if let Err(e) = self.ports.release(side.rtp_port, side.rtcp_port.is_some()) {
             tracing::error!(error = %e, port = side.rtp_port, "port release failed (bug)");
         }
-        self.by_endpoint.remove(&side.endpoint);
     }
 
-    /// Closes a side for good: its counters go into the totals, its sockets and ports away.
-    pub(super) fn retire_side(&mut self, side: &Side) {
+    fn pooled(&self, side: &mut Side) -> Pooled {
+        Pooled {
+            endpoint: side.endpoint,
+            ip: side.local_ip,
+            rtp_port: side.rtp_port,
+            pair: side.rtcp_port.is_some(),
+            since_ns: self.clock.now_ns(),
+            sockets: side.sockets.take(),
+            counters: side.counters.clone(),
+            strays_before: side.counters.dropped_no_peer.load(Relaxed),
+        }
+    }
+
+    /// Closes for good the sockets of a side that leaves the pool unused.
+    pub(super) fn close_pooled(&mut self, p: Pooled) {
+        self.pooled_strays(&p);
+        if let Err(e) = self.plane.send(Command::Remove { id: p.endpoint }) {
+            tracing::error!(error = %e, "cannot close relay sockets");
+        }
+        if let Err(e) = self.ports.release(p.rtp_port, p.pair) {
+            tracing::error!(error = %e, port = p.rtp_port, "port release failed (bug)");
+        }
+    }
+
+    /// What reached a pooled side's sockets while it belonged to no call: dropped, no peer.
+    fn pooled_strays(&mut self, p: &Pooled) {
+        let strays = p
+            .counters
+            .dropped_no_peer
+            .load(Relaxed)
+            .saturating_sub(p.strays_before);
+        self.totals.dropped += strays;
+        self.totals.dropped_by_reason[super::report::NO_PEER] += strays;
+    }
+
+    /// Closes a side for good: its counters go into the totals, its sockets into the pool or
+    /// away, its ports with them.
+    pub(super) fn retire_side(&mut self, side: &mut Side) {
         self.totals.packets += side.counters.forwarded.load(Relaxed) + side.kernel_base.packets;
         self.totals.bytes += side.counters.forwarded_bytes.load(Relaxed) + side.kernel_base.bytes;
         self.totals.dropped += side.counters.dropped() + side.kernel_base.dropped();
@@ -289,19 +413,39 @@ impl State {
             *t += d;
         }
         self.totals.kernel_packets += side.kernel_base.packets;
+        self.by_endpoint.remove(&side.endpoint);
+        if !self.shutting_down {
+            let p = self.pooled(side);
+            match self.pool.put(p) {
+                Ok(()) => {
+                    if let Err(e) = self.plane.send(Command::Pool { id: side.endpoint }) {
+                        tracing::error!(error = %e, "cannot pool relay sockets");
+                    }
+                    return;
+                }
+                Err(p) => side.sockets = p.sockets,
+            }
+        }
         if let Err(e) = self.plane.send(Command::Remove { id: side.endpoint }) {
             tracing::error!(error = %e, "cannot close relay sockets");
         }
-        self.release_side(side);
+        self.free_ports(side);
+    }
+
+    /// Closes the pooled sockets unused for [`super::socket_pool::IDLE`].
+    pub(super) fn expire_pool(&mut self, now: u64) {
+        for p in self.pool.expire(now) {
+            self.close_pooled(p);
+        }
     }
 
     pub(super) fn remove_call(&mut self, call_id: &str) -> Option<CallReport> {
         self.unkernelize_call(call_id);
         self.release_forks(call_id);
-        let call = self.calls.remove(call_id)?;
+        let mut call = self.calls.remove(call_id)?;
         let info = call_report(&call, None, &*self.clock);
-        for s in &call.streams {
-            for side in &s.sides {
+        for s in &mut call.streams {
+            for side in &mut s.sides {
                 if let Some(mos) = side.quality.received.and_then(|q| q.average_mos()) {
                     crate::metrics::ended_stream_mos(mos);
                 }

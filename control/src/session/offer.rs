@@ -102,7 +102,7 @@ impl State {
                 match self.new_side(other_ip, true) {
                     Ok(made) => fork_sides.push(made),
                     Err(e) => {
-                        for (side, _) in &fork_sides {
+                        for (side, _) in &mut fork_sides {
                             self.release_side(side);
                         }
                         return Err(e);
@@ -116,11 +116,11 @@ impl State {
         for (i, m) in offer.media.iter().enumerate().skip(existing) {
             let (own_ip, other_ip) = ips[i];
             let pair_o = opts.rtcp_mux != RtcpMuxMode::Require;
-            let made = self.new_side(own_ip, pair_o).and_then(|(so, co)| {
+            let made = self.new_side(own_ip, pair_o).and_then(|(mut so, co)| {
                 match self.new_side(other_ip, true) {
                     Ok((sa, ca)) => Ok((so, co, sa, ca)),
                     Err(e) => {
-                        self.release_side(&so);
+                        self.release_side(&mut so);
                         Err(e)
                     }
                 }
@@ -144,8 +144,8 @@ impl State {
                     });
                 }
                 Err(e) => {
-                    for s in &new_streams {
-                        for side in &s.sides {
+                    for s in &mut new_streams {
+                        for side in &mut s.sides {
                             self.release_side(side);
                         }
                     }
@@ -156,6 +156,9 @@ impl State {
         }
         for cmd in adds {
             self.plane.send(cmd)?;
+        }
+        for side in new_streams.iter_mut().flat_map(|s| s.sides.iter_mut()) {
+            side.reused = None;
         }
         // A signalling event: media goes back through userspace, where latching runs again.
         self.unkernelize_call(call_id);

@@ -98,6 +98,9 @@ pub struct SessionConfig {
     /// `maxaveragebitrate` caps it).
     pub opus_complexity: u8,
     pub opus_bitrate: u32,
+    /// Sides whose sockets stay open after their call for new calls to reuse (0: every side
+    /// closes its sockets at once); see `socket_pool`.
+    pub socket_pool: usize,
 }
 
 /// An offer's codec options as a request names them. Named fields rather than three slices in a

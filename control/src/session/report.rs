@@ -341,6 +341,9 @@ fn stream_report(
 /// Why packets were dropped, in the order of [`Statistics::dropped_by_reason`]: strict source,
 /// a new source not confirmed yet, direction (hold), malformed, no peer to send to yet, SRTP
 /// authentication, SRTP replay, and the XDP program's own drops (its action table).
+/// Index of `no_peer` in [`DROP_REASONS`]: also what reaches a pooled socket.
+pub(super) const NO_PEER: usize = 4;
+
 pub const DROP_REASONS: [&str; 8] = [
     "wrong_source",
     "unconfirmed",
@@ -395,8 +398,9 @@ impl State {
             calls_current: self.calls.len() as u64,
             calls_total: self.totals.calls,
             calls_timed_out: self.totals.timed_out,
-            ports_in_use: self.ports.in_use() as u64,
-            ports_free: self.ports.free() as u64,
+            // Pooled ports are bound but any new call may have them.
+            ports_in_use: (self.ports.in_use() - self.pool.ports()) as u64,
+            ports_free: (self.ports.free() + self.pool.ports()) as u64,
             packets_relayed: packets,
             bytes_relayed: bytes,
             packets_dropped: dropped,

@@ -18,6 +18,8 @@ struct FakePlane(Arc<Mutex<FakeState>>);
 #[derive(Default)]
 struct FakeState {
     live: HashSet<EndpointId>,
+    /// Endpoints whose sockets wait in the socket pool.
+    pooled: HashSet<EndpointId>,
     configured: HashMap<EndpointId, (EndpointConfig, Option<Signalling>)>,
     /// Transcoding plans in force.
     plans: HashMap<EndpointId, DirectionPlan>,
@@ -40,8 +42,21 @@ impl MediaPlane for FakePlane {
                 st.configured.insert(id, (config, signalling));
                 st.configure_log.push((id, config, signalling));
             }
+            Command::Pool { id } => {
+                assert!(st.live.remove(&id), "pooling of dead {id}");
+                assert!(st.pooled.insert(id));
+                st.configured.remove(&id);
+                st.plans.remove(&id);
+            }
+            Command::Reuse { pooled, id, .. } => {
+                assert!(st.pooled.remove(&pooled), "reuse of unpooled {pooled}");
+                assert!(st.live.insert(id), "{id} added twice");
+            }
             Command::Remove { id } => {
-                assert!(st.live.remove(&id), "remove of dead {id}");
+                assert!(
+                    st.live.remove(&id) || st.pooled.remove(&id),
+                    "remove of dead {id}"
+                );
                 st.configured.remove(&id);
                 st.plans.remove(&id);
             }
@@ -157,6 +172,8 @@ fn test_config(low: u16, high: u16) -> SessionConfig {
         transcode: TranscodeMode::Auto,
         opus_complexity: sluice_relay::transcode::DEFAULT_OPUS_COMPLEXITY,
         opus_bitrate: sluice_relay::transcode::OpusParams::default().bitrate,
+        // Small, so that the tests see sides pooled, reused and closed for want of room.
+        socket_pool: 4,
     }
 }
 
@@ -235,5 +252,6 @@ mod events;
 mod fork;
 mod offload;
 mod sim;
+mod socket_pool;
 mod srtp;
 mod transcode;
