@@ -77,8 +77,9 @@ struct sluice_flow_counters {
 	__u64 passed_mtu;           /* rewritten packet would exceed the egress MTU: passed */
 	__u64 passed_egress;        /* egress interface not one sluice is attached to: passed */
 	__u64 passed_ttl;           /* TTL / hop limit <= 1: passed */
-	__u64 passed_unusual;       /* fragment, IP options, bad lengths, zero IPv6 UDP checksum,
-				       address family mismatch: passed */
+	__u64 passed_unusual;       /* fragment, IP options, bad lengths, bad IPv4 header
+				       checksum, zero IPv6 UDP checksum, address family mismatch,
+				       payload not RTP/RTCP-shaped: passed */
 	__u64 to_worker;            /* action WORKER: redirected to the AF_XDP socket of the queue */
 	__u64 passed_no_worker;     /* action WORKER, but no AF_XDP socket on this interface/queue:
 				       handed to the kernel stack */

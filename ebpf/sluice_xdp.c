@@ -7,7 +7,8 @@
  * kernel stack delivers it to the userspace relay, which is always able to handle it.
  * A FORWARD or WORKER hit:
  *   1. strict source check (drop + count on mismatch),
- *   2. anything unusual (fragments, IP options, inconsistent lengths, zero IPv6 UDP checksum,
+ *   2. anything unusual (fragments, IP options, inconsistent lengths, a bad IPv4 header
+ *      checksum, zero IPv6 UDP checksum, a payload userspace would drop as not RTP/RTCP,
  *      TTL/hop limit <= 1) -> XDP_PASS + count,
  *   3. bpf_fib_lookup() of the rewritten addresses -> egress ifindex and MACs; any failure ->
  *      XDP_PASS + count (the packet is still untouched at this point),
@@ -128,6 +129,40 @@ static __always_inline __u16 csum_fold(__u32 sum)
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return (__u16)sum;
+}
+
+/*
+ * RFC 1812 5.2.2: a router verifies the IPv4 header checksum before forwarding. The incremental
+ * update below would carry a bad one on unchanged, so a corrupted header is left to the kernel
+ * (which drops and counts it) instead of being forwarded. Only IHL 5 reaches this point: the
+ * header is exactly 10 words.
+ */
+static __always_inline int ipv4_header_ok(const struct iphdr *ip)
+{
+	const __u16 *w = (const __u16 *)ip;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	return csum_fold(sum) == 0xffff;
+}
+
+/*
+ * The payload has the shape the userspace relay accepts (relay/src/rtp.rs classify_relay):
+ * version 2, an RTCP packet (type 192..223) whose first length field fits, or an RTP header
+ * whose CSRC list fits. Whatever userspace would drop as malformed is passed to it (it counts
+ * the drop) rather than forwarded here, so both paths relay the same packets. The header
+ * extension's length is left to userspace: it only shows in what the peer receives.
+ */
+static __always_inline int rtp_shaped(const __u8 *p, __u32 len, void *data_end)
+{
+	if (len < 8 || (void *)(p + 4) > data_end)
+		return 0;
+	if ((p[0] >> 6) != 2)
+		return 0;
+	if (p[1] >= 192 && p[1] <= 223)
+		return ((__u32)((p[2] << 8) | p[3]) + 1) * 4 <= len;
+	return 12 + 4 * (__u32)(p[0] & 0x0f) <= len;
 }
 
 /* --- counters --- */
@@ -328,7 +363,8 @@ static __always_inline int handle_v4(struct xdp_md *ctx, struct ethhdr *eth, voi
 	__u16 udp_len = bpf_ntohs(udp->len);
 	if (ihl != 5 || (ip->frag_off & bpf_htons(SLUICE_IP_MF)) || udp_len < sizeof(*udp) ||
 	    tot_len != 20 + udp_len || (void *)ip + tot_len > data_end ||
-	    !family_ok(v, SLUICE_FAMILY_V4)) {
+	    !family_ok(v, SLUICE_FAMILY_V4) || !ipv4_header_ok(ip) ||
+	    !rtp_shaped((void *)(udp + 1), udp_len - sizeof(*udp), data_end)) {
 		COUNT(v, passed_unusual);
 		return XDP_PASS;
 	}
@@ -432,7 +468,8 @@ static __always_inline int handle_v6(struct xdp_md *ctx, struct ethhdr *eth, voi
 	__u16 udp_len = bpf_ntohs(udp->len);
 	if (udp_len < sizeof(*udp) || payload_len != udp_len ||
 	    (void *)(ip6 + 1) + payload_len > data_end || udp->check == 0 ||
-	    !family_ok(v, SLUICE_FAMILY_V6)) {
+	    !family_ok(v, SLUICE_FAMILY_V6) ||
+	    !rtp_shaped((void *)(udp + 1), udp_len - sizeof(*udp), data_end)) {
 		COUNT(v, passed_unusual);
 		return XDP_PASS;
 	}

@@ -333,6 +333,8 @@ pub struct FlowCounters {
     pub passed_mtu: u64,
     pub passed_egress: u64,
     pub passed_ttl: u64,
+    /// Fragments, IP options, bad lengths or header checksum, zero IPv6 UDP checksum, family
+    /// mismatch, a payload userspace would drop as not RTP/RTCP: passed.
     pub passed_unusual: u64,
     /// Action WORKER: redirected to the AF_XDP socket of the queue.
     pub to_worker: u64,
