@@ -23,6 +23,10 @@
  * its TX ring on that interface. A failed lookup does not stop the packet; the worker then hands
  * it to the kernel's IP stack.
  *
+ * A UDP datagram that hits no flow is passed, unless it is addressed to a guarded relay
+ * address and port range (sluice_guard) and no socket of this host would receive it: a scan of
+ * the relay's ports, dropped and counted in sluice_stats (see struct sluice_port_guard).
+ *
  * Kernel features: bpf_xdp_adjust_meta is optional. Some kernels refuse it to XDP programs
  * (e.g. 6.18.44-fc-v1300) and some drivers fail it at run time. The loader probes the helper and
  * sets sluice_use_meta; at 0 the verifier prunes the branch that calls it before checking the
@@ -87,6 +91,25 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } sluice_xsks SEC(".maps");
+
+/*
+ * The relay's port range per relay address (struct sluice_port_guard in sluice_maps.h; key: the
+ * address with port 0). Empty: nothing is guarded.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_MAX_GUARDS);
+	__type(key, struct sluice_flow_key);
+	__type(value, struct sluice_port_guard);
+} sluice_guard SEC(".maps");
+
+/* Counters of packets that hit no flow (struct sluice_stats), one entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sluice_stats);
+} sluice_stats SEC(".maps");
 
 /*
  * Set by the loader before the program is loaded (.rodata is frozen, so the verifier knows the
@@ -179,6 +202,40 @@ static __always_inline struct sluice_flow_counters *counters(const struct sluice
 		if (c_)                                            \
 			c_->field += 1;                            \
 	} while (0)
+
+#define STAT(field)                                                        \
+	do {                                                               \
+		__u32 zero_ = 0;                                           \
+		struct sluice_stats *s_ =                                  \
+			bpf_map_lookup_elem(&sluice_stats, &zero_);         \
+		if (s_)                                                    \
+			s_->field += 1;                                    \
+	} while (0)
+
+/*
+ * A datagram that hit no flow: dropped when it is addressed to a guarded relay address and
+ * port and no socket of this host would receive it (see struct sluice_port_guard), else passed
+ * untouched. `key` is the packet's flow key (its port is cleared here), `tuple` its addresses
+ * and ports as bpf_sk_lookup_udp takes them. Only a packet that is about to be dropped pays for
+ * the socket lookup; everything outside the range pays one hash lookup.
+ */
+static __always_inline int guard(struct xdp_md *ctx, struct sluice_flow_key *key,
+				 struct bpf_sock_tuple *tuple, __u32 tuple_len)
+{
+	__u16 port = bpf_ntohs(key->port);
+	key->port = 0;
+	struct sluice_port_guard *g = bpf_map_lookup_elem(&sluice_guard, key);
+	if (!g || port < g->port_low || port > g->port_high)
+		return XDP_PASS;
+	struct bpf_sock *sk = bpf_sk_lookup_udp(ctx, tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
+	if (sk) {
+		bpf_sk_release(sk);
+		STAT(passed_bound_port);
+		return XDP_PASS;
+	}
+	STAT(dropped_unknown_port);
+	return XDP_DROP;
+}
 
 static __always_inline int pass_fib(const struct sluice_flow_value *v, int rc)
 {
@@ -347,8 +404,17 @@ static __always_inline int handle_v4(struct xdp_md *ctx, struct ethhdr *eth, voi
 		.addr = { ip->daddr, 0, 0, 0 },
 	};
 	struct sluice_flow_value *v = bpf_map_lookup_elem(&sluice_flows, &key);
-	if (!v)
-		return XDP_PASS;
+	if (!v) {
+		/* A first fragment: the kernel reassembles the datagram and judges it whole. */
+		if (ip->frag_off & bpf_htons(SLUICE_IP_MF))
+			return XDP_PASS;
+		struct bpf_sock_tuple t = {};
+		t.ipv4.saddr = ip->saddr;
+		t.ipv4.daddr = ip->daddr;
+		t.ipv4.sport = udp->source;
+		t.ipv4.dport = udp->dest;
+		return guard(ctx, &key, &t, sizeof(t.ipv4));
+	}
 	int verdict = check_action(v);
 	if (verdict >= 0)
 		return verdict;
@@ -447,8 +513,17 @@ static __always_inline int handle_v6(struct xdp_md *ctx, struct ethhdr *eth, voi
 			  ip6->daddr.in6_u.u6_addr32[2], ip6->daddr.in6_u.u6_addr32[3] },
 	};
 	struct sluice_flow_value *v = bpf_map_lookup_elem(&sluice_flows, &key);
-	if (!v)
-		return XDP_PASS;
+	if (!v) {
+		struct bpf_sock_tuple t = {};
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			t.ipv6.saddr[i] = ip6->saddr.in6_u.u6_addr32[i];
+			t.ipv6.daddr[i] = ip6->daddr.in6_u.u6_addr32[i];
+		}
+		t.ipv6.sport = udp->source;
+		t.ipv6.dport = udp->dest;
+		return guard(ctx, &key, &t, sizeof(t.ipv6));
+	}
 	int verdict = check_action(v);
 	if (verdict >= 0)
 		return verdict;

@@ -955,3 +955,257 @@ fn prog_run_never_forwards_a_malformed_ipv6_frame() {
         xdp.detach().unwrap();
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// the port guard
+
+/// Which no-flow counter a guard case must move by one, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guarded {
+    /// Outside the guard (address, range, not a whole UDP datagram): no counter moves.
+    Untouched,
+    DroppedUnknownPort,
+    PassedBoundPort,
+}
+
+/// Runs frames that hit no flow: verdict, exactly the expected `XdpStats` counter, no flow's
+/// counters.
+fn run_guard_cases(xdp: &XdpPath, cases: Vec<(&'static str, Vec<u8>, u32, Guarded)>) {
+    let r1 = ifindex("r1");
+    let flows = [FLOW4, FLOW6, FLOW_HAIRPIN];
+    let mut failures = Vec::new();
+    for (name, frame, verdict, guarded) in cases {
+        let flows_before: Vec<FlowCounters> =
+            flows.iter().map(|&f| xdp.counters(f).unwrap()).collect();
+        let before = xdp.stats().unwrap();
+        let run = xdp
+            .test_run(&frame, r1, 1)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let after = xdp.stats().unwrap();
+        let flows_after: Vec<FlowCounters> =
+            flows.iter().map(|&f| xdp.counters(f).unwrap()).collect();
+        eprintln!(
+            "  {name:<58} {:>4} bytes -> {}",
+            frame.len(),
+            verdict_name(run.action)
+        );
+        if run.action != verdict {
+            failures.push(format!(
+                "{name}: {} (expected {})",
+                verdict_name(run.action),
+                verdict_name(verdict)
+            ));
+        }
+        let mut expect = before;
+        match guarded {
+            Guarded::Untouched => {}
+            Guarded::DroppedUnknownPort => expect.dropped_unknown_port += 1,
+            Guarded::PassedBoundPort => expect.passed_bound_port += 1,
+        }
+        if after != expect {
+            failures.push(format!(
+                "{name}: expected {guarded:?}, no-flow counters went {before:?} -> {after:?}"
+            ));
+        }
+        if flows_before != flows_after {
+            failures.push(format!("{name}: a flow's counters moved"));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn prog_run_drops_scans_of_free_relay_ports_and_passes_bound_ones() {
+    if skip() {
+        return;
+    }
+    let relay = relay_ns();
+    in_ns(&relay.ns, || {
+        let mut xdp = install_flows();
+        let relay_ips: [IpAddr; 2] = [
+            "10.201.1.1".parse().unwrap(),
+            "fd00:201:1::1".parse().unwrap(),
+        ];
+        xdp.guard_ports(&relay_ips, 29990, 30100).unwrap();
+        // Ports a call holds, not yet in the kernel path (its sockets are bound), and another
+        // program's wildcard socket in the range.
+        let held4 = std::net::UdpSocket::bind("10.201.1.1:30020").unwrap();
+        let held6 = std::net::UdpSocket::bind("[fd00:201:1::1]:30020").unwrap();
+        let other = std::net::UdpSocket::bind("0.0.0.0:30040").unwrap();
+        let to4 = |dst: &str| udp4_frame("192.0.2.7:5555", dst, &rtp(172));
+        let to6 = |dst: &str| udp6_frame("[2001:db8::7]:5555", dst, &rtp(172));
+        use Guarded::*;
+
+        let mut first_fragment = to4("10.201.1.1:30030");
+        first_fragment[IP + 6] = 0x20; // MF, offset 0
+        fix_ipv4_checksum(&mut first_fragment, IP);
+        let mut later_fragment = to4("10.201.1.1:30030");
+        later_fragment[IP + 6..IP + 8].copy_from_slice(&185u16.to_be_bytes());
+        fix_ipv4_checksum(&mut later_fragment, IP);
+        let mut tcp = to4("10.201.1.1:30030");
+        tcp[IP + 9] = 6;
+        fix_ipv4_checksum(&mut tcp, IP);
+        let (s6, d6) = (sa("[2001:db8::7]:5555"), sa("[fd00:201:1::1]:30030"));
+        let hbh = [17, 0, 1, 2, 0, 0, 0, 0];
+        let hbh_frame = ethernet(
+            ETH_IPV6,
+            &ipv6(s6, d6, 0, &hbh, &udp_segment(s6, d6, &rtp(172))),
+        );
+        let cases = vec![
+            (
+                "IPv4 scan of a free relay port",
+                to4("10.201.1.1:30030"),
+                XDP_DROP,
+                DroppedUnknownPort,
+            ),
+            (
+                "IPv4 scan, lowest port of the range",
+                to4("10.201.1.1:29990"),
+                XDP_DROP,
+                DroppedUnknownPort,
+            ),
+            (
+                "IPv4 scan, highest port of the range",
+                to4("10.201.1.1:30100"),
+                XDP_DROP,
+                DroppedUnknownPort,
+            ),
+            (
+                "IPv4 to a held port not in the kernel yet",
+                to4("10.201.1.1:30020"),
+                XDP_PASS,
+                PassedBoundPort,
+            ),
+            (
+                "IPv4 to another program's socket in the range",
+                to4("10.201.1.1:30040"),
+                XDP_PASS,
+                PassedBoundPort,
+            ),
+            (
+                "IPv4 below the range",
+                to4("10.201.1.1:29989"),
+                XDP_PASS,
+                Untouched,
+            ),
+            (
+                "IPv4 above the range",
+                to4("10.201.1.1:30101"),
+                XDP_PASS,
+                Untouched,
+            ),
+            (
+                "IPv4 to an address that is not guarded",
+                to4("10.201.2.1:30030"),
+                XDP_PASS,
+                Untouched,
+            ),
+            (
+                "IPv4 in transit (not the relay's address)",
+                to4("10.99.0.1:30030"),
+                XDP_PASS,
+                Untouched,
+            ),
+            (
+                "IPv4 first fragment to a free port",
+                first_fragment,
+                XDP_PASS,
+                Untouched,
+            ),
+            (
+                "IPv4 later fragment to a free port",
+                later_fragment,
+                XDP_PASS,
+                Untouched,
+            ),
+            ("TCP to a free port", tcp, XDP_PASS, Untouched),
+            (
+                "802.1Q-tagged scan",
+                vlan_tagged(&to4("10.201.1.1:30030"), 0x8100),
+                XDP_PASS,
+                Untouched,
+            ),
+            (
+                "IPv4 scan truncated inside the payload",
+                to4("10.201.1.1:30030")[..60].to_vec(),
+                XDP_DROP,
+                DroppedUnknownPort,
+            ),
+            (
+                "IPv6 scan of a free relay port",
+                to6("[fd00:201:1::1]:30030"),
+                XDP_DROP,
+                DroppedUnknownPort,
+            ),
+            (
+                "IPv6 to a held port not in the kernel yet",
+                to6("[fd00:201:1::1]:30020"),
+                XDP_PASS,
+                PassedBoundPort,
+            ),
+            (
+                "IPv6 to an address that is not guarded",
+                to6("[fd00:201:2::1]:30030"),
+                XDP_PASS,
+                Untouched,
+            ),
+            (
+                "IPv6 scan behind a hop-by-hop header",
+                hbh_frame,
+                XDP_PASS,
+                Untouched,
+            ),
+        ];
+        run_guard_cases(&xdp, cases);
+
+        // The flows come first: their traffic never meets the guard.
+        run_cases(
+            &xdp,
+            vec![
+                case(
+                    "IPv4 RTP of a flow in the range",
+                    good4(),
+                    XDP_REDIRECT,
+                    FLOW4,
+                    Counted::Forwarded,
+                ),
+                case(
+                    "IPv4 stranger to a flow in the range",
+                    udp4_frame("192.0.2.7:5555", RELAY_A4, &rtp(172)),
+                    XDP_DROP,
+                    FLOW4,
+                    Counted::DroppedWrongSource,
+                ),
+            ],
+        );
+
+        // A call that ends closes its sockets: its ports are scans' ports again at once, with
+        // no map entry to remove (the sockets are the guard's truth).
+        drop(held4);
+        run_guard_cases(
+            &xdp,
+            vec![(
+                "IPv4 to a port whose call ended",
+                to4("10.201.1.1:30020"),
+                XDP_DROP,
+                DroppedUnknownPort,
+            )],
+        );
+
+        // Unguarded: everything that hits no flow passes again, nothing left in the map.
+        assert_eq!(xdp.port_guards().unwrap().len(), 2);
+        assert_eq!(xdp.unguard_ports().unwrap(), 2);
+        assert!(xdp.port_guards().unwrap().is_empty());
+        run_guard_cases(
+            &xdp,
+            vec![(
+                "IPv4 to a free port, guard off",
+                to4("10.201.1.1:30030"),
+                XDP_PASS,
+                Untouched,
+            )],
+        );
+        drop((held6, other));
+        xdp.detach().unwrap();
+    });
+}
