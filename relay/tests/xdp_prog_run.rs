@@ -1209,3 +1209,68 @@ fn prog_run_drops_scans_of_free_relay_ports_and_passes_bound_ones() {
         xdp.detach().unwrap();
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// cost
+
+/// Mean time of the program alone per frame (the kernel's BPF_PROG_TEST_RUN timing), for the
+/// verdicts that matter to a flood: a forwarded frame (one run per call, since the rewrite
+/// changes the frame the next run would see), and repeated runs of frames the program leaves
+/// as they are (a scan dropped by the guard, the same frame unguarded, a port outside the range,
+/// a held port's frame passed after the socket lookup). A measurement, not a check: run with
+/// `cargo test -p sluice-relay --test xdp_prog_run -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; prints nanoseconds per frame"]
+fn prog_run_cost_per_verdict() {
+    if skip() {
+        return;
+    }
+    let relay = relay_ns();
+    in_ns(&relay.ns, || {
+        let mut xdp = install_flows();
+        let r1 = ifindex("r1");
+        let relay_ips: [IpAddr; 1] = ["10.201.1.1".parse().unwrap()];
+        let _held = std::net::UdpSocket::bind("10.201.1.1:30020").unwrap();
+        let to4 = |dst: &str| udp4_frame("192.0.2.7:5555", dst, &rtp(172));
+        const REPEAT: u32 = 200_000;
+        let mean = |xdp: &XdpPath, frame: &[u8], expect: u32| {
+            let run = xdp.test_run(frame, r1, REPEAT).unwrap();
+            assert_eq!(run.action, expect);
+            run.duration.as_nanos()
+        };
+        let forward = {
+            let mut total = 0u128;
+            const N: u32 = 20_000;
+            for _ in 0..N {
+                let run = xdp.test_run(&good4(), r1, 1).unwrap();
+                assert_eq!(run.action, XDP_REDIRECT);
+                total += run.duration.as_nanos();
+            }
+            total / N as u128
+        };
+        let unguarded = mean(&xdp, &to4("10.201.1.1:30030"), XDP_PASS);
+        xdp.guard_ports(&relay_ips, 30000, 30100).unwrap();
+        let scan = mean(&xdp, &to4("10.201.1.1:30030"), XDP_DROP);
+        let held = mean(&xdp, &to4("10.201.1.1:30020"), XDP_PASS);
+        let outside = mean(&xdp, &to4("10.201.1.1:31000"), XDP_PASS);
+        let wrong_source = mean(
+            &xdp,
+            &udp4_frame("192.0.2.7:5555", RELAY_A4, &rtp(172)),
+            XDP_DROP,
+        );
+        eprintln!(
+            "kernel {}, ns per frame (BPF_PROG_TEST_RUN, program only):",
+            common::kernel_release()
+        );
+        eprintln!("  forwarded (REDIRECT, 1 run per call)      {forward}");
+        eprintln!("  wrong source to a flow (DROP)             {wrong_source}");
+        eprintln!("  free port, guard off (PASS)               {unguarded}");
+        eprintln!("  free port, guarded: scan (DROP)           {scan}");
+        eprintln!("  held port, guarded (PASS after lookup)    {held}");
+        eprintln!("  outside the range, guarded (PASS)         {outside}");
+        let s = xdp.stats().unwrap();
+        assert_eq!(s.dropped_unknown_port, REPEAT as u64);
+        assert_eq!(s.passed_bound_port, REPEAT as u64);
+        xdp.detach().unwrap();
+    });
+}
