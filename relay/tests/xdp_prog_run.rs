@@ -70,6 +70,10 @@ const CALLEE6: &str = "[fd00:201:2::2]:5000";
 const FLOW4: u32 = 10;
 const FLOW6: u32 = 11;
 const FLOW_HAIRPIN: u32 = 12;
+/// A WORKER flow (SRTP termination in an AF_XDP worker) with strict source; no worker socket is
+/// registered, so a frame it would hand over passes up (`passed_no_worker`).
+const FLOW_WORKER: u32 = 13;
+const RELAY_WORKER4: &str = "10.201.1.1:30060";
 
 /// The relay namespace (deleted on drop) and r1's interface index.
 struct Relay {
@@ -152,6 +156,11 @@ fn install_flows() -> XdpPath {
             HAIRPIN_IN4,
             FlowValue::forward(FLOW_HAIRPIN, sa(HAIRPIN_OUT4), sa(HAIRPIN_PEER4)),
             FLOW_HAIRPIN,
+        ),
+        (
+            RELAY_WORKER4,
+            FlowValue::worker(FLOW_WORKER).strict_source(sa(CALLER4)),
+            FLOW_WORKER,
         ),
     ] {
         xdp.insert(FlowKey::new(sa(key)), value).unwrap();
@@ -337,6 +346,7 @@ enum Counted {
     PassedUnusual,
     PassedMtu,
     PassedTtl,
+    PassedNoWorker,
     DroppedWrongSource,
 }
 
@@ -347,6 +357,7 @@ fn field(c: &FlowCounters, what: Counted) -> u64 {
         Counted::PassedUnusual => c.passed_unusual,
         Counted::PassedMtu => c.passed_mtu,
         Counted::PassedTtl => c.passed_ttl,
+        Counted::PassedNoWorker => c.passed_no_worker,
         Counted::DroppedWrongSource => c.dropped_wrong_source,
     }
 }
@@ -373,7 +384,7 @@ fn case(name: &'static str, frame: Vec<u8>, verdict: u32, flow: u32, counted: Co
 /// the checks of rewritten frames) and prints the table of verdicts.
 fn run_cases(xdp: &XdpPath, cases: Vec<Case>) -> Vec<(Case, ProgramRun)> {
     let r1 = ifindex("r1");
-    let flows = [FLOW4, FLOW6, FLOW_HAIRPIN];
+    let flows = [FLOW4, FLOW6, FLOW_HAIRPIN, FLOW_WORKER];
     let mut failures = Vec::new();
     let mut out = Vec::new();
     for c in cases {
@@ -421,6 +432,7 @@ fn run_cases(xdp: &XdpPath, cases: Vec<Case>) -> Vec<(Case, ProgramRun)> {
                     Counted::PassedUnusual => r.passed_unusual = 0,
                     Counted::PassedMtu => r.passed_mtu = 0,
                     Counted::PassedTtl => r.passed_ttl = 0,
+                    Counted::PassedNoWorker => r.passed_no_worker = 0,
                     Counted::DroppedWrongSource => r.dropped_wrong_source = 0,
                     Counted::Nothing => {}
                 }
@@ -801,6 +813,58 @@ fn prog_run_never_forwards_a_malformed_ipv4_frame() {
         ttl1[IP + 8] = 1;
         fix_ipv4_checksum(&mut ttl1, IP);
         cases.push(case("TTL 1", ttl1, XDP_PASS, FLOW4, PassedTtl));
+
+        // A WORKER flow: the same checks come before the hand-over to a worker. (No worker
+        // socket here, so even a good frame passes up, as passed_no_worker; the worker tests
+        // in afxdp_netns cover the redirect.)
+        let worker_good = udp4_frame(CALLER4, RELAY_WORKER4, &rtp(172));
+        cases.push(case(
+            "WORKER flow: good frame, no worker socket",
+            worker_good.clone(),
+            XDP_PASS,
+            FLOW_WORKER,
+            PassedNoWorker,
+        ));
+        cases.push(case(
+            "WORKER flow: truncated inside the RTP header",
+            worker_good[..UDP4 + 8 + 6].to_vec(),
+            XDP_PASS,
+            FLOW_WORKER,
+            PassedUnusual,
+        ));
+        cases.push(case(
+            "WORKER flow: UDP payload 7 bytes",
+            udp4_frame(CALLER4, RELAY_WORKER4, &rtp(7)),
+            XDP_PASS,
+            FLOW_WORKER,
+            PassedUnusual,
+        ));
+        let mut worker_bad_csum = worker_good.clone();
+        worker_bad_csum[IP + 10] ^= 0x01;
+        cases.push(case(
+            "WORKER flow: IPv4 header checksum wrong",
+            worker_bad_csum,
+            XDP_PASS,
+            FLOW_WORKER,
+            PassedUnusual,
+        ));
+        let mut worker_frag = worker_good.clone();
+        worker_frag[IP + 6] = 0x20;
+        fix_ipv4_checksum(&mut worker_frag, IP);
+        cases.push(case(
+            "WORKER flow: first fragment",
+            worker_frag,
+            XDP_PASS,
+            FLOW_WORKER,
+            PassedUnusual,
+        ));
+        cases.push(case(
+            "WORKER flow: wrong source (strict)",
+            udp4_frame("10.201.1.66:4000", RELAY_WORKER4, &rtp(172)),
+            XDP_DROP,
+            FLOW_WORKER,
+            DroppedWrongSource,
+        ));
         cases.push(case(
             "wrong source (strict)",
             udp4_frame("10.201.1.66:4000", RELAY_A4, &rtp(172)),
@@ -972,7 +1036,7 @@ enum Guarded {
 /// counters.
 fn run_guard_cases(xdp: &XdpPath, cases: Vec<(&'static str, Vec<u8>, u32, Guarded)>) {
     let r1 = ifindex("r1");
-    let flows = [FLOW4, FLOW6, FLOW_HAIRPIN];
+    let flows = [FLOW4, FLOW6, FLOW_HAIRPIN, FLOW_WORKER];
     let mut failures = Vec::new();
     for (name, frame, verdict, guarded) in cases {
         let flows_before: Vec<FlowCounters> =
