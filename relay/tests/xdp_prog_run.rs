@@ -1313,6 +1313,12 @@ fn prog_run_cost_per_verdict() {
             total / N as u128
         };
         let unguarded = mean(&xdp, &to4("10.201.1.1:30030"), XDP_PASS);
+        // TTL 1: every check of the forwarding path (lengths, header checksum, payload shape),
+        // then PASS, leaving the frame as it was: repeatable, unlike a forwarded frame.
+        let mut ttl1 = good4();
+        ttl1[IP + 8] = 1;
+        fix_ipv4_checksum(&mut ttl1, IP);
+        let checks = mean(&xdp, &ttl1, XDP_PASS);
         xdp.guard_ports(&relay_ips, 30000, 30100).unwrap();
         let scan = mean(&xdp, &to4("10.201.1.1:30030"), XDP_DROP);
         let held = mean(&xdp, &to4("10.201.1.1:30020"), XDP_PASS);
@@ -1328,6 +1334,7 @@ fn prog_run_cost_per_verdict() {
         );
         eprintln!("  forwarded (REDIRECT, 1 run per call)      {forward}");
         eprintln!("  wrong source to a flow (DROP)             {wrong_source}");
+        eprintln!("  flow's checks, TTL 1 (PASS)               {checks}");
         eprintln!("  free port, guard off (PASS)               {unguarded}");
         eprintln!("  free port, guarded: scan (DROP)           {scan}");
         eprintln!("  held port, guarded (PASS after lookup)    {held}");
