@@ -778,6 +778,9 @@ fn xdp_port_guard_drops_scans_and_passes_ports_a_call_holds() {
         assert!(xdp.remove(&ka).unwrap() && xdp.remove(&kb).unwrap());
         let relay_a_addr = call.relay_a_addr.clone();
         drop(call);
+        in_ns(&t.relay, || {
+            common::wait_udp_socket_closed(sa(&relay_a_addr))
+        });
         for seq in 0..N {
             stranger.send_to(&rtp(seq, 172), sa(&relay_a_addr)).unwrap();
         }

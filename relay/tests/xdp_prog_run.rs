@@ -1245,7 +1245,11 @@ fn prog_run_drops_scans_of_free_relay_ports_and_passes_bound_ones() {
 
         // A call that ends closes its sockets: its ports are scans' ports again at once, with
         // no map entry to remove (the sockets are the guard's truth).
+        // (The check the wait below relies on sees both held sockets.)
+        assert!(common::udp_socket_bound(sa("10.201.1.1:30020")));
+        assert!(common::udp_socket_bound(sa("[fd00:201:1::1]:30020")));
         drop(held4);
+        common::wait_udp_socket_closed(sa("10.201.1.1:30020"));
         run_guard_cases(
             &xdp,
             vec![(
