@@ -216,8 +216,9 @@ static __always_inline struct sluice_flow_counters *counters(const struct sluice
  * A datagram that hit no flow: dropped when it is addressed to a guarded relay address and
  * port and no socket of this host would receive it (see struct sluice_port_guard), else passed
  * untouched. `key` is the packet's flow key (its port is cleared here), `tuple` its addresses
- * and ports as bpf_sk_lookup_udp takes them. Only a packet that is about to be dropped pays for
- * the socket lookup; everything outside the range pays one hash lookup.
+ * and ports as bpf_sk_lookup_udp takes them. Only a datagram in a guarded range pays for the
+ * socket lookup (a scan, or a stream not in the kernel yet); everything else that hits no flow
+ * pays one hash lookup.
  */
 static __always_inline int guard(struct xdp_md *ctx, struct sluice_flow_key *key,
 				 struct bpf_sock_tuple *tuple, __u32 tuple_len)
