@@ -24,6 +24,9 @@
 /* Capacity of the XSKMAP: one slot per (interface slot, RX queue), see sluice_xsks. */
 #define SLUICE_MAX_XSKS (SLUICE_MAX_EGRESS * SLUICE_MAX_QUEUES)
 
+/* Capacity of the port guard (sluice_guard): relay addresses whose port range is guarded. */
+#define SLUICE_MAX_GUARDS 16
+
 /* sluice_flow_key.family */
 #define SLUICE_FAMILY_V4 4
 #define SLUICE_FAMILY_V6 6
@@ -77,11 +80,35 @@ struct sluice_flow_counters {
 	__u64 passed_mtu;           /* rewritten packet would exceed the egress MTU: passed */
 	__u64 passed_egress;        /* egress interface not one sluice is attached to: passed */
 	__u64 passed_ttl;           /* TTL / hop limit <= 1: passed */
-	__u64 passed_unusual;       /* fragment, IP options, bad lengths, zero IPv6 UDP checksum,
-				       address family mismatch: passed */
+	__u64 passed_unusual;       /* fragment, IP options, bad lengths, bad IPv4 header
+				       checksum, zero IPv6 UDP checksum, address family mismatch,
+				       payload not RTP/RTCP-shaped: passed */
 	__u64 to_worker;            /* action WORKER: redirected to the AF_XDP socket of the queue */
 	__u64 passed_no_worker;     /* action WORKER, but no AF_XDP socket on this interface/queue:
 				       handed to the kernel stack */
+};
+
+/*
+ * Value of sluice_guard, whose key is a struct sluice_flow_key with port 0: the relay's port
+ * range on that address (inclusive, host byte order). A UDP datagram to the address with a
+ * destination port in the range that hits no flow is looked up in the host's UDP sockets
+ * (bpf_sk_lookup_udp, the lookup the kernel's own delivery does): when no socket would receive
+ * it (a scan of a port no call holds) it is dropped here instead of costing the stack an skb
+ * and an ICMP error. A bound socket (a stream not in the kernel path yet, or another program's
+ * socket in the range, e.g. an ephemeral port) gets it as without the guard. Fragments pass.
+ */
+struct sluice_port_guard {
+	__u16 port_low;
+	__u16 port_high;
+};
+
+/*
+ * Per-CPU counters of packets that hit no flow (sluice_stats: one entry, key 0); userspace sums
+ * them over CPUs.
+ */
+struct sluice_stats {
+	__u64 dropped_unknown_port; /* guarded address and port, no flow, no socket: dropped */
+	__u64 passed_bound_port;    /* guarded address and port, no flow, a socket: passed */
 };
 
 /*

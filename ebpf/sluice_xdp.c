@@ -7,7 +7,8 @@
  * kernel stack delivers it to the userspace relay, which is always able to handle it.
  * A FORWARD or WORKER hit:
  *   1. strict source check (drop + count on mismatch),
- *   2. anything unusual (fragments, IP options, inconsistent lengths, zero IPv6 UDP checksum,
+ *   2. anything unusual (fragments, IP options, inconsistent lengths, a bad IPv4 header
+ *      checksum, zero IPv6 UDP checksum, a payload userspace would drop as not RTP/RTCP,
  *      TTL/hop limit <= 1) -> XDP_PASS + count,
  *   3. bpf_fib_lookup() of the rewritten addresses -> egress ifindex and MACs; any failure ->
  *      XDP_PASS + count (the packet is still untouched at this point),
@@ -21,6 +22,10 @@
  * frame as struct sluice_xsk_meta (or, without metadata, in sluice_routes): the worker sends from
  * its TX ring on that interface. A failed lookup does not stop the packet; the worker then hands
  * it to the kernel's IP stack.
+ *
+ * A UDP datagram that hits no flow is passed, unless it is addressed to a guarded relay
+ * address and port range (sluice_guard) and no socket of this host would receive it: a scan of
+ * the relay's ports, dropped and counted in sluice_stats (see struct sluice_port_guard).
  *
  * Kernel features: bpf_xdp_adjust_meta is optional. Some kernels refuse it to XDP programs
  * (e.g. 6.18.44-fc-v1300) and some drivers fail it at run time. The loader probes the helper and
@@ -88,6 +93,25 @@ struct {
 } sluice_xsks SEC(".maps");
 
 /*
+ * The relay's port range per relay address (struct sluice_port_guard in sluice_maps.h; key: the
+ * address with port 0). Empty: nothing is guarded.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SLUICE_MAX_GUARDS);
+	__type(key, struct sluice_flow_key);
+	__type(value, struct sluice_port_guard);
+} sluice_guard SEC(".maps");
+
+/* Counters of packets that hit no flow (struct sluice_stats), one entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sluice_stats);
+} sluice_stats SEC(".maps");
+
+/*
  * Set by the loader before the program is loaded (.rodata is frozen, so the verifier knows the
  * value and never visits the dead branch): 1 when the kernel allows bpf_xdp_adjust_meta in XDP.
  * 0 by default, so that the object as built loads on every kernel, whoever loads it.
@@ -130,6 +154,40 @@ static __always_inline __u16 csum_fold(__u32 sum)
 	return (__u16)sum;
 }
 
+/*
+ * RFC 1812 5.2.2: a router verifies the IPv4 header checksum before forwarding. The incremental
+ * update below would carry a bad one on unchanged, so a corrupted header is left to the kernel
+ * (which drops and counts it) instead of being forwarded. Only IHL 5 reaches this point: the
+ * header is exactly 10 words.
+ */
+static __always_inline int ipv4_header_ok(const struct iphdr *ip)
+{
+	const __u16 *w = (const __u16 *)ip;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	return csum_fold(sum) == 0xffff;
+}
+
+/*
+ * The payload has the shape the userspace relay accepts (relay/src/rtp.rs classify_relay):
+ * version 2, an RTCP packet (type 192..223) whose first length field fits, or an RTP header
+ * whose CSRC list fits. Whatever userspace would drop as malformed is passed to it (it counts
+ * the drop) rather than forwarded here, so both paths relay the same packets. The header
+ * extension's length is left to userspace: it only shows in what the peer receives.
+ */
+static __always_inline int rtp_shaped(const __u8 *p, __u32 len, void *data_end)
+{
+	if (len < 8 || (void *)(p + 4) > data_end)
+		return 0;
+	if ((p[0] >> 6) != 2)
+		return 0;
+	if (p[1] >= 192 && p[1] <= 223)
+		return ((__u32)((p[2] << 8) | p[3]) + 1) * 4 <= len;
+	return 12 + 4 * (__u32)(p[0] & 0x0f) <= len;
+}
+
 /* --- counters --- */
 
 static __always_inline struct sluice_flow_counters *counters(const struct sluice_flow_value *v)
@@ -144,6 +202,41 @@ static __always_inline struct sluice_flow_counters *counters(const struct sluice
 		if (c_)                                            \
 			c_->field += 1;                            \
 	} while (0)
+
+#define STAT(field)                                                        \
+	do {                                                               \
+		__u32 zero_ = 0;                                           \
+		struct sluice_stats *s_ =                                  \
+			bpf_map_lookup_elem(&sluice_stats, &zero_);         \
+		if (s_)                                                    \
+			s_->field += 1;                                    \
+	} while (0)
+
+/*
+ * A datagram that hit no flow: dropped when it is addressed to a guarded relay address and
+ * port and no socket of this host would receive it (see struct sluice_port_guard), else passed
+ * untouched. `key` is the packet's flow key (its port is cleared here), `tuple` its addresses
+ * and ports as bpf_sk_lookup_udp takes them. Only a datagram in a guarded range pays for the
+ * socket lookup (a scan, or a stream not in the kernel yet); everything else that hits no flow
+ * pays one hash lookup.
+ */
+static __always_inline int guard(struct xdp_md *ctx, struct sluice_flow_key *key,
+				 struct bpf_sock_tuple *tuple, __u32 tuple_len)
+{
+	__u16 port = bpf_ntohs(key->port);
+	key->port = 0;
+	struct sluice_port_guard *g = bpf_map_lookup_elem(&sluice_guard, key);
+	if (!g || port < g->port_low || port > g->port_high)
+		return XDP_PASS;
+	struct bpf_sock *sk = bpf_sk_lookup_udp(ctx, tuple, tuple_len, BPF_F_CURRENT_NETNS, 0);
+	if (sk) {
+		bpf_sk_release(sk);
+		STAT(passed_bound_port);
+		return XDP_PASS;
+	}
+	STAT(dropped_unknown_port);
+	return XDP_DROP;
+}
 
 static __always_inline int pass_fib(const struct sluice_flow_value *v, int rc)
 {
@@ -312,8 +405,17 @@ static __always_inline int handle_v4(struct xdp_md *ctx, struct ethhdr *eth, voi
 		.addr = { ip->daddr, 0, 0, 0 },
 	};
 	struct sluice_flow_value *v = bpf_map_lookup_elem(&sluice_flows, &key);
-	if (!v)
-		return XDP_PASS;
+	if (!v) {
+		/* A first fragment: the kernel reassembles the datagram and judges it whole. */
+		if (ip->frag_off & bpf_htons(SLUICE_IP_MF))
+			return XDP_PASS;
+		struct bpf_sock_tuple t = {};
+		t.ipv4.saddr = ip->saddr;
+		t.ipv4.daddr = ip->daddr;
+		t.ipv4.sport = udp->source;
+		t.ipv4.dport = udp->dest;
+		return guard(ctx, &key, &t, sizeof(t.ipv4));
+	}
 	int verdict = check_action(v);
 	if (verdict >= 0)
 		return verdict;
@@ -328,7 +430,8 @@ static __always_inline int handle_v4(struct xdp_md *ctx, struct ethhdr *eth, voi
 	__u16 udp_len = bpf_ntohs(udp->len);
 	if (ihl != 5 || (ip->frag_off & bpf_htons(SLUICE_IP_MF)) || udp_len < sizeof(*udp) ||
 	    tot_len != 20 + udp_len || (void *)ip + tot_len > data_end ||
-	    !family_ok(v, SLUICE_FAMILY_V4)) {
+	    !family_ok(v, SLUICE_FAMILY_V4) || !ipv4_header_ok(ip) ||
+	    !rtp_shaped((void *)(udp + 1), udp_len - sizeof(*udp), data_end)) {
 		COUNT(v, passed_unusual);
 		return XDP_PASS;
 	}
@@ -411,8 +514,17 @@ static __always_inline int handle_v6(struct xdp_md *ctx, struct ethhdr *eth, voi
 			  ip6->daddr.in6_u.u6_addr32[2], ip6->daddr.in6_u.u6_addr32[3] },
 	};
 	struct sluice_flow_value *v = bpf_map_lookup_elem(&sluice_flows, &key);
-	if (!v)
-		return XDP_PASS;
+	if (!v) {
+		struct bpf_sock_tuple t = {};
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			t.ipv6.saddr[i] = ip6->saddr.in6_u.u6_addr32[i];
+			t.ipv6.daddr[i] = ip6->daddr.in6_u.u6_addr32[i];
+		}
+		t.ipv6.sport = udp->source;
+		t.ipv6.dport = udp->dest;
+		return guard(ctx, &key, &t, sizeof(t.ipv6));
+	}
 	int verdict = check_action(v);
 	if (verdict >= 0)
 		return verdict;
@@ -432,7 +544,8 @@ static __always_inline int handle_v6(struct xdp_md *ctx, struct ethhdr *eth, voi
 	__u16 udp_len = bpf_ntohs(udp->len);
 	if (udp_len < sizeof(*udp) || payload_len != udp_len ||
 	    (void *)(ip6 + 1) + payload_len > data_end || udp->check == 0 ||
-	    !family_ok(v, SLUICE_FAMILY_V6)) {
+	    !family_ok(v, SLUICE_FAMILY_V6) ||
+	    !rtp_shaped((void *)(udp + 1), udp_len - sizeof(*udp), data_end)) {
 		COUNT(v, passed_unusual);
 		return XDP_PASS;
 	}

@@ -330,7 +330,20 @@ fn attach_xdp(cfg: &Config) -> anyhow::Result<Option<Box<dyn KernelPath>>> {
     match attached {
         Ok(mut p) => {
             let pool = start_workers(cfg, &mut p, &ifaces)?;
-            let k = Xdp::new(p, pool);
+            let mut k = Xdp::new(p, pool);
+            // Scans of free relay ports die in XDP (the program checks that no socket would
+            // take them, so held ports and other programs' sockets still receive).
+            match k.guard_ports(&cfg.media_ips, cfg.port_low, cfg.port_high) {
+                Ok(()) => tracing::info!(
+                    ports = %format!("{}-{}", cfg.port_low, cfg.port_high),
+                    addrs = ?cfg.media_ips,
+                    "XDP drops datagrams to relay ports no call holds"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "XDP port guard unavailable: scans of free relay ports reach the kernel stack"
+                ),
+            }
             tracing::info!(path = %k.describe(), "XDP attached: settled streams are forwarded in the kernel");
             Ok(Some(Box::new(k)))
         }

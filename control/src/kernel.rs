@@ -7,7 +7,7 @@
 //! where latching runs again; they return to the kernel once settled.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -34,6 +34,18 @@ pub trait KernelPath: Send {
     fn describe(&self) -> String;
     /// Removes every flow, stops the workers and detaches.
     fn shutdown(&mut self) {}
+
+    /// Drops, in the kernel, datagrams to `low..=high` on the relay's `addrs` that hit no flow
+    /// and that no socket would receive (scans of free relay ports). Without a kernel guard
+    /// the stack drops them (no socket), at its own cost.
+    fn guard_ports(&mut self, addrs: &[IpAddr], low: u16, high: u16) -> KResult<()> {
+        let _ = (addrs, low, high);
+        Ok(())
+    }
+    /// Datagrams the kernel guard dropped since it started (`unknown_port`).
+    fn unknown_port_drops(&self) -> u64 {
+        0
+    }
 
     /// Whether AF_XDP workers run, so that streams needing work (SRTP termination) can be
     /// handed to them as WORKER flows.
@@ -180,6 +192,18 @@ impl KernelPath for Xdp {
     }
     fn flow_count(&self) -> KResult<usize> {
         self.path()?.flow_count().map_err(|e| e.to_string())
+    }
+    fn guard_ports(&mut self, addrs: &[IpAddr], low: u16, high: u16) -> KResult<()> {
+        self.path_mut()?
+            .guard_ports(addrs, low, high)
+            .map_err(|e| e.to_string())
+    }
+    fn unknown_port_drops(&self) -> u64 {
+        // A failed read (detached) reports none rather than failing the whole Statistics.
+        self.path()
+            .ok()
+            .and_then(|p| p.stats().ok())
+            .map_or(0, |s| s.dropped_unknown_port)
     }
     fn describe(&self) -> String {
         // The workers are listed in Statistics on their own (`workers`).

@@ -640,6 +640,165 @@ fn xdp_unmatched_fib_miss_ttl_and_removed_flows_go_to_userspace() {
     assert_eq!(xdp.flow_count().unwrap(), 0);
 }
 
+/// The relay namespace's UDP datagrams for which no socket was found (`NoPorts` of
+/// /proc/net/snmp and `Udp6NoPorts` of /proc/net/snmp6): what the stack paid for a scan.
+fn udp_no_ports(ns: &str) -> (u64, u64) {
+    let read = |file: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "cat", file])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let snmp = read("/proc/net/snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "NoPorts")
+        .unwrap();
+    let v4 = values.split_whitespace().nth(at).unwrap().parse().unwrap();
+    let v6 = read("/proc/net/snmp6")
+        .lines()
+        .find_map(|l| l.strip_prefix("Udp6NoPorts"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (v4, v6)
+}
+
+/// The port guard on a live relay: a stranger scanning the relay's free ports is dropped by the
+/// program (counted, never seen by the stack: no `NoPorts`, no ICMP error back), while a port a
+/// call holds before it is kernelized still reaches its socket, and once the call's sockets
+/// close its port is a scan's port again with nothing to clean up.
+#[test]
+fn xdp_port_guard_drops_scans_and_passes_ports_a_call_holds() {
+    if skip() {
+        return;
+    }
+    let t = topo();
+    let mut xdp = attach(&t.relay);
+    let relay_ips: Vec<IpAddr> = ["10.200.1.1", "fd00:200:1::1", "10.200.2.1", "fd00:200:2::1"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    xdp.guard_ports(&relay_ips, 30000, 30099).unwrap();
+    const N: u16 = 20;
+    for v6 in [false, true] {
+        let call = call(&t, v6, 4000, 30000, 5000);
+        let (stranger_addr, free, outside) = if v6 {
+            (
+                "[fd00:200:1::2]:6666",
+                "[fd00:200:1::1]:30050",
+                "[fd00:200:1::1]:30150",
+            )
+        } else {
+            ("10.200.1.2:6666", "10.200.1.1:30050", "10.200.1.1:30150")
+        };
+        let stranger = udp(&t.caller, stranger_addr);
+        let before = xdp.stats().unwrap();
+        let no_ports = udp_no_ports(&t.relay);
+
+        // A free port of the range: dropped in XDP. A connected socket would get
+        // ECONNREFUSED from the ICMP error if the stack had seen one.
+        stranger.connect(sa(free)).unwrap();
+        for seq in 0..N {
+            stranger.send(&rtp(seq, 172)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        stranger.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        let err = stranger.recv(&mut buf).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::WouldBlock,
+            "no ICMP error came back"
+        );
+        stranger.set_nonblocking(false).unwrap();
+        let after = xdp.stats().unwrap();
+        assert_eq!(
+            after.dropped_unknown_port - before.dropped_unknown_port,
+            N as u64,
+            "{after:?}"
+        );
+        assert_eq!(
+            udp_no_ports(&t.relay),
+            no_ports,
+            "the stack never saw the scan"
+        );
+
+        // Outside the range nothing changes: the stack answers (NoPorts, ICMP refusal).
+        stranger.connect(sa(outside)).unwrap();
+        stranger.send(&rtp(0, 172)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let refused = stranger.recv(&mut buf).unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            io::ErrorKind::ConnectionRefused,
+            "{refused}"
+        );
+        let np = udp_no_ports(&t.relay);
+        assert_eq!(
+            if v6 {
+                np.1 - no_ports.1
+            } else {
+                np.0 - no_ports.0
+            },
+            1,
+            "a port outside the range is the stack's"
+        );
+        assert_eq!(xdp.stats().unwrap(), after);
+
+        // A port the call holds, not kernelized yet: the relay socket gets every packet, even
+        // a stranger's (judging sources is the userspace relay's business then).
+        for seq in 0..N {
+            stranger
+                .send_to(&rtp(seq, 172), sa(&call.relay_a_addr))
+                .unwrap();
+            let (p, from) = recv(&call.relay_a).expect("a held port reaches its socket");
+            assert_eq!((p, from), (rtp(seq, 172), sa(stranger_addr)));
+        }
+        let held = xdp.stats().unwrap();
+        assert_eq!(held.passed_bound_port - after.passed_bound_port, N as u64);
+        assert_eq!(held.dropped_unknown_port, after.dropped_unknown_port);
+
+        // Kernelized: forwarded, the guard not involved.
+        let (ka, kb) = kernelize(&mut xdp, &call, 50);
+        send_and_expect(
+            &call.caller,
+            &call.relay_a_addr,
+            3,
+            &call.callee,
+            &call.relay_b_addr,
+        );
+        assert_eq!(xdp.stats().unwrap(), held);
+
+        // The call ends: flows removed, sockets closed. Its port is a free port again at once.
+        assert!(xdp.remove(&ka).unwrap() && xdp.remove(&kb).unwrap());
+        let relay_a_addr = call.relay_a_addr.clone();
+        drop(call);
+        in_ns(&t.relay, || {
+            common::wait_udp_socket_closed(sa(&relay_a_addr))
+        });
+        for seq in 0..N {
+            stranger.send_to(&rtp(seq, 172), sa(&relay_a_addr)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let ended = xdp.stats().unwrap();
+        assert_eq!(
+            ended.dropped_unknown_port - held.dropped_unknown_port,
+            N as u64,
+            "{ended:?}"
+        );
+        assert_eq!(xdp.flow_count().unwrap(), 0, "no flow left behind");
+    }
+    // The guard is configuration, not per call: the same four entries as configured.
+    assert_eq!(xdp.port_guards().unwrap().len(), 4);
+    assert_eq!(xdp.unguard_ports().unwrap(), 4);
+    xdp.detach().unwrap();
+}
+
 #[test]
 fn xdp_forwarding_off_passes_to_userspace() {
     if skip() {

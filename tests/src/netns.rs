@@ -30,7 +30,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use sluice_relay::xdp::{FlowCounters, FlowKey, FlowValue};
+use sluice_relay::xdp::{FlowCounters, FlowKey, FlowValue, XdpStats};
 
 use crate::Peer;
 
@@ -58,6 +58,7 @@ pub const SENT_TTL: u8 = 64;
 /// Names of the BPF maps in ebpf/sluice_xdp.c.
 const MAP_FLOWS: &str = "sluice_flows";
 const MAP_COUNTERS: &str = "sluice_counters";
+const MAP_STATS: &str = "sluice_stats";
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -604,12 +605,14 @@ pub fn parse_frame(frame: &[u8]) -> Option<Frame> {
 pub struct DaemonMaps {
     pub flows_id: u32,
     pub counters_id: u32,
+    /// The counters of packets that hit no flow (the port guard's).
+    pub stats_id: Option<u32>,
 }
 
 impl DaemonMaps {
     /// The maps of process `pid`; None if it holds no sluice flow map (XDP not attached).
     pub fn of(pid: u32) -> Option<DaemonMaps> {
-        let (mut flows, mut counters) = (None, None);
+        let (mut flows, mut counters, mut stats) = (None, None, None);
         for id in map_ids_of(pid) {
             let Ok(info) = aya::maps::MapInfo::from_id(id) else {
                 continue;
@@ -617,12 +620,14 @@ impl DaemonMaps {
             match info.name_as_str() {
                 Some(MAP_FLOWS) => flows = Some(id),
                 Some(MAP_COUNTERS) => counters = Some(id),
+                Some(MAP_STATS) => stats = Some(id),
                 _ => {}
             }
         }
         Some(DaemonMaps {
             flows_id: flows?,
             counters_id: counters?,
+            stats_id: stats,
         })
     }
 
@@ -657,6 +662,25 @@ impl DaemonMaps {
             for c in per_cpu.iter() {
                 total.merge(c);
             }
+        }
+        total
+    }
+
+    /// The program's counters of packets that hit no flow, summed over CPUs.
+    pub fn no_flow_stats(&self) -> XdpStats {
+        let id = self.stats_id.expect("the daemon holds no sluice_stats map");
+        let data =
+            aya::maps::MapData::from_id(id).unwrap_or_else(|e| panic!("open stats map {id}: {e}"));
+        let map: aya::maps::PerCpuArray<_, XdpStats> =
+            aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+                .unwrap_or_else(|e| panic!("stats map {id}: {e}"));
+        let mut total = XdpStats::default();
+        for c in map
+            .get(&0, 0)
+            .unwrap_or_else(|e| panic!("read stats: {e}"))
+            .iter()
+        {
+            total.merge(c);
         }
         total
     }

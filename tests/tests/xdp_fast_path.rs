@@ -1007,6 +1007,120 @@ async fn xdp_no_map_entries_leak() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 4b. Scans
+
+/// What the userspace relay made of leg `leg`'s packets: accepted, or dropped for a reason of
+/// its own (each packet counts once: `dropped_wrong_source` includes `dropped_unconfirmed`).
+fn userspace_judged(info: &pb::CallInfo, leg: usize) -> u64 {
+    let s = stream(info, leg);
+    s.packets + s.dropped_wrong_source + s.dropped_malformed
+}
+
+/// Datagrams to relay ports no call holds die in the XDP program (`unknown_port`, in
+/// Statistics' drops); a port a call holds still reaches the userspace relay before its stream
+/// settles; a deleted call's ports are dropped like any free port once the socket pool closes
+/// them, and nothing of the call is left in the maps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xdp_drops_scans_of_ports_no_call_holds() {
+    if netns::skip_without_xdp() {
+        return;
+    }
+    bounded(async {
+        let s = xdp_relay().await;
+        let mut c = s.daemon.client().await;
+        let (a, b) = (s.topo.caller_peer(false), s.topo.callee_peer(false));
+        let call = establish(&mut c, "xdp-scanned", &a, &b).await;
+        let maps = maps_of(&s.daemon);
+        let held = [
+            call.a_sends_rtp(),
+            call.a_sends_rtcp(),
+            call.b_sends_rtp(),
+            call.b_sends_rtcp(),
+        ];
+        let relay = Topology::relay_ip(false);
+        // 20 ports of the daemon's range (40000-44999) that the call does not hold.
+        let free: Vec<SocketAddr> = (40000..45000)
+            .step_by(97)
+            .filter(|p| !held.iter().any(|h| h.port() == *p))
+            .take(20)
+            .map(|p| SocketAddr::new(relay, p))
+            .collect();
+        let scanner = s.topo.udp(&s.topo.caller, Topology::intruder_ip(false));
+        let k0 = maps.no_flow_stats();
+        let st0 = statistics(&mut c).await;
+        for (i, to) in free.iter().enumerate() {
+            scanner.send_to(&pcmu(i as u16, 0, 0x5ca7), *to).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let k1 = maps.no_flow_stats();
+        assert_eq!(
+            k1.dropped_unknown_port - k0.dropped_unknown_port,
+            20,
+            "{k1:?}"
+        );
+        assert_eq!(k1.passed_bound_port, k0.passed_bound_port, "{k1:?}");
+        let st1 = statistics(&mut c).await;
+        assert_eq!(st1.packets_dropped - st0.packets_dropped, 20, "{st1:#?}");
+
+        // The caller's relay port before the caller speaks: held, so the userspace relay gets
+        // the packets and judges them (latching is its business).
+        let q0 = query(&mut c, &call.id).await.unwrap();
+        for i in 0..5u16 {
+            scanner
+                .send_to(&pcmu(100 + i, 0, 0x5ca7), call.a_sends_rtp())
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let q = query(&mut c, &call.id).await.unwrap();
+            let judged = userspace_judged(&q, 0) - userspace_judged(&q0, 0);
+            if judged == 5 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "userspace saw {judged} of 5: {q:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let k2 = maps.no_flow_stats();
+        assert_eq!(k2.passed_bound_port - k1.passed_bound_port, 5, "{k2:?}");
+        assert_eq!(k2.dropped_unknown_port, k1.dropped_unknown_port, "{k2:?}");
+
+        // The call ends: its ports are free ports once its sockets close, which the socket
+        // pool does within its idle time (2 s) and a sweep (0.5 s); until then they are held.
+        delete(&mut c, &call.id).await;
+        let deadline = Instant::now() + Duration::from_secs(4);
+        loop {
+            let before = maps.no_flow_stats().dropped_unknown_port;
+            scanner.send_to(&pcmu(0, 0, 0x5ca7), held[0]).unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if maps.no_flow_stats().dropped_unknown_port > before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the deleted call's port still receives"
+            );
+        }
+        let k3 = maps.no_flow_stats();
+        for to in held {
+            scanner.send_to(&pcmu(0, 0, 0x5ca7), to).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let k4 = maps.no_flow_stats();
+        assert_eq!(
+            k4.dropped_unknown_port - k3.dropped_unknown_port,
+            4,
+            "{k4:?}"
+        );
+        assert_eq!(k4.passed_bound_port, k3.passed_bound_port, "{k4:?}");
+        assert!(maps.flows().is_empty(), "{:?}", maps.flows());
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
 // 5. Off and auto
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -206,7 +206,7 @@ pub(super) struct Totals {
     pub(super) packets: u64,
     pub(super) bytes: u64,
     pub(super) dropped: u64,
-    pub(super) dropped_by_reason: [u64; 8],
+    pub(super) dropped_by_reason: [u64; 9],
     pub(super) kernel_packets: u64,
 }
 

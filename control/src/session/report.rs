@@ -190,7 +190,7 @@ pub struct Statistics {
     pub bytes_relayed: u64,
     pub packets_dropped: u64,
     /// `packets_dropped` by [`DROP_REASONS`].
-    pub dropped_by_reason: [(&'static str, u64); 8],
+    pub dropped_by_reason: [(&'static str, u64); 9],
     /// Events dropped because a subscriber's queue was full, summed over subscribers since
     /// start; each subscriber was told its own count ([`super::EventKind::Overflow`]).
     pub events_missed: u64,
@@ -340,11 +340,10 @@ fn stream_report(
 
 /// Why packets were dropped, in the order of [`Statistics::dropped_by_reason`]: strict source,
 /// a new source not confirmed yet, direction (hold), malformed, no peer to send to yet, SRTP
-/// authentication, SRTP replay, and the XDP program's own drops (its action table).
-/// Index of `no_peer` in [`DROP_REASONS`]: also what reaches a pooled socket.
-pub(super) const NO_PEER: usize = 4;
-
-pub const DROP_REASONS: [&str; 8] = [
+/// authentication, SRTP replay, the XDP program's own drops (its action table), and datagrams
+/// to relay ports no call holds that the XDP program dropped (scans; without XDP the kernel
+/// stack drops them, no socket being bound, and sluice never sees them).
+pub const DROP_REASONS: [&str; 9] = [
     "wrong_source",
     "unconfirmed",
     "direction",
@@ -353,10 +352,17 @@ pub const DROP_REASONS: [&str; 8] = [
     "srtp_auth",
     "srtp_replay",
     "xdp",
+    "unknown_port",
 ];
 
+/// Index of `no_peer` in [`DROP_REASONS`]: also what reaches a pooled socket.
+pub(super) const NO_PEER: usize = 4;
+
+/// Index of `unknown_port` in [`DROP_REASONS`]: counted by the XDP program, not per call.
+const UNKNOWN_PORT: usize = 8;
+
 /// One side's drops by [`DROP_REASONS`], userspace and kernel together.
-pub(super) fn drops(c: &EndpointCounters, kc: &FlowCounters) -> [u64; 8] {
+pub(super) fn drops(c: &EndpointCounters, kc: &FlowCounters) -> [u64; 9] {
     [
         c.dropped_wrong_source.load(Relaxed) + kc.dropped_wrong_source,
         c.dropped_unconfirmed.load(Relaxed),
@@ -366,10 +372,11 @@ pub(super) fn drops(c: &EndpointCounters, kc: &FlowCounters) -> [u64; 8] {
         c.srtp_auth_failures.load(Relaxed),
         c.srtp_replayed.load(Relaxed),
         kc.dropped_action,
+        0,
     ]
 }
 
-fn add(into: &mut [u64; 8], from: [u64; 8]) {
+fn add(into: &mut [u64; 9], from: [u64; 9]) {
     into.iter_mut().zip(from).for_each(|(a, b)| *a += b);
 }
 
@@ -393,6 +400,9 @@ impl State {
                 }
             }
         }
+        let unknown_port = self.kernel.as_ref().map_or(0, |k| k.unknown_port_drops());
+        by_reason[UNKNOWN_PORT] += unknown_port;
+        dropped += unknown_port;
         Statistics {
             uptime,
             calls_current: self.calls.len() as u64,

@@ -16,6 +16,9 @@ pub const MAX_QUEUES: u32 = 64;
 /// `SLUICE_MAX_XSKS`: capacity of the XSKMAP (one slot per interface slot and RX queue).
 pub const MAX_XSKS: u32 = MAX_EGRESS * MAX_QUEUES;
 
+/// `SLUICE_MAX_GUARDS`: how many relay addresses can have their port range guarded.
+pub const MAX_GUARDS: u32 = 16;
+
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
@@ -171,6 +174,49 @@ unsafe impl aya::Pod for FlowKey {}
 pub(crate) const FAMILY_NONE: u8 = 0;
 /// Family byte of a value built from addresses of different families; insert refuses it.
 pub(crate) const FAMILY_MIXED: u8 = 0xff;
+
+impl FlowKey {
+    /// The key of `ip` in the port guard map: the address with port 0.
+    pub(crate) fn guard(ip: IpAddr) -> Self {
+        Self::new(SocketAddr::new(ip, 0))
+    }
+}
+
+/// `struct sluice_port_guard`: the relay's port range on one address (inclusive, host byte
+/// order), the value of the port guard map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PortGuard {
+    pub port_low: u16,
+    pub port_high: u16,
+}
+
+// SAFETY: repr(C), u16 fields, no padding.
+unsafe impl aya::Pod for PortGuard {}
+
+/// `struct sluice_stats`: counters of packets that hit no flow, one CPU's copy or (from
+/// [`XdpPath::stats`](super::XdpPath::stats)) the sum over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct XdpStats {
+    /// To a guarded relay address and port, no flow, no socket: dropped in XDP (a port scan,
+    /// or a peer still sending to a port whose call ended).
+    pub dropped_unknown_port: u64,
+    /// To a guarded relay address and port, no flow, a bound socket: passed (a stream not in
+    /// the kernel path yet, or another program's socket in the range).
+    pub passed_bound_port: u64,
+}
+
+// SAFETY: repr(C), u64 fields only.
+unsafe impl aya::Pod for XdpStats {}
+
+impl XdpStats {
+    /// Adds another CPU's copy.
+    pub fn merge(&mut self, other: &XdpStats) {
+        self.dropped_unknown_port += other.dropped_unknown_port;
+        self.passed_bound_port += other.passed_bound_port;
+    }
+}
 
 /// `struct sluice_flow_value`: what to do with a packet that hits a [`FlowKey`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -333,6 +379,8 @@ pub struct FlowCounters {
     pub passed_mtu: u64,
     pub passed_egress: u64,
     pub passed_ttl: u64,
+    /// Fragments, IP options, bad lengths or header checksum, zero IPv6 UDP checksum, family
+    /// mismatch, a payload userspace would drop as not RTP/RTCP: passed.
     pub passed_unusual: u64,
     /// Action WORKER: redirected to the AF_XDP socket of the queue.
     pub to_worker: u64,

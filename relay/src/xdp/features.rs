@@ -30,6 +30,9 @@ pub enum Feature {
     XskMap,
     /// `bpf_redirect_map` from XDP: handing a frame to a worker's AF_XDP socket.
     RedirectMap,
+    /// `bpf_sk_lookup_udp` from XDP (Linux 5.2): the port guard asks whether any socket would
+    /// receive a datagram that hits no flow before dropping it.
+    SkLookup,
     /// `bpf_xdp_adjust_meta` from XDP: the route lookup travels with a worker's frame.
     XdpMeta,
     /// `BPF_F_MMAPABLE` arrays (Linux 5.5): the route cache the workers read without a syscall.
@@ -38,12 +41,13 @@ pub enum Feature {
 
 impl Feature {
     /// Every feature, in the order they are probed and reported.
-    pub const ALL: [Feature; 7] = [
+    pub const ALL: [Feature; 8] = [
         Feature::XdpProgram,
         Feature::FibLookup,
         Feature::Redirect,
         Feature::XskMap,
         Feature::RedirectMap,
+        Feature::SkLookup,
         Feature::XdpMeta,
         Feature::MmapArray,
     ];
@@ -56,6 +60,7 @@ impl Feature {
             Feature::Redirect => "bpf_redirect",
             Feature::XskMap => "AF_XDP socket maps (BPF_MAP_TYPE_XSKMAP)",
             Feature::RedirectMap => "bpf_redirect_map",
+            Feature::SkLookup => "bpf_sk_lookup_udp",
             Feature::XdpMeta => "bpf_xdp_adjust_meta",
             Feature::MmapArray => "mmapable BPF arrays (BPF_F_MMAPABLE)",
         }
@@ -69,6 +74,7 @@ impl Feature {
             Feature::Redirect => "redirect",
             Feature::XskMap => "xskmap",
             Feature::RedirectMap => "redirect_map",
+            Feature::SkLookup => "sk_lookup",
             Feature::XdpMeta => "xdp_metadata",
             Feature::MmapArray => "route_cache",
         }
@@ -98,6 +104,10 @@ impl Feature {
             Feature::RedirectMap => {
                 "frames cannot reach AF_XDP workers: no kernel fast path; run with --xdp off"
             }
+            Feature::SkLookup => {
+                "the program cannot tell a port scan from a stream not in the kernel yet: no \
+                 kernel fast path; run with --xdp off"
+            }
             Feature::XdpMeta => {
                 "AF_XDP workers get no route with a frame: the program caches each routed flow's \
                  route in a BPF map the workers read (sluice_routes) instead"
@@ -118,6 +128,7 @@ impl Feature {
             Feature::FibLookup => helper(BpfHelper::BPF_FUNC_fib_lookup),
             Feature::Redirect => helper(BpfHelper::BPF_FUNC_redirect),
             Feature::RedirectMap => helper(BpfHelper::BPF_FUNC_redirect_map),
+            Feature::SkLookup => helper(BpfHelper::BPF_FUNC_sk_lookup_udp),
             Feature::XdpMeta => helper(BpfHelper::BPF_FUNC_xdp_adjust_meta),
             Feature::XskMap => {
                 aya::sys::is_map_supported(MapType::XskMap).map_err(|e| ProbeError {
@@ -348,8 +359,8 @@ mod tests {
         );
 
         // The optional one missing: the load goes on.
-        all[5] = (Feature::XdpMeta, false);
-        all[6] = (Feature::MmapArray, false);
+        all[6] = (Feature::XdpMeta, false);
+        all[7] = (Feature::MmapArray, false);
         let k = KernelFeatures::from_pairs(all.clone());
         assert!(k.check_required().is_ok());
         assert!(!k.has(Feature::XdpMeta) && k.has(Feature::FibLookup));

@@ -28,11 +28,11 @@ mod routes;
 mod table;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 pub use abi::{
-    FlowAction, FlowCounters, FlowKey, FlowValue, MAX_EGRESS, MAX_FLOWS, MAX_QUEUES, MAX_XSKS,
-    RouteEntry, XSK_META_MAGIC, XskMeta,
+    FlowAction, FlowCounters, FlowKey, FlowValue, MAX_EGRESS, MAX_FLOWS, MAX_GUARDS, MAX_QUEUES,
+    MAX_XSKS, PortGuard, RouteEntry, XSK_META_MAGIC, XdpStats, XskMeta,
 };
 pub use features::{Feature, KernelFeatures};
 pub use routes::RouteCache;
@@ -46,6 +46,8 @@ const MAP_COUNTERS: &str = "sluice_counters";
 const MAP_EGRESS: &str = "sluice_egress";
 const MAP_XSKS: &str = "sluice_xsks";
 const MAP_ROUTES: &str = "sluice_routes";
+const MAP_GUARD: &str = "sluice_guard";
+const MAP_STATS: &str = "sluice_stats";
 /// The program's read-only switch for `bpf_xdp_adjust_meta` (see ebpf/sluice_xdp.c).
 const GLOBAL_USE_META: &str = "sluice_use_meta";
 
@@ -229,6 +231,8 @@ pub enum XdpError {
     QueueOutOfRange { iface: String, queue: u32, max: u32 },
     #[error("invalid XDP flow capacity {requested}: must be between 1 and {max}")]
     InvalidCapacity { requested: u32, max: u32 },
+    #[error("invalid XDP port guard: {reason}")]
+    InvalidPortGuard { reason: &'static str },
     #[error("BPF map {op} failed: {source}")]
     Map {
         op: &'static str,
@@ -315,6 +319,8 @@ pub struct XdpPath {
     // Field order matters for Drop: the table's map fds go before the program.
     table: FlowTable<AyaMaps>,
     _egress: aya::maps::HashMap<aya::maps::MapData, u32, u32>,
+    guard: aya::maps::HashMap<aya::maps::MapData, FlowKey, PortGuard>,
+    stats: aya::maps::PerCpuArray<aya::maps::MapData, XdpStats>,
     xsks: aya::maps::XskMap<aya::maps::MapData>,
     /// In attach order: the position is the interface's slot (its row in `sluice_xsks`).
     ifaces: Vec<(String, u32)>,
@@ -554,6 +560,16 @@ impl XdpPath {
                     detail: format!("{MAP_EGRESS}: {e}"),
                 }
             })?;
+        let guard = aya::maps::HashMap::try_from(take(&mut ebpf, MAP_GUARD)?).map_err(|e| {
+            XdpError::Load {
+                detail: format!("{MAP_GUARD}: {e}"),
+            }
+        })?;
+        let stats = aya::maps::PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(|e| {
+            XdpError::Load {
+                detail: format!("{MAP_STATS}: {e}"),
+            }
+        })?;
         let xsks = aya::maps::XskMap::try_from(take(&mut ebpf, MAP_XSKS)?).map_err(|e| {
             XdpError::Load {
                 detail: format!("{MAP_XSKS}: {e}"),
@@ -688,6 +704,8 @@ impl XdpPath {
                 max_flows,
             ),
             _egress: egress,
+            guard,
+            stats,
             xsks,
             ifaces: ifaces
                 .iter()
@@ -828,9 +846,124 @@ impl XdpPath {
         }
     }
 
+    /// Guards the relay's ports `low..=high` on each of `addrs` (the relay's own unicast
+    /// addresses), replacing any earlier guard: a UDP datagram to one of them with a port in the
+    /// range that hits no flow, and that no socket of this host would receive (the program asks
+    /// the kernel's socket lookup), is dropped in XDP and counted in
+    /// [`XdpStats::dropped_unknown_port`]. A port whose socket is bound (a stream still in
+    /// userspace, or another program's socket) receives as before. Needs no update when ports
+    /// are allocated or freed: the sockets are the truth.
+    pub fn guard_ports(&mut self, addrs: &[IpAddr], low: u16, high: u16) -> Result<(), XdpError> {
+        let guards = port_guards(addrs, low, high)?;
+        self.unguard_ports()?;
+        for (key, value) in guards {
+            self.guard
+                .insert(key, value, 0)
+                .map_err(|e| XdpError::Map {
+                    op: "insert port guard",
+                    source: map_syscall_io(e),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Removes every port guard; returns how many addresses were guarded.
+    pub fn unguard_ports(&mut self) -> Result<usize, XdpError> {
+        let keys = self
+            .guard
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| XdpError::Map {
+                op: "iterate port guards",
+                source: map_syscall_io(e),
+            })?;
+        for k in &keys {
+            self.guard.remove(k).map_err(|e| XdpError::Map {
+                op: "remove port guard",
+                source: map_syscall_io(e),
+            })?;
+        }
+        Ok(keys.len())
+    }
+
+    /// The guarded addresses and their port ranges.
+    pub fn port_guards(&self) -> Result<Vec<(IpAddr, PortGuard)>, XdpError> {
+        self.guard
+            .iter()
+            .map(|r| r.map(|(k, v)| (k.local().ip(), v)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| XdpError::Map {
+                op: "iterate port guards",
+                source: map_syscall_io(e),
+            })
+    }
+
+    /// The counters of packets that hit no flow, summed over CPUs.
+    pub fn stats(&self) -> Result<XdpStats, XdpError> {
+        let per_cpu = self.stats.get(&0, 0).map_err(|e| XdpError::Map {
+            op: "read counters",
+            source: map_syscall_io(e),
+        })?;
+        let mut sum = XdpStats::default();
+        for c in per_cpu.iter() {
+            sum.merge(c);
+        }
+        Ok(sum)
+    }
+
     /// Removes every flow; returns how many there were.
     pub fn clear(&mut self) -> Result<usize, XdpError> {
         self.table.clear()
+    }
+
+    /// Runs the loaded program once per `repeat` on `frame` with `BPF_PROG_TEST_RUN`, as if it
+    /// had arrived on RX queue 0 of `ingress_ifindex` (an interface of the calling thread's
+    /// network namespace; its route lookups and socket lookups happen there). Nothing is sent:
+    /// a redirect or `XDP_TX` only shows in [`ProgramRun::action`] and the rewritten frame.
+    /// For tests and measurements of the program alone (the flows and counters are the real
+    /// maps).
+    #[doc(hidden)]
+    pub fn test_run(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        repeat: u32,
+    ) -> Result<ProgramRun, XdpError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let program: &aya::programs::Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or_else(|| XdpError::Load {
+                detail: format!("program {PROGRAM_NAME} missing from the object"),
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| XdpError::Load {
+                detail: e.to_string(),
+            })?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex. The kernel wants data_end == the frame's length and no metadata.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        // Room for what the program may add in front (metadata) besides the frame itself.
+        let mut out = vec![0u8; frame.len() + 256];
+        let run = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat: repeat.max(1),
+                ..TestRunOptions::new()
+            })
+            .map_err(|e| XdpError::Load {
+                detail: format!("BPF_PROG_TEST_RUN: {e}"),
+            })?;
+        out.truncate(run.data_size_out as usize);
+        Ok(ProgramRun {
+            action: run.return_value,
+            frame: out,
+            duration: run.duration,
+        })
     }
 
     /// Detaches the program from every interface, reporting the first failure (Drop does the
@@ -856,6 +989,50 @@ impl XdpPath {
             None => Ok(()),
         }
     }
+}
+
+/// The port guard entries for `addrs` and `low..=high`, or why they are refused.
+fn port_guards(
+    addrs: &[IpAddr],
+    low: u16,
+    high: u16,
+) -> Result<Vec<(FlowKey, PortGuard)>, XdpError> {
+    let bad = |reason| Err(XdpError::InvalidPortGuard { reason });
+    if low == 0 || low > high {
+        return bad("the port range must be LOW-HIGH with 0 < LOW <= HIGH");
+    }
+    if addrs.len() > MAX_GUARDS as usize {
+        return bad("more relay addresses than the guard map holds (SLUICE_MAX_GUARDS)");
+    }
+    let mut out: Vec<(FlowKey, PortGuard)> = Vec::with_capacity(addrs.len());
+    for &ip in addrs {
+        let ip = ip.to_canonical();
+        if ip.is_unspecified() || ip.is_multicast() {
+            // No packet is addressed to a wildcard; a multicast group is not the relay's.
+            return bad("only the relay's own unicast addresses can be guarded");
+        }
+        let key = FlowKey::guard(ip);
+        if !out.iter().any(|(k, _)| *k == key) {
+            out.push((
+                key,
+                PortGuard {
+                    port_low: low,
+                    port_high: high,
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// One [`XdpPath::test_run`]: the program's verdict (`XDP_DROP` 1, `XDP_PASS` 2, `XDP_TX` 3,
+/// `XDP_REDIRECT` 4), the frame as it left the program, and the kernel's mean time per run.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct ProgramRun {
+    pub action: u32,
+    pub frame: Vec<u8>,
+    pub duration: std::time::Duration,
 }
 
 /// Layout of the Rust mirrors of ebpf/sluice_maps.h, as `(name, value)` pairs: `struct` for a
@@ -921,6 +1098,12 @@ pub fn abi_layout() -> Vec<(String, u64)> {
             passed_no_worker,
         ]
     );
+    s!("sluice_port_guard", PortGuard, [port_low, port_high]);
+    s!(
+        "sluice_stats",
+        XdpStats,
+        [dropped_unknown_port, passed_bound_port]
+    );
     s!(
         "sluice_xsk_meta",
         XskMeta,
@@ -937,6 +1120,7 @@ pub fn abi_layout() -> Vec<(String, u64)> {
         ("SLUICE_MAX_EGRESS", MAX_EGRESS as u64),
         ("SLUICE_MAX_QUEUES", MAX_QUEUES as u64),
         ("SLUICE_MAX_XSKS", MAX_XSKS as u64),
+        ("SLUICE_MAX_GUARDS", MAX_GUARDS as u64),
         ("SLUICE_FAMILY_V4", FAMILY_V4 as u64),
         ("SLUICE_FAMILY_V6", FAMILY_V6 as u64),
         ("SLUICE_ACTION_PASS", ACTION_PASS as u64),
@@ -977,6 +1161,41 @@ mod tests {
         let err = XdpPath::attach(&["lo"], XdpMode::Generic).unwrap_err();
         assert!(matches!(err, XdpError::PermissionDenied { .. }), "{err}");
         assert!(err.to_string().contains("root"), "{err}");
+    }
+
+    #[test]
+    fn port_guards_take_the_relay_addresses_once_and_refuse_what_no_packet_is_sent_to() {
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        let g = port_guards(&[v4, mapped, v6], 30000, 39999).unwrap();
+        assert_eq!(g.len(), 2, "an IPv4-mapped address is the IPv4 one: {g:?}");
+        assert_eq!(g[0].0, FlowKey::new(SocketAddr::new(v4, 0)));
+        assert_eq!(g[0].0.port, 0);
+        assert_eq!(
+            g[1].1,
+            PortGuard {
+                port_low: 30000,
+                port_high: 39999
+            }
+        );
+        for (addrs, low, high) in [
+            (vec![v4], 0, 10),
+            (vec![v4], 40000, 30000),
+            (vec!["0.0.0.0".parse().unwrap()], 1, 2),
+            (vec!["::".parse().unwrap()], 1, 2),
+            (vec!["239.1.1.1".parse().unwrap()], 1, 2),
+            (
+                (0..=MAX_GUARDS)
+                    .map(|i| IpAddr::from([10, 0, 0, i as u8]))
+                    .collect(),
+                1,
+                2,
+            ),
+        ] {
+            let e = port_guards(&addrs, low, high).unwrap_err();
+            assert!(matches!(e, XdpError::InvalidPortGuard { .. }), "{e}");
+        }
     }
 
     #[test]

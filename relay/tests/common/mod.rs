@@ -120,6 +120,45 @@ pub fn unique(tag: &str, prefix: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // sockets and packets
 
+/// Whether a UDP socket is bound to exactly `addr` in the calling thread's network namespace,
+/// as /proc/thread-self/net/udp{,6} list them (local_address: each 32-bit word of the address
+/// as the host reads it, in hex, then the port).
+pub fn udp_socket_bound(addr: SocketAddr) -> bool {
+    let words: Vec<[u8; 4]> = match addr.ip() {
+        std::net::IpAddr::V4(a) => vec![a.octets()],
+        std::net::IpAddr::V6(a) => a
+            .octets()
+            .chunks(4)
+            .map(|c| [c[0], c[1], c[2], c[3]])
+            .collect(),
+    };
+    let hex: String = words
+        .iter()
+        .map(|w| format!("{:08X}", u32::from_ne_bytes(*w)))
+        .collect();
+    let local = format!("{hex}:{:04X}", addr.port());
+    let file = if addr.is_ipv4() { "udp" } else { "udp6" };
+    std::fs::read_to_string(format!("/proc/thread-self/net/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
+}
+
+/// Waits (at most 5 s) until no UDP socket is bound to `addr` in the calling thread's network
+/// namespace. A closed socket can outlive its close for a moment: a child another test thread
+/// forks (for `ip ...`) holds a copy of every descriptor until it execs.
+pub fn wait_udp_socket_closed(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while udp_socket_bound(addr) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the UDP socket on {addr} outlived its close by 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
