@@ -25,7 +25,7 @@ use crate::rtcp_report::RtcpReports;
 use crate::rtp::{PacketKind, RtpPacket, classify_relay};
 use crate::rtp_stats::RtpStats;
 use crate::srtp::{SrtpConfig, SrtpContext, SrtpError, SrtpProfile};
-use crate::stats::{EndpointCounters, bump};
+use crate::stats::{EndpointCounters, TranscodePublished};
 use crate::transcode::{DirectionPlan, Transcoder};
 
 /// Identifies one side of one media stream: the relay socket(s) one endpoint sends to.
@@ -244,6 +244,8 @@ struct Endpoint {
     srtp_tx: Option<(SrtpKeys, Box<SrtpContext>)>,
     /// Transcoding of what this endpoint sends, on its way to the partner.
     transcode: Option<Box<Transcoder>>,
+    /// What `transcode` has added to the counters so far.
+    transcode_published: TranscodePublished,
     /// A plan was given but no transcoder could be built: its RTP is dropped, never relayed in
     /// a codec the other leg did not agree to.
     transcode_broken: bool,
@@ -297,6 +299,7 @@ fn set_transcode(ep: &mut Endpoint, plan: Option<DirectionPlan>) {
         Ok(t) => {
             tracing::info!(id = %ep.id, input = ?plan.input, output = ?plan.output, "transcoding");
             ep.transcode = Some(Box::new(t));
+            ep.transcode_published = TranscodePublished::default();
         }
         Err(e) => {
             tracing::error!(id = %ep.id, error = %e, "cannot build the transcoder; dropping this endpoint's RTP");
@@ -553,6 +556,7 @@ impl Engine {
             srtp_rx: None,
             srtp_tx: None,
             transcode: None,
+            transcode_published: TranscodePublished::default(),
             transcode_broken: false,
             rtcp_reports: Vec::with_capacity(RTCP_REPORTS_PER_BATCH),
         });
@@ -639,9 +643,9 @@ impl Engine {
             }
             let (sent, sent_bytes, failed) = self.io.flush(queued);
             let c = &self.slots[slot].as_ref().expect("checked above").counters;
-            bump(&c.forwarded, sent);
-            bump(&c.forwarded_bytes, sent_bytes);
-            bump(&c.send_errors, failed);
+            c.forwarded.add(sent);
+            c.forwarded_bytes.add(sent_bytes);
+            c.send_errors.add(failed);
             if !more {
                 return;
             }
@@ -745,9 +749,9 @@ impl Engine {
             let (sent, sent_bytes, failed) = self.io.flush(queued);
             let ep = self.slots[slot].as_ref().expect("checked above");
             let c = &ep.counters;
-            bump(&c.forwarded, sent);
-            bump(&c.forwarded_bytes, sent_bytes);
-            bump(&c.send_errors, failed);
+            c.forwarded.add(sent);
+            c.forwarded_bytes.add(sent_bytes);
+            c.send_errors.add(failed);
             if ep.transcode.is_some() {
                 self.pump_transcoder(slot, None);
             }
@@ -785,11 +789,11 @@ fn process_batch(
         let wire_len = io.rx_len(i);
         let mut len = wire_len;
         let Some(src) = io.rx_src(i) else {
-            bump(&c.dropped_malformed, 1);
+            c.dropped_malformed.add(1);
             continue;
         };
         if io.rx_truncated(i) {
-            bump(&c.dropped_malformed, 1);
+            c.dropped_malformed.add(1);
             continue;
         }
         let kind = if from_rtcp_port {
@@ -824,7 +828,7 @@ fn process_batch(
         let buf = &io.bufs[i][..len];
         let verdict = match kind {
             PacketKind::Invalid(_) => {
-                bump(&c.dropped_malformed, 1);
+                c.dropped_malformed.add(1);
                 continue;
             }
             // RTCP has no sequence number to confirm a source with, so it never moves the RTP
@@ -859,11 +863,11 @@ fn process_batch(
                 tracing::info!(id = %ep.id, %addr, rtcp, "latched");
             }
             Verdict::Drop(DropReason::WrongSource) => {
-                bump(&c.dropped_wrong_source, 1);
+                c.dropped_wrong_source.add(1);
                 continue;
             }
             Verdict::Drop(DropReason::Unconfirmed) => {
-                bump(&c.dropped_unconfirmed, 1);
+                c.dropped_unconfirmed.add(1);
                 continue;
             }
         }
@@ -883,22 +887,22 @@ fn process_batch(
                 .on_rtp(rtp.ssrc(), rtp.sequence(), rtp.timestamp(), now);
         }
         let Some(eg) = egress else {
-            bump(&c.dropped_no_peer, 1);
+            c.dropped_no_peer.add(1);
             continue;
         };
         // RFC 3264 6.1: a sendonly/inactive stream is not sent, a recvonly/inactive one is not
         // sent to. RTCP keeps flowing on hold (RFC 3264 5.1), so it is exempt.
         if !is_rtcp && (!ep.cfg.sends || !eg.receives) {
-            bump(&c.dropped_direction, 1);
+            c.dropped_direction.add(1);
             continue;
         }
         if ep.transcode_broken {
-            bump(&c.send_errors, 1);
+            c.send_errors.add(1);
             continue;
         }
         if let Some(t) = ep.transcode.as_deref_mut() {
             if is_rtcp {
-                bump(&c.rtcp_terminated, 1);
+                c.rtcp_terminated.add(1);
                 if let Some(ssrc) = eg.transcode_ssrc
                     && let Some(f) = crate::rtp::rtcp_fraction_lost(&io.bufs[i][..len], Some(ssrc))
                 {
@@ -917,13 +921,13 @@ fn process_batch(
             (eg.rtp_fd, eg.rtp_peer)
         };
         let Some(dest) = dest else {
-            bump(&c.dropped_no_peer, 1);
+            c.dropped_no_peer.add(1);
             continue;
         };
         if eg.srtp {
             let Some(tx) = srtp_tx.as_deref_mut() else {
                 // Never send plain where SRTP is due.
-                bump(&c.send_errors, 1);
+                c.send_errors.add(1);
                 continue;
             };
             let r = if is_rtcp {
@@ -935,7 +939,7 @@ fn process_batch(
                 Ok(l) => len = l,
                 Err(e) => {
                     tracing::debug!(error = %e, "SRTP protect failed");
-                    bump(&c.send_errors, 1);
+                    c.send_errors.add(1);
                     continue;
                 }
             }
@@ -944,10 +948,10 @@ fn process_batch(
         queued += 1;
     }
     if packets > 0 {
-        bump(&c.packets, packets);
-        bump(&c.bytes, bytes);
-        bump(&c.rtcp_packets, rtcp_packets);
-        bump(&c.rtcp_bytes, rtcp_bytes);
+        c.packets.add(packets);
+        c.bytes.add(bytes);
+        c.rtcp_packets.add(rtcp_packets);
+        c.rtcp_bytes.add(rtcp_bytes);
         c.last_packet_ns.store(now, Relaxed);
         if let Some(ssrc) = ep.stats.ssrc() {
             c.ssrc.store(ssrc, Relaxed);
@@ -981,27 +985,27 @@ fn drain_transcoded(
         };
         // Hold or a vanished peer may have come between the packet's arrival and now.
         let Some(eg) = egress else {
-            bump(&c.dropped_no_peer, 1);
+            c.dropped_no_peer.add(1);
             continue;
         };
         if !ep.cfg.sends || !eg.receives {
-            bump(&c.dropped_direction, 1);
+            c.dropped_direction.add(1);
             continue;
         }
         let Some(dest) = eg.rtp_peer else {
-            bump(&c.dropped_no_peer, 1);
+            c.dropped_no_peer.add(1);
             continue;
         };
         if eg.srtp {
             let Some(tx) = srtp_tx.as_deref_mut() else {
-                bump(&c.send_errors, 1);
+                c.send_errors.add(1);
                 continue;
             };
             match tx.protect_rtp(&mut io.bufs[b], len) {
                 Ok(l) => len = l,
                 Err(e) => {
                     tracing::debug!(error = %e, "SRTP protect failed");
-                    bump(&c.send_errors, 1);
+                    c.send_errors.add(1);
                     continue;
                 }
             }
@@ -1009,16 +1013,16 @@ fn drain_transcoded(
         io.queue(queued, b, len, eg.rtp_fd, dest);
         queued += 1;
     }
-    c.publish_transcoder(t);
+    c.publish_transcoder(t, &mut ep.transcode_published);
     (queued, more)
 }
 
 fn count_srtp_error(c: &EndpointCounters, e: SrtpError) {
     match e {
-        SrtpError::AuthFailed { .. } => bump(&c.srtp_auth_failures, 1),
-        SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => bump(&c.srtp_replayed, 1),
-        _ => bump(&c.dropped_malformed, 1),
-    }
+        SrtpError::AuthFailed { .. } => c.srtp_auth_failures.add(1),
+        SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => c.srtp_replayed.add(1),
+        _ => c.dropped_malformed.add(1),
+    };
 }
 
 /// Preallocated `recvmmsg`/`sendmmsg` state. Boxed once so the raw pointers inside the message
@@ -1358,6 +1362,51 @@ mod tests {
         let before = engine.handover();
         sync_srtp(&mut engine, &counters, false);
         assert_eq!(engine.handover(), before);
+    }
+
+    /// While a stream moves between the engine and a worker, both count SRTP failures of the
+    /// same leg (the old owner drains what its socket still holds, the new one gets the rest):
+    /// no increment may be lost. Two threads hammer the same counters, one through the
+    /// engine's path and one through the worker's, and every failure must be there.
+    #[test]
+    fn srtp_failures_counted_by_the_engine_and_a_worker_at_once_are_all_kept() {
+        const N: u64 = 4_000_000;
+        let c = Arc::new(EndpointCounters::default());
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let worker = {
+            let (c, start) = (c.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                for i in 0..N {
+                    let e = if i % 2 == 0 {
+                        SrtpError::AuthFailed { ssrc: 1 }
+                    } else {
+                        SrtpError::Replayed { ssrc: 1, index: i }
+                    };
+                    crate::worker::srtp_transform::count_rx_failure(Some(&c), e);
+                }
+            })
+        };
+        start.wait();
+        for i in 0..N {
+            let e = if i % 2 == 0 {
+                SrtpError::AuthFailed { ssrc: 1 }
+            } else {
+                SrtpError::TooOld { ssrc: 1, index: i }
+            };
+            count_srtp_error(&c, e);
+        }
+        worker.join().unwrap();
+        let auth = c.srtp_auth_failures.load(Relaxed);
+        let replayed = c.srtp_replayed.load(Relaxed);
+        assert_eq!(
+            (auth, replayed),
+            (N, N),
+            "lost {} authentication failures and {} replays of {} each",
+            N - auth,
+            N - replayed,
+            N
+        );
     }
 
     #[test]

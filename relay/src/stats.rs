@@ -1,7 +1,11 @@
-//! Per-endpoint counters, written by exactly one engine thread and read by the control plane.
+//! Per-endpoint counters, written by the data plane and read by the control plane.
 //!
-//! The engine is the only writer of each counter, so it bumps them with a relaxed load + store
-//! instead of a locked read-modify-write: readers may see a slightly stale value, never a torn one.
+//! A stream's packets are processed by the userspace engine or by an AF_XDP worker, and while
+//! the stream moves between the two both may count into the same endpoint (the old owner
+//! drains what its socket still holds while the new one takes the rest). So every count is a
+//! [`Counter`], which only adds atomically: a relaxed load + store from two threads would lose
+//! increments. Gauges (last packet time, jitter, clock rate) stay plain atomics with stores:
+//! the latest value wins, which is what they mean.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -9,40 +13,58 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use crate::srtp::SrtpHandover;
 
+/// A count that only goes up, by atomic adds: any number of threads may add to it at once
+/// without losing an increment (there is no `store` to race with).
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n` and returns the value before.
+    #[inline]
+    pub fn add(&self, n: u64) -> u64 {
+        self.0.fetch_add(n, Relaxed)
+    }
+    /// The current value (`order` as for [`AtomicU64::load`]).
+    #[inline]
+    pub fn load(&self, order: std::sync::atomic::Ordering) -> u64 {
+        self.0.load(order)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct EndpointCounters {
     /// RTP and RTCP packets received from this endpoint and accepted (source checks passed).
-    pub packets: AtomicU64,
-    pub bytes: AtomicU64,
-    pub rtcp_packets: AtomicU64,
+    pub packets: Counter,
+    pub bytes: Counter,
+    pub rtcp_packets: Counter,
     /// Of `bytes`: RTCP (the userspace path; the kernel path counts RTP and RTCP together).
-    pub rtcp_bytes: AtomicU64,
+    pub rtcp_bytes: Counter,
     /// Packets sent on towards the partner endpoint.
-    pub forwarded: AtomicU64,
-    pub forwarded_bytes: AtomicU64,
-    pub dropped_wrong_source: AtomicU64,
-    pub dropped_unconfirmed: AtomicU64,
-    pub dropped_direction: AtomicU64,
-    pub dropped_malformed: AtomicU64,
-    pub dropped_no_peer: AtomicU64,
-    pub send_errors: AtomicU64,
+    pub forwarded: Counter,
+    pub forwarded_bytes: Counter,
+    pub dropped_wrong_source: Counter,
+    pub dropped_unconfirmed: Counter,
+    pub dropped_direction: Counter,
+    pub dropped_malformed: Counter,
+    pub dropped_no_peer: Counter,
+    pub send_errors: Counter,
     /// SRTP/SRTCP packets whose authentication tag did not verify.
-    pub srtp_auth_failures: AtomicU64,
+    pub srtp_auth_failures: Counter,
     /// SRTP/SRTCP replays and packets behind the replay window.
-    pub srtp_replayed: AtomicU64,
+    pub srtp_replayed: Counter,
     /// RTCP from this endpoint not forwarded because the stream is transcoded: its reports
     /// describe a stream the other leg never sees (sluice sends its own SSRC there).
-    pub rtcp_terminated: AtomicU64,
+    pub rtcp_terminated: Counter,
     /// Transcoding of what this endpoint sends (mirrors of the transcoder's own figures,
     /// refreshed per batch): packets produced towards the partner, frames concealed by PLC,
     /// frames recovered from Opus in-band FEC, telephone-events relayed, and packets the
     /// transcoder refused or dropped (late, duplicate, comfort noise, unknown payload type,
     /// malformed).
-    pub transcoded_out: AtomicU64,
-    pub transcode_concealed: AtomicU64,
-    pub transcode_fec: AtomicU64,
-    pub transcode_dtmf: AtomicU64,
-    pub transcode_dropped: AtomicU64,
+    pub transcoded_out: Counter,
+    pub transcode_concealed: Counter,
+    pub transcode_fec: Counter,
+    pub transcode_dtmf: Counter,
+    pub transcode_dropped: Counter,
     /// The loss (percent) this direction's Opus encoder spends in-band FEC on, from what the
     /// receiving leg reports.
     pub transcode_fec_loss_pct: AtomicU32,
@@ -84,6 +106,37 @@ pub const TRANSCODE_SEQ_MARGIN: u16 = 16;
 /// same reason (an SRTCP index must never be sent twice).
 pub const SRTCP_INDEX_MARGIN: u32 = 16;
 
+/// What one transcoder has already added to an endpoint's transcode counters (see
+/// [`EndpointCounters::publish_transcoder`]); a new transcoder starts from the default.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TranscodePublished {
+    out: u64,
+    concealed: u64,
+    fec: u64,
+    dtmf: u64,
+    dropped: u64,
+}
+
+impl TranscodePublished {
+    fn of(t: &crate::transcode::Transcoder) -> Self {
+        let s = t.stats();
+        Self {
+            out: s.packets_out,
+            concealed: s.concealed_frames,
+            fec: s.fec_recovered,
+            dtmf: s.dtmf_relayed,
+            dropped: s.late_dropped
+                + s.duplicate_dropped
+                + s.cn_dropped
+                + s.unknown_pt_dropped
+                + s.malformed,
+        }
+    }
+}
+
+/// Adds to a counter that has exactly one writer thread (a worker's own counters): a relaxed
+/// load + store, cheaper than a locked add. Never for [`EndpointCounters`], whose counts two
+/// paths may add to at once (they are [`Counter`]s, which this does not take).
 #[inline]
 pub(crate) fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
@@ -145,25 +198,30 @@ impl EndpointCounters {
             (&self.srtp_rx_ssrc, &self.srtp_rx_index, &self.srtp_rx_rtcp)
         }
     }
-    /// Mirrors a transcoder's figures (and its next sequence number) into these counters, from
-    /// whichever path (engine or worker) runs it.
-    pub fn publish_transcoder(&self, t: &crate::transcode::Transcoder) {
+    /// Adds what a transcoder counted since `last` (its previous publication) to these
+    /// counters, and publishes its next sequence number, from whichever path (engine or worker)
+    /// runs it. A transcoder's figures start at 0 and the stream gets a new one each time it
+    /// moves, so only their growth is added: a store would lose what the previous one counted.
+    pub fn publish_transcoder(
+        &self,
+        t: &crate::transcode::Transcoder,
+        last: &mut TranscodePublished,
+    ) {
         self.publish_transcode_seq(t.next_out_seq());
         self.transcode_fec_loss_pct
             .store(u32::from(t.expected_loss()), Relaxed);
-        let s = t.stats();
-        self.transcoded_out.store(s.packets_out, Relaxed);
-        self.transcode_concealed.store(s.concealed_frames, Relaxed);
-        self.transcode_fec.store(s.fec_recovered, Relaxed);
-        self.transcode_dtmf.store(s.dtmf_relayed, Relaxed);
-        self.transcode_dropped.store(
-            s.late_dropped
-                + s.duplicate_dropped
-                + s.cn_dropped
-                + s.unknown_pt_dropped
-                + s.malformed,
-            Relaxed,
-        );
+        let now = TranscodePublished::of(t);
+        if now == *last {
+            return;
+        }
+        let grown = |n: u64, l: u64| n.saturating_sub(l);
+        self.transcoded_out.add(grown(now.out, last.out));
+        self.transcode_concealed
+            .add(grown(now.concealed, last.concealed));
+        self.transcode_fec.add(grown(now.fec, last.fec));
+        self.transcode_dtmf.add(grown(now.dtmf, last.dtmf));
+        self.transcode_dropped.add(grown(now.dropped, last.dropped));
+        *last = now;
     }
     /// Records the fraction lost (1/256ths) this endpoint reported about the stream sent to it.
     pub fn report_loss(&self, fraction: u8) {

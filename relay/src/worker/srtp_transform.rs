@@ -11,7 +11,6 @@
 //! the replay lists empty (see README, "What is not done yet").
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use crate::engine::SrtpKeys;
 use crate::rtp::{PacketKind, classify_relay};
@@ -125,12 +124,12 @@ impl SrtpTransform {
 pub(crate) fn count_rx_failure(c: Option<&EndpointCounters>, e: SrtpError) -> TransformError {
     if let Some(c) = c {
         match e {
-            // Locked adds: the engine counts into the same leg (a stream moving between paths).
+            // Atomic adds: the engine counts into the same leg (a stream moving between paths).
             SrtpError::AuthFailed { .. } => {
-                c.srtp_auth_failures.fetch_add(1, Relaxed);
+                c.srtp_auth_failures.add(1);
             }
             SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => {
-                c.srtp_replayed.fetch_add(1, Relaxed);
+                c.srtp_replayed.add(1);
             }
             _ => {}
         }
@@ -205,6 +204,7 @@ impl PayloadTransform for SrtpTransform {
 mod tests {
     use super::*;
     use crate::srtp::SrtpProfile;
+    use std::sync::atomic::Ordering::Relaxed;
 
     fn keys(profile: SrtpProfile, seed: u8) -> SrtpKeys {
         SrtpKeys {

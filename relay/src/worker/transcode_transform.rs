@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::engine::SrtpKeys;
 use crate::rtp::{PacketKind, classify_relay};
 use crate::srtp::{KeyError, SrtpConfig, SrtpContext, SrtpError};
-use crate::stats::{EndpointCounters, bump};
+use crate::stats::{EndpointCounters, TranscodePublished};
 use crate::transcode::{DirectionPlan, TranscodeError, Transcoder};
 use crate::worker::srtp_transform::{count_rx_failure, take_over_srtp};
 use crate::worker::{StreamTransform, TransformError};
@@ -22,6 +22,8 @@ pub struct TranscodeTransform {
     rx: Option<Box<SrtpContext>>,
     tx: Option<Box<SrtpContext>>,
     transcoder: Box<Transcoder>,
+    /// What `transcoder` has added to `counters` so far.
+    published: TranscodePublished,
     counters: Option<Arc<EndpointCounters>>,
     /// The receiving leg's counters: the loss it reports (its RTCP, terminated by the flow of
     /// the other direction) sets this direction's Opus FEC.
@@ -57,6 +59,7 @@ impl TranscodeTransform {
             rx: rx.map(ctx).transpose()?,
             tx: tx.map(ctx).transpose()?,
             transcoder: Box::new(Transcoder::new(plan, seq_start)?),
+            published: TranscodePublished::default(),
             counters: None,
             peer: None,
             report_ssrc: None,
@@ -118,7 +121,7 @@ impl TranscodeTransform {
             }
         };
         if let Some(c) = &self.counters {
-            bump(&c.rtcp_terminated, 1);
+            c.rtcp_terminated.add(1);
             if let Some(f) = fraction {
                 c.report_loss(f);
             }
@@ -126,9 +129,9 @@ impl TranscodeTransform {
         Ok(())
     }
 
-    fn mirror(&self) {
+    fn mirror(&mut self) {
         if let Some(c) = &self.counters {
-            c.publish_transcoder(&self.transcoder);
+            c.publish_transcoder(&self.transcoder, &mut self.published);
         }
     }
 }
@@ -270,6 +273,36 @@ mod tests {
         assert_eq!(a_to_b.transcoder().expected_loss(), 11);
         assert_eq!(a.transcode_fec_loss_pct.load(Relaxed), 11);
         assert!(a_to_b.pull(&mut out).is_some());
+    }
+
+    /// A stream that moves gets a new transcoder, whose figures start at 0: what the previous
+    /// one counted stays in the leg's counters.
+    #[test]
+    fn transcoded_counts_survive_a_move_to_a_new_transcoder() {
+        let c = Arc::new(EndpointCounters::default());
+        let mut out = [0u8; 2048];
+        let mut run = |seqs: std::ops::Range<u16>| {
+            let mut t = TranscodeTransform::new(
+                &plan(Codec::Pcmu, Codec::Pcma, 0xb0b0),
+                seqs.start,
+                None,
+                None,
+            )
+            .unwrap()
+            .with_counters(c.clone());
+            for seq in seqs {
+                t.push(&pcmu(seq), u64::from(seq) * 20_000_000).unwrap();
+                while t.pull(&mut out).is_some() {}
+            }
+            t.handle_timeout(u64::MAX / 2);
+            t.transcoder().stats().packets_out
+        };
+        let first = run(1..11);
+        assert!(first > 0);
+        assert_eq!(c.transcoded_out.load(Relaxed), first);
+        let second = run(30..40);
+        assert!(second > 0);
+        assert_eq!(c.transcoded_out.load(Relaxed), first + second);
     }
 
     #[test]
