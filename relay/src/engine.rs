@@ -20,6 +20,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::clock::now_ns;
+use crate::handover::EndpointState;
 use crate::latch::{DropReason, Latch, LatchConfig, Verdict};
 use crate::rtcp_report::RtcpReports;
 use crate::rtp::{PacketKind, RtpPacket, classify_relay};
@@ -99,6 +100,8 @@ pub enum Command {
         rtcp: Option<std::net::UdpSocket>,
         config: EndpointConfig,
         counters: Arc<EndpointCounters>,
+        /// Where the engine publishes latching, handover state and reported loss.
+        state: Arc<EndpointState>,
     },
     Configure {
         id: EndpointId,
@@ -239,6 +242,7 @@ struct Endpoint {
     rtcp_latch: Latch,
     stats: RtpStats,
     counters: Arc<EndpointCounters>,
+    state: Arc<EndpointState>,
     started: bool,
     srtp_rx: Option<(SrtpKeys, Box<SrtpContext>)>,
     srtp_tx: Option<(SrtpKeys, Box<SrtpContext>)>,
@@ -259,19 +263,19 @@ const RTCP_REPORTS_PER_BATCH: usize = 4;
 
 /// Takes over the SRTP state a worker published for this direction, when it is not the one this
 /// context published itself.
-fn sync_srtp(ctx: &mut SrtpContext, c: &EndpointCounters, tx: bool) {
-    if let Some(p) = c.srtp_state(tx)
+fn sync_srtp(ctx: &mut SrtpContext, s: &EndpointState, tx: bool) {
+    if let Some(p) = s.srtp_state(tx)
         && Some(p) != ctx.handover()
     {
-        ctx.take_over(p, crate::stats::SRTCP_INDEX_MARGIN);
+        ctx.take_over(p, crate::handover::SRTCP_INDEX_MARGIN);
     }
 }
 
 /// A worker sent for this direction since this transcoder last did (the stream was in the
 /// kernel path): its sequence numbers are ahead, and this one must not reuse them.
-fn transcoder_stale(c: &EndpointCounters, t: &Transcoder) -> bool {
-    let published = c.transcode_next_seq.load(Relaxed);
-    published & 1 << 16 != 0 && published as u16 != t.next_out_seq()
+fn transcoder_stale(s: &EndpointState, t: &Transcoder) -> bool {
+    s.transcode_next_seq()
+        .is_some_and(|next| next != t.next_out_seq())
 }
 
 /// Keeps the transcoder (and its codec state) when the plan did not change and nobody else
@@ -284,17 +288,21 @@ fn set_transcode(ep: &mut Endpoint, plan: Option<DirectionPlan>) {
     };
     if let Some(t) = &ep.transcode
         && *t.plan() == plan
-        && !transcoder_stale(&ep.counters, t)
+        && !transcoder_stale(&ep.state, t)
     {
         return;
     }
-    let seq = ep.counters.transcode_seq_start().unwrap_or_else(|| {
-        let mut seq = [0u8; 2];
-        // A random first sequence number (RFC 3550 5.1); a failing RNG only makes it
-        // predictable.
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seq);
-        u16::from_be_bytes(seq)
-    });
+    let seq = ep
+        .state
+        .handover()
+        .transcode_seq_start()
+        .unwrap_or_else(|| {
+            let mut seq = [0u8; 2];
+            // A random first sequence number (RFC 3550 5.1); a failing RNG only makes it
+            // predictable.
+            let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seq);
+            u16::from_be_bytes(seq)
+        });
     match Transcoder::new(&plan, seq) {
         Ok(t) => {
             tracing::info!(id = %ep.id, input = ?plan.input, output = ?plan.output, "transcoding");
@@ -424,8 +432,9 @@ impl Engine {
                 rtcp,
                 config,
                 counters,
+                state,
             } => {
-                if let Err(e) = self.add(id, rtp, rtcp, config, counters) {
+                if let Err(e) = self.add(id, rtp, rtcp, config, counters, state) {
                     tracing::error!(%id, error = %e, "cannot register relay socket; its media will not flow");
                 }
             }
@@ -457,8 +466,8 @@ impl Engine {
                 }
                 // A new SDP address makes the latch forget the old source: the control plane
                 // must not go on seeing (and kernelizing) it.
-                ep.counters.set_latched(false, ep.rtp_latch.latched());
-                ep.counters.set_latched(true, ep.rtcp_latch.latched());
+                ep.state.set_latched(false, ep.rtp_latch.latched());
+                ep.state.set_latched(true, ep.rtcp_latch.latched());
             }
             Command::SetSrtp { id, rx, tx } => {
                 let Some(&slot) = self.by_id.get(&id) else {
@@ -511,6 +520,7 @@ impl Engine {
         rtcp: Option<std::net::UdpSocket>,
         config: EndpointConfig,
         counters: Arc<EndpointCounters>,
+        state: Arc<EndpointState>,
     ) -> io::Result<()> {
         if self.by_id.contains_key(&id) {
             return Err(io::Error::other(format!("{id} added twice")));
@@ -552,6 +562,7 @@ impl Engine {
             rtcp_latch: Latch::new(rtcp_latch_config(config.latch)),
             stats: RtpStats::new(config.clock_rate),
             counters,
+            state,
             started: false,
             srtp_rx: None,
             srtp_tx: None,
@@ -685,20 +696,20 @@ impl Engine {
                 .filter(|e| e.srtp && e.slot != slot)
                 .and_then(|e| self.slots[e.slot].as_mut())
                 .and_then(|p| p.srtp_tx.take());
-            // The partner's counters carry the state of what is protected towards it.
-            let partner_counters = egress
+            // The partner's state carries that of what is protected towards it.
+            let partner_state = egress
                 .filter(|_| tx.is_some())
-                .and_then(|e| Some(self.slots[e.slot].as_ref()?.counters.clone()));
+                .and_then(|e| Some(self.slots[e.slot].as_ref()?.state.clone()));
             let ep = self.slots[slot].as_mut().expect("checked above");
             // A worker may have processed this stream since: continue from its SRTP state.
             if let Some((_, rx)) = ep.srtp_rx.as_mut() {
-                sync_srtp(rx, &ep.counters, false);
+                sync_srtp(rx, &ep.state, false);
             }
-            if let (Some((_, t)), Some(pc)) = (tx.as_mut(), &partner_counters) {
+            if let (Some((_, t)), Some(pc)) = (tx.as_mut(), &partner_state) {
                 sync_srtp(t, pc, true);
             }
             if let Some(t) = &ep.transcode
-                && transcoder_stale(&ep.counters, t)
+                && transcoder_stale(&ep.state, t)
             {
                 let plan = t.plan().clone();
                 set_transcode(ep, Some(plan));
@@ -726,14 +737,14 @@ impl Engine {
                 });
             }
             if let Some(h) = ep.srtp_rx.as_ref().and_then(|(_, c)| c.handover()) {
-                ep.counters.publish_srtp(false, h);
+                ep.state.publish_srtp(false, h);
             }
-            if let (Some((_, t)), Some(pc)) = (tx.as_ref(), &partner_counters)
+            if let (Some((_, t)), Some(pc)) = (tx.as_ref(), &partner_state)
                 && let Some(h) = t.handover()
             {
                 pc.publish_srtp(true, h);
             }
-            let loss = ep.counters.reported_loss_pct();
+            let loss = ep.state.reported_loss_pct();
             if let Some(e) = egress
                 && let Some(p) = self.slots[e.slot].as_mut()
             {
@@ -859,7 +870,7 @@ fn process_batch(
             Verdict::Accept => {}
             Verdict::Latched(addr) => {
                 let rtcp = from_rtcp_port;
-                c.set_latched(rtcp, Some(addr));
+                ep.state.set_latched(rtcp, Some(addr));
                 tracing::info!(id = %ep.id, %addr, rtcp, "latched");
             }
             Verdict::Drop(DropReason::WrongSource) => {
@@ -906,7 +917,7 @@ fn process_batch(
                 if let Some(ssrc) = eg.transcode_ssrc
                     && let Some(f) = crate::rtp::rtcp_fraction_lost(&io.bufs[i][..len], Some(ssrc))
                 {
-                    c.report_loss(f);
+                    ep.state.report_loss(f);
                 }
             } else {
                 // Refusals are counted in the transcoder's stats, mirrored per batch.
@@ -1014,6 +1025,7 @@ fn drain_transcoded(
         queued += 1;
     }
     c.publish_transcoder(t, &mut ep.transcode_published);
+    ep.state.publish_transcode_seq(t.next_out_seq());
     (queued, more)
 }
 
@@ -1246,6 +1258,7 @@ mod tests {
                         ..Default::default()
                     },
                     counters: Arc::default(),
+                    state: Arc::default(),
                 })
                 .unwrap();
         }
@@ -1314,7 +1327,7 @@ mod tests {
             ssrc: 7,
         };
         let t = Transcoder::new(&plan, 100).unwrap();
-        let c = EndpointCounters::default();
+        let c = EndpointState::default();
         assert!(!transcoder_stale(&c, &t), "nobody published yet");
         c.publish_transcode_seq(100);
         assert!(!transcoder_stale(&c, &t), "this transcoder published it");
@@ -1322,8 +1335,8 @@ mod tests {
         c.publish_transcode_seq(140);
         assert!(transcoder_stale(&c, &t));
         // The replacement continues past the worker's sequence numbers.
-        let start = c.transcode_seq_start().unwrap();
-        assert_eq!(start, 140 + crate::stats::TRANSCODE_SEQ_MARGIN);
+        let start = c.handover().transcode_seq_start().unwrap();
+        assert_eq!(start, 140 + crate::handover::TRANSCODE_SEQ_MARGIN);
         let fresh = Transcoder::new(&plan, start).unwrap();
         assert_eq!(fresh.next_out_seq(), 156);
     }
@@ -1341,7 +1354,7 @@ mod tests {
             p.resize(172 + 64, 0);
             p
         };
-        let counters = EndpointCounters::default();
+        let counters = EndpointState::default();
         // The worker saw the stream wrap (ROC 1) and published where it stands.
         for seq in (65534..=65535).chain(0..2) {
             let mut p = rtp(seq);

@@ -6,6 +6,7 @@ pub mod afxdp;
 pub mod clock;
 pub mod codec;
 pub mod engine;
+pub mod handover;
 pub mod latch;
 pub mod rtcp_report;
 pub mod rtp;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use sluice_relay::engine::{Command, EndpointConfig, EndpointId};
+use sluice_relay::handover::EndpointState;
 use sluice_relay::latch::LatchConfig;
 use sluice_relay::stats::EndpointCounters;
 use sluice_relay::xdp::FlowCounters;
@@ -33,6 +34,9 @@ pub(super) struct Side {
     /// None when only one port was reserved (rtcp-mux required).
     pub(super) rtcp_port: Option<u16>,
     pub(super) counters: Arc<EndpointCounters>,
+    /// What the relay publishes about this side besides counts: latched addresses, reported
+    /// loss, and the state a stream carries when it moves between the engine and a worker.
+    pub(super) state: Arc<EndpointState>,
     pub(super) sdp_rtp: Option<SocketAddr>,
     pub(super) sdp_rtcp: Option<SocketAddr>,
     pub(super) direction: Direction,
@@ -241,12 +245,14 @@ impl State {
             None
         };
         let counters = Arc::new(EndpointCounters::default());
+        let state = Arc::new(EndpointState::default());
         let side = Side {
             endpoint,
             local_ip: ip,
             rtp_port,
             rtcp_port: pair.then_some(rtp_port + 1),
             counters: counters.clone(),
+            state: state.clone(),
             sdp_rtp: None,
             sdp_rtcp: None,
             direction: Direction::SendRecv,
@@ -268,6 +274,7 @@ impl State {
             rtcp,
             config: EndpointConfig::default(),
             counters,
+            state,
         };
         Ok((side, cmd))
     }

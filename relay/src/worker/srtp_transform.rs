@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use crate::engine::SrtpKeys;
+use crate::handover::{EndpointState, StreamHandover};
 use crate::rtp::{PacketKind, classify_relay};
 use crate::srtp::{KeyError, SrtpConfig, SrtpContext, SrtpError};
 use crate::stats::EndpointCounters;
@@ -27,8 +28,10 @@ pub struct SrtpTransform {
     /// The receiving leg's counters: authentication failures and replays are counted there too,
     /// so `Query` shows them whichever path the stream is on.
     counters: Option<Arc<EndpointCounters>>,
-    /// The other leg's counters, where the state of what `tx` protects towards it is published.
-    peer: Option<Arc<EndpointCounters>>,
+    /// The sending leg's state, where the state of what `rx` unprotects is published.
+    state: Option<Arc<EndpointState>>,
+    /// The other leg's state, where the state of what `tx` protects towards it is published.
+    peer: Option<Arc<EndpointState>>,
 }
 
 impl std::fmt::Debug for SrtpTransform {
@@ -53,6 +56,7 @@ impl SrtpTransform {
             tx: tx.map(ctx).transpose()?,
             rtcp_port: false,
             counters: None,
+            state: None,
             peer: None,
         })
     }
@@ -69,21 +73,28 @@ impl SrtpTransform {
         self
     }
 
-    /// The other leg's counters: the state of what is protected towards it is published there.
-    pub fn with_peer_counters(mut self, peer: Arc<EndpointCounters>) -> Self {
+    /// The sending leg's state: the state of what is unprotected from it is published there.
+    pub fn with_state(mut self, state: Arc<EndpointState>) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// The other leg's state: the state of what is protected towards it is published there.
+    pub fn with_peer_state(mut self, peer: Arc<EndpointState>) -> Self {
         self.peer = Some(peer);
         self
     }
 
-    /// Continues from the SRTP state the userspace engine (or another worker) published for
-    /// this flow's two directions, so that nothing is sent or accepted twice and the rollover
-    /// counters stay right when the stream moves here.
-    pub fn take_over(mut self) -> Self {
-        take_over_srtp(
+    /// Continues from the state the userspace engine (or another worker) left this flow's two
+    /// directions in, handed over when the stream moves here: `sender`, the leg whose packets
+    /// this flow receives, and `receiver`, the leg they are sent to. Nothing is then sent or
+    /// accepted twice and the rollover counters stay right.
+    pub fn resume(mut self, sender: &StreamHandover, receiver: &StreamHandover) -> Self {
+        resume_srtp(
             self.rx.as_deref_mut(),
             self.tx.as_deref_mut(),
-            self.counters.as_deref(),
-            self.peer.as_deref(),
+            sender,
+            receiver,
         );
         self
     }
@@ -101,7 +112,7 @@ impl SrtpTransform {
     /// Where this flow's SRTP state stands, for whichever path takes the stream over.
     #[inline]
     fn publish(&self) {
-        if let (Some(rx), Some(c)) = (self.rx.as_deref(), &self.counters)
+        if let (Some(rx), Some(c)) = (self.rx.as_deref(), &self.state)
             && let Some(h) = rx.handover()
         {
             c.publish_srtp(false, h);
@@ -137,21 +148,19 @@ pub(crate) fn count_rx_failure(c: Option<&EndpointCounters>, e: SrtpError) -> Tr
     transform_error(e)
 }
 
-/// Continues from the SRTP state published for a flow's two directions: `rx` (what its
-/// sender sends, in the sender's `counters`) and `tx` (what is protected towards the other
-/// leg, in the other leg's `peer` counters).
-pub(crate) fn take_over_srtp(
+/// Continues a flow's two SRTP contexts from handed-over state: `rx` from what its sender
+/// sends, `tx` from what is protected towards the receiving leg.
+pub(crate) fn resume_srtp(
     rx: Option<&mut SrtpContext>,
     tx: Option<&mut SrtpContext>,
-    counters: Option<&EndpointCounters>,
-    peer: Option<&EndpointCounters>,
+    sender: &StreamHandover,
+    receiver: &StreamHandover,
 ) {
-    let margin = crate::stats::SRTCP_INDEX_MARGIN;
-    if let (Some(rx), Some(h)) = (rx, counters.and_then(|c| c.srtp_state(false))) {
-        rx.take_over(h, margin);
+    if let Some(rx) = rx {
+        sender.resume_srtp(rx, false);
     }
-    if let (Some(tx), Some(h)) = (tx, peer.and_then(|c| c.srtp_state(true))) {
-        tx.take_over(h, margin);
+    if let Some(tx) = tx {
+        receiver.resume_srtp(tx, true);
     }
 }
 
@@ -320,16 +329,16 @@ mod tests {
             keys(SrtpProfile::AesCm128HmacSha1_80, 5),
             keys(SrtpProfile::AeadAes128Gcm, 6),
         );
-        let (a_counters, b_counters) = (
-            Arc::new(EndpointCounters::default()),
-            Arc::new(EndpointCounters::default()),
+        let (a_state, b_state) = (
+            Arc::new(EndpointState::default()),
+            Arc::new(EndpointState::default()),
         );
         let mut a_tx = ctx(&ka);
         let mut b_rx = ctx(&kb);
         let mut engine = SrtpTransform::new(Some(&ka), Some(&kb))
             .unwrap()
-            .with_counters(a_counters.clone())
-            .with_peer_counters(b_counters.clone());
+            .with_state(a_state.clone())
+            .with_peer_state(b_state.clone());
         for seq in (65530..=65535).chain(0..3) {
             let out = run(&mut engine, &protect(&mut a_tx, &rtp(seq), false)).unwrap();
             assert_eq!(unprotect(&mut b_rx, &out, false), rtp(seq));
@@ -345,9 +354,9 @@ mod tests {
 
         let mut worker = SrtpTransform::new(Some(&ka), Some(&kb))
             .unwrap()
-            .with_counters(a_counters.clone())
-            .with_peer_counters(b_counters.clone())
-            .take_over();
+            .with_state(a_state.clone())
+            .with_peer_state(b_state.clone())
+            .resume(&a_state.handover(), &b_state.handover());
         let out = run(&mut worker, &next).unwrap();
         assert_eq!(
             unprotect(&mut b_rx, &out, false),
@@ -364,7 +373,7 @@ mod tests {
         let worker_next = worker.tx().unwrap().next_srtcp_index(0x1234_5678);
         assert_eq!(
             worker_next,
-            engine_next + crate::stats::SRTCP_INDEX_MARGIN + 1
+            engine_next + crate::handover::SRTCP_INDEX_MARGIN + 1
         );
     }
 

@@ -8,11 +8,12 @@
 use std::sync::Arc;
 
 use crate::engine::SrtpKeys;
+use crate::handover::{EndpointState, StreamHandover};
 use crate::rtp::{PacketKind, classify_relay};
 use crate::srtp::{KeyError, SrtpConfig, SrtpContext, SrtpError};
 use crate::stats::{EndpointCounters, TranscodePublished};
 use crate::transcode::{DirectionPlan, TranscodeError, Transcoder};
-use crate::worker::srtp_transform::{count_rx_failure, take_over_srtp};
+use crate::worker::srtp_transform::{count_rx_failure, resume_srtp};
 use crate::worker::{StreamTransform, TransformError};
 
 /// Size of the scratch buffer a pushed packet is unprotected in.
@@ -25,9 +26,13 @@ pub struct TranscodeTransform {
     /// What `transcoder` has added to `counters` so far.
     published: TranscodePublished,
     counters: Option<Arc<EndpointCounters>>,
-    /// The receiving leg's counters: the loss it reports (its RTCP, terminated by the flow of
-    /// the other direction) sets this direction's Opus FEC.
-    peer: Option<Arc<EndpointCounters>>,
+    /// The sending leg's state: the SRTP state of what it sends, this direction's next
+    /// sequence number, and the loss it reports are published there.
+    state: Option<Arc<EndpointState>>,
+    /// The receiving leg's state: the loss it reports (its RTCP, terminated by the flow of
+    /// the other direction) sets this direction's Opus FEC; the SRTP state of what is protected
+    /// towards it is published there.
+    peer: Option<Arc<EndpointState>>,
     /// SSRC of the stream the other direction sends to this flow's sender (what its RTCP
     /// reports are about); `None` takes the first report block.
     report_ssrc: Option<u32>,
@@ -61,21 +66,29 @@ impl TranscodeTransform {
             transcoder: Box::new(Transcoder::new(plan, seq_start)?),
             published: TranscodePublished::default(),
             counters: None,
+            state: None,
             peer: None,
             report_ssrc: None,
             scratch: Box::new([0; SCRATCH]),
         })
     }
 
-    /// Continues from the SRTP state published for this flow's two directions (see
-    /// `SrtpTransform::take_over`); call after `with_counters` and `with_feedback`.
-    pub fn take_over(mut self) -> Self {
-        take_over_srtp(
+    /// Continues from the SRTP state handed over for this flow's two directions (see
+    /// `SrtpTransform::resume`); the transcoder starts at `new`'s `seq_start`, which
+    /// [`StreamHandover::transcode_seq_start`] gives.
+    pub fn resume(mut self, sender: &StreamHandover, receiver: &StreamHandover) -> Self {
+        resume_srtp(
             self.rx.as_deref_mut(),
             self.tx.as_deref_mut(),
-            self.counters.as_deref(),
-            self.peer.as_deref(),
+            sender,
+            receiver,
         );
+        self
+    }
+
+    /// The sending leg's state (see the field).
+    pub fn with_state(mut self, state: Arc<EndpointState>) -> Self {
+        self.state = Some(state);
         self
     }
 
@@ -86,9 +99,9 @@ impl TranscodeTransform {
         self
     }
 
-    /// The receiving leg's counters (loss feedback for this direction's encoder), and the SSRC
+    /// The receiving leg's state (loss feedback for this direction's encoder), and the SSRC
     /// the other direction sends with, which this flow's sender reports on.
-    pub fn with_feedback(mut self, peer: Arc<EndpointCounters>, report_ssrc: Option<u32>) -> Self {
+    pub fn with_feedback(mut self, peer: Arc<EndpointState>, report_ssrc: Option<u32>) -> Self {
         self.peer = Some(peer);
         self.report_ssrc = report_ssrc;
         self
@@ -122,9 +135,9 @@ impl TranscodeTransform {
         };
         if let Some(c) = &self.counters {
             c.rtcp_terminated.add(1);
-            if let Some(f) = fraction {
-                c.report_loss(f);
-            }
+        }
+        if let (Some(s), Some(f)) = (&self.state, fraction) {
+            s.report_loss(f);
         }
         Ok(())
     }
@@ -132,6 +145,9 @@ impl TranscodeTransform {
     fn mirror(&mut self) {
         if let Some(c) = &self.counters {
             c.publish_transcoder(&self.transcoder, &mut self.published);
+        }
+        if let Some(s) = &self.state {
+            s.publish_transcode_seq(self.transcoder.next_out_seq());
         }
     }
 }
@@ -159,7 +175,7 @@ impl StreamTransform for TranscodeTransform {
                     Ok(l) => l,
                     Err(e) => return Err(self.rx_failed(e)),
                 };
-                if let (Some(c), Some(h)) = (&self.counters, rx.handover()) {
+                if let (Some(c), Some(h)) = (&self.state, rx.handover()) {
                     c.publish_srtp(false, h);
                 }
                 self.transcoder.push(&self.scratch[..len], now_ns)
@@ -246,24 +262,30 @@ mod tests {
             Arc::new(EndpointCounters::default()),
             Arc::new(EndpointCounters::default()),
         );
+        let (a_state, b_state) = (
+            Arc::new(EndpointState::default()),
+            Arc::new(EndpointState::default()),
+        );
         let mut a_to_b =
             TranscodeTransform::new(&plan(Codec::Pcmu, Codec::Opus, 0xb0b0), 1, None, None)
                 .unwrap()
                 .with_counters(a.clone())
-                .with_feedback(b.clone(), Some(0xa0a0));
+                .with_state(a_state.clone())
+                .with_feedback(b_state.clone(), Some(0xa0a0));
         let mut b_to_a =
             TranscodeTransform::new(&plan(Codec::Opus, Codec::Pcmu, 0xa0a0), 1, None, None)
                 .unwrap()
                 .with_counters(b.clone())
-                .with_feedback(a.clone(), Some(0xb0b0));
+                .with_state(b_state.clone())
+                .with_feedback(a_state.clone(), Some(0xb0b0));
         a_to_b.push(&pcmu(1), 0).unwrap();
         assert_eq!(a_to_b.transcoder().expected_loss(), 0);
 
         // B's RR about another source changes nothing; about sluice's stream, it counts.
         b_to_a.push(&rr(0xbbbb, 0x1234, 128), 0).unwrap();
-        assert_eq!(b.reported_loss_pct(), None);
+        assert_eq!(b_state.reported_loss_pct(), None);
         b_to_a.push(&rr(0xbbbb, 0xb0b0, 26), 0).unwrap();
-        assert_eq!(b.reported_loss_pct(), Some(11));
+        assert_eq!(b_state.reported_loss_pct(), Some(11));
         assert_eq!(b.rtcp_terminated.load(Relaxed), 2);
         let mut out = [0u8; 2048];
         assert!(b_to_a.pull(&mut out).is_none(), "RTCP never leaves");
@@ -312,11 +334,13 @@ mod tests {
             master: vec![3; 30],
         };
         let b = Arc::new(EndpointCounters::default());
+        let b_state = Arc::new(EndpointState::default());
         let mut b_to_a =
             TranscodeTransform::new(&plan(Codec::Opus, Codec::Pcmu, 0xa0a0), 1, Some(&key), None)
                 .unwrap()
                 .with_counters(b.clone())
-                .with_feedback(Arc::new(EndpointCounters::default()), Some(0xb0b0));
+                .with_state(b_state.clone())
+                .with_feedback(Arc::new(EndpointState::default()), Some(0xb0b0));
         let mut sender = SrtpContext::new(key.profile, &key.master, SrtpConfig::default()).unwrap();
         let plain = rr(0xbbbb, 0xb0b0, 64);
         let mut wire = plain.clone();
@@ -327,12 +351,12 @@ mod tests {
         *forged.last_mut().unwrap() ^= 1;
         assert_eq!(b_to_a.push(&forged, 0), Err(TransformError::AuthFailed));
         assert_eq!(
-            b.reported_loss_pct(),
+            b_state.reported_loss_pct(),
             None,
             "a forged report is not believed"
         );
         assert_eq!(b.srtp_auth_failures.load(Relaxed), 1);
         b_to_a.push(&wire, 0).unwrap();
-        assert_eq!(b.reported_loss_pct(), Some(25));
+        assert_eq!(b_state.reported_loss_pct(), Some(25));
     }
 }
