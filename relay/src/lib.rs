@@ -13,6 +13,7 @@ pub mod rtp;
 pub mod rtp_stats;
 pub mod srtp;
 pub mod stats;
+pub mod stream_core;
 pub mod transcode;
 pub mod worker;
 pub mod xdp;

@@ -1,6 +1,7 @@
-//! Transcoding as a worker [`StreamTransform`]: SRTP unprotect (when sluice terminates the
-//! sending leg's SRTP), the [`Transcoder`], and SRTP protect (when it terminates the receiving
-//! leg's): what the userspace engine does for one direction of a transcoded stream.
+//! Transcoding as a worker [`StreamTransform`]: the per-stream core ([`crate::stream_core`],
+//! the same steps the userspace engine runs) for one direction of a transcoded stream: SRTP
+//! unprotect (when sluice terminates the sending leg's SRTP), the [`Transcoder`], and SRTP
+//! protect (when it terminates the receiving leg's).
 //!
 //! RTCP of a transcoded stream is terminated: its reports describe a stream the other leg never
 //! sees (sluice sends its own SSRC there). It is counted in the leg's `rtcp_terminated`.
@@ -9,22 +10,23 @@ use std::sync::Arc;
 
 use crate::engine::SrtpKeys;
 use crate::handover::{EndpointState, StreamHandover};
-use crate::rtp::{PacketKind, classify_relay};
-use crate::srtp::{KeyError, SrtpConfig, SrtpContext, SrtpError};
-use crate::stats::{EndpointCounters, TranscodePublished};
+use crate::srtp::{KeyError, SrtpContext};
+use crate::stats::EndpointCounters;
+use crate::stream_core::{Datagram, Egress, LossReport, StreamCore, Verdict};
 use crate::transcode::{DirectionPlan, TranscodeError, Transcoder};
-use crate::worker::srtp_transform::{count_rx_failure, resume_srtp};
+use crate::worker::srtp_transform::{context, dropped_error, flow_egress, flush, resume_srtp};
 use crate::worker::{StreamTransform, TransformError};
 
 /// Size of the scratch buffer a pushed packet is unprotected in.
 const SCRATCH: usize = 2048;
 
 pub struct TranscodeTransform {
-    rx: Option<Box<SrtpContext>>,
+    /// The per-packet steps; holds the receive context and the transcoder (always one).
+    core: StreamCore,
     tx: Option<Box<SrtpContext>>,
-    transcoder: Box<Transcoder>,
-    /// What `transcoder` has added to `counters` so far.
-    published: TranscodePublished,
+    /// The flow's one destination; which report block of the sender's RTCP is about the
+    /// stream sluice sends it.
+    egress: Egress<()>,
     counters: Option<Arc<EndpointCounters>>,
     /// The sending leg's state: the SRTP state of what it sends, this direction's next
     /// sequence number, and the loss it reports are published there.
@@ -33,9 +35,7 @@ pub struct TranscodeTransform {
     /// the other direction) sets this direction's Opus FEC; the SRTP state of what is protected
     /// towards it is published there.
     peer: Option<Arc<EndpointState>>,
-    /// SSRC of the stream the other direction sends to this flow's sender (what its RTCP
-    /// reports are about); `None` takes the first report block.
-    report_ssrc: Option<u32>,
+    /// Where a pushed packet is unprotected (the frame is the caller's, read-only).
     scratch: Box<[u8; SCRATCH]>,
 }
 
@@ -57,18 +57,19 @@ impl TranscodeTransform {
         rx: Option<&SrtpKeys>,
         tx: Option<&SrtpKeys>,
     ) -> Result<Self, TranscodeSetupError> {
-        let ctx = |k: &SrtpKeys| {
-            SrtpContext::new(k.profile, &k.master, SrtpConfig::default()).map(Box::new)
-        };
+        let mut core = StreamCore::default();
+        core.srtp_rx = rx.map(context).transpose()?;
+        core.transcoder = Some(Box::new(Transcoder::new(plan, seq_start)?));
+        let tx = tx.map(context).transpose()?;
+        let mut egress = flow_egress(tx.is_some());
+        egress.loss_report = LossReport::FirstBlock;
         Ok(Self {
-            rx: rx.map(ctx).transpose()?,
-            tx: tx.map(ctx).transpose()?,
-            transcoder: Box::new(Transcoder::new(plan, seq_start)?),
-            published: TranscodePublished::default(),
+            core,
+            tx,
+            egress,
             counters: None,
             state: None,
             peer: None,
-            report_ssrc: None,
             scratch: Box::new([0; SCRATCH]),
         })
     }
@@ -78,7 +79,7 @@ impl TranscodeTransform {
     /// [`StreamHandover::transcode_seq_start`] gives.
     pub fn resume(mut self, sender: &StreamHandover, receiver: &StreamHandover) -> Self {
         resume_srtp(
-            self.rx.as_deref_mut(),
+            self.core.srtp_rx.as_deref_mut(),
             self.tx.as_deref_mut(),
             sender,
             receiver,
@@ -100,118 +101,112 @@ impl TranscodeTransform {
     }
 
     /// The receiving leg's state (loss feedback for this direction's encoder), and the SSRC
-    /// the other direction sends with, which this flow's sender reports on.
+    /// the other direction sends with, which this flow's sender reports on (`None`: its first
+    /// report block).
     pub fn with_feedback(mut self, peer: Arc<EndpointState>, report_ssrc: Option<u32>) -> Self {
         self.peer = Some(peer);
-        self.report_ssrc = report_ssrc;
+        self.egress.loss_report = report_ssrc.map_or(LossReport::FirstBlock, LossReport::About);
         self
     }
 
     pub fn transcoder(&self) -> &Transcoder {
-        &self.transcoder
+        self.core
+            .transcoder
+            .as_deref()
+            .expect("a TranscodeTransform is built with its transcoder")
     }
 
-    #[cold]
-    fn rx_failed(&self, e: SrtpError) -> TransformError {
-        count_rx_failure(self.counters.as_deref(), e)
-    }
-
-    /// Terminates an RTCP packet from this flow's sender: authenticates it (SRTCP) and keeps
-    /// the loss it reports about the stream sluice sends it.
-    fn terminate_rtcp(&mut self, payload: &[u8]) -> Result<(), TransformError> {
-        let fraction = match self.rx.as_deref_mut() {
-            None => crate::rtp::rtcp_fraction_lost(payload, self.report_ssrc),
-            Some(rx) => {
-                let len = payload.len();
-                if len > SCRATCH {
-                    return Err(TransformError::Malformed);
-                }
-                self.scratch[..len].copy_from_slice(payload);
-                match rx.unprotect_rtcp(&mut self.scratch[..], len) {
-                    Ok(l) => crate::rtp::rtcp_fraction_lost(&self.scratch[..l], self.report_ssrc),
-                    Err(e) => return Err(self.rx_failed(e)),
-                }
-            }
-        };
-        if let Some(c) = &self.counters {
-            c.rtcp_terminated.add(1);
-        }
-        if let (Some(s), Some(f)) = (&self.state, fraction) {
-            s.report_loss(f);
-        }
-        Ok(())
-    }
-
+    /// Publishes the transcoder's figures and next sequence number, the loss the sender
+    /// reported, and the counts of the last packet.
     fn mirror(&mut self) {
-        if let Some(c) = &self.counters {
-            c.publish_transcoder(&self.transcoder, &mut self.published);
+        if let (Some(c), Some(t)) = (&self.counters, self.core.transcoder.as_deref()) {
+            c.publish_transcoder(t, &mut self.core.transcode_published);
         }
         if let Some(s) = &self.state {
-            s.publish_transcode_seq(self.transcoder.next_out_seq());
+            if let Some(t) = self.core.transcoder.as_deref() {
+                s.publish_transcode_seq(t.next_out_seq());
+            }
+            if let Some(f) = self.core.take_reported_loss() {
+                s.report_loss(f);
+            }
         }
+        flush(&mut self.core, self.counters.as_deref());
     }
 }
 
 impl StreamTransform for TranscodeTransform {
     fn push(&mut self, payload: &[u8], now_ns: u64) -> Result<(), TransformError> {
-        match classify_relay(payload) {
-            PacketKind::Rtp => {}
-            PacketKind::Rtcp => return self.terminate_rtcp(payload),
-            PacketKind::Invalid(_) => return Err(TransformError::Malformed),
+        if let (Some(pct), Some(t)) = (
+            self.peer.as_ref().and_then(|p| p.reported_loss_pct()),
+            self.core.transcoder.as_deref_mut(),
+        ) {
+            t.set_expected_loss(pct);
         }
-        if let Some(pct) = self.peer.as_ref().and_then(|p| p.reported_loss_pct()) {
-            self.transcoder.set_expected_loss(pct);
+        let len = payload.len();
+        if len > SCRATCH {
+            return Err(TransformError::Malformed);
         }
-        let r = match self.rx.as_deref_mut() {
-            // SRTP is unprotected in the scratch buffer (the frame has no room to spare for the
-            // caller); plain RTP goes to the transcoder as it is, without a copy.
-            Some(rx) => {
-                let len = payload.len();
-                if len > SCRATCH {
-                    return Err(TransformError::Malformed);
-                }
-                self.scratch[..len].copy_from_slice(payload);
-                let len = match rx.unprotect_rtp(&mut self.scratch[..], len) {
-                    Ok(l) => l,
-                    Err(e) => return Err(self.rx_failed(e)),
-                };
-                if let (Some(c), Some(h)) = (&self.state, rx.handover()) {
-                    c.publish_srtp(false, h);
-                }
-                self.transcoder.push(&self.scratch[..len], now_ns)
-            }
-            None => self.transcoder.push(payload, now_ns),
+        // Unprotected in the scratch buffer: the frame is the caller's.
+        self.scratch[..len].copy_from_slice(payload);
+        let d = Datagram {
+            buf: &mut self.scratch[..],
+            len,
+            src: None,
+            now_ns,
+            rtcp_port: false,
         };
+        let v = self.core.receive(d, Some(&self.egress), None);
+        if let Verdict::Transcoder { .. } = v
+            && let (Some(s), Some(h)) = (
+                &self.state,
+                self.core.srtp_rx.as_ref().and_then(|rx| rx.handover()),
+            )
+        {
+            s.publish_srtp(false, h);
+        }
         self.mirror();
-        r.map_err(|_| TransformError::Malformed)
+        match v {
+            Verdict::Transcoder { accepted: true } => Ok(()),
+            Verdict::Transcoder { accepted: false } => Err(TransformError::Malformed),
+            Verdict::Drop(d) => Err(dropped_error(d)),
+            // The core has a transcoder: nothing is forwarded as received.
+            Verdict::Forward { .. } => Err(TransformError::Other("forwarded untranscoded")),
+        }
     }
 
     fn pull(&mut self, out: &mut [u8]) -> Option<usize> {
         let room = out.len().checked_sub(crate::worker::MAX_GROWTH)?;
         loop {
-            let len = self.transcoder.pull(&mut out[..room])?;
-            let Some(tx) = self.tx.as_deref_mut() else {
-                return Some(len);
-            };
-            match tx.protect_rtp(out, len) {
-                Ok(l) => {
-                    if let (Some(p), Some(h)) = (&self.peer, tx.handover()) {
+            let v = self
+                .core
+                .pull(out, room, Some(&self.egress), self.tx.as_deref_mut())?;
+            match v {
+                Verdict::Forward { len, .. } => {
+                    if let (Some(p), Some(h)) =
+                        (&self.peer, self.tx.as_ref().and_then(|t| t.handover()))
+                    {
                         p.publish_srtp(true, h);
                     }
-                    return Some(l);
+                    return Some(len);
                 }
                 // Never send plain where SRTP is due: skip the packet.
-                Err(e) => tracing::debug!(error = %e, "SRTP protect of transcoded packet failed"),
+                Verdict::Drop(d) => {
+                    self.core.tally = Default::default();
+                    tracing::debug!(reason = ?d, "transcoded packet dropped");
+                }
+                Verdict::Transcoder { .. } => {}
             }
         }
     }
 
     fn poll_timeout(&self) -> Option<u64> {
-        self.transcoder.poll_timeout()
+        self.transcoder().poll_timeout()
     }
 
     fn handle_timeout(&mut self, now_ns: u64) {
-        self.transcoder.handle_timeout(now_ns);
+        if let Some(t) = self.core.transcoder.as_deref_mut() {
+            t.handle_timeout(now_ns);
+        }
         self.mirror();
     }
 }
@@ -219,7 +214,7 @@ impl StreamTransform for TranscodeTransform {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::srtp::SrtpProfile;
+    use crate::srtp::{SrtpConfig, SrtpProfile};
     use crate::transcode::{Codec, OpusParams};
     use std::sync::atomic::Ordering::Relaxed;
 
