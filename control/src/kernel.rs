@@ -11,8 +11,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use sluice_relay::engine::SrtpKeys;
 use sluice_relay::handover::{EndpointState, StreamHandover};
+use sluice_relay::srtp::SrtpKeys;
 use sluice_relay::stats::EndpointCounters;
 use sluice_relay::worker::{
     FlowStats, NextHop, SrtpTransform, TranscodeTransform, Transform, WorkerFlow, WorkerPool,

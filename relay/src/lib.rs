@@ -8,6 +8,7 @@ pub mod codec;
 pub mod engine;
 pub mod handover;
 pub mod latch;
+pub mod mmsg;
 pub mod rtcp_report;
 pub mod rtp;
 pub mod rtp_stats;

@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use crate::engine::SrtpKeys;
 use crate::handover::{EndpointState, StreamHandover};
+use crate::srtp::SrtpKeys;
 use crate::srtp::{KeyError, SrtpConfig, SrtpContext, SrtpError};
 use crate::stats::EndpointCounters;
 use crate::stream_core::{Datagram, Dropped, Egress, LossReport, StreamCore, Verdict};

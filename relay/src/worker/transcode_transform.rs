@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use crate::engine::SrtpKeys;
 use crate::handover::{EndpointState, StreamHandover};
+use crate::srtp::SrtpKeys;
 use crate::srtp::{KeyError, SrtpContext};
 use crate::stats::EndpointCounters;
 use crate::stream_core::{Datagram, Egress, LossReport, StreamCore, Verdict};
