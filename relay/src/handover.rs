@@ -96,12 +96,23 @@ impl EndpointState {
     }
 
     /// Publishes the SRTP state of one direction (`tx`: what sluice protects towards this
-    /// endpoint).
+    /// endpoint). On a worker a stream with separate RTCP ports has two flows, each with its
+    /// own contexts: the RTP flow's knows the RTP index, the RTCP flow's the SRTCP index. So
+    /// for the same SSRC what is published merges: an unknown RTP index keeps the known one,
+    /// and the SRTCP index only grows (RFC 3711 3.4: an index is never sent twice).
     pub fn publish_srtp(&self, tx: bool, h: SrtpHandover) {
         let (ssrc, index, rtcp) = self.srtp_slots(tx);
-        ssrc.store(h.ssrc, Relaxed);
-        rtcp.store(h.srtcp_next_index, Relaxed);
-        index.store(h.rtp_index.map_or(0, |i| i | 1 << 63), Relaxed);
+        let same = self.srtp_published.load(Relaxed) && ssrc.load(Relaxed) == h.ssrc;
+        if same {
+            rtcp.fetch_max(h.srtcp_next_index, Relaxed);
+            if let Some(i) = h.rtp_index {
+                index.store(i | 1 << 63, Relaxed);
+            }
+        } else {
+            ssrc.store(h.ssrc, Relaxed);
+            rtcp.store(h.srtcp_next_index, Relaxed);
+            index.store(h.rtp_index.map_or(0, |i| i | 1 << 63), Relaxed);
+        }
         self.srtp_published.store(true, Relaxed);
     }
 
@@ -177,6 +188,46 @@ impl EndpointState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A worker's RTP flow and RTCP flow (separate ports) publish for the same direction: the
+    /// one's RTP index and the other's SRTCP index both survive, whichever comes last.
+    #[test]
+    fn the_rtp_and_rtcp_flows_of_one_direction_merge_what_they_publish() {
+        let rtp_flow = SrtpHandover {
+            ssrc: 9,
+            rtp_index: Some(2 << 16 | 5),
+            srtcp_next_index: 0,
+        };
+        let rtcp_flow = SrtpHandover {
+            ssrc: 9,
+            rtp_index: None,
+            srtcp_next_index: 40,
+        };
+        for order in [[rtp_flow, rtcp_flow], [rtcp_flow, rtp_flow]] {
+            let s = EndpointState::default();
+            for h in order {
+                s.publish_srtp(true, h);
+            }
+            assert_eq!(
+                s.srtp_state(true),
+                Some(SrtpHandover {
+                    ssrc: 9,
+                    rtp_index: Some(2 << 16 | 5),
+                    srtcp_next_index: 40,
+                })
+            );
+        }
+        // A new SSRC starts over.
+        let s = EndpointState::default();
+        s.publish_srtp(false, rtcp_flow);
+        let other = SrtpHandover {
+            ssrc: 10,
+            rtp_index: Some(7),
+            srtcp_next_index: 1,
+        };
+        s.publish_srtp(false, other);
+        assert_eq!(s.srtp_state(false), Some(other));
+    }
 
     #[test]
     fn nothing_published_is_no_handover_and_the_margins_apply_on_resume() {
