@@ -104,7 +104,10 @@ impl EndpointState {
         let (ssrc, index, rtcp) = self.srtp_slots(tx);
         let same = self.srtp_published.load(Relaxed) && ssrc.load(Relaxed) == h.ssrc;
         if same {
-            rtcp.fetch_max(h.srtcp_next_index, Relaxed);
+            // A locked max only when it grows (once per SRTCP compound, not per packet).
+            if h.srtcp_next_index > rtcp.load(Relaxed) {
+                rtcp.fetch_max(h.srtcp_next_index, Relaxed);
+            }
             if let Some(i) = h.rtp_index {
                 index.store(i | 1 << 63, Relaxed);
             }
