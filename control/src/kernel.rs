@@ -11,7 +11,8 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use sluice_relay::engine::SrtpKeys;
+use sluice_relay::handover::{EndpointState, StreamHandover};
+use sluice_relay::srtp::SrtpKeys;
 use sluice_relay::stats::EndpointCounters;
 use sluice_relay::worker::{
     FlowStats, NextHop, SrtpTransform, TranscodeTransform, Transform, WorkerFlow, WorkerPool,
@@ -102,13 +103,21 @@ pub struct WorkerFlowSpec {
     /// The flow serves a separate RTCP port.
     pub rtcp_port: bool,
     pub fallback: Option<UdpSocket>,
-    /// The receiving leg's counters (SRTP auth failures and replays are counted there).
+    /// The sending leg's counters (SRTP auth failures and replays are counted there).
     pub counters: Option<Arc<EndpointCounters>>,
+    /// The sending leg's state, where the worker publishes what the next owner continues from.
+    pub state: Option<Arc<EndpointState>>,
+    /// Where the sending leg's streams stand when the flow moves to the workers (SRTP of what
+    /// it sends, this direction's transcoder sequence).
+    pub handover: StreamHandover,
     /// Transcoding of the flow's direction (after `rx`, before `tx`). On a separate RTCP port's
     /// flow it marks the stream as transcoded: its reports describe sources sluice replaced.
     pub transcode: Option<sluice_relay::transcode::DirectionPlan>,
-    /// The other leg's counters: the loss it reports sets this direction's Opus FEC.
-    pub peer_counters: Option<Arc<EndpointCounters>>,
+    /// The other leg's state: the loss it reports sets this direction's Opus FEC, and the SRTP
+    /// state of what is protected towards it is published there.
+    pub peer_state: Option<Arc<EndpointState>>,
+    /// Where the other leg's streams stand (SRTP of what is protected towards it).
+    pub peer_handover: StreamHandover,
     /// SSRC of the stream sluice sends to this flow's sender (its RTCP reports on it).
     pub report_ssrc: Option<u32>,
 }
@@ -278,9 +287,8 @@ impl KernelPath for Xdp {
                     Some(plan) => {
                         // Continue the sequence the engine's transcoder sent.
                         let seq = spec
-                            .counters
-                            .as_ref()
-                            .and_then(|c| c.transcode_seq_start())
+                            .handover
+                            .transcode_seq_start()
                             .unwrap_or_else(random_seq);
                         let mut t =
                             TranscodeTransform::new(plan, seq, spec.rx.as_ref(), spec.tx.as_ref())
@@ -288,10 +296,13 @@ impl KernelPath for Xdp {
                         if let Some(c) = &spec.counters {
                             t = t.with_counters(c.clone());
                         }
-                        if let Some(p) = &spec.peer_counters {
+                        if let Some(s) = &spec.state {
+                            t = t.with_state(s.clone());
+                        }
+                        if let Some(p) = &spec.peer_state {
                             t = t.with_feedback(p.clone(), spec.report_ssrc);
                         }
-                        Transform::Stream(Box::new(t.take_over()))
+                        Transform::Stream(Box::new(t.resume(&spec.handover, &spec.peer_handover)))
                     }
                     None => {
                         let mut t = SrtpTransform::new(spec.rx.as_ref(), spec.tx.as_ref())
@@ -300,10 +311,13 @@ impl KernelPath for Xdp {
                         if let Some(c) = &spec.counters {
                             t = t.with_counters(c.clone());
                         }
-                        if let Some(p) = &spec.peer_counters {
-                            t = t.with_peer_counters(p.clone());
+                        if let Some(s) = &spec.state {
+                            t = t.with_state(s.clone());
                         }
-                        Transform::custom(t.take_over())
+                        if let Some(p) = &spec.peer_state {
+                            t = t.with_peer_state(p.clone());
+                        }
+                        Transform::custom(t.resume(&spec.handover, &spec.peer_handover))
                     }
                 };
                 let mut flow = WorkerFlow::new(spec.new_src, spec.new_dst, NextHop::Fib)

@@ -137,10 +137,10 @@ impl SdesKey {
     }
 
     /// The data plane's form of this key.
-    pub fn to_engine(&self) -> sluice_relay::engine::SrtpKeys {
+    pub fn to_engine(&self) -> sluice_relay::srtp::SrtpKeys {
         let mut master = self.key.clone();
         master.extend_from_slice(&self.salt);
-        sluice_relay::engine::SrtpKeys {
+        sluice_relay::srtp::SrtpKeys {
             profile: self.suite,
             master,
         }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -21,12 +21,13 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::clock::now_ns;
-use crate::latch::{DropReason, Latch, LatchConfig, Verdict};
+use crate::handover::EndpointState;
+use crate::latch::LatchConfig;
+use crate::mmsg::{send_runs, sockaddr_to_std, std_to_sockaddr};
 use crate::rtcp_report::RtcpReports;
-use crate::rtp::{PacketKind, RtpPacket, classify_relay};
-use crate::rtp_stats::RtpStats;
-use crate::srtp::{SrtpConfig, SrtpContext, SrtpError, SrtpProfile};
-use crate::stats::{EndpointCounters, bump};
+use crate::srtp::{SrtpConfig, SrtpContext, SrtpKeys};
+use crate::stats::{EndpointCounters, TranscodePublished};
+use crate::stream_core::{self, Datagram, Dropped, LossReport, StreamCore, Verdict};
 use crate::transcode::{DirectionPlan, Transcoder};
 
 /// Identifies one side of one media stream: the relay socket(s) one endpoint sends to.
@@ -68,20 +69,6 @@ impl Default for EndpointConfig {
     }
 }
 
-/// SRTP master key and salt of one direction, as negotiated by SDES (RFC 4568).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SrtpKeys {
-    pub profile: SrtpProfile,
-    /// Master key followed by master salt.
-    pub master: Vec<u8>,
-}
-
-impl std::fmt::Debug for SrtpKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SrtpKeys({:?}, <redacted>)", self.profile)
-    }
-}
-
 /// A signalling event for an endpoint: its SDP addresses, and a new latching window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Signalling {
@@ -100,6 +87,8 @@ pub enum Command {
         rtcp: Option<std::net::UdpSocket>,
         config: EndpointConfig,
         counters: Arc<EndpointCounters>,
+        /// Where the engine publishes latching, handover state and reported loss.
+        state: Arc<EndpointState>,
     },
     Configure {
         id: EndpointId,
@@ -137,6 +126,7 @@ pub enum Command {
         id: EndpointId,
         config: EndpointConfig,
         counters: Arc<EndpointCounters>,
+        state: Arc<EndpointState>,
     },
     Shutdown,
 }
@@ -253,21 +243,17 @@ struct Endpoint {
     cfg: EndpointConfig,
     /// Slot of `cfg.partner`, checked against its id before use (slots are reused).
     partner_slot: Option<usize>,
-    rtp_latch: Latch,
-    rtcp_latch: Latch,
-    stats: RtpStats,
+    /// The per-packet state of what this endpoint sends: SRTP receive context, latching,
+    /// receive statistics, transcoder, counts of the current batch.
+    core: StreamCore,
     counters: Arc<EndpointCounters>,
+    state: Arc<EndpointState>,
     started: bool,
-    srtp_rx: Option<(SrtpKeys, Box<SrtpContext>)>,
-    srtp_tx: Option<(SrtpKeys, Box<SrtpContext>)>,
-    /// Transcoding of what this endpoint sends, on its way to the partner.
-    transcode: Option<Box<Transcoder>>,
-    /// A plan was given but no transcoder could be built: its RTP is dropped, never relayed in
-    /// a codec the other leg did not agree to.
-    transcode_broken: bool,
-    /// SR/RR content of the RTCP accepted in the current batch, with its arrival time, sent
-    /// to the control plane after the batch (capacity fixed at creation: never grows).
-    rtcp_reports: Vec<(u64, RtcpReports)>,
+    /// Keys of `core.srtp_rx`.
+    srtp_rx_keys: Option<SrtpKeys>,
+    /// Protects what is sent to this endpoint (lent to the partner's batches) and its keys.
+    srtp_tx: Option<Box<SrtpContext>>,
+    srtp_tx_keys: Option<SrtpKeys>,
     /// Between [`Command::Pool`] and [`Command::Reuse`]: belongs to no call.
     pooled: bool,
 }
@@ -279,25 +265,31 @@ impl Endpoint {
         rtcp: Option<UdpSocket>,
         config: EndpointConfig,
         counters: Arc<EndpointCounters>,
+        state: Arc<EndpointState>,
         partner_slot: Option<usize>,
     ) -> Self {
-        counters.clock_rate.store(config.clock_rate, Relaxed);
         Endpoint {
             id,
             rtp,
             rtcp,
             cfg: config,
             partner_slot,
-            rtp_latch: Latch::new(config.latch),
-            rtcp_latch: Latch::new(rtcp_latch_config(config.latch)),
-            stats: RtpStats::new(config.clock_rate),
+            core: {
+                let mut core = StreamCore::default();
+                core.latching = Some(stream_core::Latching::new(config.latch));
+                core.observe = Some(stream_core::Observe::new(
+                    config.clock_rate,
+                    RTCP_REPORTS_PER_BATCH,
+                ));
+                core.sends = config.sends;
+                core
+            },
             counters,
+            state,
             started: false,
-            srtp_rx: None,
+            srtp_rx_keys: None,
             srtp_tx: None,
-            transcode: None,
-            transcode_broken: false,
-            rtcp_reports: Vec::with_capacity(RTCP_REPORTS_PER_BATCH),
+            srtp_tx_keys: None,
             pooled: false,
         }
     }
@@ -308,67 +300,78 @@ const RTCP_REPORTS_PER_BATCH: usize = 4;
 
 /// Takes over the SRTP state a worker published for this direction, when it is not the one this
 /// context published itself.
-fn sync_srtp(ctx: &mut SrtpContext, c: &EndpointCounters, tx: bool) {
-    if let Some(p) = c.srtp_state(tx)
+fn sync_srtp(ctx: &mut SrtpContext, s: &EndpointState, tx: bool) {
+    if let Some(p) = s.srtp_state(tx)
         && Some(p) != ctx.handover()
     {
-        ctx.take_over(p, crate::stats::SRTCP_INDEX_MARGIN);
+        ctx.take_over(p, crate::handover::SRTCP_INDEX_MARGIN);
     }
 }
 
 /// A worker sent for this direction since this transcoder last did (the stream was in the
 /// kernel path): its sequence numbers are ahead, and this one must not reuse them.
-fn transcoder_stale(c: &EndpointCounters, t: &Transcoder) -> bool {
-    let published = c.transcode_next_seq.load(Relaxed);
-    published & 1 << 16 != 0 && published as u16 != t.next_out_seq()
+fn transcoder_stale(s: &EndpointState, t: &Transcoder) -> bool {
+    s.transcode_next_seq()
+        .is_some_and(|next| next != t.next_out_seq())
 }
 
 /// Keeps the transcoder (and its codec state) when the plan did not change and nobody else
 /// transcoded this direction since.
 fn set_transcode(ep: &mut Endpoint, plan: Option<DirectionPlan>) {
-    ep.transcode_broken = false;
+    let core = &mut ep.core;
+    core.transcode_broken = false;
     let Some(plan) = plan else {
-        ep.transcode = None;
+        core.transcoder = None;
         return;
     };
-    if let Some(t) = &ep.transcode
+    if let Some(t) = &core.transcoder
         && *t.plan() == plan
-        && !transcoder_stale(&ep.counters, t)
+        && !transcoder_stale(&ep.state, t)
     {
         return;
     }
-    let seq = ep.counters.transcode_seq_start().unwrap_or_else(|| {
-        let mut seq = [0u8; 2];
-        // A random first sequence number (RFC 3550 5.1); a failing RNG only makes it
-        // predictable.
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seq);
-        u16::from_be_bytes(seq)
-    });
+    let seq = ep
+        .state
+        .handover()
+        .transcode_seq_start()
+        .unwrap_or_else(|| {
+            let mut seq = [0u8; 2];
+            // A random first sequence number (RFC 3550 5.1); a failing RNG only makes it
+            // predictable.
+            let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seq);
+            u16::from_be_bytes(seq)
+        });
     match Transcoder::new(&plan, seq) {
         Ok(t) => {
             tracing::info!(id = %ep.id, input = ?plan.input, output = ?plan.output, "transcoding");
-            ep.transcode = Some(Box::new(t));
+            core.transcoder = Some(Box::new(t));
+            core.transcode_published = TranscodePublished::default();
         }
         Err(e) => {
             tracing::error!(id = %ep.id, error = %e, "cannot build the transcoder; dropping this endpoint's RTP");
-            ep.transcode = None;
-            ep.transcode_broken = true;
+            core.transcoder = None;
+            core.transcode_broken = true;
         }
     }
 }
 
 /// Keeps the context when the keys did not change, else builds a new one.
-fn rekey(slot: &mut Option<(SrtpKeys, Box<SrtpContext>)>, keys: Option<SrtpKeys>, id: EndpointId) {
+fn rekey(
+    cur: &mut Option<SrtpKeys>,
+    ctx: &mut Option<Box<SrtpContext>>,
+    keys: Option<SrtpKeys>,
+    id: EndpointId,
+) {
     match keys {
-        None => *slot = None,
-        Some(k) if slot.as_ref().is_some_and(|(cur, _)| *cur == k) => {}
+        None => (*cur, *ctx) = (None, None),
+        Some(k) if cur.as_ref() == Some(&k) && ctx.is_some() => {}
         Some(k) => match SrtpContext::new(k.profile, &k.master, SrtpConfig::default()) {
-            Ok(ctx) => *slot = Some((k, Box::new(ctx))),
+            Ok(c) => (*cur, *ctx) = (Some(k), Some(Box::new(c))),
             Err(e) => {
                 // The session layer validated the key lengths: this is a bug, and this
                 // endpoint's media must not flow unencrypted.
                 tracing::error!(%id, error = %e, "cannot build SRTP context; dropping its media");
-                *slot = None;
+                (*cur, *ctx) = (None, None);
             }
         },
     }
@@ -379,16 +382,10 @@ fn rekey(slot: &mut Option<(SrtpKeys, Box<SrtpContext>)>, keys: Option<SrtpKeys>
 #[derive(Clone, Copy)]
 struct Egress {
     slot: usize,
-    /// Packets to the partner are SRTP-protected (its context is lent to the batch).
-    srtp: bool,
-    rtp_fd: RawFd,
-    rtcp_fd: RawFd,
-    rtp_peer: Option<SocketAddr>,
-    rtcp_peer: Option<SocketAddr>,
-    receives: bool,
-    /// SSRC of the transcoded stream the partner's transcoder sends to this endpoint: what this
-    /// endpoint's RTCP reports on.
-    transcode_ssrc: Option<u32>,
+    /// Where packets to the partner go (the socket they leave from and the partner's latched
+    /// address), whether they are SRTP-protected (its context is lent to the batch), and which
+    /// of this endpoint's RTCP report blocks is about the partner's transcoded stream.
+    core: stream_core::Egress<(RawFd, SocketAddr)>,
 }
 
 struct Engine {
@@ -493,8 +490,9 @@ impl Engine {
                 rtcp,
                 config,
                 counters,
+                state,
             } => {
-                if let Err(e) = self.add(id, rtp, rtcp, config, counters) {
+                if let Err(e) = self.add(id, rtp, rtcp, config, counters, state) {
                     tracing::error!(%id, error = %e, "cannot register relay socket; its media will not flow");
                 }
             }
@@ -513,21 +511,26 @@ impl Engine {
                     .expect("by_id points at a live slot");
                 ep.cfg = config;
                 ep.partner_slot = partner_slot;
-                ep.rtp_latch.set_config(config.latch);
-                ep.rtcp_latch.set_config(rtcp_latch_config(config.latch));
-                ep.stats.set_clock_rate(config.clock_rate);
+                ep.core.sends = config.sends;
+                if let Some(o) = ep.core.observe.as_mut() {
+                    o.stats.set_clock_rate(config.clock_rate);
+                }
                 ep.counters.clock_rate.store(config.clock_rate, Relaxed);
+                let Some(l) = ep.core.latching.as_mut() else {
+                    return;
+                };
+                l.set_config(config.latch);
                 if let Some(sig) = signalling {
                     let now = now_ns();
-                    ep.rtp_latch.signalling(sig.sdp_rtp, now);
-                    ep.rtcp_latch.signalling(sig.sdp_rtcp, now);
-                    ep.rtp_latch.signalling_from(sig.source_ip);
-                    ep.rtcp_latch.signalling_from(sig.source_ip);
+                    l.rtp.signalling(sig.sdp_rtp, now);
+                    l.rtcp.signalling(sig.sdp_rtcp, now);
+                    l.rtp.signalling_from(sig.source_ip);
+                    l.rtcp.signalling_from(sig.source_ip);
                 }
                 // A new SDP address makes the latch forget the old source: the control plane
                 // must not go on seeing (and kernelizing) it.
-                ep.counters.set_latched(false, ep.rtp_latch.latched());
-                ep.counters.set_latched(true, ep.rtcp_latch.latched());
+                ep.state.set_latched(false, l.rtp.latched());
+                ep.state.set_latched(true, l.rtcp.latched());
             }
             Command::SetSrtp { id, rx, tx } => {
                 let Some(&slot) = self.by_id.get(&id) else {
@@ -537,8 +540,8 @@ impl Engine {
                 let ep = self.slots[slot]
                     .as_mut()
                     .expect("by_id points at a live slot");
-                rekey(&mut ep.srtp_rx, rx, id);
-                rekey(&mut ep.srtp_tx, tx, id);
+                rekey(&mut ep.srtp_rx_keys, &mut ep.core.srtp_rx, rx, id);
+                rekey(&mut ep.srtp_tx_keys, &mut ep.srtp_tx, tx, id);
             }
             Command::SetTranscode { id, plan } => {
                 let Some(&slot) = self.by_id.get(&id) else {
@@ -550,7 +553,7 @@ impl Engine {
                     .expect("by_id points at a live slot");
                 set_transcode(ep, plan);
                 self.timers.retain(|&s| s != slot);
-                if ep.transcode.is_some() {
+                if ep.core.transcoder.is_some() {
                     self.timers.push(slot);
                 }
             }
@@ -575,8 +578,9 @@ impl Engine {
                 id,
                 config,
                 counters,
+                state,
             } => {
-                if let Err(e) = self.reuse(pooled, id, config, counters) {
+                if let Err(e) = self.reuse(pooled, id, config, counters, state) {
                     tracing::error!(%id, error = %e, "cannot reuse a pooled endpoint; its media will not flow");
                 }
             }
@@ -591,6 +595,7 @@ impl Engine {
         rtcp: Option<std::net::UdpSocket>,
         config: EndpointConfig,
         counters: Arc<EndpointCounters>,
+        state: Arc<EndpointState>,
     ) -> io::Result<()> {
         if self.by_id.contains_key(&id) {
             return Err(io::Error::other(format!("{id} added twice")));
@@ -621,7 +626,15 @@ impl Engine {
             }
         };
         let partner_slot = config.partner.and_then(|p| self.by_id.get(&p).copied());
-        self.slots[slot] = Some(Endpoint::new(id, rtp, rtcp, config, counters, partner_slot));
+        self.slots[slot] = Some(Endpoint::new(
+            id,
+            rtp,
+            rtcp,
+            config,
+            counters,
+            state,
+            partner_slot,
+        ));
         self.by_id.insert(id, slot);
         Ok(())
     }
@@ -639,9 +652,11 @@ impl Engine {
         ep.pooled = true;
         ep.cfg.partner = None;
         ep.partner_slot = None;
-        ep.srtp_rx = None;
+        ep.core.srtp_rx = None;
+        ep.srtp_rx_keys = None;
         ep.srtp_tx = None;
-        ep.transcode = None;
+        ep.srtp_tx_keys = None;
+        ep.core.transcoder = None;
         self.timers.retain(|&s| s != slot);
     }
 
@@ -652,6 +667,7 @@ impl Engine {
         id: EndpointId,
         config: EndpointConfig,
         counters: Arc<EndpointCounters>,
+        state: Arc<EndpointState>,
     ) -> io::Result<()> {
         if self.by_id.contains_key(&id) {
             return Err(io::Error::other(format!("{id} added twice")));
@@ -663,10 +679,7 @@ impl Engine {
         self.by_id.remove(&pooled);
         let old = self.slots[slot].take().expect("checked above");
         let partner_slot = config.partner.and_then(|p| self.by_id.get(&p).copied());
-        let mut ep = Endpoint::new(id, old.rtp, old.rtcp, config, counters, partner_slot);
-        // Keeps the report buffer rather than allocating another.
-        ep.rtcp_reports = old.rtcp_reports;
-        ep.rtcp_reports.clear();
+        let ep = Endpoint::new(id, old.rtp, old.rtcp, config, counters, state, partner_slot);
         self.slots[slot] = Some(ep);
         self.by_id.insert(id, slot);
         Ok(())
@@ -679,7 +692,7 @@ impl Engine {
             match self.io.recv(fd) {
                 Ok(n) => {
                     if let Some(ep) = self.slots[slot].as_ref() {
-                        bump(&ep.counters.dropped_no_peer, n as u64);
+                        ep.counters.dropped_no_peer.add(n as u64);
                         // The pool hands out only sockets quiet for a while (a stream still
                         // arriving could latch the next call): the last stray's time says.
                         ep.counters.last_packet_ns.store(now_ns(), Relaxed);
@@ -700,22 +713,28 @@ impl Engine {
         }
         let rtp_fd = p.rtp.as_raw_fd();
         let (rtcp_fd, rtcp_peer) = if p.cfg.rtcp_mux {
-            (rtp_fd, p.rtp_latch.peer())
+            (rtp_fd, p.core.rtp_peer())
         } else {
             (
                 p.rtcp.as_ref().map_or(rtp_fd, |s| s.as_raw_fd()),
-                p.rtcp_latch.peer(),
+                p.core.rtcp_peer(),
             )
         };
         Some(Egress {
             slot: ep.partner_slot?,
-            srtp: p.srtp_tx.is_some(),
-            rtp_fd,
-            rtcp_fd,
-            rtp_peer: p.rtp_latch.peer(),
-            rtcp_peer,
-            receives: p.cfg.receives,
-            transcode_ssrc: p.transcode.as_ref().map(|t| t.plan().ssrc),
+            core: stream_core::Egress {
+                rtp: p.core.rtp_peer().map(|a| (rtp_fd, a)),
+                rtcp: rtcp_peer.map(|a| (rtcp_fd, a)),
+                receives: p.cfg.receives,
+                srtp: p.srtp_tx.is_some(),
+                // What this endpoint's RTCP says about the stream the partner's transcoder
+                // sends it.
+                loss_report: p
+                    .core
+                    .transcoder
+                    .as_ref()
+                    .map_or(LossReport::Ignore, |t| LossReport::About(t.plan().ssrc)),
+            },
         })
     }
 
@@ -723,7 +742,14 @@ impl Engine {
     fn next_timer(&self) -> Option<u64> {
         self.timers
             .iter()
-            .filter_map(|&s| self.slots[s].as_ref()?.transcode.as_ref()?.poll_timeout())
+            .filter_map(|&s| {
+                self.slots[s]
+                    .as_ref()?
+                    .core
+                    .transcoder
+                    .as_ref()?
+                    .poll_timeout()
+            })
             .min()
     }
 
@@ -736,7 +762,7 @@ impl Engine {
             let slot = self.timers[i];
             let due = self.slots[slot]
                 .as_ref()
-                .and_then(|ep| ep.transcode.as_ref()?.poll_timeout())
+                .and_then(|ep| ep.core.transcoder.as_ref()?.poll_timeout())
                 .is_some_and(|t| t <= now);
             if due {
                 self.pump_transcoder(slot, Some(now));
@@ -753,18 +779,17 @@ impl Engine {
             };
             let egress = self.egress(ep);
             let mut tx = egress
-                .filter(|e| e.srtp && e.slot != slot)
+                .filter(|e| e.core.srtp && e.slot != slot)
                 .and_then(|e| self.slots[e.slot].as_mut())
                 .and_then(|p| p.srtp_tx.take());
             let ep = self.slots[slot].as_mut().expect("checked above");
-            let Some(t) = ep.transcode.as_deref_mut() else {
+            let Some(t) = ep.core.transcoder.as_deref_mut() else {
                 return;
             };
             if let Some(now) = timeout {
                 t.handle_timeout(now);
             }
-            let (queued, more) =
-                drain_transcoded(&mut self.io, ep, egress, tx.as_mut().map(|(_, c)| &mut **c));
+            let (queued, more) = drain_transcoded(&mut self.io, ep, egress, tx.as_deref_mut());
             if let (Some(e), Some(t)) = (egress, tx.take())
                 && let Some(p) = self.slots[e.slot].as_mut()
             {
@@ -772,9 +797,9 @@ impl Engine {
             }
             let (sent, sent_bytes, failed) = self.io.flush(queued);
             let c = &self.slots[slot].as_ref().expect("checked above").counters;
-            bump(&c.forwarded, sent);
-            bump(&c.forwarded_bytes, sent_bytes);
-            bump(&c.send_errors, failed);
+            c.forwarded.add(sent);
+            c.forwarded_bytes.add(sent_bytes);
+            c.send_errors.add(failed);
             if !more {
                 return;
             }
@@ -814,23 +839,23 @@ impl Engine {
             // The partner's SRTP context is lent to this batch: both endpoints are borrowed
             // mutably, and they are never the same slot.
             let mut tx = egress
-                .filter(|e| e.srtp && e.slot != slot)
+                .filter(|e| e.core.srtp && e.slot != slot)
                 .and_then(|e| self.slots[e.slot].as_mut())
                 .and_then(|p| p.srtp_tx.take());
-            // The partner's counters carry the state of what is protected towards it.
-            let partner_counters = egress
+            // The partner's state carries that of what is protected towards it.
+            let partner_state = egress
                 .filter(|_| tx.is_some())
-                .and_then(|e| Some(self.slots[e.slot].as_ref()?.counters.clone()));
+                .and_then(|e| Some(self.slots[e.slot].as_ref()?.state.clone()));
             let ep = self.slots[slot].as_mut().expect("checked above");
             // A worker may have processed this stream since: continue from its SRTP state.
-            if let Some((_, rx)) = ep.srtp_rx.as_mut() {
-                sync_srtp(rx, &ep.counters, false);
+            if let Some(rx) = ep.core.srtp_rx.as_mut() {
+                sync_srtp(rx, &ep.state, false);
             }
-            if let (Some((_, t)), Some(pc)) = (tx.as_mut(), &partner_counters) {
+            if let (Some(t), Some(pc)) = (tx.as_mut(), &partner_state) {
                 sync_srtp(t, pc, true);
             }
-            if let Some(t) = &ep.transcode
-                && transcoder_stale(&ep.counters, t)
+            if let Some(t) = &ep.core.transcoder
+                && transcoder_stale(&ep.state, t)
             {
                 let plan = t.plan().clone();
                 set_transcode(ep, Some(plan));
@@ -839,7 +864,7 @@ impl Engine {
                 &mut self.io,
                 ep,
                 egress,
-                tx.as_mut().map(|(_, c)| &mut **c),
+                tx.as_deref_mut(),
                 from_rtcp_port,
                 n,
                 now,
@@ -850,22 +875,23 @@ impl Engine {
                     .events
                     .try_send(EngineEvent::MediaStarted { id: ep.id });
             }
-            for (at_ns, reports) in ep.rtcp_reports.drain(..) {
+            let reports = ep.core.observe.as_mut().map(|o| o.reports.drain(..));
+            for (at_ns, reports) in reports.into_iter().flatten() {
                 let _ = self.events.try_send(EngineEvent::Rtcp {
                     id: ep.id,
                     at_ns,
                     reports,
                 });
             }
-            if let Some(h) = ep.srtp_rx.as_ref().and_then(|(_, c)| c.handover()) {
-                ep.counters.publish_srtp(false, h);
+            if let Some(h) = ep.core.srtp_rx.as_ref().and_then(|c| c.handover()) {
+                ep.state.publish_srtp(false, h);
             }
-            if let (Some((_, t)), Some(pc)) = (tx.as_ref(), &partner_counters)
+            if let (Some(t), Some(pc)) = (tx.as_ref(), &partner_state)
                 && let Some(h) = t.handover()
             {
                 pc.publish_srtp(true, h);
             }
-            let loss = ep.counters.reported_loss_pct();
+            let loss = ep.state.reported_loss_pct();
             if let Some(e) = egress
                 && let Some(p) = self.slots[e.slot].as_mut()
             {
@@ -874,17 +900,17 @@ impl Engine {
                 }
                 // What this endpoint reports losing of the stream the partner's transcoder
                 // sends it sets that encoder's FEC.
-                if let (Some(pct), Some(t)) = (loss, p.transcode.as_deref_mut()) {
+                if let (Some(pct), Some(t)) = (loss, p.core.transcoder.as_deref_mut()) {
                     t.set_expected_loss(pct);
                 }
             }
             let (sent, sent_bytes, failed) = self.io.flush(queued);
             let ep = self.slots[slot].as_ref().expect("checked above");
             let c = &ep.counters;
-            bump(&c.forwarded, sent);
-            bump(&c.forwarded_bytes, sent_bytes);
-            bump(&c.send_errors, failed);
-            if ep.transcode.is_some() {
+            c.forwarded.add(sent);
+            c.forwarded_bytes.add(sent_bytes);
+            c.send_errors.add(failed);
+            if ep.core.transcoder.is_some() {
                 self.pump_transcoder(slot, None);
             }
             if n < BATCH {
@@ -894,17 +920,8 @@ impl Engine {
     }
 }
 
-/// RTCP comes every few seconds: waiting for several packets would outlast the latching window.
-fn rtcp_latch_config(rtp: LatchConfig) -> LatchConfig {
-    LatchConfig {
-        confirm_packets: 1,
-        ..rtp
-    }
-}
-
-/// Runs the per-packet decisions over a received batch and queues what is to be forwarded.
+/// Runs the per-stream core over a received batch and queues what is to be forwarded.
 /// Returns the number of packets queued for sending.
-#[allow(clippy::too_many_arguments)]
 fn process_batch(
     io: &mut BatchIo,
     ep: &mut Endpoint,
@@ -914,182 +931,61 @@ fn process_batch(
     n: usize,
     now: u64,
 ) -> usize {
-    let c = &*ep.counters;
+    let eg = egress.map(|e| e.core);
+    let core = &mut ep.core;
     let mut queued = 0;
-    let (mut packets, mut bytes, mut rtcp_packets, mut rtcp_bytes) = (0u64, 0u64, 0u64, 0u64);
     for i in 0..n {
-        let wire_len = io.rx_len(i);
-        let mut len = wire_len;
-        let Some(src) = io.rx_src(i) else {
-            bump(&c.dropped_malformed, 1);
+        let len = io.rx_len(i);
+        let src = io.rx_src(i);
+        if src.is_none() || io.rx_truncated(i) {
+            core.tally.count_drop(Dropped::Malformed);
             continue;
+        }
+        let d = Datagram {
+            buf: &mut io.bufs[i],
+            len,
+            src,
+            now_ns: now,
+            rtcp_port: from_rtcp_port,
         };
-        if io.rx_truncated(i) {
-            bump(&c.dropped_malformed, 1);
-            continue;
+        match core.receive(d, eg.as_ref(), srtp_tx.as_deref_mut()) {
+            Verdict::Forward {
+                len,
+                to: (fd, dest),
+                ..
+            } => {
+                io.queue(queued, i, len, fd, dest);
+                queued += 1;
+            }
+            // Transcoder input: its output leaves from spare buffers (`Engine::pump_transcoder`).
+            Verdict::Transcoder { .. } => {}
+            Verdict::Drop(Dropped::Protect(e)) => {
+                tracing::debug!(error = %e, "SRTP protect failed");
+            }
+            Verdict::Drop(_) => {}
         }
-        let kind = if from_rtcp_port {
-            // RFC 3605 ports carry RTCP only, but validate it like a muxed one.
-            match classify_relay(&io.bufs[i][..len]) {
-                PacketKind::Rtcp => PacketKind::Rtcp,
-                PacketKind::Rtp => PacketKind::Invalid("RTP on the RTCP port"),
-                k => k,
-            }
-        } else {
-            classify_relay(&io.bufs[i][..len])
-        };
-        let is_rtcp = matches!(kind, PacketKind::Rtcp);
-        // SRTP is checked before latching: only authenticated packets may move a latch
-        // (DESIGN security defaults).
-        if !matches!(kind, PacketKind::Invalid(_))
-            && let Some((_, rx)) = ep.srtp_rx.as_mut()
-        {
-            let r = if is_rtcp {
-                rx.unprotect_rtcp(&mut io.bufs[i], len)
-            } else {
-                rx.unprotect_rtp(&mut io.bufs[i], len)
-            };
-            match r {
-                Ok(l) => len = l,
-                Err(e) => {
-                    count_srtp_error(c, e);
-                    continue;
-                }
-            }
-        }
-        let buf = &io.bufs[i][..len];
-        let verdict = match kind {
-            PacketKind::Invalid(_) => {
-                bump(&c.dropped_malformed, 1);
-                continue;
-            }
-            // RTCP has no sequence number to confirm a source with, so it never moves the RTP
-            // latch. On its own port it latches at once, but (strict) only from the host the
-            // RTP comes from.
-            PacketKind::Rtcp if from_rtcp_port => {
-                let rtp_host = ep.rtp_latch.peer().map(|a| a.ip());
-                if ep.cfg.latch.strict_source && rtp_host.is_some_and(|ip| ip != src.ip()) {
-                    Verdict::Drop(DropReason::WrongSource)
-                } else {
-                    ep.rtcp_latch.on_packet(src, None, now)
-                }
-            }
-            // Muxed RTCP comes from the RTP source or is not accepted (strict).
-            PacketKind::Rtcp => {
-                if ep.rtp_latch.peer() == Some(src) || !ep.cfg.latch.strict_source {
-                    Verdict::Accept
-                } else {
-                    Verdict::Drop(DropReason::Unconfirmed)
-                }
-            }
-            PacketKind::Rtp => {
-                let rtp = RtpPacket::new_unchecked(buf);
-                ep.rtp_latch.on_packet(src, Some(rtp.sequence()), now)
-            }
-        };
-        match verdict {
-            Verdict::Accept => {}
-            Verdict::Latched(addr) => {
-                let rtcp = from_rtcp_port;
-                c.set_latched(rtcp, Some(addr));
-                tracing::info!(id = %ep.id, %addr, rtcp, "latched");
-            }
-            Verdict::Drop(DropReason::WrongSource) => {
-                bump(&c.dropped_wrong_source, 1);
-                continue;
-            }
-            Verdict::Drop(DropReason::Unconfirmed) => {
-                bump(&c.dropped_unconfirmed, 1);
-                continue;
-            }
-        }
-        packets += 1;
-        bytes += wire_len as u64;
-        if is_rtcp {
-            rtcp_packets += 1;
-            rtcp_bytes += wire_len as u64;
-            if ep.rtcp_reports.len() < RTCP_REPORTS_PER_BATCH
-                && let Some(r) = crate::rtcp_report::parse(&io.bufs[i][..len])
-            {
-                ep.rtcp_reports.push((now, r));
-            }
-        } else {
-            let rtp = RtpPacket::new_unchecked(buf);
-            ep.stats
-                .on_rtp(rtp.ssrc(), rtp.sequence(), rtp.timestamp(), now);
-        }
-        let Some(eg) = egress else {
-            bump(&c.dropped_no_peer, 1);
-            continue;
-        };
-        // RFC 3264 6.1: a sendonly/inactive stream is not sent, a recvonly/inactive one is not
-        // sent to. RTCP keeps flowing on hold (RFC 3264 5.1), so it is exempt.
-        if !is_rtcp && (!ep.cfg.sends || !eg.receives) {
-            bump(&c.dropped_direction, 1);
-            continue;
-        }
-        if ep.transcode_broken {
-            bump(&c.send_errors, 1);
-            continue;
-        }
-        if let Some(t) = ep.transcode.as_deref_mut() {
-            if is_rtcp {
-                bump(&c.rtcp_terminated, 1);
-                if let Some(ssrc) = eg.transcode_ssrc
-                    && let Some(f) = crate::rtp::rtcp_fraction_lost(&io.bufs[i][..len], Some(ssrc))
-                {
-                    c.report_loss(f);
-                }
-            } else {
-                // Refusals are counted in the transcoder's stats, mirrored per batch.
-                let _ = t.push(&io.bufs[i][..len], now);
-            }
-            // Its output leaves from spare buffers (`Engine::pump_transcoder`).
-            continue;
-        }
-        let (fd, dest) = if is_rtcp {
-            (eg.rtcp_fd, eg.rtcp_peer)
-        } else {
-            (eg.rtp_fd, eg.rtp_peer)
-        };
-        let Some(dest) = dest else {
-            bump(&c.dropped_no_peer, 1);
-            continue;
-        };
-        if eg.srtp {
-            let Some(tx) = srtp_tx.as_deref_mut() else {
-                // Never send plain where SRTP is due.
-                bump(&c.send_errors, 1);
-                continue;
-            };
-            let r = if is_rtcp {
-                tx.protect_rtcp(&mut io.bufs[i], len)
-            } else {
-                tx.protect_rtp(&mut io.bufs[i], len)
-            };
-            match r {
-                Ok(l) => len = l,
-                Err(e) => {
-                    tracing::debug!(error = %e, "SRTP protect failed");
-                    bump(&c.send_errors, 1);
-                    continue;
-                }
-            }
-        }
-        io.queue(queued, i, len, fd, dest);
-        queued += 1;
     }
-    if packets > 0 {
-        bump(&c.packets, packets);
-        bump(&c.bytes, bytes);
-        bump(&c.rtcp_packets, rtcp_packets);
-        bump(&c.rtcp_bytes, rtcp_bytes);
-        c.last_packet_ns.store(now, Relaxed);
-        if let Some(ssrc) = ep.stats.ssrc() {
-            c.ssrc.store(ssrc, Relaxed);
+    for rtcp in [false, true] {
+        if let Some(addr) = core.take_latched(rtcp) {
+            ep.state.set_latched(rtcp, Some(addr));
+            tracing::info!(id = %ep.id, %addr, rtcp, "latched");
         }
-        c.rtp_lost.store(ep.stats.lost(), Relaxed);
-        c.jitter_ts.store(ep.stats.jitter_ts(), Relaxed);
+    }
+    if let Some(f) = core.take_reported_loss() {
+        ep.state.report_loss(f);
+    }
+    let c = &*ep.counters;
+    let accepted = core.tally.packets > 0;
+    core.tally.flush_into(c);
+    if accepted {
+        c.last_packet_ns.store(now, Relaxed);
+        if let Some(stats) = core.observe.as_ref().map(|o| &o.stats) {
+            if let Some(ssrc) = stats.ssrc() {
+                c.ssrc.store(ssrc, Relaxed);
+            }
+            c.rtp_lost.store(stats.lost(), Relaxed);
+            c.jitter_ts.store(stats.jitter_ts(), Relaxed);
+        }
     }
     queued
 }
@@ -1103,58 +999,42 @@ fn drain_transcoded(
     egress: Option<Egress>,
     mut srtp_tx: Option<&mut SrtpContext>,
 ) -> (usize, bool) {
-    let c = &*ep.counters;
-    let Some(t) = ep.transcode.as_deref_mut() else {
+    let eg = egress.map(|e| e.core);
+    let core = &mut ep.core;
+    if core.transcoder.is_none() {
         return (0, false);
-    };
+    }
     let mut queued = 0;
     let mut more = true;
     while queued < SPARE {
         let b = BATCH + queued;
-        let Some(mut len) = t.pull(&mut io.bufs[b][..BUF_LEN - SRTP_TAILROOM]) else {
-            more = false;
-            break;
-        };
-        // Hold or a vanished peer may have come between the packet's arrival and now.
-        let Some(eg) = egress else {
-            bump(&c.dropped_no_peer, 1);
-            continue;
-        };
-        if !ep.cfg.sends || !eg.receives {
-            bump(&c.dropped_direction, 1);
-            continue;
-        }
-        let Some(dest) = eg.rtp_peer else {
-            bump(&c.dropped_no_peer, 1);
-            continue;
-        };
-        if eg.srtp {
-            let Some(tx) = srtp_tx.as_deref_mut() else {
-                bump(&c.send_errors, 1);
-                continue;
-            };
-            match tx.protect_rtp(&mut io.bufs[b], len) {
-                Ok(l) => len = l,
-                Err(e) => {
-                    tracing::debug!(error = %e, "SRTP protect failed");
-                    bump(&c.send_errors, 1);
-                    continue;
-                }
+        let room = BUF_LEN - SRTP_TAILROOM;
+        match core.pull(&mut io.bufs[b], room, eg.as_ref(), srtp_tx.as_deref_mut()) {
+            None => {
+                more = false;
+                break;
             }
+            Some(Verdict::Forward {
+                len,
+                to: (fd, dest),
+                ..
+            }) => {
+                io.queue(queued, b, len, fd, dest);
+                queued += 1;
+            }
+            Some(Verdict::Drop(Dropped::Protect(e))) => {
+                tracing::debug!(error = %e, "SRTP protect failed");
+            }
+            Some(_) => {}
         }
-        io.queue(queued, b, len, eg.rtp_fd, dest);
-        queued += 1;
     }
-    c.publish_transcoder(t);
+    core.tally.flush_into(&ep.counters);
+    if let Some(t) = core.transcoder.as_deref() {
+        ep.counters
+            .publish_transcoder(t, &mut core.transcode_published);
+        ep.state.publish_transcode_seq(t.next_out_seq());
+    }
     (queued, more)
-}
-
-fn count_srtp_error(c: &EndpointCounters, e: SrtpError) {
-    match e {
-        SrtpError::AuthFailed { .. } => bump(&c.srtp_auth_failures, 1),
-        SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => bump(&c.srtp_replayed, 1),
-        _ => bump(&c.dropped_malformed, 1),
-    }
 }
 
 /// Preallocated `recvmmsg`/`sendmmsg` state. Boxed once so the raw pointers inside the message
@@ -1256,104 +1136,10 @@ impl BatchIo {
     }
 }
 
-/// Sends prepared messages with one `sendmmsg` per run of consecutive equal sockets in `fds`,
-/// never blocking: a message the kernel refuses (full buffer, unreachable, wrong family) is
-/// skipped and counted. `sent(k)` is called for every message `k` that went out. Returns
-/// (sent, failed).
-pub(crate) fn send_runs(
-    hdrs: &mut [libc::mmsghdr],
-    fds: &[RawFd],
-    mut sent: impl FnMut(usize),
-) -> (u64, u64) {
-    let n = hdrs.len().min(fds.len());
-    let (mut ok, mut failed) = (0u64, 0u64);
-    let mut start = 0;
-    while start < n {
-        let fd = fds[start];
-        let mut end = start + 1;
-        while end < n && fds[end] == fd {
-            end += 1;
-        }
-        let mut at = start;
-        while at < end {
-            // SAFETY: the headers at..end were prepared by the caller and point at buffers and
-            // addresses it keeps alive for the call.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    hdrs[at..].as_mut_ptr(),
-                    (end - at) as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if r <= 0 {
-                if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                failed += 1;
-                at += 1;
-                continue;
-            }
-            let r = r as usize;
-            (at..at + r).for_each(&mut sent);
-            ok += r as u64;
-            at += r;
-        }
-        start = end;
-    }
-    (ok, failed)
-}
-
-fn sockaddr_to_std(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    match ss.ss_family as libc::c_int {
-        libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the family says sockaddr_storage holds a sockaddr_in.
-            let a = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                u32::from_be(a.sin_addr.s_addr).into(),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: the family says sockaddr_storage holds a sockaddr_in6.
-            let a = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                a.sin6_addr.s6_addr.into(),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
-
-fn std_to_sockaddr(addr: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::socklen_t {
-    match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
-            let out = unsafe { &mut *(ss as *mut _ as *mut libc::sockaddr_in) };
-            out.sin_family = libc::AF_INET as libc::sa_family_t;
-            out.sin_port = a.port().to_be();
-            out.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-            size_of::<libc::sockaddr_in>() as libc::socklen_t
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in6.
-            let out = unsafe { &mut *(ss as *mut _ as *mut libc::sockaddr_in6) };
-            out.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            out.sin6_port = a.port().to_be();
-            out.sin6_addr.s6_addr = a.ip().octets();
-            out.sin6_flowinfo = a.flowinfo();
-            out.sin6_scope_id = a.scope_id();
-            size_of::<libc::sockaddr_in6>() as libc::socklen_t
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::srtp::SrtpProfile;
 
     /// The userspace path relaying plain RTP into SRTP, through real sockets: once warm, the
     /// engine thread allocates nothing per packet. (The only test in this binary that starts
@@ -1377,6 +1163,7 @@ mod tests {
                         ..Default::default()
                     },
                     counters: Arc::default(),
+                    state: Arc::default(),
                 })
                 .unwrap();
         }
@@ -1445,7 +1232,7 @@ mod tests {
             ssrc: 7,
         };
         let t = Transcoder::new(&plan, 100).unwrap();
-        let c = EndpointCounters::default();
+        let c = EndpointState::default();
         assert!(!transcoder_stale(&c, &t), "nobody published yet");
         c.publish_transcode_seq(100);
         assert!(!transcoder_stale(&c, &t), "this transcoder published it");
@@ -1453,8 +1240,8 @@ mod tests {
         c.publish_transcode_seq(140);
         assert!(transcoder_stale(&c, &t));
         // The replacement continues past the worker's sequence numbers.
-        let start = c.transcode_seq_start().unwrap();
-        assert_eq!(start, 140 + crate::stats::TRANSCODE_SEQ_MARGIN);
+        let start = c.handover().transcode_seq_start().unwrap();
+        assert_eq!(start, 140 + crate::handover::TRANSCODE_SEQ_MARGIN);
         let fresh = Transcoder::new(&plan, start).unwrap();
         assert_eq!(fresh.next_out_seq(), 156);
     }
@@ -1472,7 +1259,7 @@ mod tests {
             p.resize(172 + 64, 0);
             p
         };
-        let counters = EndpointCounters::default();
+        let counters = EndpointState::default();
         // The worker saw the stream wrap (ROC 1) and published where it stands.
         for seq in (65534..=65535).chain(0..2) {
             let mut p = rtp(seq);
@@ -1495,21 +1282,57 @@ mod tests {
         assert_eq!(engine.handover(), before);
     }
 
+    /// While a stream moves between the engine and a worker, both count SRTP failures of the
+    /// same leg (the old owner drains what its socket still holds, the new one gets the rest):
+    /// no increment may be lost. Two threads hammer the same counters, one the way the engine
+    /// counts (a batch's tally flushed at its end) and one the way a worker does (flushed per
+    /// packet), and every failure must be there.
     #[test]
-    fn sockaddr_round_trips_v4_and_v6() {
-        for s in ["127.0.0.1:30000", "[::1]:40002", "[fe80::1%2]:5004"] {
-            let a: SocketAddr = s.parse().unwrap();
-            // SAFETY: all-zero is a valid sockaddr_storage.
-            let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-            let len = std_to_sockaddr(a, &mut ss);
-            assert_eq!(sockaddr_to_std(&ss, len), Some(a), "{s}");
+    fn srtp_failures_counted_by_the_engine_and_a_worker_at_once_are_all_kept() {
+        use crate::srtp::SrtpError;
+        const N: u64 = 4_000_000;
+        let c = Arc::new(EndpointCounters::default());
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let worker = {
+            let (c, start) = (c.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mut core = StreamCore::default();
+                start.wait();
+                for i in 0..N {
+                    let e = if i % 2 == 0 {
+                        SrtpError::AuthFailed { ssrc: 1 }
+                    } else {
+                        SrtpError::Replayed { ssrc: 1, index: i }
+                    };
+                    core.tally.count_drop(Dropped::Unprotect(e));
+                    crate::worker::srtp_transform::flush(&mut core, Some(&c));
+                }
+            })
+        };
+        let mut core = StreamCore::default();
+        start.wait();
+        for i in 0..N {
+            let e = if i % 2 == 0 {
+                SrtpError::AuthFailed { ssrc: 1 }
+            } else {
+                SrtpError::TooOld { ssrc: 1, index: i }
+            };
+            core.tally.count_drop(Dropped::Unprotect(e));
+            if i % BATCH as u64 == BATCH as u64 - 1 {
+                core.tally.flush_into(&c);
+            }
         }
-    }
-
-    #[test]
-    fn unknown_family_is_not_an_address() {
-        // SAFETY: all-zero is a valid sockaddr_storage.
-        let ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        assert_eq!(sockaddr_to_std(&ss, 128), None);
+        core.tally.flush_into(&c);
+        worker.join().unwrap();
+        let auth = c.srtp_auth_failures.load(Relaxed);
+        let replayed = c.srtp_replayed.load(Relaxed);
+        assert_eq!(
+            (auth, replayed),
+            (N, N),
+            "lost {} authentication failures and {} replays of {} each",
+            N - auth,
+            N - replayed,
+            N
+        );
     }
 }

@@ -37,12 +37,14 @@ fn pair(
                 rtcp: None,
                 config: EndpointConfig::default(),
                 counters: counters[k].clone(),
+                state: Arc::default(),
             },
             None => Command::Reuse {
                 pooled: EndpointId(pooled[k]),
                 id: EndpointId(ids[k]),
                 config: EndpointConfig::default(),
                 counters: counters[k].clone(),
+                state: Arc::default(),
             },
         };
         engine.send(cmd).unwrap();

@@ -15,7 +15,7 @@ use sluice_control::proto;
 use sluice_control::proto::control_client::ControlClient;
 use sluice_relay::codec::g711::{ulaw_decode, ulaw_encode};
 use sluice_relay::codec::{OpusDecoder, OpusEncoder};
-use sluice_relay::stats::TRANSCODE_SEQ_MARGIN;
+use sluice_relay::handover::TRANSCODE_SEQ_MARGIN;
 use sluice_relay::transcode::OpusParams;
 use sluice_tests::netns::{self, Topology};
 use sluice_tests::*;

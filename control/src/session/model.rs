@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use sluice_relay::engine::{Command, EndpointConfig, EndpointId};
+use sluice_relay::handover::EndpointState;
 use sluice_relay::latch::LatchConfig;
 use sluice_relay::stats::EndpointCounters;
 use sluice_relay::xdp::FlowCounters;
@@ -34,6 +35,9 @@ pub(super) struct Side {
     /// None when only one port was reserved (rtcp-mux required).
     pub(super) rtcp_port: Option<u16>,
     pub(super) counters: Arc<EndpointCounters>,
+    /// What the relay publishes about this side besides counts: latched addresses, reported
+    /// loss, and the state a stream carries when it moves between the engine and a worker.
+    pub(super) state: Arc<EndpointState>,
     pub(super) sdp_rtp: Option<SocketAddr>,
     pub(super) sdp_rtcp: Option<SocketAddr>,
     pub(super) direction: Direction,
@@ -78,6 +82,7 @@ impl Side {
             rtp_port,
             rtcp_port: pair.then_some(rtp_port + 1),
             counters,
+            state: Arc::default(),
             sdp_rtp: None,
             sdp_rtcp: None,
             direction: Direction::SendRecv,
@@ -311,12 +316,14 @@ impl State {
             None
         };
         let side = Side::new(endpoint, ip, rtp_port, pair, counters.clone(), sockets);
+        let state = side.state.clone();
         let cmd = Command::Add {
             id: endpoint,
             rtp,
             rtcp,
             config: EndpointConfig::default(),
             counters,
+            state,
         };
         Ok((side, cmd))
     }
@@ -341,6 +348,7 @@ impl State {
             id: endpoint,
             config: EndpointConfig::default(),
             counters,
+            state: side.state.clone(),
         };
         (side.reusing(p), cmd)
     }

@@ -42,8 +42,8 @@ impl State {
                     continue;
                 }
                 let (Some(l0), Some(l1)) = (
-                    s.sides[0].counters.latched_rtp(),
-                    s.sides[1].counters.latched_rtp(),
+                    s.sides[0].state.latched_rtp(),
+                    s.sides[1].state.latched_rtp(),
                 ) else {
                     s.settle = None;
                     continue;
@@ -144,8 +144,7 @@ fn install_stream(
         // Separate RTCP ports: kernelize RTCP too once both of its sources latched.
         if !me.rtcp_mux
             && let (Some(my_port), Some(other_port)) = (me.rtcp_port, other.rtcp_port)
-            && let (Some(from), Some(to)) =
-                (me.counters.latched_rtcp(), other.counters.latched_rtcp())
+            && let (Some(from), Some(to)) = (me.state.latched_rtcp(), other.state.latched_rtcp())
         {
             let local = SocketAddr::new(me.local_ip, my_port);
             let new_src = SocketAddr::new(other.local_ip, other_port);
@@ -261,8 +260,12 @@ fn worker_spec(
         rtcp_port,
         fallback: Some(fallback),
         counters: Some(me.counters.clone()),
+        state: Some(me.state.clone()),
+        // Where the engine left the two legs: the worker continues from there.
+        handover: me.state.handover(),
         transcode: s.transcode.as_ref().map(|t| t.plans[k].clone()),
-        peer_counters: Some(other.counters.clone()),
+        peer_state: Some(other.state.clone()),
+        peer_handover: other.state.handover(),
         report_ssrc: s.transcode.as_ref().map(|t| t.plans[1 - k].ssrc),
     })
 }

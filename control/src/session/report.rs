@@ -287,7 +287,7 @@ fn stream_report(
         local_rtp: SocketAddr::new(side.local_ip, side.rtp_port),
         local_rtcp: SocketAddr::new(side.local_ip, rtcp_port),
         sdp_peer: side.sdp_rtp,
-        latched_peer: c.latched_rtp(),
+        latched_peer: side.state.latched_rtp(),
         direction: side.direction,
         rtcp_mux: side.rtcp_mux,
         strict_source: side.latch.strict_source,
@@ -329,7 +329,7 @@ fn stream_report(
         transcode_dtmf: c.transcode_dtmf.load(Relaxed),
         transcode_dropped: c.transcode_dropped.load(Relaxed),
         opus_fec_loss_pct: c.transcode_fec_loss_pct.load(Relaxed),
-        reported_loss_pct: c.reported_loss_pct(),
+        reported_loss_pct: side.state.reported_loss_pct(),
         quality: side
             .quality
             .received

@@ -1,10 +1,12 @@
-//! Ethernet / IPv4 / IPv6 / UDP on a frame in place: parse to offsets (no copies), the flow key
-//! of the destination, and the relay rewrite (addresses, ports, lengths, TTL, full checksums).
+//! Ethernet / IPv4 / IPv6 / UDP on a frame in place: views with named field ranges (the
+//! smoltcp pattern `relay/src/rtp.rs` follows), parsing to offsets (no copies), the flow key of
+//! the destination, and the relay rewrite (addresses, ports, lengths, TTL, full checksums).
 //!
 //! What the XDP program hands to workers is already sane (it passes fragments, IP options,
 //! inconsistent lengths, zero IPv6 UDP checksums and TTL <= 1 to the kernel stack), but the
 //! worker checks again rather than trust its input: a bad frame is dropped and counted, never a
-//! panic.
+//! panic. Views are made by checked constructors, after which every field lies inside the
+//! buffer (or, inside this module, over a frame [`parse`] accepted).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -15,7 +17,54 @@ const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_UDP: u8 = 17;
 const UDP_LEN: usize = 8;
+const IPV4_MIN_LEN: usize = 20;
 const IPV6_LEN: usize = 40;
+
+/// Where each header field lives, relative to the start of its header.
+mod field {
+    pub type Field = std::ops::Range<usize>;
+
+    /// IEEE 802.3 (no VLAN tag: a tagged frame is not relayed).
+    pub mod eth {
+        use super::Field;
+        pub const DST: Field = 0..6;
+        pub const SRC: Field = 6..12;
+        pub const ETHERTYPE: Field = 12..14;
+    }
+
+    /// RFC 791 3.1.
+    pub mod ipv4 {
+        use super::Field;
+        pub const VER_IHL: usize = 0;
+        pub const TOTAL_LEN: Field = 2..4;
+        pub const FLAGS_FRAG: Field = 6..8;
+        pub const TTL: usize = 8;
+        pub const PROTOCOL: usize = 9;
+        pub const CHECKSUM: Field = 10..12;
+        pub const SRC: Field = 12..16;
+        pub const DST: Field = 16..20;
+    }
+
+    /// RFC 8200 3.
+    pub mod ipv6 {
+        use super::Field;
+        pub const VER: usize = 0;
+        pub const PAYLOAD_LEN: Field = 4..6;
+        pub const NEXT_HEADER: usize = 6;
+        pub const HOP_LIMIT: usize = 7;
+        pub const SRC: Field = 8..24;
+        pub const DST: Field = 24..40;
+    }
+
+    /// RFC 768.
+    pub mod udp {
+        use super::Field;
+        pub const SRC_PORT: Field = 0..2;
+        pub const DST_PORT: Field = 2..4;
+        pub const LENGTH: Field = 4..6;
+        pub const CHECKSUM: Field = 6..8;
+    }
+}
 
 /// Why a frame was not relayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +73,205 @@ pub(crate) enum Bad {
     Malformed,
     /// TTL / hop limit would reach 0.
     Ttl,
+}
+
+#[inline]
+fn be16(b: &[u8], f: field::Field) -> u16 {
+    u16::from_be_bytes([b[f.start], b[f.start + 1]])
+}
+
+/// An Ethernet frame.
+pub(crate) struct EthernetFrame<T: AsRef<[u8]>>(T);
+
+impl<T: AsRef<[u8]>> EthernetFrame<T> {
+    pub(crate) fn new_checked(buf: T) -> Result<Self, Bad> {
+        if buf.as_ref().len() < ETH_LEN {
+            return Err(Bad::Malformed);
+        }
+        Ok(Self(buf))
+    }
+    pub(crate) fn ethertype(&self) -> u16 {
+        be16(self.0.as_ref(), field::eth::ETHERTYPE)
+    }
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.0.as_ref()[ETH_LEN..]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
+    pub(crate) fn set_macs(&mut self, src: &[u8; 6], dst: &[u8; 6]) {
+        let b = self.0.as_mut();
+        b[field::eth::DST].copy_from_slice(dst);
+        b[field::eth::SRC].copy_from_slice(src);
+    }
+    pub(crate) fn swap_macs(&mut self) {
+        let b = self.0.as_mut();
+        let mut dst = [0u8; 6];
+        dst.copy_from_slice(&b[field::eth::DST]);
+        b.copy_within(field::eth::SRC, field::eth::DST.start);
+        b[field::eth::SRC].copy_from_slice(&dst);
+    }
+}
+
+/// An IPv4 header (and what follows it in the buffer).
+pub(crate) struct Ipv4Header<T: AsRef<[u8]>>(T);
+
+impl<T: AsRef<[u8]>> Ipv4Header<T> {
+    /// Version 4 with a header length of at least 20 bytes that fits the buffer.
+    pub(crate) fn new_checked(buf: T) -> Result<Self, Bad> {
+        let b = buf.as_ref();
+        if b.len() < IPV4_MIN_LEN || b[field::ipv4::VER_IHL] >> 4 != 4 {
+            return Err(Bad::Malformed);
+        }
+        let ihl = usize::from(b[field::ipv4::VER_IHL] & 0x0f) * 4;
+        if ihl < IPV4_MIN_LEN || ihl > b.len() {
+            return Err(Bad::Malformed);
+        }
+        Ok(Self(buf))
+    }
+    pub(crate) fn header_len(&self) -> usize {
+        usize::from(self.0.as_ref()[field::ipv4::VER_IHL] & 0x0f) * 4
+    }
+    pub(crate) fn total_len(&self) -> usize {
+        usize::from(be16(self.0.as_ref(), field::ipv4::TOTAL_LEN))
+    }
+    /// MF set or a fragment offset: not a whole datagram.
+    pub(crate) fn fragment(&self) -> bool {
+        be16(self.0.as_ref(), field::ipv4::FLAGS_FRAG) & 0x3fff != 0
+    }
+    pub(crate) fn ttl(&self) -> u8 {
+        self.0.as_ref()[field::ipv4::TTL]
+    }
+    pub(crate) fn protocol(&self) -> u8 {
+        self.0.as_ref()[field::ipv4::PROTOCOL]
+    }
+    #[cfg(test)]
+    pub(crate) fn src(&self) -> [u8; 4] {
+        self.0.as_ref()[field::ipv4::SRC]
+            .try_into()
+            .expect("4 bytes")
+    }
+    pub(crate) fn dst(&self) -> [u8; 4] {
+        self.0.as_ref()[field::ipv4::DST]
+            .try_into()
+            .expect("4 bytes")
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Header<T> {
+    /// Rewrites the header for a datagram of `udp_len` bytes from `src` to `dst`, one hop on,
+    /// with its checksum (RFC 791 3.1: TTL - 1; RFC 1071 checksum over the header).
+    pub(crate) fn relay(&mut self, udp_len: usize, src: &[u8], dst: &[u8]) {
+        let ihl = self.header_len();
+        let b = self.0.as_mut();
+        b[field::ipv4::TOTAL_LEN].copy_from_slice(&((ihl + udp_len) as u16).to_be_bytes());
+        b[field::ipv4::TTL] -= 1;
+        b[field::ipv4::SRC].copy_from_slice(src);
+        b[field::ipv4::DST].copy_from_slice(dst);
+        b[field::ipv4::CHECKSUM].copy_from_slice(&[0, 0]);
+        let check = !fold(sum(&b[..ihl], 0));
+        b[field::ipv4::CHECKSUM].copy_from_slice(&check.to_be_bytes());
+    }
+}
+
+/// An IPv6 header (and what follows it in the buffer).
+pub(crate) struct Ipv6Header<T: AsRef<[u8]>>(T);
+
+impl<T: AsRef<[u8]>> Ipv6Header<T> {
+    pub(crate) fn new_checked(buf: T) -> Result<Self, Bad> {
+        let b = buf.as_ref();
+        if b.len() < IPV6_LEN || b[field::ipv6::VER] >> 4 != 6 {
+            return Err(Bad::Malformed);
+        }
+        Ok(Self(buf))
+    }
+    pub(crate) fn payload_len(&self) -> usize {
+        usize::from(be16(self.0.as_ref(), field::ipv6::PAYLOAD_LEN))
+    }
+    pub(crate) fn next_header(&self) -> u8 {
+        self.0.as_ref()[field::ipv6::NEXT_HEADER]
+    }
+    pub(crate) fn hop_limit(&self) -> u8 {
+        self.0.as_ref()[field::ipv6::HOP_LIMIT]
+    }
+    #[cfg(test)]
+    pub(crate) fn src(&self) -> [u8; 16] {
+        self.0.as_ref()[field::ipv6::SRC]
+            .try_into()
+            .expect("16 bytes")
+    }
+    pub(crate) fn dst(&self) -> [u8; 16] {
+        self.0.as_ref()[field::ipv6::DST]
+            .try_into()
+            .expect("16 bytes")
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Header<T> {
+    /// Rewrites the header for a datagram of `udp_len` bytes from `src` to `dst`, one hop on
+    /// (RFC 8200 3: hop limit - 1; IPv6 has no header checksum).
+    pub(crate) fn relay(&mut self, udp_len: usize, src: &[u8], dst: &[u8]) {
+        let b = self.0.as_mut();
+        b[field::ipv6::PAYLOAD_LEN].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        b[field::ipv6::HOP_LIMIT] -= 1;
+        b[field::ipv6::SRC].copy_from_slice(src);
+        b[field::ipv6::DST].copy_from_slice(dst);
+    }
+}
+
+/// A UDP header and its payload.
+pub(crate) struct UdpDatagram<T: AsRef<[u8]>>(T);
+
+impl<T: AsRef<[u8]>> UdpDatagram<T> {
+    pub(crate) fn new_checked(buf: T) -> Result<Self, Bad> {
+        if buf.as_ref().len() < UDP_LEN {
+            return Err(Bad::Malformed);
+        }
+        Ok(Self(buf))
+    }
+    #[cfg(test)]
+    pub(crate) fn src_port(&self) -> u16 {
+        be16(self.0.as_ref(), field::udp::SRC_PORT)
+    }
+    /// The destination port as it is on the wire (network byte order in memory).
+    pub(crate) fn dst_port_raw(&self) -> u16 {
+        let b = self.0.as_ref();
+        u16::from_ne_bytes([
+            b[field::udp::DST_PORT.start],
+            b[field::udp::DST_PORT.start + 1],
+        ])
+    }
+    pub(crate) fn length(&self) -> usize {
+        usize::from(be16(self.0.as_ref(), field::udp::LENGTH))
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpDatagram<T> {
+    /// Rewrites ports and length of a datagram of `udp_len` bytes (the buffer holds at least
+    /// that many) and fills the full checksum over `pseudo` (the pseudo-header's address sum,
+    /// RFC 768 / RFC 8200 8.1); a computed 0 is sent as 0xffff.
+    pub(crate) fn relay(
+        &mut self,
+        udp_len: usize,
+        src_port: [u8; 2],
+        dst_port: [u8; 2],
+        pseudo: u64,
+    ) {
+        let b = self.0.as_mut();
+        b[field::udp::SRC_PORT].copy_from_slice(&src_port);
+        b[field::udp::DST_PORT].copy_from_slice(&dst_port);
+        b[field::udp::LENGTH].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        b[field::udp::CHECKSUM].copy_from_slice(&[0, 0]);
+        let acc = sum(
+            &b[..udp_len],
+            pseudo + u64::from(IPPROTO_UDP) + udp_len as u64,
+        );
+        let check = match !fold(acc) {
+            0 => 0xffff,
+            c => c,
+        };
+        b[field::udp::CHECKSUM].copy_from_slice(&check.to_be_bytes());
+    }
 }
 
 /// Offsets of a parsed frame.
@@ -42,63 +290,57 @@ impl Parsed {
     }
 }
 
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
 /// Parses `frame` (exactly the received bytes).
 pub(crate) fn parse(frame: &[u8]) -> Result<Parsed, Bad> {
-    if frame.len() < ETH_LEN + 20 {
+    if frame.len() < ETH_LEN + IPV4_MIN_LEN {
         return Err(Bad::Malformed);
     }
-    match be16(frame, 12) {
+    let eth = EthernetFrame::new_checked(frame)?;
+    match eth.ethertype() {
         ETH_P_IPV4 => {
-            let ip = &frame[ETH_LEN..];
-            let ihl = (ip[0] & 0x0f) as usize * 4;
-            if ip[0] >> 4 != 4 || ihl < 20 || ip[9] != IPPROTO_UDP {
+            let ip = Ipv4Header::new_checked(eth.payload())?;
+            let ihl = ip.header_len();
+            if ip.protocol() != IPPROTO_UDP || ip.fragment() {
                 return Err(Bad::Malformed);
             }
-            // MF or a fragment offset: not a whole datagram.
-            if be16(ip, 6) & 0x3fff != 0 {
+            let tot = ip.total_len();
+            if tot > eth.payload().len() || tot < ihl + UDP_LEN {
                 return Err(Bad::Malformed);
             }
-            let tot = be16(ip, 2) as usize;
-            if tot > ip.len() || tot < ihl + UDP_LEN {
+            let udp = UdpDatagram::new_checked(&eth.payload()[ihl..tot])?;
+            if udp.length() != tot - ihl {
                 return Err(Bad::Malformed);
             }
-            let udp_len = be16(ip, ihl + 4) as usize;
-            if udp_len != tot - ihl {
-                return Err(Bad::Malformed);
-            }
-            if ip[8] <= 1 {
+            if ip.ttl() <= 1 {
                 return Err(Bad::Ttl);
             }
             Ok(Parsed {
                 v6: false,
                 l4: ETH_LEN + ihl,
-                payload_len: udp_len - UDP_LEN,
+                payload_len: udp.length() - UDP_LEN,
             })
         }
         ETH_P_IPV6 => {
-            let ip = &frame[ETH_LEN..];
-            if ip.len() < IPV6_LEN + UDP_LEN || ip[0] >> 4 != 6 || ip[6] != IPPROTO_UDP {
+            let ip = Ipv6Header::new_checked(eth.payload())?;
+            if ip.next_header() != IPPROTO_UDP {
                 return Err(Bad::Malformed);
             }
-            let plen = be16(ip, 4) as usize;
-            if plen > ip.len() - IPV6_LEN || plen < UDP_LEN {
+            let plen = ip.payload_len();
+            let room = eth.payload().len() - IPV6_LEN;
+            if plen > room || plen < UDP_LEN {
                 return Err(Bad::Malformed);
             }
-            let udp_len = be16(ip, IPV6_LEN + 4) as usize;
-            if udp_len != plen {
+            let udp = UdpDatagram::new_checked(&eth.payload()[IPV6_LEN..IPV6_LEN + plen])?;
+            if udp.length() != plen {
                 return Err(Bad::Malformed);
             }
-            if ip[7] <= 1 {
+            if ip.hop_limit() <= 1 {
                 return Err(Bad::Ttl);
             }
             Ok(Parsed {
                 v6: true,
                 l4: ETH_LEN + IPV6_LEN,
-                payload_len: udp_len - UDP_LEN,
+                payload_len: plen - UDP_LEN,
             })
         }
         _ => Err(Bad::Malformed),
@@ -106,31 +348,33 @@ pub(crate) fn parse(frame: &[u8]) -> Result<Parsed, Bad> {
 }
 
 /// The flow key of the frame's destination (address + port), as the XDP map stores it.
+/// `p` comes from [`parse`] of this frame.
 pub(crate) fn flow_key(frame: &[u8], p: &Parsed) -> FlowKey {
     let mut addr = [0u32; 4];
-    let dst = if p.v6 {
-        &frame[ETH_LEN + 24..ETH_LEN + 40]
+    let ip = &frame[ETH_LEN..];
+    let word = |c: &[u8]| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+    if p.v6 {
+        let dst = Ipv6Header(ip).dst();
+        for (w, chunk) in addr.iter_mut().zip(dst.chunks_exact(4)) {
+            *w = word(chunk);
+        }
     } else {
-        &frame[ETH_LEN + 16..ETH_LEN + 20]
-    };
-    for (w, chunk) in addr.iter_mut().zip(dst.chunks_exact(4)) {
-        *w = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        addr[0] = word(&Ipv4Header(ip).dst());
     }
-    let port = u16::from_ne_bytes([frame[p.l4 + 2], frame[p.l4 + 3]]);
+    let port = UdpDatagram(&frame[p.l4..]).dst_port_raw();
     FlowKey::from_wire(p.v6, port, addr)
 }
 
 /// The source of a frame (for logs and tests).
 #[cfg(test)]
 pub(crate) fn source(frame: &[u8], p: &Parsed) -> SocketAddr {
+    let ip = &frame[ETH_LEN..];
     let ip: IpAddr = if p.v6 {
-        let b: [u8; 16] = frame[ETH_LEN + 8..ETH_LEN + 24].try_into().unwrap();
-        b.into()
+        Ipv6Header(ip).src().into()
     } else {
-        let b: [u8; 4] = frame[ETH_LEN + 12..ETH_LEN + 16].try_into().unwrap();
-        b.into()
+        Ipv4Header(ip).src().into()
     };
-    SocketAddr::new(ip, be16(frame, p.l4))
+    SocketAddr::new(ip, UdpDatagram(&frame[p.l4..]).src_port())
 }
 
 /// An address in wire form, prepared once when a flow is added.
@@ -208,61 +452,30 @@ pub(crate) fn rewrite(
     debug_assert_eq!(src.v6, p.v6);
     debug_assert_eq!(dst.v6, p.v6);
     let udp_len = UDP_LEN + payload_len;
-    let end = p.l4 + udp_len;
-    let (pseudo_src, pseudo_dst);
+    let (ip, udp) = frame[ETH_LEN..p.l4 + udp_len].split_at_mut(p.l4 - ETH_LEN);
     if p.v6 {
-        let ip = &mut frame[ETH_LEN..];
-        ip[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-        ip[7] -= 1;
-        ip[8..24].copy_from_slice(&src.ip);
-        ip[24..40].copy_from_slice(&dst.ip);
-        pseudo_src = ETH_LEN + 8;
-        pseudo_dst = ETH_LEN + 24;
+        Ipv6Header(ip).relay(udp_len, src.ip_bytes(), dst.ip_bytes());
     } else {
-        let ihl = p.l4 - ETH_LEN;
-        let ip = &mut frame[ETH_LEN..p.l4];
-        ip[2..4].copy_from_slice(&((ihl + udp_len) as u16).to_be_bytes());
-        ip[8] -= 1;
-        ip[12..16].copy_from_slice(src.ip_bytes());
-        ip[16..20].copy_from_slice(dst.ip_bytes());
-        ip[10..12].copy_from_slice(&[0, 0]);
-        let check = !fold(sum(ip, 0));
-        ip[10..12].copy_from_slice(&check.to_be_bytes());
-        pseudo_src = ETH_LEN + 12;
-        pseudo_dst = ETH_LEN + 16;
+        Ipv4Header(ip).relay(udp_len, src.ip_bytes(), dst.ip_bytes());
     }
-    let addr_len = if p.v6 { 16 } else { 4 };
-    {
-        let udp = &mut frame[p.l4..end];
-        udp[0..2].copy_from_slice(&src.port);
-        udp[2..4].copy_from_slice(&dst.port);
-        udp[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-        udp[6..8].copy_from_slice(&[0, 0]);
-    }
-    // Pseudo-header (RFC 768 / RFC 8200 8.1): addresses, protocol, UDP length.
-    let mut acc = sum(&frame[pseudo_src..pseudo_src + addr_len], 0);
-    acc = sum(&frame[pseudo_dst..pseudo_dst + addr_len], acc);
-    acc += IPPROTO_UDP as u64 + udp_len as u64;
-    acc = sum(&frame[p.l4..end], acc);
-    let check = match !fold(acc) {
-        0 => 0xffff,
-        c => c,
-    };
-    frame[p.l4 + 6..p.l4 + 8].copy_from_slice(&check.to_be_bytes());
-    end
+    // Pseudo-header (RFC 768 / RFC 8200 8.1): addresses; protocol and length are added by
+    // the UDP view.
+    let pseudo = sum(dst.ip_bytes(), sum(src.ip_bytes(), 0));
+    UdpDatagram(udp).relay(udp_len, src.port, dst.port, pseudo);
+    p.l4 + udp_len
 }
 
 /// Next hop by swapping the frame's MAC addresses (reply out of the ingress interface).
 pub(crate) fn swap_macs(frame: &mut [u8]) {
-    let mut dst = [0u8; 6];
-    dst.copy_from_slice(&frame[0..6]);
-    frame.copy_within(6..12, 0);
-    frame[6..12].copy_from_slice(&dst);
+    if let Ok(mut eth) = EthernetFrame::new_checked(frame) {
+        eth.swap_macs();
+    }
 }
 
 pub(crate) fn set_macs(frame: &mut [u8], src: &[u8; 6], dst: &[u8; 6]) {
-    frame[0..6].copy_from_slice(dst);
-    frame[6..12].copy_from_slice(src);
+    if let Ok(mut eth) = EthernetFrame::new_checked(frame) {
+        eth.set_macs(src, dst);
+    }
 }
 
 #[cfg(test)]

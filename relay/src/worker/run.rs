@@ -24,6 +24,7 @@ use super::transform::{StreamTransform, Transform, TransformError};
 use super::{Command, FlowStats, NextHop, WorkerCounters, WorkerFlow};
 use crate::afxdp::{EventFd, Umem, XskSocket};
 use crate::clock::now_ns;
+use crate::mmsg::{sockaddr, sockaddr_len};
 use crate::stats::bump;
 use crate::xdp::{FlowKey, RouteCache, RouteEntry, XSK_META_MAGIC, XskMeta};
 
@@ -182,41 +183,6 @@ struct Fallback {
     addr_len: libc::socklen_t,
 }
 
-fn sockaddr(sa: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match sa {
-        std::net::SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        std::net::SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
-}
-
 struct FlowCtx {
     src: WireAddr,
     dst: WireAddr,
@@ -230,14 +196,17 @@ struct FlowCtx {
 enum Outcome {
     /// Queue on socket `.0`'s TX ring with length `.1`.
     Tx(usize, u32),
-    /// Send the payload at `payload` (`len` bytes, inside the frame) through the flow's
-    /// fallback UDP socket, with the other packets of the batch (one `sendmmsg` per socket).
+    /// Send `len` bytes of the frame from offset `at` (the UDP payload, or the whole IPv4
+    /// packet for the raw socket) through `fd` to `addr`, with the other packets of the batch
+    /// (one `sendmmsg` per socket). A value: offsets into the frame and the flow's key, no
+    /// pointers (the queue makes its iovecs when it sends).
     Kernel {
         fd: libc::c_int,
-        payload: *const u8,
+        at: usize,
         len: usize,
         addr: libc::sockaddr_storage,
-        stats: *const FlowStats,
+        /// The flow whose counters count the packet once sent.
+        key: FlowKey,
         /// UDP payload bytes (what the flow's byte counters count).
         payload_len: usize,
     },
@@ -304,15 +273,19 @@ struct KernelQueue {
     len: usize,
     fd: [libc::c_int; BATCH],
     frame: [u64; BATCH],
-    stats: [*const FlowStats; BATCH],
+    /// Offset and length in the frame of the bytes to send.
+    at: [usize; BATCH],
+    sizes: [usize; BATCH],
+    key: [FlowKey; BATCH],
     bytes: [usize; BATCH],
     addrs: [libc::sockaddr_storage; BATCH],
     iov: [libc::iovec; BATCH],
     hdrs: [libc::mmsghdr; BATCH],
 }
 
-// SAFETY: the raw pointers point into the worker's own UMEM and flow table and are only used
-// on the worker's thread within one batch; the queue moves to that thread with the worker.
+// SAFETY: the iovecs and message headers hold pointers only while `send_kernel` runs (it makes
+// them from the frames' offsets, on the worker's thread); the queue moves to that thread with
+// the worker.
 unsafe impl Send for KernelQueue {}
 
 impl KernelQueue {
@@ -577,23 +550,21 @@ impl Worker {
                 Outcome::Sent => self.free.push(self.umem.chunk(desc.addr)),
                 Outcome::Kernel {
                     fd,
-                    payload,
+                    at,
                     len,
                     addr,
-                    stats,
+                    key,
                     payload_len,
                 } => {
                     let q = &mut *self.kernel_q;
                     let k = q.len;
                     q.fd[k] = fd;
                     q.frame[k] = desc.addr;
-                    q.stats[k] = stats;
+                    q.at[k] = at;
+                    q.sizes[k] = len;
+                    q.key[k] = key;
                     q.bytes[k] = payload_len;
                     q.addrs[k] = addr;
-                    q.iov[k] = libc::iovec {
-                        iov_base: payload as *mut libc::c_void,
-                        iov_len: len,
-                    };
                     q.len += 1;
                 }
                 Outcome::Drop(reason) => {
@@ -623,6 +594,27 @@ impl Worker {
         let q = &mut *self.kernel_q;
         let n = q.len;
         for k in 0..n {
+            // The frame held at + len bytes when the outcome was made; should it not now, the
+            // message goes to no socket and is counted as a send error (never a panic).
+            match self
+                .umem
+                .tail_mut(q.frame[k])
+                .and_then(|f| f.get_mut(q.at[k]..q.at[k] + q.sizes[k]))
+            {
+                Some(bytes) => {
+                    q.iov[k] = libc::iovec {
+                        iov_base: bytes.as_mut_ptr().cast(),
+                        iov_len: bytes.len(),
+                    }
+                }
+                None => {
+                    q.fd[k] = -1;
+                    q.iov[k] = libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0,
+                    };
+                }
+            }
             let h = &mut q.hdrs[k].msg_hdr;
             h.msg_iov = &mut q.iov[k];
             h.msg_iovlen = 1;
@@ -632,11 +624,13 @@ impl Worker {
             h.msg_controllen = 0;
             h.msg_flags = 0;
         }
-        let (sent, failed) = crate::engine::send_runs(&mut q.hdrs[..n], &q.fd[..n], |k| {
-            // SAFETY: flows are only removed by commands, between batches.
-            let st = unsafe { &*q.stats[k] };
-            bump(&st.forwarded, 1);
-            bump(&st.forwarded_bytes, q.bytes[k] as u64);
+        let flows = &self.flows;
+        let (sent, failed) = crate::mmsg::send_runs(&mut q.hdrs[..n], &q.fd[..n], |k| {
+            // Flows are only removed by commands, between batches.
+            if let Some(f) = flows.get(&q.key[k]) {
+                bump(&f.stats.forwarded, 1);
+                bump(&f.stats.forwarded_bytes, q.bytes[k] as u64);
+            }
         });
         bump(&c.tx_socket_packets, sent);
         bump(&c.dropped_socket_error, failed);
@@ -848,19 +842,19 @@ fn process(
                 let end = packet::rewrite(frame, &p, new_len, &flow.src, &flow.dst);
                 return Outcome::Kernel {
                     fd,
-                    payload: frame[packet::ETH_LEN..].as_ptr(),
+                    at: packet::ETH_LEN,
                     len: end - packet::ETH_LEN,
                     addr: fb.addr,
-                    stats: st,
+                    key,
                     payload_len: new_len,
                 };
             }
             return Outcome::Kernel {
                 fd: fb.sock.as_raw_fd(),
-                payload: frame[at..].as_ptr(),
+                at,
                 len: new_len,
                 addr: fb.addr,
-                stats: st,
+                key,
                 payload_len: new_len,
             };
         }
@@ -914,14 +908,6 @@ fn drain_stream(
     }
 }
 
-fn sockaddr_len(ss: &libc::sockaddr_storage) -> libc::socklen_t {
-    if ss.ss_family as libc::c_int == libc::AF_INET6 {
-        std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
-    } else {
-        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
-    }
-}
-
 /// The worker's raw IPv4 send socket, if this process may have one.
 fn raw_socket_v4() -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
@@ -947,7 +933,7 @@ fn raw_socket_v4() -> Option<std::os::fd::OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::SrtpKeys;
+    use crate::srtp::SrtpKeys;
     use crate::srtp::SrtpProfile;
     use crate::worker::srtp_transform::SrtpTransform;
     use std::net::SocketAddr;

@@ -1,59 +1,78 @@
-//! SRTP termination as a worker [`PayloadTransform`]: what the userspace engine does for one
-//! direction of a stream (relay/src/engine.rs, `process_batch`), on an AF_XDP worker.
+//! SRTP termination as a worker [`PayloadTransform`]: the per-stream core
+//! ([`crate::stream_core`], the same steps the userspace engine runs) for one direction of a
+//! stream, on an AF_XDP worker.
 //!
 //! Packets from side k's endpoint are unprotected with side k's receive key when sluice
 //! terminates k's SRTP, then protected with the other side's transmit key when sluice terminates
-//! the other side's SRTP. RTP and RTCP are told apart with [`classify_relay`] (the second byte
-//! of SRTCP is in the clear), exactly as on the userspace path; a flow of a separate RTCP port
-//! refuses RTP, as the engine does.
+//! the other side's SRTP. A flow of a separate RTCP port refuses RTP, as the engine does. The
+//! source was checked by the XDP program (strict source), so the core does no latching here.
 //!
-//! The contexts are created fresh when the flow is installed: rollover counters start at 0 and
-//! the replay lists empty (see README, "What is not done yet").
+//! The contexts continue from the state handed over when the stream moves here
+//! ([`SrtpTransform::resume`]).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
-use crate::engine::SrtpKeys;
-use crate::rtp::{PacketKind, classify_relay};
+use crate::handover::{EndpointState, StreamHandover};
+use crate::srtp::SrtpKeys;
 use crate::srtp::{KeyError, SrtpConfig, SrtpContext, SrtpError};
 use crate::stats::EndpointCounters;
+use crate::stream_core::{Datagram, Dropped, Egress, LossReport, StreamCore, Verdict};
 use crate::worker::{PayloadTransform, TransformError};
 
 /// Unprotect with `rx` (if any), then protect with `tx` (if any), per packet, in place.
 pub struct SrtpTransform {
-    rx: Option<Box<SrtpContext>>,
+    /// The per-packet steps; holds the receive context.
+    core: StreamCore,
     tx: Option<Box<SrtpContext>>,
+    /// The flow's one destination (the worker rewrites the frame towards it).
+    egress: Egress<()>,
     /// The flow serves a separate RTCP port (RFC 3605): RTP there is malformed.
     rtcp_port: bool,
     /// The receiving leg's counters: authentication failures and replays are counted there too,
     /// so `Query` shows them whichever path the stream is on.
     counters: Option<Arc<EndpointCounters>>,
-    /// The other leg's counters, where the state of what `tx` protects towards it is published.
-    peer: Option<Arc<EndpointCounters>>,
+    /// The sending leg's state, where the state of what `rx` unprotects is published.
+    state: Option<Arc<EndpointState>>,
+    /// The other leg's state, where the state of what `tx` protects towards it is published.
+    peer: Option<Arc<EndpointState>>,
 }
 
 impl std::fmt::Debug for SrtpTransform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Contexts redact their keys themselves; keep the output short anyway.
         f.debug_struct("SrtpTransform")
-            .field("rx", &self.rx.as_ref().map(|c| c.profile()))
+            .field("rx", &self.rx().map(|c| c.profile()))
             .field("tx", &self.tx.as_ref().map(|c| c.profile()))
             .field("rtcp_port", &self.rtcp_port)
             .finish()
     }
 }
 
+/// The egress of a worker flow: one destination, which takes RTP and RTCP.
+pub(crate) fn flow_egress(srtp: bool) -> Egress<()> {
+    Egress {
+        rtp: Some(()),
+        rtcp: Some(()),
+        // The control plane hands only sendrecv streams to workers.
+        receives: true,
+        srtp,
+        loss_report: LossReport::Ignore,
+    }
+}
+
 impl SrtpTransform {
     /// Contexts from SDES keys: `rx` decrypts what arrives, `tx` encrypts what leaves.
     pub fn new(rx: Option<&SrtpKeys>, tx: Option<&SrtpKeys>) -> Result<Self, KeyError> {
-        let ctx = |k: &SrtpKeys| {
-            SrtpContext::new(k.profile, &k.master, SrtpConfig::default()).map(Box::new)
-        };
+        let mut core = StreamCore::default();
+        core.srtp_rx = rx.map(context).transpose()?;
+        let tx = tx.map(context).transpose()?;
         Ok(Self {
-            rx: rx.map(ctx).transpose()?,
-            tx: tx.map(ctx).transpose()?,
+            core,
+            egress: flow_egress(tx.is_some()),
+            tx,
             rtcp_port: false,
             counters: None,
+            state: None,
             peer: None,
         })
     }
@@ -70,28 +89,35 @@ impl SrtpTransform {
         self
     }
 
-    /// The other leg's counters: the state of what is protected towards it is published there.
-    pub fn with_peer_counters(mut self, peer: Arc<EndpointCounters>) -> Self {
+    /// The sending leg's state: the state of what is unprotected from it is published there.
+    pub fn with_state(mut self, state: Arc<EndpointState>) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// The other leg's state: the state of what is protected towards it is published there.
+    pub fn with_peer_state(mut self, peer: Arc<EndpointState>) -> Self {
         self.peer = Some(peer);
         self
     }
 
-    /// Continues from the SRTP state the userspace engine (or another worker) published for
-    /// this flow's two directions, so that nothing is sent or accepted twice and the rollover
-    /// counters stay right when the stream moves here.
-    pub fn take_over(mut self) -> Self {
-        take_over_srtp(
-            self.rx.as_deref_mut(),
+    /// Continues from the state the userspace engine (or another worker) left this flow's two
+    /// directions in, handed over when the stream moves here: `sender`, the leg whose packets
+    /// this flow receives, and `receiver`, the leg they are sent to. Nothing is then sent or
+    /// accepted twice and the rollover counters stay right.
+    pub fn resume(mut self, sender: &StreamHandover, receiver: &StreamHandover) -> Self {
+        resume_srtp(
+            self.core.srtp_rx.as_deref_mut(),
             self.tx.as_deref_mut(),
-            self.counters.as_deref(),
-            self.peer.as_deref(),
+            sender,
+            receiver,
         );
         self
     }
 
     /// The receive context (tests, statistics).
     pub fn rx(&self) -> Option<&SrtpContext> {
-        self.rx.as_deref()
+        self.core.srtp_rx.as_deref()
     }
 
     /// The transmit context (tests, statistics).
@@ -102,7 +128,7 @@ impl SrtpTransform {
     /// Where this flow's SRTP state stands, for whichever path takes the stream over.
     #[inline]
     fn publish(&self) {
-        if let (Some(rx), Some(c)) = (self.rx.as_deref(), &self.counters)
+        if let (Some(rx), Some(c)) = (self.rx(), &self.state)
             && let Some(h) = rx.handover()
         {
             c.publish_srtp(false, h);
@@ -113,46 +139,35 @@ impl SrtpTransform {
             c.publish_srtp(true, h);
         }
     }
+}
 
-    #[cold]
-    fn rx_failed(&self, e: SrtpError) -> TransformError {
-        count_rx_failure(self.counters.as_deref(), e)
+pub(crate) fn context(k: &SrtpKeys) -> Result<Box<SrtpContext>, KeyError> {
+    SrtpContext::new(k.profile, &k.master, SrtpConfig::default()).map(Box::new)
+}
+
+/// Adds what the core counted for the leg (SRTP failures, terminated RTCP) to its counters,
+/// with atomic adds: the engine may count into the same leg at once while the stream moves.
+#[inline]
+pub(crate) fn flush(core: &mut StreamCore, counters: Option<&EndpointCounters>) {
+    match counters {
+        Some(c) => core.tally.flush_worker_into(c),
+        None => core.tally = Default::default(),
     }
 }
 
-/// Counts an SRTP receive failure in the sending leg's counters (so `Query` shows it whichever
-/// path the stream is on) and maps it to the worker's drop reason.
-pub(crate) fn count_rx_failure(c: Option<&EndpointCounters>, e: SrtpError) -> TransformError {
-    if let Some(c) = c {
-        match e {
-            // Locked adds: the engine counts into the same leg (a stream moving between paths).
-            SrtpError::AuthFailed { .. } => {
-                c.srtp_auth_failures.fetch_add(1, Relaxed);
-            }
-            SrtpError::Replayed { .. } | SrtpError::TooOld { .. } => {
-                c.srtp_replayed.fetch_add(1, Relaxed);
-            }
-            _ => {}
-        }
-    }
-    transform_error(e)
-}
-
-/// Continues from the SRTP state published for a flow's two directions: `rx` (what its
-/// sender sends, in the sender's `counters`) and `tx` (what is protected towards the other
-/// leg, in the other leg's `peer` counters).
-pub(crate) fn take_over_srtp(
+/// Continues a flow's two SRTP contexts from handed-over state: `rx` from what its sender
+/// sends, `tx` from what is protected towards the receiving leg.
+pub(crate) fn resume_srtp(
     rx: Option<&mut SrtpContext>,
     tx: Option<&mut SrtpContext>,
-    counters: Option<&EndpointCounters>,
-    peer: Option<&EndpointCounters>,
+    sender: &StreamHandover,
+    receiver: &StreamHandover,
 ) {
-    let margin = crate::stats::SRTCP_INDEX_MARGIN;
-    if let (Some(rx), Some(h)) = (rx, counters.and_then(|c| c.srtp_state(false))) {
-        rx.take_over(h, margin);
+    if let Some(rx) = rx {
+        sender.resume_srtp(rx, false);
     }
-    if let (Some(tx), Some(h)) = (tx, peer.and_then(|c| c.srtp_state(true))) {
-        tx.take_over(h, margin);
+    if let Some(tx) = tx {
+        receiver.resume_srtp(tx, true);
     }
 }
 
@@ -169,35 +184,42 @@ pub fn transform_error(e: SrtpError) -> TransformError {
     }
 }
 
+/// How the core's drop reasons are counted by the worker.
+pub(crate) fn dropped_error(d: Dropped) -> TransformError {
+    match d {
+        Dropped::Unprotect(e) | Dropped::Protect(e) => transform_error(e),
+        Dropped::Malformed => TransformError::Malformed,
+        Dropped::WrongSource => TransformError::Other("not from the latched source"),
+        Dropped::Unconfirmed => TransformError::Other("unconfirmed source"),
+        Dropped::Direction => TransformError::Other("the stream's direction forbids it"),
+        Dropped::NoPeer => TransformError::Other("no peer"),
+        Dropped::NoTransmitContext => TransformError::Other("no SRTP context towards the peer"),
+        Dropped::TranscoderBroken => TransformError::Other("no transcoder"),
+    }
+}
+
 impl PayloadTransform for SrtpTransform {
-    fn apply(&mut self, buf: &mut [u8], len: usize, _now_ns: u64) -> Result<usize, TransformError> {
-        let rtcp = match classify_relay(buf.get(..len).ok_or(TransformError::Malformed)?) {
-            PacketKind::Rtcp => true,
-            PacketKind::Rtp if !self.rtcp_port => false,
-            _ => return Err(TransformError::Malformed),
+    fn apply(&mut self, buf: &mut [u8], len: usize, now_ns: u64) -> Result<usize, TransformError> {
+        let d = Datagram {
+            buf,
+            len,
+            src: None,
+            now_ns,
+            rtcp_port: self.rtcp_port,
         };
-        let mut len = len;
-        if let Some(rx) = self.rx.as_deref_mut() {
-            let r = if rtcp {
-                rx.unprotect_rtcp(buf, len)
-            } else {
-                rx.unprotect_rtp(buf, len)
-            };
-            len = match r {
-                Ok(l) => l,
-                Err(e) => return Err(self.rx_failed(e)),
-            };
+        let v = self
+            .core
+            .receive(d, Some(&self.egress), self.tx.as_deref_mut());
+        flush(&mut self.core, self.counters.as_deref());
+        match v {
+            Verdict::Forward { len, .. } => {
+                self.publish();
+                Ok(len)
+            }
+            Verdict::Drop(d) => Err(dropped_error(d)),
+            // No transcoder in this core.
+            Verdict::Transcoder { .. } => Err(TransformError::Other("transcoded in place")),
         }
-        if let Some(tx) = self.tx.as_deref_mut() {
-            let r = if rtcp {
-                tx.protect_rtcp(buf, len)
-            } else {
-                tx.protect_rtp(buf, len)
-            };
-            len = r.map_err(transform_error)?;
-        }
-        self.publish();
-        Ok(len)
     }
 }
 
@@ -205,6 +227,7 @@ impl PayloadTransform for SrtpTransform {
 mod tests {
     use super::*;
     use crate::srtp::SrtpProfile;
+    use std::sync::atomic::Ordering::Relaxed;
 
     fn keys(profile: SrtpProfile, seed: u8) -> SrtpKeys {
         SrtpKeys {
@@ -320,16 +343,16 @@ mod tests {
             keys(SrtpProfile::AesCm128HmacSha1_80, 5),
             keys(SrtpProfile::AeadAes128Gcm, 6),
         );
-        let (a_counters, b_counters) = (
-            Arc::new(EndpointCounters::default()),
-            Arc::new(EndpointCounters::default()),
+        let (a_state, b_state) = (
+            Arc::new(EndpointState::default()),
+            Arc::new(EndpointState::default()),
         );
         let mut a_tx = ctx(&ka);
         let mut b_rx = ctx(&kb);
         let mut engine = SrtpTransform::new(Some(&ka), Some(&kb))
             .unwrap()
-            .with_counters(a_counters.clone())
-            .with_peer_counters(b_counters.clone());
+            .with_state(a_state.clone())
+            .with_peer_state(b_state.clone());
         for seq in (65530..=65535).chain(0..3) {
             let out = run(&mut engine, &protect(&mut a_tx, &rtp(seq), false)).unwrap();
             assert_eq!(unprotect(&mut b_rx, &out, false), rtp(seq));
@@ -345,9 +368,9 @@ mod tests {
 
         let mut worker = SrtpTransform::new(Some(&ka), Some(&kb))
             .unwrap()
-            .with_counters(a_counters.clone())
-            .with_peer_counters(b_counters.clone())
-            .take_over();
+            .with_state(a_state.clone())
+            .with_peer_state(b_state.clone())
+            .resume(&a_state.handover(), &b_state.handover());
         let out = run(&mut worker, &next).unwrap();
         assert_eq!(
             unprotect(&mut b_rx, &out, false),
@@ -364,7 +387,7 @@ mod tests {
         let worker_next = worker.tx().unwrap().next_srtcp_index(0x1234_5678);
         assert_eq!(
             worker_next,
-            engine_next + crate::stats::SRTCP_INDEX_MARGIN + 1
+            engine_next + crate::handover::SRTCP_INDEX_MARGIN + 1
         );
     }
 

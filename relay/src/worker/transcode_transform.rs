@@ -1,34 +1,41 @@
-//! Transcoding as a worker [`StreamTransform`]: SRTP unprotect (when sluice terminates the
-//! sending leg's SRTP), the [`Transcoder`], and SRTP protect (when it terminates the receiving
-//! leg's): what the userspace engine does for one direction of a transcoded stream.
+//! Transcoding as a worker [`StreamTransform`]: the per-stream core ([`crate::stream_core`],
+//! the same steps the userspace engine runs) for one direction of a transcoded stream: SRTP
+//! unprotect (when sluice terminates the sending leg's SRTP), the [`Transcoder`], and SRTP
+//! protect (when it terminates the receiving leg's).
 //!
 //! RTCP of a transcoded stream is terminated: its reports describe a stream the other leg never
 //! sees (sluice sends its own SSRC there). It is counted in the leg's `rtcp_terminated`.
 
 use std::sync::Arc;
 
-use crate::engine::SrtpKeys;
-use crate::rtp::{PacketKind, classify_relay};
-use crate::srtp::{KeyError, SrtpConfig, SrtpContext, SrtpError};
-use crate::stats::{EndpointCounters, bump};
+use crate::handover::{EndpointState, StreamHandover};
+use crate::srtp::SrtpKeys;
+use crate::srtp::{KeyError, SrtpContext};
+use crate::stats::EndpointCounters;
+use crate::stream_core::{Datagram, Egress, LossReport, StreamCore, Verdict};
 use crate::transcode::{DirectionPlan, TranscodeError, Transcoder};
-use crate::worker::srtp_transform::{count_rx_failure, take_over_srtp};
+use crate::worker::srtp_transform::{context, dropped_error, flow_egress, flush, resume_srtp};
 use crate::worker::{StreamTransform, TransformError};
 
 /// Size of the scratch buffer a pushed packet is unprotected in.
 const SCRATCH: usize = 2048;
 
 pub struct TranscodeTransform {
-    rx: Option<Box<SrtpContext>>,
+    /// The per-packet steps; holds the receive context and the transcoder (always one).
+    core: StreamCore,
     tx: Option<Box<SrtpContext>>,
-    transcoder: Box<Transcoder>,
+    /// The flow's one destination; which report block of the sender's RTCP is about the
+    /// stream sluice sends it.
+    egress: Egress<()>,
     counters: Option<Arc<EndpointCounters>>,
-    /// The receiving leg's counters: the loss it reports (its RTCP, terminated by the flow of
-    /// the other direction) sets this direction's Opus FEC.
-    peer: Option<Arc<EndpointCounters>>,
-    /// SSRC of the stream the other direction sends to this flow's sender (what its RTCP
-    /// reports are about); `None` takes the first report block.
-    report_ssrc: Option<u32>,
+    /// The sending leg's state: the SRTP state of what it sends, this direction's next
+    /// sequence number, and the loss it reports are published there.
+    state: Option<Arc<EndpointState>>,
+    /// The receiving leg's state: the loss it reports (its RTCP, terminated by the flow of
+    /// the other direction) sets this direction's Opus FEC; the SRTP state of what is protected
+    /// towards it is published there.
+    peer: Option<Arc<EndpointState>>,
+    /// Where a pushed packet is unprotected (the frame is the caller's, read-only).
     scratch: Box<[u8; SCRATCH]>,
 }
 
@@ -50,29 +57,39 @@ impl TranscodeTransform {
         rx: Option<&SrtpKeys>,
         tx: Option<&SrtpKeys>,
     ) -> Result<Self, TranscodeSetupError> {
-        let ctx = |k: &SrtpKeys| {
-            SrtpContext::new(k.profile, &k.master, SrtpConfig::default()).map(Box::new)
-        };
+        let mut core = StreamCore::default();
+        core.srtp_rx = rx.map(context).transpose()?;
+        core.transcoder = Some(Box::new(Transcoder::new(plan, seq_start)?));
+        let tx = tx.map(context).transpose()?;
+        let mut egress = flow_egress(tx.is_some());
+        egress.loss_report = LossReport::FirstBlock;
         Ok(Self {
-            rx: rx.map(ctx).transpose()?,
-            tx: tx.map(ctx).transpose()?,
-            transcoder: Box::new(Transcoder::new(plan, seq_start)?),
+            core,
+            tx,
+            egress,
             counters: None,
+            state: None,
             peer: None,
-            report_ssrc: None,
             scratch: Box::new([0; SCRATCH]),
         })
     }
 
-    /// Continues from the SRTP state published for this flow's two directions (see
-    /// `SrtpTransform::take_over`); call after `with_counters` and `with_feedback`.
-    pub fn take_over(mut self) -> Self {
-        take_over_srtp(
-            self.rx.as_deref_mut(),
+    /// Continues from the SRTP state handed over for this flow's two directions (see
+    /// `SrtpTransform::resume`); the transcoder starts at `new`'s `seq_start`, which
+    /// [`StreamHandover::transcode_seq_start`] gives.
+    pub fn resume(mut self, sender: &StreamHandover, receiver: &StreamHandover) -> Self {
+        resume_srtp(
+            self.core.srtp_rx.as_deref_mut(),
             self.tx.as_deref_mut(),
-            self.counters.as_deref(),
-            self.peer.as_deref(),
+            sender,
+            receiver,
         );
+        self
+    }
+
+    /// The sending leg's state (see the field).
+    pub fn with_state(mut self, state: Arc<EndpointState>) -> Self {
+        self.state = Some(state);
         self
     }
 
@@ -83,116 +100,113 @@ impl TranscodeTransform {
         self
     }
 
-    /// The receiving leg's counters (loss feedback for this direction's encoder), and the SSRC
-    /// the other direction sends with, which this flow's sender reports on.
-    pub fn with_feedback(mut self, peer: Arc<EndpointCounters>, report_ssrc: Option<u32>) -> Self {
+    /// The receiving leg's state (loss feedback for this direction's encoder), and the SSRC
+    /// the other direction sends with, which this flow's sender reports on (`None`: its first
+    /// report block).
+    pub fn with_feedback(mut self, peer: Arc<EndpointState>, report_ssrc: Option<u32>) -> Self {
         self.peer = Some(peer);
-        self.report_ssrc = report_ssrc;
+        self.egress.loss_report = report_ssrc.map_or(LossReport::FirstBlock, LossReport::About);
         self
     }
 
     pub fn transcoder(&self) -> &Transcoder {
-        &self.transcoder
+        self.core
+            .transcoder
+            .as_deref()
+            .expect("a TranscodeTransform is built with its transcoder")
     }
 
-    #[cold]
-    fn rx_failed(&self, e: SrtpError) -> TransformError {
-        count_rx_failure(self.counters.as_deref(), e)
-    }
-
-    /// Terminates an RTCP packet from this flow's sender: authenticates it (SRTCP) and keeps
-    /// the loss it reports about the stream sluice sends it.
-    fn terminate_rtcp(&mut self, payload: &[u8]) -> Result<(), TransformError> {
-        let fraction = match self.rx.as_deref_mut() {
-            None => crate::rtp::rtcp_fraction_lost(payload, self.report_ssrc),
-            Some(rx) => {
-                let len = payload.len();
-                if len > SCRATCH {
-                    return Err(TransformError::Malformed);
-                }
-                self.scratch[..len].copy_from_slice(payload);
-                match rx.unprotect_rtcp(&mut self.scratch[..], len) {
-                    Ok(l) => crate::rtp::rtcp_fraction_lost(&self.scratch[..l], self.report_ssrc),
-                    Err(e) => return Err(self.rx_failed(e)),
-                }
+    /// Publishes the transcoder's figures and next sequence number, the loss the sender
+    /// reported, and the counts of the last packet.
+    fn mirror(&mut self) {
+        if let (Some(c), Some(t)) = (&self.counters, self.core.transcoder.as_deref()) {
+            c.publish_transcoder(t, &mut self.core.transcode_published);
+        }
+        if let Some(s) = &self.state {
+            if let Some(t) = self.core.transcoder.as_deref() {
+                s.publish_transcode_seq(t.next_out_seq());
             }
-        };
-        if let Some(c) = &self.counters {
-            bump(&c.rtcp_terminated, 1);
-            if let Some(f) = fraction {
-                c.report_loss(f);
+            if let Some(f) = self.core.take_reported_loss() {
+                s.report_loss(f);
             }
         }
-        Ok(())
-    }
-
-    fn mirror(&self) {
-        if let Some(c) = &self.counters {
-            c.publish_transcoder(&self.transcoder);
-        }
+        flush(&mut self.core, self.counters.as_deref());
     }
 }
 
 impl StreamTransform for TranscodeTransform {
     fn push(&mut self, payload: &[u8], now_ns: u64) -> Result<(), TransformError> {
-        match classify_relay(payload) {
-            PacketKind::Rtp => {}
-            PacketKind::Rtcp => return self.terminate_rtcp(payload),
-            PacketKind::Invalid(_) => return Err(TransformError::Malformed),
+        if let (Some(pct), Some(t)) = (
+            self.peer.as_ref().and_then(|p| p.reported_loss_pct()),
+            self.core.transcoder.as_deref_mut(),
+        ) {
+            t.set_expected_loss(pct);
         }
-        if let Some(pct) = self.peer.as_ref().and_then(|p| p.reported_loss_pct()) {
-            self.transcoder.set_expected_loss(pct);
+        let len = payload.len();
+        if len > SCRATCH {
+            return Err(TransformError::Malformed);
         }
-        let r = match self.rx.as_deref_mut() {
-            // SRTP is unprotected in the scratch buffer (the frame has no room to spare for the
-            // caller); plain RTP goes to the transcoder as it is, without a copy.
-            Some(rx) => {
-                let len = payload.len();
-                if len > SCRATCH {
-                    return Err(TransformError::Malformed);
-                }
-                self.scratch[..len].copy_from_slice(payload);
-                let len = match rx.unprotect_rtp(&mut self.scratch[..], len) {
-                    Ok(l) => l,
-                    Err(e) => return Err(self.rx_failed(e)),
-                };
-                if let (Some(c), Some(h)) = (&self.counters, rx.handover()) {
-                    c.publish_srtp(false, h);
-                }
-                self.transcoder.push(&self.scratch[..len], now_ns)
-            }
-            None => self.transcoder.push(payload, now_ns),
+        // Unprotected in the scratch buffer: the frame is the caller's.
+        self.scratch[..len].copy_from_slice(payload);
+        let d = Datagram {
+            buf: &mut self.scratch[..],
+            len,
+            src: None,
+            now_ns,
+            rtcp_port: false,
         };
+        let v = self.core.receive(d, Some(&self.egress), None);
+        if let Verdict::Transcoder { .. } = v
+            && let (Some(s), Some(h)) = (
+                &self.state,
+                self.core.srtp_rx.as_ref().and_then(|rx| rx.handover()),
+            )
+        {
+            s.publish_srtp(false, h);
+        }
         self.mirror();
-        r.map_err(|_| TransformError::Malformed)
+        match v {
+            Verdict::Transcoder { accepted: true } => Ok(()),
+            Verdict::Transcoder { accepted: false } => Err(TransformError::Malformed),
+            Verdict::Drop(d) => Err(dropped_error(d)),
+            // The core has a transcoder: nothing is forwarded as received.
+            Verdict::Forward { .. } => Err(TransformError::Other("forwarded untranscoded")),
+        }
     }
 
     fn pull(&mut self, out: &mut [u8]) -> Option<usize> {
         let room = out.len().checked_sub(crate::worker::MAX_GROWTH)?;
         loop {
-            let len = self.transcoder.pull(&mut out[..room])?;
-            let Some(tx) = self.tx.as_deref_mut() else {
-                return Some(len);
-            };
-            match tx.protect_rtp(out, len) {
-                Ok(l) => {
-                    if let (Some(p), Some(h)) = (&self.peer, tx.handover()) {
+            let v = self
+                .core
+                .pull(out, room, Some(&self.egress), self.tx.as_deref_mut())?;
+            match v {
+                Verdict::Forward { len, .. } => {
+                    if let (Some(p), Some(h)) =
+                        (&self.peer, self.tx.as_ref().and_then(|t| t.handover()))
+                    {
                         p.publish_srtp(true, h);
                     }
-                    return Some(l);
+                    return Some(len);
                 }
                 // Never send plain where SRTP is due: skip the packet.
-                Err(e) => tracing::debug!(error = %e, "SRTP protect of transcoded packet failed"),
+                Verdict::Drop(d) => {
+                    self.core.tally = Default::default();
+                    tracing::debug!(reason = ?d, "transcoded packet dropped");
+                }
+                Verdict::Transcoder { .. } => {}
             }
         }
     }
 
     fn poll_timeout(&self) -> Option<u64> {
-        self.transcoder.poll_timeout()
+        self.transcoder().poll_timeout()
     }
 
     fn handle_timeout(&mut self, now_ns: u64) {
-        self.transcoder.handle_timeout(now_ns);
+        if let Some(t) = self.core.transcoder.as_deref_mut() {
+            t.handle_timeout(now_ns);
+        }
         self.mirror();
     }
 }
@@ -200,7 +214,7 @@ impl StreamTransform for TranscodeTransform {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::srtp::SrtpProfile;
+    use crate::srtp::{SrtpConfig, SrtpProfile};
     use crate::transcode::{Codec, OpusParams};
     use std::sync::atomic::Ordering::Relaxed;
 
@@ -243,24 +257,30 @@ mod tests {
             Arc::new(EndpointCounters::default()),
             Arc::new(EndpointCounters::default()),
         );
+        let (a_state, b_state) = (
+            Arc::new(EndpointState::default()),
+            Arc::new(EndpointState::default()),
+        );
         let mut a_to_b =
             TranscodeTransform::new(&plan(Codec::Pcmu, Codec::Opus, 0xb0b0), 1, None, None)
                 .unwrap()
                 .with_counters(a.clone())
-                .with_feedback(b.clone(), Some(0xa0a0));
+                .with_state(a_state.clone())
+                .with_feedback(b_state.clone(), Some(0xa0a0));
         let mut b_to_a =
             TranscodeTransform::new(&plan(Codec::Opus, Codec::Pcmu, 0xa0a0), 1, None, None)
                 .unwrap()
                 .with_counters(b.clone())
-                .with_feedback(a.clone(), Some(0xb0b0));
+                .with_state(b_state.clone())
+                .with_feedback(a_state.clone(), Some(0xb0b0));
         a_to_b.push(&pcmu(1), 0).unwrap();
         assert_eq!(a_to_b.transcoder().expected_loss(), 0);
 
         // B's RR about another source changes nothing; about sluice's stream, it counts.
         b_to_a.push(&rr(0xbbbb, 0x1234, 128), 0).unwrap();
-        assert_eq!(b.reported_loss_pct(), None);
+        assert_eq!(b_state.reported_loss_pct(), None);
         b_to_a.push(&rr(0xbbbb, 0xb0b0, 26), 0).unwrap();
-        assert_eq!(b.reported_loss_pct(), Some(11));
+        assert_eq!(b_state.reported_loss_pct(), Some(11));
         assert_eq!(b.rtcp_terminated.load(Relaxed), 2);
         let mut out = [0u8; 2048];
         assert!(b_to_a.pull(&mut out).is_none(), "RTCP never leaves");
@@ -272,6 +292,36 @@ mod tests {
         assert!(a_to_b.pull(&mut out).is_some());
     }
 
+    /// A stream that moves gets a new transcoder, whose figures start at 0: what the previous
+    /// one counted stays in the leg's counters.
+    #[test]
+    fn transcoded_counts_survive_a_move_to_a_new_transcoder() {
+        let c = Arc::new(EndpointCounters::default());
+        let mut out = [0u8; 2048];
+        let mut run = |seqs: std::ops::Range<u16>| {
+            let mut t = TranscodeTransform::new(
+                &plan(Codec::Pcmu, Codec::Pcma, 0xb0b0),
+                seqs.start,
+                None,
+                None,
+            )
+            .unwrap()
+            .with_counters(c.clone());
+            for seq in seqs {
+                t.push(&pcmu(seq), u64::from(seq) * 20_000_000).unwrap();
+                while t.pull(&mut out).is_some() {}
+            }
+            t.handle_timeout(u64::MAX / 2);
+            t.transcoder().stats().packets_out
+        };
+        let first = run(1..11);
+        assert!(first > 0);
+        assert_eq!(c.transcoded_out.load(Relaxed), first);
+        let second = run(30..40);
+        assert!(second > 0);
+        assert_eq!(c.transcoded_out.load(Relaxed), first + second);
+    }
+
     #[test]
     fn forged_srtcp_is_counted_not_believed() {
         let key = SrtpKeys {
@@ -279,11 +329,13 @@ mod tests {
             master: vec![3; 30],
         };
         let b = Arc::new(EndpointCounters::default());
+        let b_state = Arc::new(EndpointState::default());
         let mut b_to_a =
             TranscodeTransform::new(&plan(Codec::Opus, Codec::Pcmu, 0xa0a0), 1, Some(&key), None)
                 .unwrap()
                 .with_counters(b.clone())
-                .with_feedback(Arc::new(EndpointCounters::default()), Some(0xb0b0));
+                .with_state(b_state.clone())
+                .with_feedback(Arc::new(EndpointState::default()), Some(0xb0b0));
         let mut sender = SrtpContext::new(key.profile, &key.master, SrtpConfig::default()).unwrap();
         let plain = rr(0xbbbb, 0xb0b0, 64);
         let mut wire = plain.clone();
@@ -294,12 +346,12 @@ mod tests {
         *forged.last_mut().unwrap() ^= 1;
         assert_eq!(b_to_a.push(&forged, 0), Err(TransformError::AuthFailed));
         assert_eq!(
-            b.reported_loss_pct(),
+            b_state.reported_loss_pct(),
             None,
             "a forged report is not believed"
         );
         assert_eq!(b.srtp_auth_failures.load(Relaxed), 1);
         b_to_a.push(&wire, 0).unwrap();
-        assert_eq!(b.reported_loss_pct(), Some(25));
+        assert_eq!(b_state.reported_loss_pct(), Some(25));
     }
 }

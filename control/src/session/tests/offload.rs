@@ -29,9 +29,9 @@ fn latch_all(s: &Sessions, call_id: &str, rtcp: bool) {
             let addr: SocketAddr = format!("127.0.0.{}:{}", 10 + k, 6000 + 10 * i)
                 .parse()
                 .unwrap();
-            side.counters.set_latched(false, Some(addr));
+            side.state.set_latched(false, Some(addr));
             if rtcp {
-                side.counters
+                side.state
                     .set_latched(true, Some(SocketAddr::new(addr.ip(), addr.port() + 1)));
             }
         }
@@ -195,7 +195,7 @@ fn sdp_address_sources_move_into_the_kernel_inside_the_window() {
     {
         let st = s.lock();
         for side in &st.calls["c"].streams[0].sides {
-            side.counters.set_latched(false, side.sdp_rtp);
+            side.state.set_latched(false, side.sdp_rtp);
         }
     }
     let t0 = now_ns();

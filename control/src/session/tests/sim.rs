@@ -70,7 +70,7 @@ impl Sim {
             (sd.endpoint, sd.counters.clone())
         };
         counters.last_packet_ns.store(self.clock.now_ns(), Relaxed);
-        if counters.packets.fetch_add(1, Relaxed) == 0 {
+        if counters.packets.add(1) == 0 {
             self.s.on_engine_event(EngineEvent::MediaStarted { id });
         }
     }

@@ -5,7 +5,6 @@
 use super::sim::Sim;
 use super::*;
 use crate::session::socket_pool::{IDLE, QUARANTINE};
-use std::sync::atomic::Ordering::Relaxed;
 
 /// The relay port of each side of call `call`'s first stream.
 fn ports(sim: &Sim, call: &str) -> [u16; 2] {
@@ -111,7 +110,7 @@ fn strays_to_pooled_sockets_are_counted_as_no_peer() {
         st.calls["a"].streams[0].sides[0].counters.clone()
     };
     sim.s.delete("a", "", "").unwrap();
-    counters.dropped_no_peer.fetch_add(3, Relaxed);
+    counters.dropped_no_peer.add(3);
     sim.advance(IDLE);
     let st = sim.s.statistics();
     assert_eq!(st.dropped_by_reason[4], ("no_peer", 3));
