@@ -2,9 +2,12 @@
 //!
 //! The control plane never touches a socket after handing it over: it sends [`Command`]s through a
 //! crossbeam channel and wakes the loop. The loop reads each readable socket in batches with
-//! `recvmmsg`, runs latching and receive statistics per packet, and sends the batch on with one
-//! `sendmmsg` per output socket. Buffers, iovecs and address arrays are allocated once per thread;
-//! the per-packet path does not allocate, lock or read the clock.
+//! `recvmmsg`, hands every datagram to the endpoint's per-stream core
+//! ([`crate::stream_core`]: SRTP, latching, statistics, direction, transcoding; the same code the
+//! AF_XDP workers run), and sends what the core forwards with one `sendmmsg` per output socket.
+//! This module is the driver: sockets, batches, timers and the partner's addresses. Buffers,
+//! iovecs and address arrays are allocated once per thread; the per-packet path does not
+//! allocate, lock or read the clock (the clock is read once per batch).
 
 use std::collections::HashMap;
 use std::io;
