@@ -25,7 +25,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 
 mod common;
-use common::{Namespaces, assert_silent, in_ns, ip, ns_exec, recv, rtp, sa, send_and_expect, udp};
+use common::{
+    Namespaces, assert_silent, fold, in_ns, ip, ns_exec, recv, rtp, sa, send_and_expect, sum16, udp,
+};
 use std::time::{Duration, Instant};
 
 use sluice_relay::clock::now_ns;
@@ -178,25 +180,6 @@ struct Frame {
     udp_check: u16,
     checksums_ok: bool,
     payload: Vec<u8>,
-}
-
-fn sum16(data: &[u8], mut sum: u32) -> u32 {
-    for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 {
-            u16::from_be_bytes([chunk[0], chunk[1]])
-        } else {
-            u16::from_be_bytes([chunk[0], 0])
-        };
-        sum += word as u32;
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// Parses an Ethernet frame carrying IPv4/IPv6 UDP and verifies its checksums from scratch.

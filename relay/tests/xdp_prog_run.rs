@@ -20,7 +20,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 mod common;
-use common::{Namespaces, in_ns, ip, ns_exec, sa};
+use common::{Namespaces, fold, in_ns, ip, ns_exec, sa, sum16};
 
 use sluice_relay::xdp::{FlowCounters, FlowKey, FlowValue, ProgramRun, XdpMode, XdpPath};
 
@@ -171,25 +171,6 @@ fn install_flows() -> XdpPath {
 
 // ---------------------------------------------------------------------------------------------
 // frames
-
-fn sum16(data: &[u8], mut sum: u32) -> u32 {
-    for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 {
-            u16::from_be_bytes([chunk[0], chunk[1]])
-        } else {
-            u16::from_be_bytes([chunk[0], 0])
-        };
-        sum += word as u32;
-    }
-    sum
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
 
 /// An RTP packet (version 2, PT 0) of `len` bytes.
 fn rtp(len: usize) -> Vec<u8> {

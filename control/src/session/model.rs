@@ -370,8 +370,12 @@ impl State {
     }
 
     fn free_ports(&mut self, side: &Side) {
-        if let Err(e) = self.ports.release(side.rtp_port, side.rtcp_port.is_some()) {
-            tracing::error!(error = %e, port = side.rtp_port, "port release failed (bug)");
+        self.release_ports(side.rtp_port, side.rtcp_port.is_some());
+    }
+
+    fn release_ports(&mut self, rtp_port: u16, pair: bool) {
+        if let Err(e) = self.ports.release(rtp_port, pair) {
+            tracing::error!(error = %e, port = rtp_port, "port release failed (bug)");
         }
     }
 
@@ -394,9 +398,7 @@ impl State {
         if let Err(e) = self.plane.send(Command::Remove { id: p.endpoint }) {
             tracing::error!(error = %e, "cannot close relay sockets");
         }
-        if let Err(e) = self.ports.release(p.rtp_port, p.pair) {
-            tracing::error!(error = %e, port = p.rtp_port, "port release failed (bug)");
-        }
+        self.release_ports(p.rtp_port, p.pair);
     }
 
     /// What reached a pooled side's sockets while it belonged to no call: dropped, no peer.

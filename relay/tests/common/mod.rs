@@ -254,3 +254,25 @@ pub fn unhex(s: &str) -> Vec<u8> {
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// The RFC 1071 one's-complement sum of `data` (an odd last byte padded with zero) added to
+/// `sum`, unfolded: for building and checking IP/UDP checksums of test frames.
+pub fn sum16(data: &[u8], mut sum: u32) -> u32 {
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += word as u32;
+    }
+    sum
+}
+
+/// Folds the carries of a [`sum16`] into 16 bits.
+pub fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
