@@ -171,7 +171,7 @@ static __always_inline int ipv4_header_ok(const struct iphdr *ip)
 }
 
 /*
- * The payload has the shape the userspace relay accepts (relay/src/rtp.rs classify_relay):
+ * The payload has the shape the userspace relay accepts (media/src/rtp.rs classify_relay):
  * version 2, an RTCP packet (type 192..223) whose first length field fits, or an RTP header
  * whose CSRC list fits. Whatever userspace would drop as malformed is passed to it (it counts
  * the drop) rather than forwarded here, so both paths relay the same packets. The header

@@ -657,7 +657,7 @@ async fn xdp_hold_and_delete_take_effect() {
 // Re-INVITE to a moved endpoint
 
 /// A re-INVITE moves the callee to a new address (transfer, new media server) that does not send
-/// at once. The relay forgets the old latched source (relay/src/latch.rs: a changed SDP address
+/// at once. The relay forgets the old latched source (media/src/latch.rs: a changed SDP address
 /// means the endpoint moved), so media towards the callee goes to the new SDP address, and it
 /// must keep going there once the stream settles and moves back into the kernel: never to the
 /// old device, and the new device's own media must get through when it starts.

@@ -131,7 +131,7 @@ fn opus_params(complexity: u8) -> OpusParams {
     }
 }
 
-/// An encoder set up like sluice's (relay/src/codec/opus.rs).
+/// An encoder set up like sluice's (media/src/codec/opus.rs).
 fn encoder(p: &OpusParams) -> Result<OpusEncoder> {
     Ok(OpusEncoder::new(p)?)
 }

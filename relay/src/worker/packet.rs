@@ -1,5 +1,5 @@
 //! Ethernet / IPv4 / IPv6 / UDP on a frame in place: views with named field ranges (the
-//! smoltcp pattern `relay/src/rtp.rs` follows), parsing to offsets (no copies), the flow key of
+//! smoltcp pattern `media/src/rtp.rs` follows), parsing to offsets (no copies), the flow key of
 //! the destination, and the relay rewrite (addresses, ports, lengths, TTL, full checksums).
 //!
 //! What the XDP program hands to workers is already sane (it passes fragments, IP options,

@@ -5,7 +5,7 @@
 //! (RFC 4568: the base64-decoded `inline:` key is master key || master salt):
 //!
 //! ```
-//! use sluice_relay::srtp::{SrtpConfig, SrtpContext, SrtpProfile, MAX_RTP_OVERHEAD};
+//! use sluice_media::srtp::{SrtpConfig, SrtpContext, SrtpProfile, MAX_RTP_OVERHEAD};
 //!
 //! let profile: SrtpProfile = "AES_CM_128_HMAC_SHA1_80".parse().unwrap();
 //! let master = [7u8; 30]; // base64-decoded a=crypto inline key

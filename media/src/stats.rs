@@ -106,7 +106,7 @@ impl TranscodePublished {
 /// load + store, cheaper than a locked add. Never for [`EndpointCounters`], whose counts two
 /// paths may add to at once (they are [`Counter`]s, which this does not take).
 #[inline]
-pub(crate) fn bump(c: &AtomicU64, n: u64) {
+pub fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
 }
 

@@ -10,7 +10,6 @@ use crate::rtp::{RTCP_MIN_LEN, RTP_HEADER_LEN};
 /// Why a packet was not protected or unprotected. The packet must be dropped; the context's
 /// state is unchanged and the matching [`SrtpCounters`] field has been incremented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum SrtpError {
     /// The bytes are not an RTP/RTCP packet of this profile (too short, wrong version, header
     /// running past the end, `len` beyond the buffer).
