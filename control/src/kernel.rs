@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use sluice_relay::handover::{EndpointState, StreamHandover};
+use sluice_relay::handover::{EndpointState, FlowHandover, StreamHandover};
 use sluice_relay::srtp::SrtpKeys;
 use sluice_relay::stats::EndpointCounters;
 use sluice_relay::worker::{
@@ -59,8 +59,9 @@ pub trait KernelPath: Send {
         let _ = spec;
         Err(format!("no AF_XDP workers to take the flow for {local}"))
     }
-    /// Removes the worker context for `local` (after its XDP entry is gone).
-    fn remove_worker_flow(&mut self, local: SocketAddr) -> KResult<()> {
+    /// Removes the worker context for `local` (after its XDP entry is gone), and returns where
+    /// its per-stream state stood: the engine continues from it.
+    fn remove_worker_flow(&mut self, local: SocketAddr) -> KResult<FlowHandover> {
         Err(format!("no AF_XDP workers hold a flow for {local}"))
     }
     /// The worker-side counters of the flow for `local`, summed over workers.
@@ -105,18 +106,18 @@ pub struct WorkerFlowSpec {
     pub fallback: Option<UdpSocket>,
     /// The sending leg's counters (SRTP auth failures and replays are counted there).
     pub counters: Option<Arc<EndpointCounters>>,
-    /// The sending leg's state, where the worker publishes what the next owner continues from.
+    /// The sending leg's state, where a transcoding worker publishes the loss it reports.
     pub state: Option<Arc<EndpointState>>,
-    /// Where the sending leg's streams stand when the flow moves to the workers (SRTP of what
-    /// it sends, this direction's transcoder sequence).
+    /// Where the sending leg's streams stood when the engine handed them over (SRTP of what it
+    /// sends, this direction's transcoder sequence): the worker continues from there.
     pub handover: StreamHandover,
     /// Transcoding of the flow's direction (after `rx`, before `tx`). On a separate RTCP port's
     /// flow it marks the stream as transcoded: its reports describe sources sluice replaced.
     pub transcode: Option<sluice_relay::transcode::DirectionPlan>,
-    /// The other leg's state: the loss it reports sets this direction's Opus FEC, and the SRTP
-    /// state of what is protected towards it is published there.
+    /// The other leg's state: the loss it reports sets this direction's Opus FEC.
     pub peer_state: Option<Arc<EndpointState>>,
-    /// Where the other leg's streams stand (SRTP of what is protected towards it).
+    /// Where the other leg's streams stood when the engine handed them over (SRTP of what is
+    /// protected towards it).
     pub peer_handover: StreamHandover,
     /// SSRC of the stream sluice sends to this flow's sender (its RTCP reports on it).
     pub report_ssrc: Option<u32>,
@@ -311,12 +312,6 @@ impl KernelPath for Xdp {
                         if let Some(c) = &spec.counters {
                             t = t.with_counters(c.clone());
                         }
-                        if let Some(s) = &spec.state {
-                            t = t.with_state(s.clone());
-                        }
-                        if let Some(p) = &spec.peer_state {
-                            t = t.with_peer_state(p.clone());
-                        }
                         Transform::custom(t.resume(&spec.handover, &spec.peer_handover))
                     }
                 };
@@ -356,18 +351,29 @@ impl KernelPath for Xdp {
         Ok(())
     }
 
-    fn remove_worker_flow(&mut self, local: SocketAddr) -> KResult<()> {
+    /// Every worker removes its context of the flow and hands back where it stood; one of
+    /// them saw the flow's packets (RSS), the others stand where the engine left them, and the
+    /// merge keeps what is furthest on.
+    fn remove_worker_flow(&mut self, local: SocketAddr) -> KResult<FlowHandover> {
         let pool = self.pool.as_ref().ok_or("no AF_XDP workers are running")?;
         if self.worker_flows.remove(&local).is_none() {
             return Err(format!("no worker flow for {local}"));
         }
-        let mut first = Ok(());
+        let mut back = FlowHandover::default();
         for w in pool.workers() {
-            if let Err(e) = w.remove_flow(FlowKey::new(local)) {
-                first = first.and(Err(e.to_string()));
+            match w.take_flow(FlowKey::new(local)) {
+                Ok(h) => {
+                    back.sender.merge(&h.sender);
+                    back.receiver.merge(&h.receiver);
+                }
+                // A worker thread that is gone took its copy of the flow with it; what the
+                // others hand back still counts.
+                Err(e) => {
+                    tracing::error!(%local, error = %e, "a worker did not hand its flow back")
+                }
             }
         }
-        first
+        Ok(back)
     }
 
     fn worker_flow_counters(&self, local: SocketAddr) -> KResult<WorkerFlowCounters> {

@@ -5,15 +5,22 @@
 //!
 //! [`crate::stats::EndpointCounters`] holds counts only; this is the state that is not a count.
 //!
-//! How the handover travels today: whichever path processes a stream publishes its state here
-//! (the engine once per batch, a worker per packet); a worker flow is built from the value read
-//! when the stream moves ([`EndpointState::handover`]), and the engine continues from it when it
-//! sees a value it did not publish itself. The old owner may still process a few packets after
-//! the new one read the value (what its socket or RX ring still holds), hence the margins below.
+//! How the handover travels: by message, through the control plane, which moves streams.
+//! - Engine -> worker: the control plane asks the engine for an endpoint's handover; the engine
+//!   answers with the state of its own contexts and keeps relaying the endpoint's packets for a
+//!   short grace period (what reaches its socket before the XDP entry is in place), then drops
+//!   them until the stream comes back. The worker flows start from the answer.
+//! - Worker -> engine: the control plane removes the XDP entry, then each worker removes its
+//!   flow and answers with the flow's final state ([`FlowHandover`]); the merged value goes to
+//!   the engine, which continues from it.
+//!
+//! The old owner may still have processed a few packets after its answer (the engine's grace
+//! period), hence the margins below: the new owner skips ahead by them, so nothing is sent twice
+//! under one key or sequence number.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use crate::srtp::{SrtpContext, SrtpHandover};
 
@@ -57,25 +64,51 @@ impl StreamHandover {
             ctx.take_over(h, SRTCP_INDEX_MARGIN);
         }
     }
+
+    /// Folds in what another flow of the same endpoint handed back: a worker keeps one context
+    /// per flow, so a stream with separate RTCP ports hands its RTP index back from the RTP flow
+    /// and its SRTCP index from the RTCP flow, and the workers that saw no packet (RSS sends a
+    /// flow to one RX queue) hand back nothing.
+    pub fn merge(&mut self, other: &StreamHandover) {
+        self.srtp_rx = merge_srtp(self.srtp_rx, other.srtp_rx);
+        self.srtp_tx = merge_srtp(self.srtp_tx, other.srtp_tx);
+        self.transcode_next_seq = match (self.transcode_next_seq, other.transcode_next_seq) {
+            // Serial number arithmetic (RFC 1982): the one further ahead.
+            (Some(a), Some(b)) => Some(if (b.wrapping_sub(a) as i16) > 0 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// For the same SSRC: the highest RTP index (every worker's context starts from the same
+/// handed-over index; the one that saw packets went further), and the SRTCP index only grows
+/// (RFC 3711 3.4: an index is never sent twice). Different SSRCs (the endpoint changed
+/// its SSRC on one flow): the one with a known RTP index, which carries media.
+fn merge_srtp(a: Option<SrtpHandover>, b: Option<SrtpHandover>) -> Option<SrtpHandover> {
+    match (a, b) {
+        (Some(a), Some(b)) if a.ssrc == b.ssrc => Some(a.merge(&b)),
+        (Some(a), Some(b)) => Some(if b.rtp_index().is_some() && a.rtp_index().is_none() {
+            b
+        } else {
+            a
+        }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What one worker flow hands back when it is removed: it receives what `sender` sends and
+/// protects towards `receiver`, so it knows the sender's receive side (SRTP unprotect,
+/// transcoder) and the receiver's transmit side (SRTP protect).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowHandover {
+    pub sender: StreamHandover,
+    pub receiver: StreamHandover,
 }
 
 /// One endpoint's shared state besides counts: published by the data plane, read by the
-/// control plane (and by the path that takes a stream over). Changes when latching decides, per
-/// batch or per packet for the handover slots (relaxed stores of whole words, one writer at a
-/// time: the path that owns the stream).
+/// control plane. Changes when latching decides or an RTCP report arrives, never per packet.
 #[derive(Debug, Default)]
 pub struct EndpointState {
-    /// SRTP handover slots, `srtp_rx_*` and `srtp_tx_*` (see [`StreamHandover`]).
-    /// Index: ROC << 16 | SEQ with bit 63 set once known.
-    srtp_rx_ssrc: AtomicU32,
-    srtp_rx_index: AtomicU64,
-    srtp_rx_rtcp: AtomicU32,
-    srtp_tx_ssrc: AtomicU32,
-    srtp_tx_index: AtomicU64,
-    srtp_tx_rtcp: AtomicU32,
-    srtp_published: AtomicBool,
-    /// The transcoder's next sequence number, with bit 16 set once there is one.
-    transcode_next_seq: AtomicU32,
     /// Loss this endpoint reports (RTCP RR/SR fraction lost, 1/256ths, bit 8 set once there is
     /// a report) about the transcoded stream sluice sends it: drives that stream's Opus FEC.
     reported_loss: AtomicU32,
@@ -85,78 +118,6 @@ pub struct EndpointState {
 }
 
 impl EndpointState {
-    /// The state a path taking this endpoint's streams over continues from.
-    pub fn handover(&self) -> StreamHandover {
-        let seq = self.transcode_next_seq.load(Relaxed);
-        StreamHandover {
-            srtp_rx: self.srtp_state(false),
-            srtp_tx: self.srtp_state(true),
-            transcode_next_seq: (seq & 1 << 16 != 0).then_some(seq as u16),
-        }
-    }
-
-    /// Publishes the SRTP state of one direction (`tx`: what sluice protects towards this
-    /// endpoint). On a worker a stream with separate RTCP ports has two flows, each with its
-    /// own contexts: the RTP flow's knows the RTP index, the RTCP flow's the SRTCP index. So
-    /// for the same SSRC what is published merges: an unknown RTP index keeps the known one,
-    /// and the SRTCP index only grows (RFC 3711 3.4: an index is never sent twice).
-    pub fn publish_srtp(&self, tx: bool, h: SrtpHandover) {
-        let (ssrc, index, rtcp) = self.srtp_slots(tx);
-        let same = self.srtp_published.load(Relaxed) && ssrc.load(Relaxed) == h.ssrc;
-        if same {
-            // A locked max only when it grows (once per SRTCP compound, not per packet).
-            if h.srtcp_next_index > rtcp.load(Relaxed) {
-                rtcp.fetch_max(h.srtcp_next_index, Relaxed);
-            }
-            if let Some(i) = h.rtp_index {
-                index.store(i | 1 << 63, Relaxed);
-            }
-        } else {
-            ssrc.store(h.ssrc, Relaxed);
-            rtcp.store(h.srtcp_next_index, Relaxed);
-            index.store(h.rtp_index.map_or(0, |i| i | 1 << 63), Relaxed);
-        }
-        self.srtp_published.store(true, Relaxed);
-    }
-
-    /// The SRTP state last published for one direction.
-    pub fn srtp_state(&self, tx: bool) -> Option<SrtpHandover> {
-        if !self.srtp_published.load(Relaxed) {
-            return None;
-        }
-        let (ssrc, index, rtcp) = self.srtp_slots(tx);
-        let i = index.load(Relaxed);
-        let rtcp_next = rtcp.load(Relaxed);
-        let rtp_index = (i & 1 << 63 != 0).then_some(i & !(1 << 63));
-        if rtp_index.is_none() && rtcp_next == 0 {
-            return None;
-        }
-        Some(SrtpHandover {
-            ssrc: ssrc.load(Relaxed),
-            rtp_index,
-            srtcp_next_index: rtcp_next,
-        })
-    }
-
-    fn srtp_slots(&self, tx: bool) -> (&AtomicU32, &AtomicU64, &AtomicU32) {
-        if tx {
-            (&self.srtp_tx_ssrc, &self.srtp_tx_index, &self.srtp_tx_rtcp)
-        } else {
-            (&self.srtp_rx_ssrc, &self.srtp_rx_index, &self.srtp_rx_rtcp)
-        }
-    }
-
-    /// Published by the transcoder's owner after each batch.
-    pub fn publish_transcode_seq(&self, next: u16) {
-        self.transcode_next_seq
-            .store(u32::from(next) | 1 << 16, Relaxed);
-    }
-
-    /// The next sequence number last published by this direction's transcoder.
-    pub fn transcode_next_seq(&self) -> Option<u16> {
-        self.handover().transcode_next_seq
-    }
-
     pub fn latched_rtp(&self) -> Option<SocketAddr> {
         *self.latched_rtp.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -192,65 +153,67 @@ impl EndpointState {
 mod tests {
     use super::*;
 
-    /// A worker's RTP flow and RTCP flow (separate ports) publish for the same direction: the
-    /// one's RTP index and the other's SRTCP index both survive, whichever comes last.
+    /// A worker's RTP flow and RTCP flow (separate ports) hand back the same direction: the
+    /// one's RTP index and the other's SRTCP index both survive, whichever comes first, and a
+    /// worker that saw nothing changes nothing.
     #[test]
-    fn the_rtp_and_rtcp_flows_of_one_direction_merge_what_they_publish() {
-        let rtp_flow = SrtpHandover {
-            ssrc: 9,
-            rtp_index: Some(2 << 16 | 5),
-            srtcp_next_index: 0,
-        };
-        let rtcp_flow = SrtpHandover {
-            ssrc: 9,
-            rtp_index: None,
-            srtcp_next_index: 40,
-        };
+    fn the_rtp_and_rtcp_flows_of_one_direction_merge_what_they_hand_back() {
+        let rtp_flow = SrtpHandover::at(9, Some(2 << 16 | 5), 0);
+        let rtcp_flow = SrtpHandover::at(9, None, 40);
+        let merged = SrtpHandover::at(9, Some(2 << 16 | 5), 40);
         for order in [[rtp_flow, rtcp_flow], [rtcp_flow, rtp_flow]] {
-            let s = EndpointState::default();
-            for h in order {
-                s.publish_srtp(true, h);
+            let mut h = StreamHandover::default();
+            for f in order {
+                h.merge(&StreamHandover {
+                    srtp_tx: Some(f),
+                    ..Default::default()
+                });
+                h.merge(&StreamHandover::default());
             }
-            assert_eq!(
-                s.srtp_state(true),
-                Some(SrtpHandover {
-                    ssrc: 9,
-                    rtp_index: Some(2 << 16 | 5),
-                    srtcp_next_index: 40,
-                })
-            );
+            assert_eq!(h.srtp_tx, Some(merged));
+            assert_eq!(h.srtp_rx, None);
         }
-        // A new SSRC starts over.
-        let s = EndpointState::default();
-        s.publish_srtp(false, rtcp_flow);
-        let other = SrtpHandover {
-            ssrc: 10,
-            rtp_index: Some(7),
-            srtcp_next_index: 1,
+        // Another SSRC on one flow: the one that carried media wins.
+        let other = SrtpHandover::at(10, None, 1);
+        assert_eq!(merge_srtp(Some(other), Some(rtp_flow)), Some(rtp_flow));
+        assert_eq!(merge_srtp(Some(rtp_flow), Some(other)), Some(rtp_flow));
+        // An idle worker's context stands where the handover left it; the busy one went on.
+        let idle = SrtpHandover::at(9, Some(1 << 16 | 9), 0);
+        assert_eq!(merge_srtp(Some(idle), Some(rtp_flow)), Some(rtp_flow));
+        // The transcoder further ahead wins, across the wrap.
+        let seq = |s| StreamHandover {
+            transcode_next_seq: Some(s),
+            ..Default::default()
         };
-        s.publish_srtp(false, other);
-        assert_eq!(s.srtp_state(false), Some(other));
+        let mut h = seq(65530);
+        h.merge(&seq(3));
+        assert_eq!(h.transcode_next_seq, Some(3));
+        h.merge(&seq(65000));
+        assert_eq!(h.transcode_next_seq, Some(3));
     }
 
     #[test]
-    fn nothing_published_is_no_handover_and_the_margins_apply_on_resume() {
-        let s = EndpointState::default();
-        assert_eq!(s.handover(), StreamHandover::default());
-        s.publish_transcode_seq(65530);
-        assert_eq!(s.handover().transcode_seq_start(), Some(10), "wraps");
-        let h = SrtpHandover {
-            ssrc: 7,
-            rtp_index: Some(1 << 16 | 3),
-            srtcp_next_index: 40,
+    fn the_margins_apply_on_resume() {
+        assert_eq!(StreamHandover::default().transcode_seq_start(), None);
+        let h = StreamHandover {
+            transcode_next_seq: Some(65530),
+            ..Default::default()
         };
-        s.publish_srtp(true, h);
-        assert_eq!(s.handover().srtp_tx, Some(h));
-        assert_eq!(s.handover().srtp_rx, None);
+        assert_eq!(h.transcode_seq_start(), Some(10), "wraps");
+        let srtp = SrtpHandover::at(7, Some(1 << 16 | 3), 40);
+        let h = StreamHandover {
+            srtp_tx: Some(srtp),
+            ..Default::default()
+        };
         let key = [9u8; 30];
         let profile = crate::srtp::SrtpProfile::AesCm128HmacSha1_80;
         let mut ctx = SrtpContext::new(profile, &key, crate::srtp::SrtpConfig::default()).unwrap();
-        s.handover().resume_srtp(&mut ctx, true);
+        h.resume_srtp(&mut ctx, true);
         assert_eq!(ctx.next_srtcp_index(7), 40 + SRTCP_INDEX_MARGIN);
         assert_eq!(ctx.rtp_state(7), Some((1, 3)));
+        // The receive side was not handed over: a receive context is left alone.
+        let mut rx = SrtpContext::new(profile, &key, crate::srtp::SrtpConfig::default()).unwrap();
+        h.resume_srtp(&mut rx, false);
+        assert_eq!(rx.rtp_state(7), None);
     }
 }

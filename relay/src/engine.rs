@@ -24,7 +24,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::clock::now_ns;
-use crate::handover::EndpointState;
+use crate::handover::{EndpointState, StreamHandover};
 use crate::latch::LatchConfig;
 use crate::mmsg::{send_runs, sockaddr_to_std, std_to_sockaddr};
 use crate::rtcp_report::RtcpReports;
@@ -90,7 +90,7 @@ pub enum Command {
         rtcp: Option<std::net::UdpSocket>,
         config: EndpointConfig,
         counters: Arc<EndpointCounters>,
-        /// Where the engine publishes latching, handover state and reported loss.
+        /// Where the engine publishes latching and reported loss.
         state: Arc<EndpointState>,
     },
     Configure {
@@ -131,8 +131,31 @@ pub enum Command {
         counters: Arc<EndpointCounters>,
         state: Arc<EndpointState>,
     },
+    /// The endpoint's streams move to an AF_XDP worker: the engine answers on `reply` with
+    /// where its contexts stand (the worker continues from there), goes on relaying what reaches
+    /// its sockets for [`HANDOVER_GRACE`] (until the XDP entry is in place), then drops it,
+    /// counted as `dropped_no_peer`, until [`Command::Resume`]. Unknown endpoints answer an
+    /// empty handover.
+    HandOver {
+        id: EndpointId,
+        reply: Sender<StreamHandover>,
+    },
+    /// The endpoint's streams are back from the workers: continue from `handover`, what they
+    /// handed back (past its margins), and relay again.
+    Resume {
+        id: EndpointId,
+        /// Boxed: replay lists make it the largest command by far.
+        handover: Box<StreamHandover>,
+    },
     Shutdown,
 }
+
+/// How long the engine goes on relaying an endpoint after [`Command::HandOver`]: what still
+/// reaches its sockets while the control plane installs the worker flows and the XDP entry
+/// (microseconds to a few milliseconds). At 50 packets/s that is at most 5 packets and one
+/// RTCP compound, well inside the margins the worker skips
+/// ([`crate::handover::TRANSCODE_SEQ_MARGIN`], [`crate::handover::SRTCP_INDEX_MARGIN`]).
+pub const HANDOVER_GRACE: Duration = Duration::from_millis(100);
 
 /// What the engine tells the control plane. Sent at most once per endpoint per event, never per
 /// packet.
@@ -204,6 +227,16 @@ impl EngineHandle {
         self.waker.wake().map_err(|_| EngineGone)
     }
 
+    /// Asks for endpoint `id`'s per-stream state as its streams move to a worker (see
+    /// [`Command::HandOver`]) and waits for the answer, at most a second: the engine answers
+    /// between two batches.
+    pub fn hand_over(&self, id: EndpointId) -> Result<StreamHandover, EngineGone> {
+        let (reply, wait) = crossbeam_channel::bounded(1);
+        self.send(Command::HandOver { id, reply })?;
+        wait.recv_timeout(Duration::from_secs(1))
+            .map_err(|_| EngineGone)
+    }
+
     /// Stops the loop and waits for it: every relay socket is closed when this returns.
     pub fn shutdown(mut self) -> io::Result<()> {
         self.stop()
@@ -259,6 +292,9 @@ struct Endpoint {
     srtp_tx_keys: Option<SrtpKeys>,
     /// Between [`Command::Pool`] and [`Command::Reuse`]: belongs to no call.
     pooled: bool,
+    /// When the engine answered [`Command::HandOver`] (`clock::now_ns`), until
+    /// [`Command::Resume`]: the stream belongs to a worker.
+    handed_over_at: Option<u64>,
 }
 
 impl Endpoint {
@@ -294,49 +330,64 @@ impl Endpoint {
             srtp_tx: None,
             srtp_tx_keys: None,
             pooled: false,
+            handed_over_at: None,
         }
+    }
+
+    /// Where this endpoint's contexts stand, for a worker to continue from: the SRTP of what
+    /// it sends and of what is sent to it, and its transcoder's next sequence number.
+    fn handover(&self) -> StreamHandover {
+        StreamHandover {
+            srtp_rx: self.core.srtp_rx.as_ref().and_then(|c| c.handover()),
+            srtp_tx: self.srtp_tx.as_ref().and_then(|c| c.handover()),
+            transcode_next_seq: self.core.transcoder.as_ref().map(|t| t.next_out_seq()),
+        }
+    }
+
+    /// Continues from what the workers handed back: SRTP past their indices, and a transcoder
+    /// (same plan, fresh codec state) past their sequence numbers.
+    fn resume(&mut self, h: &StreamHandover) {
+        self.handed_over_at = None;
+        if let Some(rx) = self.core.srtp_rx.as_deref_mut() {
+            h.resume_srtp(rx, false);
+        }
+        if let Some(tx) = self.srtp_tx.as_deref_mut() {
+            h.resume_srtp(tx, true);
+        }
+        if let (Some(seq), Some(t)) = (h.transcode_seq_start(), &self.core.transcoder) {
+            let plan = t.plan().clone();
+            start_transcoder(self, plan, seq);
+        }
+    }
+
+    /// Handed over to a worker longer ago than [`HANDOVER_GRACE`]: its packets are dropped.
+    fn moved_away(&self) -> bool {
+        self.handed_over_at
+            .is_some_and(|t| now_ns().saturating_sub(t) > HANDOVER_GRACE.as_nanos() as u64)
     }
 }
 
 /// RTCP reports kept per endpoint per batch; an endpoint sends one compound every few seconds.
 const RTCP_REPORTS_PER_BATCH: usize = 4;
 
-/// Takes over the SRTP state a worker published for this direction, when it is not the one this
-/// context published itself.
-fn sync_srtp(ctx: &mut SrtpContext, s: &EndpointState, tx: bool) {
-    if let Some(p) = s.srtp_state(tx)
-        && Some(p) != ctx.handover()
-    {
-        ctx.take_over(p, crate::handover::SRTCP_INDEX_MARGIN);
-    }
-}
-
-/// A worker sent for this direction since this transcoder last did (the stream was in the
-/// kernel path): its sequence numbers are ahead, and this one must not reuse them.
-fn transcoder_stale(s: &EndpointState, t: &Transcoder) -> bool {
-    s.transcode_next_seq()
-        .is_some_and(|next| next != t.next_out_seq())
-}
-
-/// Keeps the transcoder (and its codec state) when the plan did not change and nobody else
-/// transcoded this direction since.
+/// Keeps the transcoder (and its codec state) when the plan did not change; a new plan
+/// continues the old one's sequence numbers (the SSRC is the stream's), else starts at random.
 fn set_transcode(ep: &mut Endpoint, plan: Option<DirectionPlan>) {
-    let core = &mut ep.core;
-    core.transcode_broken = false;
+    ep.core.transcode_broken = false;
     let Some(plan) = plan else {
-        core.transcoder = None;
+        ep.core.transcoder = None;
         return;
     };
-    if let Some(t) = &core.transcoder
+    if let Some(t) = &ep.core.transcoder
         && *t.plan() == plan
-        && !transcoder_stale(&ep.state, t)
     {
         return;
     }
     let seq = ep
-        .state
-        .handover()
-        .transcode_seq_start()
+        .core
+        .transcoder
+        .as_ref()
+        .map(|t| t.next_out_seq())
         .unwrap_or_else(|| {
             let mut seq = [0u8; 2];
             // A random first sequence number (RFC 3550 5.1); a failing RNG only makes it
@@ -344,6 +395,11 @@ fn set_transcode(ep: &mut Endpoint, plan: Option<DirectionPlan>) {
             let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seq);
             u16::from_be_bytes(seq)
         });
+    start_transcoder(ep, plan, seq);
+}
+
+fn start_transcoder(ep: &mut Endpoint, plan: DirectionPlan, seq: u16) {
+    let core = &mut ep.core;
     match Transcoder::new(&plan, seq) {
         Ok(t) => {
             tracing::info!(id = %ep.id, input = ?plan.input, output = ?plan.output, "transcoding");
@@ -556,7 +612,7 @@ impl Engine {
                     .expect("by_id points at a live slot");
                 set_transcode(ep, plan);
                 self.timers.retain(|&s| s != slot);
-                if ep.core.transcoder.is_some() {
+                if ep.core.transcoder.is_some() && ep.handed_over_at.is_none() {
                     self.timers.push(slot);
                 }
             }
@@ -574,6 +630,39 @@ impl Engine {
                 }
                 self.timers.retain(|&s| s != slot);
                 self.free.push(slot);
+            }
+            Command::HandOver { id, reply } => {
+                let handover = match self.by_id.get(&id) {
+                    Some(&slot) => {
+                        let ep = self.slots[slot]
+                            .as_mut()
+                            .expect("by_id points at a live slot");
+                        ep.handed_over_at = Some(now_ns());
+                        // The worker runs the reorder window from now on.
+                        self.timers.retain(|&s| s != slot);
+                        ep.handover()
+                    }
+                    None => {
+                        tracing::warn!(%id, "handover of an unknown endpoint");
+                        StreamHandover::default()
+                    }
+                };
+                // The control plane may have given up waiting: nothing to do then.
+                let _ = reply.send(handover);
+            }
+            Command::Resume { id, handover } => {
+                let Some(&slot) = self.by_id.get(&id) else {
+                    tracing::warn!(%id, "resume of an unknown endpoint ignored");
+                    return;
+                };
+                let ep = self.slots[slot]
+                    .as_mut()
+                    .expect("by_id points at a live slot");
+                ep.resume(&handover);
+                self.timers.retain(|&s| s != slot);
+                if ep.core.transcoder.is_some() {
+                    self.timers.push(slot);
+                }
             }
             Command::Pool { id } => self.pool(id),
             Command::Reuse {
@@ -823,7 +912,9 @@ impl Engine {
             } else {
                 ep.rtp.as_raw_fd()
             };
-            if ep.pooled {
+            // A worker's now: what still reaches this socket would be processed with contexts
+            // the worker has moved past (an SRTCP index sent twice reuses keystream).
+            if ep.pooled || ep.moved_away() {
                 return self.drop_strays(slot, fd);
             }
             let egress = self.egress(ep);
@@ -845,24 +936,7 @@ impl Engine {
                 .filter(|e| e.core.srtp && e.slot != slot)
                 .and_then(|e| self.slots[e.slot].as_mut())
                 .and_then(|p| p.srtp_tx.take());
-            // The partner's state carries that of what is protected towards it.
-            let partner_state = egress
-                .filter(|_| tx.is_some())
-                .and_then(|e| Some(self.slots[e.slot].as_ref()?.state.clone()));
             let ep = self.slots[slot].as_mut().expect("checked above");
-            // A worker may have processed this stream since: continue from its SRTP state.
-            if let Some(rx) = ep.core.srtp_rx.as_mut() {
-                sync_srtp(rx, &ep.state, false);
-            }
-            if let (Some(t), Some(pc)) = (tx.as_mut(), &partner_state) {
-                sync_srtp(t, pc, true);
-            }
-            if let Some(t) = &ep.core.transcoder
-                && transcoder_stale(&ep.state, t)
-            {
-                let plan = t.plan().clone();
-                set_transcode(ep, Some(plan));
-            }
             let queued = process_batch(
                 &mut self.io,
                 ep,
@@ -885,14 +959,6 @@ impl Engine {
                     at_ns,
                     reports,
                 });
-            }
-            if let Some(h) = ep.core.srtp_rx.as_ref().and_then(|c| c.handover()) {
-                ep.state.publish_srtp(false, h);
-            }
-            if let (Some(t), Some(pc)) = (tx.as_ref(), &partner_state)
-                && let Some(h) = t.handover()
-            {
-                pc.publish_srtp(true, h);
             }
             let loss = ep.state.reported_loss_pct();
             if let Some(e) = egress
@@ -1035,7 +1101,6 @@ fn drain_transcoded(
     if let Some(t) = core.transcoder.as_deref() {
         ep.counters
             .publish_transcoder(t, &mut core.transcode_published);
-        ep.state.publish_transcode_seq(t.next_out_seq());
     }
     (queued, more)
 }
@@ -1220,10 +1285,22 @@ mod tests {
         engine.shutdown().unwrap();
     }
 
-    #[test]
-    fn a_transcoder_is_stale_once_a_worker_sent_for_its_direction() {
+    fn endpoint() -> Endpoint {
+        let sock = UdpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        Endpoint::new(
+            EndpointId(1),
+            sock,
+            None,
+            EndpointConfig::default(),
+            Arc::default(),
+            Arc::default(),
+            None,
+        )
+    }
+
+    fn pcmu_to_pcma() -> crate::transcode::DirectionPlan {
         use crate::transcode::{Codec, DirectionPlan, OpusParams};
-        let plan = DirectionPlan {
+        DirectionPlan {
             input: Codec::Pcmu,
             input_pt: 0,
             output: Codec::Pcma,
@@ -1233,28 +1310,17 @@ mod tests {
             dtmf: None,
             cn_pts: vec![],
             ssrc: 7,
-        };
-        let t = Transcoder::new(&plan, 100).unwrap();
-        let c = EndpointState::default();
-        assert!(!transcoder_stale(&c, &t), "nobody published yet");
-        c.publish_transcode_seq(100);
-        assert!(!transcoder_stale(&c, &t), "this transcoder published it");
-        // A worker sent 40 packets for this direction while the stream was in the kernel path.
-        c.publish_transcode_seq(140);
-        assert!(transcoder_stale(&c, &t));
-        // The replacement continues past the worker's sequence numbers.
-        let start = c.handover().transcode_seq_start().unwrap();
-        assert_eq!(start, 140 + crate::handover::TRANSCODE_SEQ_MARGIN);
-        let fresh = Transcoder::new(&plan, start).unwrap();
-        assert_eq!(fresh.next_out_seq(), 156);
+        }
     }
 
+    /// The engine hands a worker exactly where its contexts stand, and continues from what the
+    /// worker hands back: past the worker's SRTP index (a wrap the engine never saw) and past
+    /// the worker's transcoder sequence numbers, by the margins.
     #[test]
-    fn engine_contexts_take_over_what_a_worker_published() {
+    fn an_endpoint_hands_over_its_state_and_resumes_from_the_workers() {
         let key = vec![7u8; 30];
         let profile = SrtpProfile::AesCm128HmacSha1_80;
         let new = || SrtpContext::new(profile, &key, SrtpConfig::default()).unwrap();
-        let (mut sender, mut worker, mut engine) = (new(), new(), new());
         let rtp = |seq: u16| {
             let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0xaa, 0xbb, 0xcc, 0xdd];
             p[2..4].copy_from_slice(&seq.to_be_bytes());
@@ -1262,27 +1328,116 @@ mod tests {
             p.resize(172 + 64, 0);
             p
         };
-        let counters = EndpointState::default();
-        // The worker saw the stream wrap (ROC 1) and published where it stands.
-        for seq in (65534..=65535).chain(0..2) {
+        let (mut sender, mut worker) = (new(), new());
+        let mut ep = endpoint();
+        ep.core.srtp_rx = Some(Box::new(new()));
+        set_transcode(&mut ep, Some(pcmu_to_pcma()));
+        let seq0 = ep.core.transcoder.as_ref().unwrap().next_out_seq();
+        // The engine saw packets 65530..=65533 (ROC 0).
+        for seq in 65530..=65533 {
             let mut p = rtp(seq);
             let n = sender.protect_rtp(&mut p, 172).unwrap();
+            ep.core
+                .srtp_rx
+                .as_mut()
+                .unwrap()
+                .unprotect_rtp(&mut p, n)
+                .unwrap();
+        }
+        let given = ep.handover();
+        assert_eq!(given.srtp_rx.unwrap().rtp_index(), Some(65533));
+        assert_eq!(given.srtp_tx, None, "nothing is protected towards it");
+        assert_eq!(given.transcode_next_seq, Some(seq0));
+        // The worker continues from it and sees the stream wrap (ROC 1) and go on to 40000.
+        given.resume_srtp(&mut worker, false);
+        // A copy of a packet the engine accepted before the move is a replay for the worker.
+        let mut early = rtp(65531);
+        let mut s2 = new();
+        for seq in 65530..=65531 {
+            early = rtp(seq);
+            let n = s2.protect_rtp(&mut early, 172).unwrap();
+            early.truncate(n);
+        }
+        let n = early.len();
+        early.resize(n + 64, 0);
+        assert!(
+            matches!(
+                worker.unprotect_rtp(&mut early, n),
+                Err(crate::srtp::SrtpError::Replayed { .. })
+            ),
+            "accepted by the engine, refused by the worker"
+        );
+        let mut accepted = Vec::new();
+        for seq in (65534..=65535).chain((0..=40_000).step_by(1000)) {
+            let mut p = rtp(seq);
+            let n = sender.protect_rtp(&mut p, 172).unwrap();
+            accepted.push((p.clone(), n));
             worker.unprotect_rtp(&mut p, n).unwrap();
         }
-        counters.publish_srtp(false, worker.handover().unwrap());
-        // Back on the engine (a re-INVITE): its context last saw ROC 0.
-        let mut p = rtp(2);
+        let back = StreamHandover {
+            srtp_rx: worker.handover(),
+            srtp_tx: None,
+            transcode_next_seq: Some(given.transcode_seq_start().unwrap().wrapping_add(40)),
+        };
+        // Before resuming the engine's context is stale: ROC 0 is closer to what it saw.
+        let mut p = rtp(40_002);
         let n = sender.protect_rtp(&mut p, 172).unwrap();
         let mut copy = p.clone();
-        assert!(engine.unprotect_rtp(&mut copy, n).is_err(), "stale ROC");
-        sync_srtp(&mut engine, &counters, false);
-        assert_eq!(engine.unprotect_rtp(&mut p, n), Ok(172));
-        assert_eq!(engine.rtp_state(0xaabb_ccdd), Some((1, 2)));
-        // Once the engine publishes again, nothing more is taken over.
-        counters.publish_srtp(false, engine.handover().unwrap());
-        let before = engine.handover();
-        sync_srtp(&mut engine, &counters, false);
-        assert_eq!(engine.handover(), before);
+        let rx = ep.core.srtp_rx.as_mut().unwrap();
+        assert!(rx.unprotect_rtp(&mut copy, n).is_err(), "stale ROC");
+        ep.handed_over_at = Some(now_ns());
+        ep.resume(&back);
+        assert_eq!(ep.handed_over_at, None, "relaying again");
+        let rx = ep.core.srtp_rx.as_mut().unwrap();
+        assert_eq!(rx.unprotect_rtp(&mut p, n), Ok(172));
+        assert_eq!(rx.rtp_state(0xaabb_ccdd), Some((1, 40_002)));
+        // And what the worker accepted is a replay for the engine.
+        let (mut last, n) = accepted.pop().unwrap();
+        assert!(matches!(
+            rx.unprotect_rtp(&mut last, n),
+            Err(crate::srtp::SrtpError::Replayed { .. })
+        ));
+        for (mut p, n) in accepted {
+            assert!(rx.unprotect_rtp(&mut p, n).is_err(), "replayed or too old");
+        }
+        assert_eq!(
+            ep.core.transcoder.as_ref().unwrap().next_out_seq(),
+            seq0.wrapping_add(40 + 2 * crate::handover::TRANSCODE_SEQ_MARGIN),
+            "past the worker's numbers, by the margin"
+        );
+        // Nothing handed back (the stream never reached a worker): the engine goes on as it was.
+        let before = ep.handover();
+        ep.resume(&StreamHandover::default());
+        assert_eq!(ep.handover(), before);
+    }
+
+    /// After the grace period a handed-over endpoint's packets are the worker's to process.
+    #[test]
+    fn a_handed_over_endpoint_stops_relaying_after_the_grace_period() {
+        let mut ep = endpoint();
+        assert!(!ep.moved_away());
+        ep.handed_over_at = Some(now_ns());
+        assert!(!ep.moved_away(), "within the grace period");
+        ep.handed_over_at = Some(now_ns() - HANDOVER_GRACE.as_nanos() as u64 - 1);
+        assert!(ep.moved_away());
+        ep.resume(&StreamHandover::default());
+        assert!(!ep.moved_away());
+    }
+
+    /// A changed plan keeps the stream's sequence numbers going; an unchanged one keeps the
+    /// transcoder itself.
+    #[test]
+    fn a_new_transcoding_plan_continues_the_sequence_numbers() {
+        let mut ep = endpoint();
+        set_transcode(&mut ep, Some(pcmu_to_pcma()));
+        let seq = ep.core.transcoder.as_ref().unwrap().next_out_seq();
+        let mut plan = pcmu_to_pcma();
+        plan.output_ptime_ms = 40;
+        set_transcode(&mut ep, Some(plan.clone()));
+        let t = ep.core.transcoder.as_ref().unwrap();
+        assert_eq!((t.next_out_seq(), t.plan()), (seq, &plan));
+        set_transcode(&mut ep, None);
+        assert!(ep.core.transcoder.is_none());
     }
 
     /// While a stream moves between the engine and a worker, both count SRTP failures of the

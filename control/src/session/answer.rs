@@ -127,7 +127,12 @@ impl State {
         call.last_signal_ns = self.clock.now_ns();
         call.pending_offer = None;
         call.answered_offer = Some(o);
-        unkernelize(call, self.kernel.as_deref_mut(), &mut self.flow_ids);
+        unkernelize(
+            call,
+            self.kernel.as_deref_mut(),
+            &mut self.flow_ids,
+            self.plane.as_mut(),
+        );
         let mut out = answer.clone();
         let first_ip = call.streams.first().map(|s| s.sides[o].local_ip);
         for (i, m) in out.media.iter_mut().enumerate() {

@@ -121,7 +121,12 @@ impl State {
             return;
         };
         // Kernel flows name the sockets of the branch that is leaving.
-        unkernelize(call, self.kernel.as_deref_mut(), &mut self.flow_ids);
+        unkernelize(
+            call,
+            self.kernel.as_deref_mut(),
+            &mut self.flow_ids,
+            self.plane.as_mut(),
+        );
         let Fork { label, mut state } = call.forks.remove(i);
         swap_branch(call, &mut state);
         let mut cmds = Vec::new();

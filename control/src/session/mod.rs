@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sluice_relay::engine::{Command, EndpointId, EngineEvent, EngineGone, EngineHandle};
+use sluice_relay::handover::StreamHandover;
 use sluice_relay::rtcp_report::RtcpReports;
 
 use crate::kernel::{FlowIds, KernelPath};
@@ -69,6 +70,13 @@ use report::call_report;
 /// Where the session layer's commands go: the relay engine, or a recorder in tests.
 pub trait MediaPlane: Send {
     fn send(&mut self, cmd: Command) -> Result<(), EngineGone>;
+    /// Where endpoint `id`'s per-stream state stands as its streams move to the AF_XDP workers
+    /// (the engine's [`Command::HandOver`]; the stream comes back with [`Command::Resume`]).
+    /// A plane that keeps no such state (a recorder in tests) hands over nothing.
+    fn hand_over(&mut self, id: EndpointId) -> Result<StreamHandover, EngineGone> {
+        let _ = id;
+        Ok(StreamHandover::default())
+    }
     /// Closes every socket and stops the data plane; later sends fail.
     fn stop(&mut self) {}
 }
@@ -76,6 +84,9 @@ pub trait MediaPlane: Send {
 impl MediaPlane for EngineHandle {
     fn send(&mut self, cmd: Command) -> Result<(), EngineGone> {
         EngineHandle::send(self, cmd)
+    }
+    fn hand_over(&mut self, id: EndpointId) -> Result<StreamHandover, EngineGone> {
+        EngineHandle::hand_over(self, id)
     }
     fn stop(&mut self) {
         if let Err(e) = EngineHandle::stop(self) {

@@ -6,12 +6,15 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
+use sluice_relay::engine::Command;
+use sluice_relay::handover::StreamHandover;
 use sluice_relay::latch::LatchConfig;
 use sluice_relay::xdp::{FlowCounters, FlowValue};
 
 use crate::kernel::{FlowIds, KernelPath, WorkerFlowSpec};
 use crate::sdp::Direction;
 
+use super::MediaPlane;
 use super::model::{Call, KernelFlow, State, Stream};
 use super::srtp::SideCrypto;
 
@@ -22,7 +25,12 @@ const SETTLE_NS: u64 = 1_000_000_000;
 impl State {
     pub(super) fn unkernelize_call(&mut self, call_id: &str) {
         if let Some(call) = self.calls.get_mut(call_id) {
-            unkernelize(call, self.kernel.as_deref_mut(), &mut self.flow_ids);
+            unkernelize(
+                call,
+                self.kernel.as_deref_mut(),
+                &mut self.flow_ids,
+                self.plane.as_mut(),
+            );
         }
     }
 
@@ -60,7 +68,14 @@ impl State {
                 match s.settle {
                     Some((seen, since)) if seen == [l0, l1] => {
                         if now.saturating_sub(since) >= SETTLE_NS {
-                            install_stream(s, [l0, l1], kernel, &mut self.flow_ids, &call.call_id);
+                            install_stream(
+                                s,
+                                [l0, l1],
+                                kernel,
+                                &mut self.flow_ids,
+                                self.plane.as_mut(),
+                                &call.call_id,
+                            );
                         }
                     }
                     _ => s.settle = Some(([l0, l1], now)),
@@ -130,9 +145,26 @@ fn install_stream(
     latched: [SocketAddr; 2],
     kernel: &mut dyn KernelPath,
     flow_ids: &mut FlowIds,
+    plane: &mut dyn MediaPlane,
     call_id: &str,
 ) {
     let worker = needs_worker(s);
+    // A worker continues from where the engine's contexts stand, which the engine says as it
+    // lets the stream go (it relays on for a grace period, until the XDP entries are in).
+    let mut handovers = [StreamHandover::default(); 2];
+    if worker {
+        for (k, h) in handovers.iter_mut().enumerate() {
+            match plane.hand_over(s.sides[k].endpoint) {
+                Ok(got) => *h = got,
+                Err(_) => {
+                    tracing::warn!(%call_id, "the relay did not hand the stream over; it stays in userspace");
+                    s.kernel_failed = true;
+                    resume(s, plane, &handovers[..k]);
+                    return;
+                }
+            }
+        }
+    }
     // (side, relay address the packets arrive at, their source, relay socket they leave from,
     // where they go, whether it is a separate RTCP port)
     let mut wanted = Vec::new();
@@ -168,7 +200,7 @@ fn install_stream(
         }
         // The worker's context goes in first, so the first redirected packet finds it.
         if worker {
-            let added = worker_spec(s, side, flow_id, new_src, to, rtcp_port)
+            let added = worker_spec(s, side, flow_id, new_src, to, rtcp_port, &handovers)
                 .and_then(|spec| kernel.add_worker_flow(local, spec));
             if let Err(e) = added {
                 flow_ids.give_back(flow_id);
@@ -205,6 +237,11 @@ fn install_stream(
             flow_ids.give_back(f.flow_id);
         }
         s.kernel_failed = true;
+        if worker {
+            // Back to relaying from where the engine stood; the margins cover what it relayed
+            // meanwhile.
+            resume(s, plane, &handovers);
+        }
         return;
     }
     if worker {
@@ -213,6 +250,19 @@ fn install_stream(
         tracing::info!(%call_id, flows = installed.len(), "stream forwarded in the kernel");
     }
     s.kernel = installed;
+}
+
+/// Tells the engine to relay side k's stream again, from `handovers[k]`, for each given.
+fn resume(s: &Stream, plane: &mut dyn MediaPlane, handovers: &[StreamHandover]) {
+    for (k, h) in handovers.iter().enumerate() {
+        let cmd = Command::Resume {
+            id: s.sides[k].endpoint,
+            handover: Box::new(*h),
+        };
+        if plane.send(cmd).is_err() {
+            tracing::error!("relay thread gone; cannot resume a stream");
+        }
+    }
 }
 
 /// The worker context for packets from side `k`'s endpoint: what the engine does for that
@@ -226,6 +276,7 @@ fn worker_spec(
     new_src: SocketAddr,
     to: SocketAddr,
     rtcp_port: bool,
+    handovers: &[StreamHandover; 2],
 ) -> Result<WorkerFlowSpec, String> {
     let (me, other) = (&s.sides[k], &s.sides[1 - k]);
     let rx = match &me.crypto {
@@ -262,10 +313,10 @@ fn worker_spec(
         counters: Some(me.counters.clone()),
         state: Some(me.state.clone()),
         // Where the engine left the two legs: the worker continues from there.
-        handover: me.state.handover(),
+        handover: handovers[k],
         transcode: s.transcode.as_ref().map(|t| t.plans[k].clone()),
         peer_state: Some(other.state.clone()),
-        peer_handover: other.state.handover(),
+        peer_handover: handovers[1 - k],
         report_ssrc: s.transcode.as_ref().map(|t| t.plans[1 - k].ssrc),
     })
 }
@@ -287,11 +338,13 @@ fn flow_counters(kernel: &dyn KernelPath, f: &KernelFlow) -> crate::kernel::KRes
     Ok(c)
 }
 
-/// Takes a call's streams out of the kernel, keeping their counters.
+/// Takes a call's streams out of the kernel, keeping their counters; streams that were on the
+/// workers go back to the engine with what the workers hand back.
 pub(super) fn unkernelize(
     call: &mut Call,
     mut kernel: Option<&mut (dyn KernelPath + 'static)>,
     flow_ids: &mut FlowIds,
+    plane: &mut dyn MediaPlane,
 ) {
     for s in call.streams.iter_mut() {
         s.settle = None;
@@ -299,7 +352,10 @@ pub(super) fn unkernelize(
         let Some(kernel) = kernel.as_deref_mut() else {
             continue;
         };
+        let mut back = [StreamHandover::default(); 2];
+        let mut on_workers = false;
         for f in std::mem::take(&mut s.kernel) {
+            on_workers |= f.worker;
             if let Err(e) = kernel.remove(f.local) {
                 tracing::error!(local = %f.local, error = %e, "cannot remove kernel flow");
             }
@@ -308,15 +364,26 @@ pub(super) fn unkernelize(
                 Err(e) => tracing::warn!(error = %e, "cannot read kernel counters"),
             }
             // After the XDP entry: nothing is redirected to the worker any more.
-            if f.worker
-                && let Err(e) = kernel.remove_worker_flow(f.local)
-            {
-                tracing::error!(local = %f.local, error = %e, "cannot remove worker flow");
+            if f.worker {
+                match kernel.remove_worker_flow(f.local) {
+                    // This flow received what side `f.side` sends and protected towards the
+                    // other side.
+                    Ok(h) => {
+                        back[f.side].merge(&h.sender);
+                        back[1 - f.side].merge(&h.receiver);
+                    }
+                    Err(e) => {
+                        tracing::error!(local = %f.local, error = %e, "cannot remove worker flow")
+                    }
+                }
             }
             if let Err(e) = kernel.reset_counters(f.flow_id) {
                 tracing::warn!(error = %e, "cannot reset kernel counters");
             }
             flow_ids.give_back(f.flow_id);
+        }
+        if on_workers {
+            resume(s, plane, &back);
         }
     }
 }

@@ -86,10 +86,41 @@ impl SrtpConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SrtpHandover {
     pub ssrc: u32,
-    /// The highest SRTP packet index (ROC << 16 | SEQ) seen or sent.
-    pub rtp_index: Option<u64>,
+    /// SRTP: the highest packet index (ROC << 16 | SEQ) seen or sent, and which of those below
+    /// it were accepted (RFC 3711 3.3.2), so that the new owner accepts none of them again.
+    pub rtp: ReplayWindow<16>,
     /// The next SRTCP index to send.
     pub srtcp_next_index: u32,
+    /// SRTCP received: the same replay list over the explicit index.
+    pub srtcp: ReplayWindow<2>,
+}
+
+impl SrtpHandover {
+    /// A stream whose highest SRTP index is `rtp_index`, with nothing accepted below it and
+    /// no SRTCP received.
+    pub fn at(ssrc: u32, rtp_index: Option<u64>, srtcp_next_index: u32) -> Self {
+        SrtpHandover {
+            ssrc,
+            rtp: rtp_index.map(ReplayWindow::starting_at).unwrap_or_default(),
+            srtcp_next_index,
+            srtcp: ReplayWindow::default(),
+        }
+    }
+
+    /// The highest SRTP index, if any packet was seen or sent.
+    pub fn rtp_index(&self) -> Option<u64> {
+        self.rtp.top()
+    }
+
+    /// Both owners' state of the same SSRC together: the higher indices, every accepted index
+    /// of either (RFC 3711 3.3.2), and the higher next SRTCP index (3.4: never sent twice).
+    pub fn merge(&self, other: &SrtpHandover) -> SrtpHandover {
+        let mut m = *self;
+        m.rtp.absorb(&other.rtp);
+        m.srtcp.absorb(&other.srtcp);
+        m.srtcp_next_index = m.srtcp_next_index.max(other.srtcp_next_index);
+        m
+    }
 }
 
 /// State of one SSRC (RFC 3711 3.2.1 and 3.2.2).
@@ -405,23 +436,21 @@ impl SrtpContext {
         let s = self.streams.slots.get(self.streams.last)?;
         Some(SrtpHandover {
             ssrc: s.ssrc,
-            rtp_index: s.rtp_window.top(),
+            rtp: s.rtp_window,
             srtcp_next_index: s.rtcp_next_index,
+            srtcp: s.rtcp_window,
         })
     }
 
     /// Continues where another context with the same keys left off (a stream moving between
     /// the userspace engine and an AF_XDP worker): the SSRC's highest RTP index (so the rollover
-    /// counter is right after a wrap, and that index is never accepted or sent again) and its
-    /// next SRTCP index, plus `srtcp_margin` for packets the other may still send. Only moves
-    /// forward.
+    /// counter is right after a wrap) and the replay lists (nothing the other accepted is
+    /// accepted again), and its next SRTCP index, plus `srtcp_margin` for packets the other may
+    /// still send. Only moves forward.
     pub fn take_over(&mut self, h: SrtpHandover, srtcp_margin: u32) {
         let (s, _) = self.streams.get_or_insert(h.ssrc);
-        if let Some(i) = h.rtp_index
-            && s.rtp_window.top().is_none_or(|top| i > top)
-        {
-            s.rtp_window.accept(i);
-        }
+        s.rtp_window.absorb(&h.rtp);
+        s.rtcp_window.absorb(&h.srtcp);
         let next = h.srtcp_next_index.saturating_add(srtcp_margin);
         s.rtcp_next_index = s.rtcp_next_index.max(next);
     }

@@ -96,7 +96,7 @@ pub mod suites;
 pub use context::{SrtpConfig, SrtpContext, SrtpCounters, SrtpError, SrtpHandover};
 pub use kdf::{KdfLabel, KeyError, SessionKeys};
 pub use keys::SrtpKeys;
-pub use replay::{RTCP_REPLAY_WINDOW, RTP_REPLAY_WINDOW};
+pub use replay::{RTCP_REPLAY_WINDOW, RTP_REPLAY_WINDOW, ReplayWindow};
 pub use suites::{
     MAX_MASTER_LEN, MAX_RTCP_OVERHEAD, MAX_RTP_OVERHEAD, SrtpProfile, UnsupportedSuite,
 };

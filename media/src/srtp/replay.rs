@@ -22,9 +22,11 @@ pub(crate) enum ReplayVerdict {
     TooOld,
 }
 
-/// A replay list of `64 * WORDS` packets below and including the highest index accepted.
-#[derive(Debug, Clone)]
-pub(crate) struct ReplayWindow<const WORDS: usize> {
+/// A replay list of `64 * WORDS` packets below and including the highest index accepted. Opaque
+/// outside this module: it travels in a [`super::SrtpHandover`] when a stream moves between
+/// contexts, so that the new one refuses what the old one accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayWindow<const WORDS: usize> {
     /// The highest index accepted so far (meaningless until `started`).
     top: u64,
     started: bool,
@@ -52,8 +54,40 @@ impl<const WORDS: usize> ReplayWindow<WORDS> {
     }
 
     /// The highest index accepted so far, if any.
-    pub(crate) fn top(&self) -> Option<u64> {
+    pub fn top(&self) -> Option<u64> {
         self.started.then_some(self.top)
+    }
+
+    /// A window that has accepted `index` only (nothing below it).
+    pub fn starting_at(index: u64) -> Self {
+        let mut w = Self::default();
+        w.accept(index);
+        w
+    }
+
+    /// Whether `index` was accepted (it is within the window and marked).
+    pub fn has(&self, index: u64) -> bool {
+        self.check(index) == Err(ReplayVerdict::Replayed)
+    }
+
+    /// Adds what `other` accepted: the top becomes the higher of the two (sliding out what
+    /// falls below the window), and every index within the window that either accepted stays
+    /// refused. Up to `64 * WORDS` steps: for a stream changing owner, not per packet.
+    pub fn absorb(&mut self, other: &Self) {
+        let Some(other_top) = other.top() else {
+            return;
+        };
+        if self.top().is_none_or(|t| other_top > t) {
+            self.accept(other_top);
+        }
+        let lo =
+            (self.top.saturating_sub(Self::SIZE - 1)).max(other_top.saturating_sub(Self::SIZE - 1));
+        for i in lo..=other_top.min(self.top) {
+            if other.has(i) {
+                let (word, mask) = Self::bit(i);
+                self.bits[word] |= mask;
+            }
+        }
     }
 
     /// RFC 3711 3.3.2: would `index` be fresh? Does not change the window.
@@ -122,6 +156,45 @@ pub(crate) fn estimate_index(roc: u32, s_l: u16, seq: u16) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two owners of one stream, each having accepted part of it: the union is refused, the
+    /// rest (never seen by either) is still fresh, whichever absorbs which.
+    #[test]
+    fn absorbing_another_window_refuses_what_either_accepted() {
+        let (mut a, mut b) = (ReplayWindow::<2>::default(), ReplayWindow::<2>::default());
+        for i in [100, 101, 103, 110] {
+            a.accept(i);
+        }
+        for i in [102, 111, 140] {
+            b.accept(i);
+        }
+        let (mut ab, mut ba) = (a, b);
+        ab.absorb(&b);
+        ba.absorb(&a);
+        for w in [ab, ba] {
+            assert_eq!(w.top(), Some(140));
+            for i in [100, 101, 102, 103, 110, 111, 140] {
+                assert_eq!(w.check(i), Err(ReplayVerdict::Replayed), "{i}");
+            }
+            for i in [104, 112, 139] {
+                assert_eq!(w.check(i), Ok(()), "{i}");
+            }
+        }
+        // Far ahead: what falls out of the window is too old, not mistaken for newer indices.
+        let mut far = ReplayWindow::<2>::starting_at(1000);
+        far.absorb(&a);
+        assert_eq!(far.top(), Some(1000));
+        assert_eq!(far.check(110), Err(ReplayVerdict::TooOld));
+        assert_eq!(far.check(999), Ok(()));
+        let mut behind = a;
+        behind.absorb(&ReplayWindow::starting_at(1000));
+        // 878 has the slot 110 had: a's bit there must not read as 878 accepted.
+        assert_eq!((behind.top(), behind.check(878)), (Some(1000), Ok(())));
+        // An empty window adds nothing.
+        let mut same = a;
+        same.absorb(&ReplayWindow::default());
+        assert_eq!(same, a);
+    }
 
     #[test]
     fn estimate_follows_appendix_a() {

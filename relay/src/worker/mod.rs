@@ -49,6 +49,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 
 use crate::afxdp::{self, AfXdpError, EventFd, Umem, XskConfig, XskSocket};
+use crate::handover::FlowHandover;
 use crate::xdp::{FlowKey, MAX_QUEUES, XdpError, XdpPath};
 pub use srtp_transform::SrtpTransform;
 pub use transcode_transform::TranscodeTransform;
@@ -300,7 +301,8 @@ impl WorkerStats {
 
 pub(crate) enum Command {
     Add(FlowKey, Box<WorkerFlow>),
-    Remove(FlowKey),
+    /// Removes a flow; with a sender, answers with what the flow hands back.
+    Remove(FlowKey, Option<Sender<FlowHandover>>),
     Barrier(Sender<()>),
     Shutdown,
 }
@@ -365,7 +367,17 @@ impl WorkerHandle {
     /// worker thread). Packets still redirected to the worker afterwards are dropped as
     /// `dropped_no_flow`: remove or change the XDP entry first.
     pub fn remove_flow(&self, key: FlowKey) -> Result<(), WorkerError> {
-        self.send(Command::Remove(key))
+        self.send(Command::Remove(key, None))
+    }
+
+    /// Like [`WorkerHandle::remove_flow`], and returns once the worker removed it, with where
+    /// its per-stream state stood after the last packet it processed: the stream continues from
+    /// that on the userspace path. A worker that had no such flow hands back nothing.
+    pub fn take_flow(&self, key: FlowKey) -> Result<FlowHandover, WorkerError> {
+        let (reply, wait) = crossbeam_channel::bounded(1);
+        self.send(Command::Remove(key, Some(reply)))?;
+        wait.recv()
+            .map_err(|_| WorkerError::Gone { worker: self.id })
     }
 
     /// Returns once the worker has applied every command sent before.

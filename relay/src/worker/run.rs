@@ -409,8 +409,12 @@ impl Worker {
                     self.add(key, *flow);
                     self.publish_flow_count();
                 }
-                Ok(Command::Remove(key)) => {
-                    self.flows.remove(&key);
+                Ok(Command::Remove(key, reply)) => {
+                    let flow = self.flows.remove(&key);
+                    if let Some(reply) = reply {
+                        let _ =
+                            reply.send(flow.map(|f| f.transform.handover()).unwrap_or_default());
+                    }
                     self.streams.retain(|k| *k != key);
                     self.publish_flow_count();
                 }

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use crate::handover::{EndpointState, StreamHandover};
+use crate::handover::{FlowHandover, StreamHandover};
 use crate::srtp::SrtpKeys;
 use crate::srtp::{KeyError, SrtpConfig, SrtpContext, SrtpError};
 use crate::stats::EndpointCounters;
@@ -31,10 +31,6 @@ pub struct SrtpTransform {
     /// The receiving leg's counters: authentication failures and replays are counted there too,
     /// so `Query` shows them whichever path the stream is on.
     counters: Option<Arc<EndpointCounters>>,
-    /// The sending leg's state, where the state of what `rx` unprotects is published.
-    state: Option<Arc<EndpointState>>,
-    /// The other leg's state, where the state of what `tx` protects towards it is published.
-    peer: Option<Arc<EndpointState>>,
 }
 
 impl std::fmt::Debug for SrtpTransform {
@@ -72,8 +68,6 @@ impl SrtpTransform {
             tx,
             rtcp_port: false,
             counters: None,
-            state: None,
-            peer: None,
         })
     }
 
@@ -86,18 +80,6 @@ impl SrtpTransform {
     /// Also counts auth failures and replays in the receiving leg's counters.
     pub fn with_counters(mut self, counters: Arc<EndpointCounters>) -> Self {
         self.counters = Some(counters);
-        self
-    }
-
-    /// The sending leg's state: the state of what is unprotected from it is published there.
-    pub fn with_state(mut self, state: Arc<EndpointState>) -> Self {
-        self.state = Some(state);
-        self
-    }
-
-    /// The other leg's state: the state of what is protected towards it is published there.
-    pub fn with_peer_state(mut self, peer: Arc<EndpointState>) -> Self {
-        self.peer = Some(peer);
         self
     }
 
@@ -125,18 +107,17 @@ impl SrtpTransform {
         self.tx.as_deref()
     }
 
-    /// Where this flow's SRTP state stands, for whichever path takes the stream over.
-    #[inline]
-    fn publish(&self) {
-        if let (Some(rx), Some(c)) = (self.rx(), &self.state)
-            && let Some(h) = rx.handover()
-        {
-            c.publish_srtp(false, h);
-        }
-        if let (Some(tx), Some(c)) = (self.tx.as_deref(), &self.peer)
-            && let Some(h) = tx.handover()
-        {
-            c.publish_srtp(true, h);
+    /// Where this flow's two contexts stand, for the path that takes the stream back.
+    pub fn handover(&self) -> FlowHandover {
+        FlowHandover {
+            sender: StreamHandover {
+                srtp_rx: self.rx().and_then(|c| c.handover()),
+                ..Default::default()
+            },
+            receiver: StreamHandover {
+                srtp_tx: self.tx().and_then(|c| c.handover()),
+                ..Default::default()
+            },
         }
     }
 }
@@ -212,14 +193,15 @@ impl PayloadTransform for SrtpTransform {
             .receive(d, Some(&self.egress), self.tx.as_deref_mut());
         flush(&mut self.core, self.counters.as_deref());
         match v {
-            Verdict::Forward { len, .. } => {
-                self.publish();
-                Ok(len)
-            }
+            Verdict::Forward { len, .. } => Ok(len),
             Verdict::Drop(d) => Err(dropped_error(d)),
             // No transcoder in this core.
             Verdict::Transcoder { .. } => Err(TransformError::Other("transcoded in place")),
         }
+    }
+
+    fn handover(&self) -> FlowHandover {
+        SrtpTransform::handover(self)
     }
 }
 
@@ -338,21 +320,14 @@ mod tests {
     #[test]
     fn a_worker_continues_the_engines_srtp_state_after_a_rollover() {
         // The engine's contexts have been through a sequence number wrap (ROC 1) when the stream
-        // moves to a worker; the worker's fresh contexts take over what the engine published.
+        // moves to a worker; the worker's fresh contexts take over what the engine handed over.
         let (ka, kb) = (
             keys(SrtpProfile::AesCm128HmacSha1_80, 5),
             keys(SrtpProfile::AeadAes128Gcm, 6),
         );
-        let (a_state, b_state) = (
-            Arc::new(EndpointState::default()),
-            Arc::new(EndpointState::default()),
-        );
         let mut a_tx = ctx(&ka);
         let mut b_rx = ctx(&kb);
-        let mut engine = SrtpTransform::new(Some(&ka), Some(&kb))
-            .unwrap()
-            .with_state(a_state.clone())
-            .with_peer_state(b_state.clone());
+        let mut engine = SrtpTransform::new(Some(&ka), Some(&kb)).unwrap();
         for seq in (65530..=65535).chain(0..3) {
             let out = run(&mut engine, &protect(&mut a_tx, &rtp(seq), false)).unwrap();
             assert_eq!(unprotect(&mut b_rx, &out, false), rtp(seq));
@@ -366,20 +341,26 @@ mod tests {
         let next = protect(&mut a_tx, &rtp(3), false);
         assert_eq!(run(&mut naive, &next), Err(TransformError::AuthFailed));
 
+        let given = engine.handover();
         let mut worker = SrtpTransform::new(Some(&ka), Some(&kb))
             .unwrap()
-            .with_state(a_state.clone())
-            .with_peer_state(b_state.clone())
-            .resume(&a_state.handover(), &b_state.handover());
+            .resume(&given.sender, &given.receiver);
         let out = run(&mut worker, &next).unwrap();
         assert_eq!(
             unprotect(&mut b_rx, &out, false),
             rtp(3),
             "ROC 1 on both sides"
         );
-        // What the engine already accepted is a replay for the worker too.
+        // What the engine already accepted is a replay for the worker too: its highest packet,
+        // and one from before the wrap.
         let old = protect(&mut ctx(&ka), &rtp(2), false);
-        assert!(run(&mut worker, &old).is_err());
+        assert_eq!(run(&mut worker, &old), Err(TransformError::Replay));
+        let mut again = ctx(&ka);
+        let before_wrap = (65530..=65533)
+            .map(|s| protect(&mut again, &rtp(s), false))
+            .last()
+            .unwrap();
+        assert_eq!(run(&mut worker, &before_wrap), Err(TransformError::Replay));
         // SRTCP towards B continues past the engine's index (with a margin): B accepts it.
         let sr_out = run(&mut worker, &protect(&mut a_tx, &sr(), true)).unwrap();
         assert_eq!(unprotect(&mut b_rx, &sr_out, true), sr());
@@ -389,6 +370,12 @@ mod tests {
             worker_next,
             engine_next + crate::handover::SRTCP_INDEX_MARGIN + 1
         );
+        // What the worker hands back is where it stands.
+        let back = worker.handover();
+        assert_eq!(back.sender.srtp_rx.unwrap().rtp_index(), Some(1 << 16 | 3));
+        assert_eq!(back.receiver.srtp_tx.unwrap().srtcp_next_index, worker_next);
+        assert_eq!(back.sender.srtp_tx, None);
+        assert_eq!(back.receiver.srtp_rx, None);
     }
 
     #[test]

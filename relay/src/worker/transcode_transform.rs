@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::handover::{EndpointState, StreamHandover};
+use crate::handover::{EndpointState, FlowHandover, StreamHandover};
 use crate::srtp::SrtpKeys;
 use crate::srtp::{KeyError, SrtpContext};
 use crate::stats::EndpointCounters;
@@ -28,12 +28,10 @@ pub struct TranscodeTransform {
     /// stream sluice sends it.
     egress: Egress<()>,
     counters: Option<Arc<EndpointCounters>>,
-    /// The sending leg's state: the SRTP state of what it sends, this direction's next
-    /// sequence number, and the loss it reports are published there.
+    /// The sending leg's state: the loss it reports is published there.
     state: Option<Arc<EndpointState>>,
     /// The receiving leg's state: the loss it reports (its RTCP, terminated by the flow of
-    /// the other direction) sets this direction's Opus FEC; the SRTP state of what is protected
-    /// towards it is published there.
+    /// the other direction) sets this direction's Opus FEC.
     peer: Option<Arc<EndpointState>>,
     /// Where a pushed packet is unprotected (the frame is the caller's, read-only).
     scratch: Box<[u8; SCRATCH]>,
@@ -116,19 +114,32 @@ impl TranscodeTransform {
             .expect("a TranscodeTransform is built with its transcoder")
     }
 
-    /// Publishes the transcoder's figures and next sequence number, the loss the sender
-    /// reported, and the counts of the last packet.
+    /// Where this flow stands, for the path that takes the stream back: its contexts, and
+    /// the transcoder's next sequence number once it sent something (the workers that saw no
+    /// packet of the flow hand back none).
+    pub fn handover(&self) -> FlowHandover {
+        let t = self.transcoder();
+        FlowHandover {
+            sender: StreamHandover {
+                srtp_rx: self.core.srtp_rx.as_ref().and_then(|c| c.handover()),
+                transcode_next_seq: (t.stats().packets_out > 0).then(|| t.next_out_seq()),
+                ..Default::default()
+            },
+            receiver: StreamHandover {
+                srtp_tx: self.tx.as_ref().and_then(|c| c.handover()),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Publishes the transcoder's figures, the loss the sender reported, and the counts of the
+    /// last packet.
     fn mirror(&mut self) {
         if let (Some(c), Some(t)) = (&self.counters, self.core.transcoder.as_deref()) {
             c.publish_transcoder(t, &mut self.core.transcode_published);
         }
-        if let Some(s) = &self.state {
-            if let Some(t) = self.core.transcoder.as_deref() {
-                s.publish_transcode_seq(t.next_out_seq());
-            }
-            if let Some(f) = self.core.take_reported_loss() {
-                s.report_loss(f);
-            }
+        if let (Some(s), Some(f)) = (&self.state, self.core.take_reported_loss()) {
+            s.report_loss(f);
         }
         flush(&mut self.core, self.counters.as_deref());
     }
@@ -156,14 +167,6 @@ impl StreamTransform for TranscodeTransform {
             rtcp_port: false,
         };
         let v = self.core.receive(d, Some(&self.egress), None);
-        if let Verdict::Transcoder { .. } = v
-            && let (Some(s), Some(h)) = (
-                &self.state,
-                self.core.srtp_rx.as_ref().and_then(|rx| rx.handover()),
-            )
-        {
-            s.publish_srtp(false, h);
-        }
         self.mirror();
         match v {
             Verdict::Transcoder { accepted: true } => Ok(()),
@@ -181,14 +184,7 @@ impl StreamTransform for TranscodeTransform {
                 .core
                 .pull(out, room, Some(&self.egress), self.tx.as_deref_mut())?;
             match v {
-                Verdict::Forward { len, .. } => {
-                    if let (Some(p), Some(h)) =
-                        (&self.peer, self.tx.as_ref().and_then(|t| t.handover()))
-                    {
-                        p.publish_srtp(true, h);
-                    }
-                    return Some(len);
-                }
+                Verdict::Forward { len, .. } => return Some(len),
                 // Never send plain where SRTP is due: skip the packet.
                 Verdict::Drop(d) => {
                     self.core.tally = Default::default();
@@ -208,6 +204,10 @@ impl StreamTransform for TranscodeTransform {
             t.handle_timeout(now_ns);
         }
         self.mirror();
+    }
+
+    fn handover(&self) -> FlowHandover {
+        TranscodeTransform::handover(self)
     }
 }
 

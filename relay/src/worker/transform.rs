@@ -2,6 +2,8 @@
 //! ([`Transform::Identity`]), or a [`PayloadTransform`] such as SRTP protect/unprotect (or a
 //! transcoder) plugged in by the control plane per flow.
 
+use crate::handover::FlowHandover;
+
 /// Bytes a transform may add to a payload: the largest SRTP/SRTCP growth (16-byte GCM tag or
 /// 10-byte HMAC tag, 4-byte SRTCP index, and an MKI of up to 10 bytes, as RFC 3711 allows). The
 /// worker keeps at least this much tailroom in every frame; larger growth fails with
@@ -36,6 +38,12 @@ pub trait PayloadTransform: Send {
     /// least `len + MAX_GROWTH`). Rewrite it in place and return the new payload length
     /// (`<= buf.len()`), or an error to drop the packet.
     fn apply(&mut self, buf: &mut [u8], len: usize, now_ns: u64) -> Result<usize, TransformError>;
+
+    /// Where the per-stream state stands when the flow is removed, for the path that takes the
+    /// stream back (see [`crate::handover`]). Stateless transforms hand back nothing.
+    fn handover(&self) -> FlowHandover {
+        FlowHandover::default()
+    }
 }
 
 /// A per-flow transform that takes packets in and gives packets out on its own schedule (a
@@ -52,6 +60,10 @@ pub trait StreamTransform: Send {
     /// When [`StreamTransform::handle_timeout`] must run next (monotonic ns).
     fn poll_timeout(&self) -> Option<u64>;
     fn handle_timeout(&mut self, now_ns: u64);
+    /// As [`PayloadTransform::handover`].
+    fn handover(&self) -> FlowHandover {
+        FlowHandover::default()
+    }
 }
 
 /// A flow's transform.
@@ -75,6 +87,15 @@ impl std::fmt::Debug for Transform {
 impl Transform {
     pub fn custom(t: impl PayloadTransform + 'static) -> Self {
         Transform::Custom(Box::new(t))
+    }
+
+    /// What the flow hands back when it is removed.
+    pub fn handover(&self) -> FlowHandover {
+        match self {
+            Transform::Identity => FlowHandover::default(),
+            Transform::Custom(t) => t.handover(),
+            Transform::Stream(t) => t.handover(),
+        }
     }
 
     #[inline]

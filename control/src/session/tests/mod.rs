@@ -7,6 +7,7 @@ use crate::codecs::{DirectionPlan, TranscodeMode};
 use crate::kernel::WorkerFlowSpec;
 use crate::sdp::Sdp;
 use sluice_relay::engine::{EndpointConfig, EndpointId, Signalling};
+use sluice_relay::handover::{FlowHandover, StreamHandover};
 use sluice_relay::xdp::{FlowCounters, FlowValue};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -27,8 +28,21 @@ struct FakeState {
     /// Every Configure, in order: what a sequence of requests told the relay, not only where
     /// it ended.
     configure_log: Vec<(EndpointId, EndpointConfig, Option<Signalling>)>,
+    /// What the engine answers when asked to hand an endpoint's streams over (default: empty).
+    handovers: HashMap<EndpointId, StreamHandover>,
+    /// Endpoints handed over to the workers and not resumed yet.
+    handed_over: HashSet<EndpointId>,
+    /// Every Resume, in order.
+    resumed: Vec<(EndpointId, StreamHandover)>,
 }
 impl MediaPlane for FakePlane {
+    fn hand_over(&mut self, id: EndpointId) -> Result<StreamHandover, EngineGone> {
+        let mut st = self.0.lock().unwrap();
+        assert!(st.live.contains(&id), "handover of dead {id}");
+        assert!(st.handed_over.insert(id), "{id} handed over twice");
+        Ok(st.handovers.get(&id).copied().unwrap_or_default())
+    }
+
     fn send(&mut self, cmd: Command) -> Result<(), EngineGone> {
         let mut st = self.0.lock().unwrap();
         match cmd {
@@ -68,7 +82,16 @@ impl MediaPlane for FakePlane {
                     None => st.plans.remove(&id),
                 };
             }
+            Command::Resume { id, handover } => {
+                assert!(st.live.contains(&id), "resume of dead {id}");
+                assert!(
+                    st.handed_over.remove(&id),
+                    "resume of {id} never handed over"
+                );
+                st.resumed.push((id, *handover));
+            }
             Command::Shutdown | Command::SetSrtp { .. } => {}
+            Command::HandOver { .. } => panic!("handovers go through MediaPlane::hand_over"),
         }
         Ok(())
     }
@@ -85,6 +108,8 @@ struct FakeKernelState {
     workers: bool,
     worker_flows: HashMap<SocketAddr, WorkerFlowSpec>,
     worker_counters: HashMap<SocketAddr, crate::kernel::WorkerFlowCounters>,
+    /// What the workers hand back when a flow is removed (default: nothing).
+    hand_back: HashMap<SocketAddr, FlowHandover>,
 }
 impl KernelPath for FakeKernel {
     fn install(&mut self, local: SocketAddr, value: FlowValue) -> crate::kernel::KResult<()> {
@@ -137,16 +162,17 @@ impl KernelPath for FakeKernel {
         st.worker_flows.insert(local, spec);
         Ok(())
     }
-    fn remove_worker_flow(&mut self, local: SocketAddr) -> crate::kernel::KResult<()> {
+    fn remove_worker_flow(&mut self, local: SocketAddr) -> crate::kernel::KResult<FlowHandover> {
         let mut st = self.0.lock().unwrap();
         assert!(
             !st.flows.contains_key(&local),
             "the XDP entry must go before the worker context"
         );
         st.worker_counters.remove(&local);
+        let back = st.hand_back.remove(&local).unwrap_or_default();
         st.worker_flows
             .remove(&local)
-            .map(|_| ())
+            .map(|_| back)
             .ok_or_else(|| format!("no worker flow {local}"))
     }
     fn worker_flow_counters(

@@ -3,22 +3,33 @@
 use super::*;
 use crate::codecs::Codec;
 use sluice_relay::clock::now_ns;
+use sluice_relay::srtp::SrtpHandover;
 
 fn sessions_with_kernel() -> (Arc<Sessions>, FakeKernel) {
     sessions_with_kernel_and(false)
 }
 
 fn sessions_with_kernel_and(workers: bool) -> (Arc<Sessions>, FakeKernel) {
+    let (s, kernel, _) = sessions_with_plane(workers);
+    (s, kernel)
+}
+
+fn sessions_with_plane(workers: bool) -> (Arc<Sessions>, FakeKernel, FakePlane) {
     let kernel = FakeKernel::default();
     kernel.0.lock().unwrap().workers = workers;
+    let plane = FakePlane::default();
     let s = Sessions::new(
         test_config(22000, 22999),
         SessionEnv::system(),
-        Box::new(FakePlane::default()),
+        Box::new(plane.clone()),
         Some(Box::new(kernel.clone())),
     )
     .unwrap();
-    (s, kernel)
+    (s, kernel, plane)
+}
+
+fn srtp_state(ssrc: u32, rtp_index: u64, srtcp_next_index: u32) -> Option<SrtpHandover> {
+    Some(SrtpHandover::at(ssrc, Some(rtp_index), srtcp_next_index))
 }
 
 /// What the engine does when latching decides: both sides of every stream latch.
@@ -248,9 +259,21 @@ fn delete_and_shutdown_leave_no_kernel_flows() {
 
 #[test]
 fn srtp_stream_goes_to_the_workers_as_worker_flows() {
-    let (s, kernel) = sessions_with_kernel_and(true);
+    let (s, kernel, plane) = sessions_with_plane(true);
     srtp_call_up(&s, "c");
     latch_all(&s, "c", true);
+    // Where the engine's contexts stand when it lets the stream go.
+    let (alice, bob) = {
+        let st = s.lock();
+        let sides = &st.calls["c"].streams[0].sides;
+        (sides[0].endpoint, sides[1].endpoint)
+    };
+    let alice_state = StreamHandover {
+        srtp_rx: srtp_state(0xa, 1 << 16 | 7, 3),
+        srtp_tx: srtp_state(0xb, 9, 4),
+        transcode_next_seq: None,
+    };
+    plane.0.lock().unwrap().handovers.insert(alice, alice_state);
     let t0 = now_ns();
     s.sweep_at(t0 + 11 * SEC);
     s.sweep_at(t0 + 13 * SEC);
@@ -279,6 +302,10 @@ fn srtp_stream_goes_to_the_workers_as_worker_flows() {
     // From the SRTP caller: unprotect with its key, nothing to protect towards bob, sent
     // from bob's relay port to bob's latched address.
     let from_a = &st.worker_flows[&a_rtp];
+    // The workers continue from what the engine handed over, by message, for both legs.
+    assert_eq!(from_a.handover, alice_state);
+    assert_eq!(from_a.peer_handover, StreamHandover::default());
+    assert!(plane.0.lock().unwrap().handed_over.contains(&bob));
     assert_eq!(from_a.rx.as_ref(), Some(&alice_rx));
     assert_eq!(from_a.tx, None);
     assert_eq!(from_a.new_src, local(b.local_rtp.port()));
@@ -295,6 +322,10 @@ fn srtp_stream_goes_to_the_workers_as_worker_flows() {
         (from_b.rx.as_ref(), from_b.tx.as_ref()),
         (None, Some(&alice_tx))
     );
+    assert_eq!(
+        (from_b.handover, from_b.peer_handover),
+        (StreamHandover::default(), alice_state)
+    );
     assert_eq!(from_b.new_dst, "127.0.0.10:6000".parse().unwrap());
     let from_b_rtcp = &st.worker_flows[&local(b.local_rtcp.port())];
     assert!(from_b_rtcp.rtcp_port);
@@ -308,7 +339,7 @@ fn srtp_stream_goes_to_the_workers_as_worker_flows() {
 
 #[test]
 fn worker_flows_count_what_xdp_handed_over_and_leave_on_reoffer_and_delete() {
-    let (s, kernel) = sessions_with_kernel_and(true);
+    let (s, kernel, plane) = sessions_with_plane(true);
     for c in ["c1", "c2"] {
         srtp_call_up(&s, c);
         latch_all(&s, c, false);
@@ -346,6 +377,38 @@ fn worker_flows_count_what_xdp_handed_over_and_leave_on_reoffer_and_delete() {
     assert_eq!(q.legs[0].streams[0].kernel_bytes, 50 * 182);
     // Worker-only media keeps the call alive past the timeout of its userspace counters.
     assert!(s.sweep_at(t0 + 62 * SEC).is_empty());
+    // What c1's workers hand back: the flow from alice knows what alice sends and what is
+    // protected towards bob; the one from bob the reverse.
+    let q = s.query("c1").unwrap();
+    let c1_local = |k: usize| local(q.legs[k].streams[0].local_rtp.port());
+    let (alice, bob) = {
+        let st = s.lock();
+        let sides = &st.calls["c1"].streams[0].sides;
+        (sides[0].endpoint, sides[1].endpoint)
+    };
+    {
+        let mut st = kernel.0.lock().unwrap();
+        st.hand_back.insert(
+            c1_local(0),
+            FlowHandover {
+                sender: StreamHandover {
+                    srtp_rx: srtp_state(0xa, 2 << 16 | 1, 0),
+                    ..Default::default()
+                },
+                receiver: StreamHandover::default(),
+            },
+        );
+        st.hand_back.insert(
+            c1_local(1),
+            FlowHandover {
+                sender: StreamHandover::default(),
+                receiver: StreamHandover {
+                    srtp_tx: srtp_state(0xb, 40, 12),
+                    ..Default::default()
+                },
+            },
+        );
+    }
     // A re-offer takes c1 back to userspace: its XDP entries and worker contexts go.
     s.offer(
         "c1",
@@ -358,6 +421,22 @@ fn worker_flows_count_what_xdp_handed_over_and_leave_on_reoffer_and_delete() {
         let st = kernel.0.lock().unwrap();
         assert_eq!((st.flows.len(), st.worker_flows.len()), (2, 2));
     }
+    // ... and the engine continues from what they handed back, merged per endpoint.
+    let resumed = plane.0.lock().unwrap().resumed.clone();
+    assert_eq!(
+        resumed,
+        vec![
+            (
+                alice,
+                StreamHandover {
+                    srtp_rx: srtp_state(0xa, 2 << 16 | 1, 0),
+                    srtp_tx: srtp_state(0xb, 40, 12),
+                    transcode_next_seq: None,
+                }
+            ),
+            (bob, StreamHandover::default()),
+        ]
+    );
     let q = s.query("c1").unwrap();
     assert!(!q.legs[0].streams[0].kernel_forwarded);
     assert_eq!(
@@ -370,6 +449,10 @@ fn worker_flows_count_what_xdp_handed_over_and_leave_on_reoffer_and_delete() {
         assert_eq!((st.flows.len(), st.worker_flows.len()), (0, 0));
     }
     assert_eq!(s.statistics().kernel_packets, 200);
+    // c2 went back to the engine before its endpoints were removed; nothing is left with the
+    // workers.
+    assert_eq!(plane.0.lock().unwrap().resumed.len(), 4);
+    assert!(plane.0.lock().unwrap().handed_over.is_empty());
     s.shutdown();
     assert_eq!(s.lock().flow_ids.in_use(), 0);
 }
