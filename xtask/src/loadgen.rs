@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::netns;
 use crate::packet::{self, PACKET_LEN, Stamp, Verdict};
 use crate::sink::{self, Sink};
-use crate::sys::{self, Epoll, RecvBatch, SendBatch, TimerFd};
+use crate::sys::{self, Epoll, RecvBatch, TimerFd};
 use crate::xdpgen::{self, Gen};
+use sluice_relay::mmsg::SendBatch;
 
 /// Packets per sendmmsg: one timer tick sends one batch.
 pub const BATCH: usize = 32;
