@@ -1,6 +1,8 @@
 //! `sendmmsg` runs and the `sockaddr` conversions the userspace relay paths share: the engine's
 //! batches and the AF_XDP workers' packets that leave through the kernel's UDP stack (one
-//! `sendmmsg` per socket and batch instead of one `sendto` per packet).
+//! `sendmmsg` per socket and batch instead of one `sendto` per packet). The benches' load
+//! generator and baseline relay (xtask) send with [`SendBatch`] from here too, so that what
+//! they measure against goes through the same conversions.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -52,6 +54,86 @@ pub fn send_runs(
         start = end;
     }
     (ok, failed)
+}
+
+/// Preallocated `sendmmsg` state for one socket: each message carries its own destination, so
+/// one socket can feed many peers in one system call. The pointers in the headers are re-aimed
+/// before every call, so moving it is harmless.
+pub struct SendBatch {
+    iovs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_storage>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl SendBatch {
+    pub fn new(cap: usize) -> Self {
+        // SAFETY (all zeroed): iovec, sockaddr_storage and mmsghdr are plain old data; the null
+        // pointers in them are replaced before the kernel sees them.
+        Self {
+            iovs: (0..cap).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            addrs: (0..cap).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            hdrs: (0..cap).map(|_| unsafe { std::mem::zeroed() }).collect(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.hdrs.len()
+    }
+
+    /// Sends up to the batch capacity of `packets` on `fd`, never blocking; returns how many
+    /// the kernel took. Unlike [`send_runs`], the first refusal ends the call: a full send
+    /// buffer (EAGAIN) is not an error, the caller counts the rest as not sent, and other
+    /// errors are returned.
+    pub fn send<'a, A: Into<SocketAddr>>(
+        &mut self,
+        fd: RawFd,
+        packets: impl IntoIterator<Item = (&'a [u8], A)>,
+    ) -> io::Result<usize> {
+        let mut n = 0;
+        for (pkt, dest) in packets.into_iter().take(self.hdrs.len()) {
+            let namelen = std_to_sockaddr(dest.into(), &mut self.addrs[n]);
+            // The kernel only reads send buffers; the mut cast is what iovec's type demands.
+            self.iovs[n] = libc::iovec {
+                iov_base: pkt.as_ptr() as *mut libc::c_void,
+                iov_len: pkt.len(),
+            };
+            // SAFETY: see `new`.
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_iov = &mut self.iovs[n];
+            hdr.msg_iovlen = 1;
+            hdr.msg_name = (&mut self.addrs[n] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = namelen;
+            self.hdrs[n] = libc::mmsghdr {
+                msg_hdr: hdr,
+                msg_len: 0,
+            };
+            n += 1;
+        }
+        let mut done = 0;
+        // Bounded: every round either sends at least one message or returns.
+        while done < n {
+            // SAFETY: headers [done, n) point at `packets` slices still borrowed for 'a and at
+            // address/iovec slots owned by `self`.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs[done..].as_mut_ptr(),
+                    (n - done) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r <= 0 {
+                let err = io::Error::last_os_error();
+                return match err.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(done),
+                    _ if r == 0 => Ok(done),
+                    _ => Err(err),
+                };
+            }
+            done += r as usize;
+        }
+        Ok(done)
+    }
 }
 
 pub fn sockaddr_to_std(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
@@ -131,6 +213,34 @@ mod tests {
             let len = std_to_sockaddr(a, &mut ss);
             assert_eq!(sockaddr_to_std(&ss, len), Some(a), "{s}");
         }
+    }
+
+    #[test]
+    fn a_batch_reaches_each_messages_own_destination() {
+        use std::net::UdpSocket;
+        use std::os::fd::AsRawFd;
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx: Vec<UdpSocket> = (0..2)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut batch = SendBatch::new(4);
+        let dests: Vec<SocketAddr> = rx.iter().map(|s| s.local_addr().unwrap()).collect();
+        let msgs = [
+            (&b"a"[..], dests[0]),
+            (&b"bb"[..], dests[1]),
+            (&b"c"[..], dests[0]),
+        ];
+        assert_eq!(batch.send(tx.as_raw_fd(), msgs).unwrap(), 3);
+        let mut buf = [0u8; 8];
+        for (s, want) in [(&rx[0], &b"a"[..]), (&rx[1], b"bb"), (&rx[0], b"c")] {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let n = s.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], want);
+        }
+        // More packets than the batch holds: the rest waits for the next call.
+        let many = (0..6).map(|_| (&b"x"[..], dests[1]));
+        assert_eq!(batch.send(tx.as_raw_fd(), many).unwrap(), 4);
     }
 
     #[test]

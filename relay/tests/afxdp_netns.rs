@@ -22,9 +22,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
 mod common;
-use common::{
-    Namespaces, assert_silent, in_ns, ip, ns_exec, recv, rtp, sa, send_and_expect_payload, udp,
-};
+use common::{C_MAC, E_MAC, assert_silent, in_ns, ip, recv, rtp, sa, send_and_expect_payload, udp};
+use sluice_netns::Chain;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -134,96 +133,16 @@ fn setup() -> Option<MutexGuard<'static, ()>> {
     Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-fn unique(prefix: &str) -> String {
-    common::unique("sx", prefix)
+/// The namespaces of one test, deleted on drop.
+fn topo() -> Chain {
+    common::topo("sx")
 }
 
-const C_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
-const R1_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
-const R2_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
-const E_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
-
-fn mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-struct Topo {
-    caller: String,
-    relay: String,
-    callee: String,
-    _guard: Namespaces,
-}
-
-fn topo() -> Topo {
-    let (caller, relay, callee) = (unique("c"), unique("r"), unique("e"));
-    let guard = Namespaces(vec![caller.clone(), relay.clone(), callee.clone()]);
-    for ns in &guard.0 {
-        ip(&format!("netns add {ns}"));
-        ip(&format!("-n {ns} link set lo up"));
-    }
-    let (c, r, e) = (&caller, &relay, &callee);
-    ip(&format!(
-        "-n {r} link add r1 address {} type veth peer name c0 address {} netns {c}",
-        mac(R1_MAC),
-        mac(C_MAC)
-    ));
-    ip(&format!(
-        "-n {r} link add r2 address {} type veth peer name e0 address {} netns {e}",
-        mac(R2_MAC),
-        mac(E_MAC)
-    ));
-    for (ns, dev, v4, v6) in [
-        (c, "c0", "10.200.1.2/24", "fd00:200:1::2/64"),
-        (r, "r1", "10.200.1.1/24", "fd00:200:1::1/64"),
-        (r, "r2", "10.200.2.1/24", "fd00:200:2::1/64"),
-        (e, "e0", "10.200.2.2/24", "fd00:200:2::2/64"),
-    ] {
-        ip(&format!("-n {ns} addr add {v4} dev {dev}"));
-        ip(&format!("-n {ns} addr add {v6} dev {dev} nodad"));
-        ip(&format!("-n {ns} link set {dev} up"));
-    }
-    ip(&format!("-n {c} route add default via 10.200.1.1"));
-    ip(&format!("-n {c} -6 route add default via fd00:200:1::1"));
-    ip(&format!("-n {e} route add default via 10.200.2.1"));
-    ip(&format!("-n {e} -6 route add default via fd00:200:2::1"));
-    for (ns, dev, addr, m) in [
-        (r, "r1", "10.200.1.2", C_MAC),
-        (r, "r1", "fd00:200:1::2", C_MAC),
-        (r, "r2", "10.200.2.2", E_MAC),
-        (r, "r2", "fd00:200:2::2", E_MAC),
-        (c, "c0", "10.200.1.1", R1_MAC),
-        (c, "c0", "fd00:200:1::1", R1_MAC),
-        (e, "e0", "10.200.2.1", R2_MAC),
-        (e, "e0", "fd00:200:2::1", R2_MAC),
-    ] {
-        ip(&format!(
-            "-n {ns} neigh replace {addr} lladdr {} dev {dev} nud permanent",
-            mac(m)
-        ));
-    }
-    ns_exec(
-        r,
-        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
-    );
-    // Full checksums from the senders' sockets (MEASURED.md trap 2), NAPI on the far ends.
-    ns_exec(c, "ethtool -K c0 tx off gro on");
-    ns_exec(e, "ethtool -K e0 tx off gro on");
-    Topo {
-        caller,
-        relay,
-        callee,
-        _guard: guard,
-    }
-}
-
-fn attach(t: &Topo) -> XdpPath {
+fn attach(t: &Chain) -> XdpPath {
     attach_with_metadata(t, MetadataPolicy::Auto)
 }
 
-fn attach_with_metadata(t: &Topo, metadata: MetadataPolicy) -> XdpPath {
+fn attach_with_metadata(t: &Chain, metadata: MetadataPolicy) -> XdpPath {
     let opts = XdpOptions {
         metadata,
         ..XdpOptions::new(XdpMode::Native)
@@ -239,7 +158,7 @@ fn one_worker() -> WorkerConfig {
     }
 }
 
-fn start(t: &Topo, xdp: &mut XdpPath) -> WorkerPool {
+fn start(t: &Chain, xdp: &mut XdpPath) -> WorkerPool {
     in_ns(&t.relay, || {
         WorkerPool::start(xdp, &["r1", "r2"], &one_worker())
     })
@@ -277,7 +196,7 @@ struct Call {
     relay_b_addr: String,
 }
 
-fn call(t: &Topo, v6: bool) -> Call {
+fn call(t: &Chain, v6: bool) -> Call {
     let (c, ra, rb, e) = if v6 {
         (
             "[fd00:200:1::2]:4000",

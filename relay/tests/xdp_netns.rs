@@ -8,8 +8,9 @@
 //!     fd00:200:1::2       fd00:200:1::1   fd00:200:2::1       fd00:200:2::2
 //! ```
 //!
-//! MEASURED.md traps handled here: the far-end veths (c0, e0) get GRO on so their NAPI runs
-//! and XDP_REDIRECT into them is not dropped (trap 1), and `tx off` so that packets from local
+//! MEASURED.md traps handled by the topology (`sluice_netns::Chain`, shared with the other
+//! netns tests and the benches): the far-end veths (c0, e0) get GRO on so their NAPI runs and
+//! XDP_REDIRECT into them is not dropped (trap 1), and `tx off` so that packets from local
 //! sockets carry full checksums (trap 2). Namespaces are entered with setns(2) from a
 //! dedicated thread; nothing is pinned, so bpffs is not needed (trap 3).
 //! Two more found here: bpf_fib_lookup() needs forwarding enabled on the ingress interface
@@ -25,9 +26,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 
 mod common;
-use common::{
-    Namespaces, assert_silent, fold, in_ns, ip, ns_exec, recv, rtp, sa, send_and_expect, sum16, udp,
-};
+use common::{assert_silent, fold, in_ns, ip, ns_exec, recv, rtp, sa, send_and_expect, sum16, udp};
+use sluice_netns::Chain;
 use std::time::{Duration, Instant};
 
 use sluice_relay::clock::now_ns;
@@ -49,79 +49,9 @@ fn skip() -> bool {
     }
 }
 
-fn unique(prefix: &str) -> String {
-    common::unique("sl", prefix)
-}
-
-const C_MAC: &str = "02:00:00:00:01:02";
-const R1_MAC: &str = "02:00:00:00:01:01";
-const R2_MAC: &str = "02:00:00:00:02:01";
-const E_MAC: &str = "02:00:00:00:02:02";
-
-struct Topo {
-    caller: String,
-    relay: String,
-    callee: String,
-    _guard: Namespaces,
-}
-
-fn topo() -> Topo {
-    let (caller, relay, callee) = (unique("c"), unique("r"), unique("e"));
-    let guard = Namespaces(vec![caller.clone(), relay.clone(), callee.clone()]);
-    for ns in &guard.0 {
-        ip(&format!("netns add {ns}"));
-        ip(&format!("-n {ns} link set lo up"));
-    }
-    let (c, r, e) = (&caller, &relay, &callee);
-    ip(&format!(
-        "-n {r} link add r1 address {R1_MAC} type veth peer name c0 address {C_MAC} netns {c}"
-    ));
-    ip(&format!(
-        "-n {r} link add r2 address {R2_MAC} type veth peer name e0 address {E_MAC} netns {e}"
-    ));
-    for (ns, dev, v4, v6) in [
-        (c, "c0", "10.200.1.2/24", "fd00:200:1::2/64"),
-        (r, "r1", "10.200.1.1/24", "fd00:200:1::1/64"),
-        (r, "r2", "10.200.2.1/24", "fd00:200:2::1/64"),
-        (e, "e0", "10.200.2.2/24", "fd00:200:2::2/64"),
-    ] {
-        ip(&format!("-n {ns} addr add {v4} dev {dev}"));
-        ip(&format!("-n {ns} addr add {v6} dev {dev} nodad"));
-        ip(&format!("-n {ns} link set {dev} up"));
-    }
-    ip(&format!("-n {c} route add default via 10.200.1.1"));
-    ip(&format!("-n {c} -6 route add default via fd00:200:1::1"));
-    ip(&format!("-n {e} route add default via 10.200.2.1"));
-    ip(&format!("-n {e} -6 route add default via fd00:200:2::1"));
-    // Static neighbours: no ARP/ND races, so the first packet already gets a fib hit.
-    for (ns, dev, addr, mac) in [
-        (r, "r1", "10.200.1.2", C_MAC),
-        (r, "r1", "fd00:200:1::2", C_MAC),
-        (r, "r2", "10.200.2.2", E_MAC),
-        (r, "r2", "fd00:200:2::2", E_MAC),
-        (c, "c0", "10.200.1.1", R1_MAC),
-        (c, "c0", "fd00:200:1::1", R1_MAC),
-        (e, "e0", "10.200.2.1", R2_MAC),
-        (e, "e0", "fd00:200:2::1", R2_MAC),
-    ] {
-        ip(&format!(
-            "-n {ns} neigh replace {addr} lladdr {mac} dev {dev} nud permanent"
-        ));
-    }
-    // bpf_fib_lookup() returns FWD_DISABLED unless forwarding is on for the ingress device.
-    ns_exec(
-        r,
-        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
-    );
-    // Trap 1 (NAPI on the redirect target's peer) and trap 2 (full checksums from sockets).
-    ns_exec(c, "ethtool -K c0 tx off gro on");
-    ns_exec(e, "ethtool -K e0 tx off gro on");
-    Topo {
-        caller,
-        relay,
-        callee,
-        _guard: guard,
-    }
+/// The namespaces of one test, deleted on drop.
+fn topo() -> Chain {
+    common::topo("sl")
 }
 
 fn attach(relay: &str) -> XdpPath {
@@ -282,7 +212,7 @@ struct Call {
     relay_b_addr: String,
 }
 
-fn call(t: &Topo, v6: bool, caller_port: u16, relay_port: u16, callee_port: u16) -> Call {
+fn call(t: &Chain, v6: bool, caller_port: u16, relay_port: u16, callee_port: u16) -> Call {
     let (c, ra, rb, e) = if v6 {
         (
             format!("[fd00:200:1::2]:{caller_port}"),
@@ -1097,7 +1027,7 @@ fn foreign_object() -> Option<std::path::PathBuf> {
 
 /// `source` compiled for BPF by clang into a temporary object (None without clang).
 fn bpf_object(source: &str) -> Option<std::path::PathBuf> {
-    let base = std::env::temp_dir().join(common::unique("sluice-foreign-", ""));
+    let base = std::env::temp_dir().join(sluice_netns::unique("sluice-foreign-", ""));
     let (c, o) = (base.with_extension("c"), base.with_extension("o"));
     std::fs::write(&c, source).ok()?;
     let ok = ["clang-19", "clang"].iter().any(|cc| {
@@ -1125,7 +1055,7 @@ fn xdp_stale_program_from_an_earlier_run_is_replaced() {
     }
     let t = topo();
     // A "crashed run" that attached through netlink: the program stays after its loader died.
-    let obj = std::env::temp_dir().join(common::unique("sluice-stale-", ".o"));
+    let obj = std::env::temp_dir().join(sluice_netns::unique("sluice-stale-", ".o"));
     std::fs::write(&obj, sluice_relay::xdp::program_object().unwrap()).unwrap();
     let obj_s = obj.to_str().unwrap();
     ip(&format!(

@@ -20,7 +20,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 mod common;
-use common::{Namespaces, fold, in_ns, ip, ns_exec, sa, sum16};
+use common::{C_MAC, E_MAC, R1_MAC, R2_MAC, fold, in_ns, mac, sa, sum16};
 
 use sluice_relay::xdp::{FlowCounters, FlowKey, FlowValue, ProgramRun, XdpMode, XdpPath};
 
@@ -40,18 +40,7 @@ fn verdict_name(v: u32) -> &'static str {
     }
 }
 
-const C_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
-const R1_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
-const R2_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
-const E_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
 const H_MAC: [u8; 6] = [2, 0, 0, 0, 1, 3];
-
-fn mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 // Addresses: caller 10.201.1.2 / fd00:201:1::2 behind r1, callee 10.201.2.2 / fd00:201:2::2
 // behind r2, a hairpin peer 10.201.1.3 behind r1 too.
@@ -78,35 +67,31 @@ const RELAY_WORKER4: &str = "10.201.1.1:30060";
 /// The relay namespace (deleted on drop) and r1's interface index.
 struct Relay {
     ns: String,
-    _guard: Namespaces,
+    _guard: sluice_netns::Namespaces,
 }
 
 fn relay_ns() -> Relay {
-    let ns = common::unique("sp", "r");
-    let guard = Namespaces(vec![ns.clone()]);
-    ip(&format!("netns add {ns}"));
-    ip(&format!("-n {ns} link set lo up"));
+    use sluice_netns::{End, addr_add, neigh, veth};
+    let ns = sluice_netns::unique("sp", "r");
+    let guard = sluice_netns::Namespaces::create(&[&ns]).unwrap_or_else(|e| panic!("{e}"));
     // The far ends stay in the same namespace without addresses: nothing is sent, the veths
     // only have to be up for their routes to be usable.
-    ip(&format!(
-        "-n {ns} link add r1 address {} type veth peer name c0 address {}",
-        mac(R1_MAC),
-        mac(C_MAC)
-    ));
-    ip(&format!(
-        "-n {ns} link add r2 address {} type veth peer name e0 address {}",
-        mac(R2_MAC),
-        mac(E_MAC)
-    ));
+    let end = |dev, mac| End {
+        ns: &ns,
+        dev,
+        mac,
+        addrs: &[],
+    };
+    let (r1, c0, r2, e0) = (mac(R1_MAC), mac(C_MAC), mac(R2_MAC), mac(E_MAC));
+    let ok = |r: std::io::Result<()>| r.unwrap_or_else(|e| panic!("{e}"));
+    ok(veth(end("r1", &r1), end("c0", &c0)));
+    ok(veth(end("r2", &r2), end("e0", &e0)));
     for (dev, v4, v6) in [
         ("r1", "10.201.1.1/24", "fd00:201:1::1/64"),
         ("r2", "10.201.2.1/24", "fd00:201:2::1/64"),
     ] {
-        ip(&format!("-n {ns} addr add {v4} dev {dev}"));
-        ip(&format!("-n {ns} addr add {v6} dev {dev} nodad"));
-    }
-    for dev in ["r1", "r2", "c0", "e0"] {
-        ip(&format!("-n {ns} link set {dev} up"));
+        ok(addr_add(&ns, dev, v4));
+        ok(addr_add(&ns, dev, v6));
     }
     for (dev, addr, m) in [
         ("r1", "10.201.1.2", C_MAC),
@@ -115,16 +100,15 @@ fn relay_ns() -> Relay {
         ("r2", "10.201.2.2", E_MAC),
         ("r2", "fd00:201:2::2", E_MAC),
     ] {
-        ip(&format!(
-            "-n {ns} neigh replace {addr} lladdr {} dev {dev} nud permanent",
-            mac(m)
-        ));
+        ok(neigh(&ns, dev, addr, &mac(m)));
     }
     // bpf_fib_lookup() answers FWD_DISABLED unless forwarding is on for the ingress device.
-    ns_exec(
+    ok(sluice_netns::sysctl(&ns, "net.ipv4.ip_forward", "1"));
+    ok(sluice_netns::sysctl(
         &ns,
-        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
-    );
+        "net.ipv6.conf.all.forwarding",
+        "1",
+    ));
     Relay { ns, _guard: guard }
 }
 

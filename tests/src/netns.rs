@@ -14,22 +14,17 @@
 //! r2. Every namespace is private to one [`Topology`] and deleted when it drops, panics included,
 //! so tests run in parallel with the same addresses.
 //!
-//! The traps of XDP on veth (/work/shared/MEASURED.md) are handled here: forwarding is on in the
-//! relay namespace (`bpf_fib_lookup` refuses otherwise and every packet goes up to userspace),
-//! the far ends c0 and e0 have GRO on (XDP_REDIRECT into a veth needs NAPI on its peer) and
-//! `tx off` (a local socket's partial checksum would be corrupted by the incremental update),
-//! and neighbours are static, so the first kernel-forwarded packet already gets a fib hit.
-//! Namespaces are entered with setns(2) on a dedicated thread (sockets) or between fork and exec
-//! (the daemon, tools); nothing uses `ip netns exec`, which remounts /sys.
+//! The namespaces, links, static neighbours and the traps of XDP on veth are
+//! [`sluice_netns::Chain`]'s (shared with the relay's tests and the benches); what is here is
+//! this harness's addresses, sockets, captures and the daemon's maps.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use sluice_netns::{Chain, ChainSpec, Link};
 use sluice_relay::xdp::{FlowCounters, FlowKey, FlowValue, XdpStats};
 
 use crate::Peer;
@@ -60,15 +55,7 @@ const MAP_FLOWS: &str = "sluice_flows";
 const MAP_COUNTERS: &str = "sluice_counters";
 const MAP_STATS: &str = "sluice_stats";
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Whether `ip` (iproute2), which makes the namespaces and veth pairs, is installed.
-pub fn has_iproute2() -> bool {
-    std::process::Command::new("ip").arg("-V").output().is_ok()
-}
+pub use sluice_netns::{has_iproute2, is_root};
 
 /// True (after printing why) when a test that builds namespaces cannot run here: not root, or
 /// no `ip` (iproute2). Under CI (`CI` set) either is a failure instead.
@@ -122,84 +109,19 @@ pub fn metadata_skip_reason() -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // Entering namespaces
 
-fn ns_path(ns: &str) -> String {
-    format!("/run/netns/{ns}")
-}
-
 /// Runs `f` on a thread inside network namespace `ns`; sockets it creates stay in `ns`.
 pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = ns_path(ns);
-    std::thread::scope(|s| {
-        let h = s.spawn(move || {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: a valid fd; setns only affects this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
-            f()
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e),
-        }
-    })
+    sluice_netns::in_ns(ns, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Makes `cmd` run inside network namespace `ns` (setns between fork and exec, so the child is
-/// the program itself: its pid is the one to signal, and /sys stays as it is).
+/// Makes `cmd` run inside network namespace `ns` (see [`sluice_netns::enter_on_exec`]).
 pub fn enter_on_exec(cmd: &mut Command, ns: &str) {
-    let path = ns_path(ns);
-    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    // SAFETY: the closure only calls setns(2), which is async-signal-safe, on an fd that `file`
-    // (moved into the closure, so alive as long as `cmd`) keeps open across fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-fn run(mut cmd: Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `ip ARGS` (split on whitespace).
-pub fn ip(args: &str) {
-    let mut cmd = Command::new("ip");
-    cmd.args(args.split_whitespace());
-    run(cmd);
-}
-
-/// `PROGRAM ARGS` inside `ns`.
-pub fn run_in(ns: &str, program: &str, args: &str) {
-    let mut cmd = Command::new(program);
-    cmd.args(args.split_whitespace());
-    enter_on_exec(&mut cmd, ns);
-    run(cmd);
-}
-
-/// Writes a sysctl of namespace `ns` (/proc/sys/net resolves to the writer's namespace).
-pub fn sysctl(ns: &str, key: &str, value: &str) {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    in_ns(ns, || {
-        std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path} in {ns}: {e}"))
-    });
+    sluice_netns::enter_on_exec(cmd, ns).unwrap_or_else(|e| panic!("{e}"));
 }
 
 // ---------------------------------------------------------------------------------------------
 // The topology
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
 const PREFIX: &str = "slx";
 
 /// Caller, relay and callee namespaces joined by veth pairs; deleted on drop.
@@ -207,79 +129,36 @@ pub struct Topology {
     pub caller: String,
     pub relay: String,
     pub callee: String,
+    _chain: Chain,
 }
 
 impl Topology {
     pub fn new() -> Topology {
-        remove_stale_namespaces();
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = |role: &str| format!("{PREFIX}{}-{n}{role}", std::process::id());
-        let t = Topology {
-            caller: name("c"),
-            relay: name("r"),
-            callee: name("e"),
-        };
-        // From here on, a panic deletes whatever was created.
-        for ns in t.all() {
-            ip(&format!("netns add {ns}"));
-            ip(&format!("-n {ns} link set lo up"));
+        let link = |dev, mac, addrs| Link { dev, mac, addrs };
+        let chain = Chain::create(&ChainSpec {
+            names: sluice_netns::fresh_names(PREFIX, ["c", "r", "e"]),
+            caller: link(
+                "c0",
+                C_MAC,
+                &[
+                    "10.201.1.2/24",
+                    "10.201.1.3/24",
+                    "fd00:201:0:1::2/64",
+                    "fd00:201:0:1::3/64",
+                ],
+            ),
+            r1: link("r1", R1_MAC, &["10.201.1.1/24", "fd00:201:0:1::1/64"]),
+            r2: link("r2", R2_MAC, &["10.201.2.1/24", "fd00:201:0:2::1/64"]),
+            callee: link("e0", E_MAC, &["10.201.2.2/24", "fd00:201:0:2::2/64"]),
+            ipv6: true,
+        })
+        .unwrap_or_else(|e| panic!("building the namespaces: {e}"));
+        Topology {
+            caller: chain.caller.clone(),
+            relay: chain.relay.clone(),
+            callee: chain.callee.clone(),
+            _chain: chain,
         }
-        let (c, r, e) = (&t.caller, &t.relay, &t.callee);
-        ip(&format!(
-            "-n {r} link add r1 address {R1_MAC} type veth peer name c0 address {C_MAC} netns {c}"
-        ));
-        ip(&format!(
-            "-n {r} link add r2 address {R2_MAC} type veth peer name e0 address {E_MAC} netns {e}"
-        ));
-        for (ns, dev, addrs) in [
-            (c, "c0", &["10.201.1.2/24", "10.201.1.3/24"][..]),
-            (c, "c0", &["fd00:201:0:1::2/64", "fd00:201:0:1::3/64"][..]),
-            (r, "r1", &["10.201.1.1/24", "fd00:201:0:1::1/64"][..]),
-            (r, "r2", &["10.201.2.1/24", "fd00:201:0:2::1/64"][..]),
-            (e, "e0", &["10.201.2.2/24", "fd00:201:0:2::2/64"][..]),
-        ] {
-            for a in addrs {
-                // nodad: an IPv6 address is usable (bindable) at once.
-                let nodad = if a.contains(':') { " nodad" } else { "" };
-                ip(&format!("-n {ns} addr add {a} dev {dev}{nodad}"));
-            }
-        }
-        for (ns, dev) in [(c, "c0"), (r, "r1"), (r, "r2"), (e, "e0")] {
-            ip(&format!("-n {ns} link set {dev} up"));
-        }
-        ip(&format!("-n {c} route add default via 10.201.1.1"));
-        ip(&format!("-n {c} -6 route add default via fd00:201:0:1::1"));
-        ip(&format!("-n {e} route add default via 10.201.2.1"));
-        ip(&format!("-n {e} -6 route add default via fd00:201:0:2::1"));
-        // Static neighbours: no ARP/ND races, so every kernel-forwarded packet gets a fib hit.
-        for (ns, dev, addr, mac) in [
-            (r, "r1", CALLER_V4, C_MAC),
-            (r, "r1", CALLER_V6, C_MAC),
-            (r, "r1", INTRUDER_V4, C_MAC),
-            (r, "r1", INTRUDER_V6, C_MAC),
-            (r, "r2", CALLEE_V4, E_MAC),
-            (r, "r2", CALLEE_V6, E_MAC),
-            (c, "c0", RELAY_V4, R1_MAC),
-            (c, "c0", RELAY_V6, R1_MAC),
-            (e, "e0", "10.201.2.1", R2_MAC),
-            (e, "e0", "fd00:201:0:2::1", R2_MAC),
-        ] {
-            ip(&format!(
-                "-n {ns} neigh replace {addr} lladdr {mac} dev {dev} nud permanent"
-            ));
-        }
-        // bpf_fib_lookup() answers FWD_DISABLED unless forwarding is on for the ingress device
-        // (these two also switch it on for every existing interface).
-        sysctl(r, "net.ipv4.ip_forward", "1");
-        sysctl(r, "net.ipv6.conf.all.forwarding", "1");
-        // NAPI on the redirect targets' peers, and full checksums from the peers' sockets.
-        run_in(c, "ethtool", "-K c0 tx off gro on");
-        run_in(e, "ethtool", "-K e0 tx off gro on");
-        t
-    }
-
-    fn all(&self) -> [&String; 3] {
-        [&self.caller, &self.relay, &self.callee]
     }
 
     /// sluice's media address of a family.
@@ -372,34 +251,6 @@ impl Topology {
 impl Default for Topology {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in self.all() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-/// Namespaces of an earlier test process that was killed before its guards ran.
-fn remove_stale_namespaces() {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        }
     }
 }
 

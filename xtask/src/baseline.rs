@@ -12,7 +12,8 @@ use std::os::fd::AsRawFd;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::sys::{self, Epoll, RecvBatch, SendBatch};
+use crate::sys::{self, Epoll, RecvBatch};
+use sluice_relay::mmsg::SendBatch;
 
 const BATCH: usize = 32;
 /// Batches per socket per wakeup: enough to drain a burst, few enough to stay fair.

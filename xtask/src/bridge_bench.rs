@@ -26,8 +26,9 @@ use crate::netns::Placement;
 use crate::proc_cpu::process_cpu_ns;
 use crate::relays::{NgClient, SluiceProc, free_port, spawn_rtpengine, start_sluice};
 use crate::sdp;
-use crate::sys::{RecvBatch, SendBatch, bind_loopback, local_v4, poll_readable, set_buffer};
+use crate::sys::{RecvBatch, bind_loopback, local_v4, poll_readable, set_buffer};
 use sluice_control::ng::bencode::Value;
+use sluice_relay::mmsg::SendBatch;
 
 const SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
 const RTP_LEN: usize = 172;

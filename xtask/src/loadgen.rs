@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::netns;
 use crate::packet::{self, PACKET_LEN, Stamp, Verdict};
 use crate::sink::{self, Sink};
-use crate::sys::{self, Epoll, RecvBatch, SendBatch, TimerFd};
+use crate::sys::{self, Epoll, RecvBatch, TimerFd};
 use crate::xdpgen::{self, Gen};
+use sluice_relay::mmsg::SendBatch;
 
 /// Packets per sendmmsg: one timer tick sends one batch.
 pub const BATCH: usize = 32;
@@ -348,17 +349,17 @@ impl Loadgen {
             bail!("--caller-ns needs --callee-ns, --caller-ip, --callee-ip and --direct-ip");
         };
         let any = || sys::bind_v4(Ipv4Addr::UNSPECIFIED);
-        let (caller, direct_tx) = netns::with_ns(caller_ns, || {
+        let (caller, direct_tx) = netns::with_ns(caller_ns, || -> Result<_> {
             Ok((
                 any().context("binding the caller socket")?,
                 any().context("binding the direct-probe socket")?,
             ))
-        })?;
+        })??;
         let callees = netns::with_ns(callee_ns, || {
             (0..calls)
                 .map(|i| any().with_context(|| format!("binding callee socket {i}")))
                 .collect::<Result<Vec<_>>>()
-        })?;
+        })??;
         let ports = callees
             .iter()
             .map(|s| sys::local_v4(s).map(|a| a.port()))
@@ -368,7 +369,7 @@ impl Loadgen {
         let sink = match (&sides.sink_object, &sides.callee_iface) {
             (Some(object), Some(iface)) => Some(netns::with_ns(callee_ns, || {
                 Sink::attach(object, iface, &ports)
-            })?),
+            })??),
             _ => None,
         };
         let mut lg = Self::assemble(

@@ -32,18 +32,20 @@
 //!
 //! Teardown: namespaces are deleted on drop, by a signal thread on SIGINT/SIGTERM/SIGHUP
 //! (`install_signal_cleanup`), and namespaces left by a bench that was SIGKILLed are deleted
-//! at the next start (their owner pid is in the name).
+//! at the next start (their owner pid is in the name). The plumbing (namespaces, veths,
+//! setns, teardown) is the workspace's `sluice-netns`, shared with the tests; what is here is
+//! this bench's topology, CPU placement and counters.
 
-use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
+use sluice_netns::{Chain, ChainSpec, End, Link, ns_exec, run_in, sysctl};
+
+pub use sluice_netns::{enter, in_ns, ns_path, with_ns};
 
 /// Relay media address (on the relay namespace's lo).
 pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
@@ -126,9 +128,6 @@ impl Sched {
 
 const NS_PREFIX: &str = "sbx";
 
-/// Namespaces to delete if a signal ends the bench.
-static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
 pub struct Devs {
     /// Relay side, towards the caller.
     pub r1: String,
@@ -145,205 +144,109 @@ pub struct Topology {
     pub relay: String,
     pub callee: String,
     pub devs: Devs,
+    /// Owns the namespaces: deletes them on drop.
+    _chain: Chain,
 }
 
-pub fn ns_path(ns: &str) -> PathBuf {
-    Path::new("/run/netns").join(ns)
-}
-
-fn run(cmd: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{cmd} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn ip(args: &str) -> Result<()> {
-    run("ip", &args.split_whitespace().collect::<Vec<_>>())
-}
-
-/// `ip netns exec NS ...`: a command that sees the namespace's /sys too.
-pub fn ns_exec(ns: &str, args: &[&str]) -> Result<()> {
-    let mut v = vec!["netns", "exec", ns];
-    v.extend_from_slice(args);
-    run("ip", &v)
-}
-
-fn delete_ns(ns: &str) {
-    let _ = Command::new("ip").args(["netns", "del", ns]).output();
-}
-
-/// Deletes namespaces left behind by benches that no longer run (SIGKILL, power loss).
-fn delete_stale() {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
-            continue;
-        };
-        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if pid.is_empty() || pid == std::process::id().to_string() {
-            continue;
-        }
-        if !Path::new("/proc").join(&pid).exists() {
-            eprintln!("[bench forward] deleting namespace {name} left by an earlier bench");
-            delete_ns(&name);
-        }
-    }
-}
-
-/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (call it from main before any other
-/// thread exists, so every later thread inherits the mask) and starts a thread that, on any of
-/// them, deletes the live namespaces and exits. Children die with the bench (PR_SET_PDEATHSIG),
-/// and Command resets the mask in them.
+/// Blocks SIGINT, SIGTERM and SIGHUP and deletes the live namespaces on any of them (see
+/// [`sluice_netns::delete_on_signals`]); call it from main before any other thread exists.
 pub fn install_signal_cleanup() -> Result<()> {
-    // SAFETY: sigset_t is plain data initialised by sigemptyset; pthread_sigmask only reads it.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            bail!("pthread_sigmask: {}", io::Error::from_raw_os_error(rc));
-        }
-        set
-    };
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` and `sig` are valid for the call.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-                return;
-            }
-            eprintln!("\n[bench forward] signal {sig}: deleting the namespaces and exiting");
-            let live = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
-            for ns in live {
-                delete_ns(&ns);
-            }
-            std::process::exit(128 + sig);
-        })
-        .context("starting the signal thread")?;
-    Ok(())
+    sluice_netns::delete_on_signals("bench forward").context("starting the signal thread")
 }
 
 impl Topology {
     /// Builds the three namespaces and their links; everything is deleted again on drop (or on
     /// error half way).
     pub fn create() -> Result<Self> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !sluice_netns::is_root() {
             bail!("--netns needs root (network namespaces, XDP, threaded NAPI)");
         }
-        delete_stale();
+        for name in sluice_netns::remove_stale(NS_PREFIX) {
+            eprintln!("[bench forward] deleted namespace {name} left by an earlier bench");
+        }
         let pid = std::process::id();
         let tag = pid % 100_000;
-        let topo = Self {
-            caller: format!("{NS_PREFIX}{pid}c"),
-            relay: format!("{NS_PREFIX}{pid}r"),
-            callee: format!("{NS_PREFIX}{pid}e"),
-            devs: Devs {
-                r1: format!("sr1-{tag}"),
-                r2: format!("sr2-{tag}"),
-                c0: format!("sc0-{tag}"),
-                e0: format!("se0-{tag}"),
-                c1: format!("sc1-{tag}"),
-                e1: format!("se1-{tag}"),
-            },
+        let devs = Devs {
+            r1: format!("sr1-{tag}"),
+            r2: format!("sr2-{tag}"),
+            c0: format!("sc0-{tag}"),
+            e0: format!("se0-{tag}"),
+            c1: format!("sc1-{tag}"),
+            e1: format!("se1-{tag}"),
         };
-        // From here on, drop deletes whatever exists.
+        let cidr = |ip: Ipv4Addr| format!("{ip}/24");
+        let (caller, r1, r2, callee) = (cidr(CALLER_IP), cidr(R1_IP), cidr(R2_IP), cidr(CALLEE_IP));
+        // From here on, drop deletes whatever exists (on error half way too).
+        let chain = Chain::create(&ChainSpec {
+            names: ["c", "r", "e"].map(|role| format!("{NS_PREFIX}{pid}{role}")),
+            caller: Link {
+                dev: &devs.c0,
+                mac: C0_MAC,
+                addrs: &[&caller],
+            },
+            r1: Link {
+                dev: &devs.r1,
+                mac: R1_MAC,
+                addrs: &[&r1],
+            },
+            r2: Link {
+                dev: &devs.r2,
+                mac: R2_MAC,
+                addrs: &[&r2],
+            },
+            callee: Link {
+                dev: &devs.e0,
+                mac: E0_MAC,
+                addrs: &[&callee],
+            },
+            // No IPv6: no router solicitations or MLD reports wandering into the XDP programs.
+            ipv6: false,
+        })
+        .context("building the namespace topology")?;
+        let topo = Self {
+            caller: chain.caller.clone(),
+            relay: chain.relay.clone(),
+            callee: chain.callee.clone(),
+            devs,
+            _chain: chain,
+        };
         topo.build().context("building the namespace topology")?;
         Ok(topo)
     }
 
-    fn build(&self) -> Result<()> {
+    /// What this bench adds to the chain: the direct link, the media and bare addresses, and
+    /// the callee side's acceptance of frames the bare program forwards untouched.
+    fn build(&self) -> io::Result<()> {
         let (c, r, e) = (&self.caller, &self.relay, &self.callee);
         let d = &self.devs;
-        for ns in [c, r, e] {
-            ip(&format!("netns add {ns}"))?;
-            LIVE.lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?
-                .push(ns.clone());
-            // No IPv6: no router solicitations or MLD reports wandering into the XDP programs.
-            ns_exec(
-                ns,
-                &[
-                    "sysctl",
-                    "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1",
-                ],
-            )?;
-            ip(&format!("-n {ns} link set lo up"))?;
-        }
-        ip(&format!(
-            "-n {r} link add {} address {R1_MAC} type veth peer name {} address {C0_MAC} netns {c}",
-            d.r1, d.c0
-        ))?;
-        ip(&format!(
-            "-n {r} link add {} address {R2_MAC} type veth peer name {} address {E0_MAC} netns {e}",
-            d.r2, d.e0
-        ))?;
-        ip(&format!(
-            "-n {c} link add {} address {C1_MAC} type veth peer name {} address {E1_MAC} netns {e}",
-            d.c1, d.e1
-        ))?;
-        for (ns, dev, addr) in [
-            (c, &d.c0, format!("{CALLER_IP}/24")),
-            (r, &d.r1, format!("{R1_IP}/24")),
-            (r, &d.r2, format!("{R2_IP}/24")),
-            (e, &d.e0, format!("{CALLEE_IP}/24")),
-            (c, &d.c1, format!("{DIRECT_CALLER_IP}/24")),
-            (e, &d.e1, format!("{DIRECT_CALLEE_IP}/24")),
-        ] {
-            ip(&format!("-n {ns} addr add {addr} dev {dev}"))?;
-            ip(&format!("-n {ns} link set {dev} up"))?;
-        }
-        ip(&format!("-n {r} addr add {RELAY_IP}/32 dev lo"))?;
-        ip(&format!("-n {e} addr add {BARE_IP}/32 dev lo"))?;
-        ip(&format!("-n {c} route add default via {R1_IP}"))?;
-        ip(&format!("-n {e} route add default via {R2_IP}"))?;
-        for (ns, dev, addr, mac) in [
-            (r, &d.r1, CALLER_IP, C0_MAC),
-            (r, &d.r2, CALLEE_IP, E0_MAC),
-            (c, &d.c0, R1_IP, R1_MAC),
-            (e, &d.e0, R2_IP, R2_MAC),
-            (c, &d.c1, DIRECT_CALLEE_IP, E1_MAC),
-            (e, &d.e1, DIRECT_CALLER_IP, C1_MAC),
-        ] {
-            ip(&format!(
-                "-n {ns} neigh replace {addr} lladdr {mac} dev {dev} nud permanent"
-            ))?;
-        }
-        ns_exec(r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        // The bare run's frames come from the caller's subnet on se0; the direct probes on se1.
-        ns_exec(
-            e,
-            &[
-                "sysctl",
-                "-qw",
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.default.rp_filter=0",
-                &format!("net.ipv4.conf.{}.rp_filter=0", d.e0),
-                &format!("net.ipv4.conf.{}.rp_filter=0", d.e1),
-            ],
+        let (direct_c, direct_e) = (
+            format!("{DIRECT_CALLER_IP}/24"),
+            format!("{DIRECT_CALLEE_IP}/24"),
+        );
+        sluice_netns::veth(
+            End {
+                ns: c,
+                dev: &d.c1,
+                mac: C1_MAC,
+                addrs: &[&direct_c],
+            },
+            End {
+                ns: e,
+                dev: &d.e1,
+                mac: E1_MAC,
+                addrs: &[&direct_e],
+            },
         )?;
-        ns_exec(c, &["ethtool", "-K", &d.c0, "tx", "off", "gro", "on"])?;
-        ns_exec(e, &["ethtool", "-K", &d.e0, "tx", "off", "gro", "on"])?;
-        ns_exec(r, &["ethtool", "-K", &d.r1, "gro", "on"])?;
-        ns_exec(r, &["ethtool", "-K", &d.r2, "gro", "on"])?;
+        sluice_netns::addr_add(r, "lo", &format!("{RELAY_IP}/32"))?;
+        sluice_netns::addr_add(e, "lo", &format!("{BARE_IP}/32"))?;
+        // The bare run's frames come from the caller's subnet on se0; the direct probes on se1.
+        for dev in ["all", "default", &d.e0, &d.e1] {
+            sysctl(e, &format!("net.ipv4.conf.{dev}.rp_filter"), "0")?;
+        }
+        // NAPI on the relay side as well: threaded NAPI needs it (`threaded_napi`).
+        for dev in [&d.r1, &d.r2] {
+            run_in(r, "ethtool", &["-K", dev, "gro", "on"])?;
+        }
         Ok(())
     }
 
@@ -471,17 +374,6 @@ fn parse_tx_dropped(ip_s: &str) -> u64 {
     0
 }
 
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in [&self.caller, &self.relay, &self.callee] {
-            delete_ns(ns);
-        }
-        if let Ok(mut live) = LIVE.lock() {
-            live.retain(|n| n != &self.caller && n != &self.relay && n != &self.callee);
-        }
-    }
-}
-
 /// The kthreads `napi/DEV-ID` of a device (comm is cut at 15 bytes; device names here are
 /// unique per bench, so the prefix identifies them).
 fn napi_threads(dev: &str) -> Result<Vec<u32>> {
@@ -587,11 +479,7 @@ impl Placement {
     /// A Command for `program` placed as asked; add arguments to it as usual.
     pub fn command(&self, program: &Path) -> Command {
         let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(program);
-                c
-            }
+            Some(ns) => sluice_netns::ns_exec_command(ns, program),
             None => Command::new(program),
         };
         let cpu = self.cpu.map(cpu_set);
@@ -629,58 +517,6 @@ impl Placement {
         }
         cmd
     }
-}
-
-/// Runs `f` on a new thread inside network namespace `ns`; sockets it creates stay there.
-pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let path = ns_path(ns);
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            // SAFETY: a valid namespace fd; setns only affects this thread.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("setns {}: {}", path.display(), io::Error::last_os_error());
-            }
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    })
-}
-
-/// Moves the calling thread into the namespace of `ns_file` for good.
-pub fn enter(ns_file: &Path) -> Result<()> {
-    let target = File::open(ns_file).with_context(|| format!("opening {}", ns_file.display()))?;
-    // SAFETY: a valid namespace fd; setns affects only this thread.
-    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "setns {}: {}",
-            ns_file.display(),
-            io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
-/// Switches the calling thread into `ns` for `f`, then back. For single-threaded processes
-/// (the load generator) that need sockets in several namespaces.
-pub fn with_ns<T>(ns_file: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let home = File::open("/proc/thread-self/ns/net").context("opening own netns")?;
-    let target = File::open(ns_file).with_context(|| format!("opening {}", ns_file.display()))?;
-    // SAFETY: valid namespace fds; setns affects only this thread.
-    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "setns {}: {}",
-            ns_file.display(),
-            io::Error::last_os_error()
-        );
-    }
-    let result = f();
-    // SAFETY: as above.
-    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns back home: {}", io::Error::last_os_error());
-    }
-    result
 }
 
 #[cfg(test)]

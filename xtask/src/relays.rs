@@ -331,7 +331,7 @@ pub(crate) fn spawn_rtpengine(
 ) -> Result<(Proc, String, NgClient)> {
     // A free port of the namespace it runs in (its loopback is its own).
     let ng_port = match &placement.netns {
-        Some(ns) => netns::in_ns(ns, free_port)?,
+        Some(ns) => netns::in_ns(ns, free_port)??,
         None => free_port()?,
     };
     let mut cmd = placement.command(exe);
@@ -359,7 +359,7 @@ pub(crate) fn spawn_rtpengine(
     let mut proc = Proc::spawn("rtpengine", &mut cmd, Some(log.to_path_buf()))?;
     let server = SocketAddrV4::new(Ipv4Addr::LOCALHOST, ng_port);
     let ng = match &placement.netns {
-        Some(ns) => netns::in_ns(ns, || NgClient::new(server))?,
+        Some(ns) => netns::in_ns(ns, || NgClient::new(server))??,
         None => NgClient::new(server)?,
     };
     let deadline = Instant::now() + STARTUP;

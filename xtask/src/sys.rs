@@ -1,5 +1,6 @@
 //! Thin wrappers over the Linux calls that the load generator and the baseline relay need:
-//! epoll, timerfd, recvmmsg/sendmmsg batches, CLOCK_MONOTONIC, socket buffer sizes.
+//! epoll, timerfd, recvmmsg batches, CLOCK_MONOTONIC, socket buffer sizes. Sending is
+//! `sluice_relay::mmsg::SendBatch`, the relay's own sendmmsg and sockaddr code.
 //!
 //! Everything here is Linux-only on purpose: the benchmark exists to compare Linux relays.
 
@@ -123,15 +124,6 @@ impl TimerFd {
     }
 }
 
-pub fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
-    let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
-    sa.sin_family = libc::AF_INET as libc::sa_family_t;
-    sa.sin_port = addr.port().to_be();
-    sa.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
-    sa
-}
-
 /// Receive buffer per message: larger than any RTP packet this benchmark sends, so a relay
 /// that appends bytes is caught by the length check instead of silently truncated.
 const SLOT: usize = 2048;
@@ -148,7 +140,7 @@ pub struct RecvBatch {
 
 impl RecvBatch {
     pub fn new(cap: usize) -> Self {
-        // SAFETY (both zeroed): iovec, sockaddr_in and mmsghdr are plain old data; the null
+        // SAFETY (both zeroed): iovec and mmsghdr are plain old data; the null
         // pointers in them are replaced before the kernel sees them.
         Self {
             bufs: vec![0; cap * SLOT],
@@ -202,78 +194,6 @@ impl RecvBatch {
     pub fn packet(&self, i: usize) -> &[u8] {
         let len = (self.hdrs[i].msg_len as usize).min(SLOT);
         &self.bufs[i * SLOT..i * SLOT + len]
-    }
-}
-
-/// Preallocated sendmmsg state: each message carries its own destination, so one socket can
-/// feed many relay ports in one system call.
-pub struct SendBatch {
-    iovs: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_in>,
-    hdrs: Vec<libc::mmsghdr>,
-}
-
-impl SendBatch {
-    pub fn new(cap: usize) -> Self {
-        // SAFETY: as in RecvBatch::new.
-        Self {
-            iovs: (0..cap).map(|_| unsafe { mem::zeroed() }).collect(),
-            addrs: (0..cap).map(|_| unsafe { mem::zeroed() }).collect(),
-            hdrs: (0..cap).map(|_| unsafe { mem::zeroed() }).collect(),
-        }
-    }
-
-    /// Sends up to the batch capacity of `packets`; returns how many the kernel took. A full
-    /// send buffer (EAGAIN) is not an error: the caller counts the rest as not sent.
-    pub fn send<'a>(
-        &mut self,
-        fd: RawFd,
-        packets: impl IntoIterator<Item = (&'a [u8], SocketAddrV4)>,
-    ) -> io::Result<usize> {
-        let mut n = 0;
-        for (pkt, dest) in packets.into_iter().take(self.hdrs.len()) {
-            self.addrs[n] = sockaddr_in(dest);
-            // The kernel only reads send buffers; the mut cast is what iovec's type demands.
-            self.iovs[n] = libc::iovec {
-                iov_base: pkt.as_ptr() as *mut libc::c_void,
-                iov_len: pkt.len(),
-            };
-            // SAFETY: see RecvBatch::new.
-            let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
-            hdr.msg_iov = &mut self.iovs[n];
-            hdr.msg_iovlen = 1;
-            hdr.msg_name = (&mut self.addrs[n] as *mut libc::sockaddr_in).cast();
-            hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            self.hdrs[n] = libc::mmsghdr {
-                msg_hdr: hdr,
-                msg_len: 0,
-            };
-            n += 1;
-        }
-        let mut done = 0;
-        // Bounded: every round either sends at least one message or returns.
-        while done < n {
-            // SAFETY: headers [done, n) point at `packets` slices still borrowed for 'a and at
-            // address/iovec slots owned by `self`.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.hdrs[done..].as_mut_ptr(),
-                    (n - done) as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if r <= 0 {
-                let err = io::Error::last_os_error();
-                return match err.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(done),
-                    _ if r == 0 => Ok(done),
-                    _ => Err(err),
-                };
-            }
-            done += r as usize;
-        }
-        Ok(done)
     }
 }
 
@@ -356,6 +276,7 @@ pub fn poll_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_relay::mmsg::SendBatch;
 
     #[test]
     fn send_and_receive_a_batch_over_loopback() {

@@ -1,14 +1,14 @@
-//! Namespace plumbing and socket helpers shared by the relay's netns tests (xdp_netns.rs,
-//! afxdp_netns.rs), and hex for the SRTP test vectors.
+//! The netns tests' topology (built by the workspace's `sluice-netns`, which the end-to-end
+//! tests and the benches share) and socket helpers of the relay's netns tests (xdp_netns.rs,
+//! afxdp_netns.rs, xdp_prog_run.rs), and hex for the SRTP test vectors.
 //! Each test binary uses its own subset.
 #![allow(dead_code)]
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+use sluice_netns::Chain;
 
 /// Says that the running test skips and why, on stderr past libtest's output capture (which
 /// hides `println!` of a passing test), so the line shows in a plain `cargo test`.
@@ -20,8 +20,7 @@ pub fn skipped(why: &str) {
 
 /// Why the netns tests cannot run here, if they cannot: they need root and the XDP program.
 pub fn skip_reason() -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !sluice_netns::is_root() {
         return Some("needs root");
     }
     if sluice_relay::xdp::program_object().is_none() {
@@ -29,7 +28,7 @@ pub fn skip_reason() -> Option<&'static str> {
             "sluice was built without the XDP program (apt-get install clang-19 libbpf-dev)",
         );
     }
-    if Command::new("ip").arg("-V").output().is_err() {
+    if !sluice_netns::has_iproute2() {
         return Some("needs iproute2 for network namespaces (apt-get install iproute2)");
     }
     None
@@ -54,67 +53,70 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-pub fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
+/// `ip ARGS`, panicking on failure.
 pub fn ip(args: &str) {
-    run("ip", &args.split_whitespace().collect::<Vec<_>>());
+    sluice_netns::ip(args).unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// `ip netns exec NS ARGS` (split on whitespace), panicking on failure.
 pub fn ns_exec(ns: &str, args: &str) {
-    let mut v = vec!["netns", "exec", ns];
-    v.extend(args.split_whitespace());
-    run("ip", &v);
+    let args: Vec<&str> = args.split_whitespace().collect();
+    sluice_netns::ns_exec(ns, &args).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Runs `f` on a thread inside network namespace `ns`. Sockets it creates stay in `ns`.
 pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::scope(|s| {
-        let h = s.spawn(move || {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: valid fd; setns only affects this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
-            f()
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e),
-        }
+    sluice_netns::in_ns(ns, f).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub const C_MAC: [u8; 6] = [2, 0, 0, 0, 1, 2];
+pub const R1_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+pub const R2_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
+pub const E_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
+
+pub fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The caller - relay - callee namespaces of xdp_netns.rs and afxdp_netns.rs, named after
+/// `tag` (which tells the test binaries apart):
+///
+/// ```text
+///  caller ns                 relay ns                                  callee ns
+///  c0 10.200.1.2    <->  r1 10.200.1.1          r2 10.200.2.1    <->  e0 10.200.2.2
+///     fd00:200:1::2          fd00:200:1::1          fd00:200:2::1          fd00:200:2::2
+/// ```
+pub fn topo(tag: &str) -> Chain {
+    use sluice_netns::{ChainSpec, Link};
+    let (c, r1, r2, e) = (mac(C_MAC), mac(R1_MAC), mac(R2_MAC), mac(E_MAC));
+    Chain::create(&ChainSpec {
+        names: sluice_netns::fresh_names(tag, ["c", "r", "e"]),
+        caller: Link {
+            dev: "c0",
+            mac: &c,
+            addrs: &["10.200.1.2/24", "fd00:200:1::2/64"],
+        },
+        r1: Link {
+            dev: "r1",
+            mac: &r1,
+            addrs: &["10.200.1.1/24", "fd00:200:1::1/64"],
+        },
+        r2: Link {
+            dev: "r2",
+            mac: &r2,
+            addrs: &["10.200.2.1/24", "fd00:200:2::1/64"],
+        },
+        callee: Link {
+            dev: "e0",
+            mac: &e,
+            addrs: &["10.200.2.2/24", "fd00:200:2::2/64"],
+        },
+        ipv6: true,
     })
-}
-
-/// Namespaces deleted on drop, panics included.
-pub struct Namespaces(pub Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A name no other test process or test of this one uses: `tag` tells the binaries apart.
-pub fn unique(tag: &str, prefix: &str) -> String {
-    format!(
-        "{tag}{}-{}{prefix}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed),
-    )
+    .unwrap_or_else(|e| panic!("building the namespaces: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
