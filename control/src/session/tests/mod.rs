@@ -255,3 +255,4 @@ mod sim;
 mod socket_pool;
 mod srtp;
 mod transcode;
+mod wire;
