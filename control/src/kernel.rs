@@ -284,37 +284,7 @@ impl KernelPath for Xdp {
         let mut result = Ok(());
         for w in pool.workers() {
             let made = (|| -> KResult<WorkerFlow> {
-                let transform = match &spec.transcode {
-                    Some(plan) => {
-                        // Continue the sequence the engine's transcoder sent.
-                        let seq = spec
-                            .handover
-                            .transcode_seq_start()
-                            .unwrap_or_else(random_seq);
-                        let mut t =
-                            TranscodeTransform::new(plan, seq, spec.rx.as_ref(), spec.tx.as_ref())
-                                .map_err(|e| format!("transcoder: {e}"))?;
-                        if let Some(c) = &spec.counters {
-                            t = t.with_counters(c.clone());
-                        }
-                        if let Some(s) = &spec.state {
-                            t = t.with_state(s.clone());
-                        }
-                        if let Some(p) = &spec.peer_state {
-                            t = t.with_feedback(p.clone(), spec.report_ssrc);
-                        }
-                        Transform::Stream(Box::new(t.resume(&spec.handover, &spec.peer_handover)))
-                    }
-                    None => {
-                        let mut t = SrtpTransform::new(spec.rx.as_ref(), spec.tx.as_ref())
-                            .map_err(|e| format!("SRTP keys: {e}"))?
-                            .rtcp_port(spec.rtcp_port);
-                        if let Some(c) = &spec.counters {
-                            t = t.with_counters(c.clone());
-                        }
-                        Transform::custom(t.resume(&spec.handover, &spec.peer_handover))
-                    }
-                };
+                let transform = worker_transform(&spec)?;
                 let mut flow = WorkerFlow::new(spec.new_src, spec.new_dst, NextHop::Fib)
                     .with_transform(transform)
                     .with_route_slot(spec.flow_id);
@@ -435,6 +405,42 @@ impl FlowIds {
 }
 
 /// A random first RTP sequence number (RFC 3550 5.1).
+/// The worker's per-packet transform for a flow: the transcoder (with SRTP around it) or SRTP
+/// termination, continuing from where the previous owner of the stream left it. Shared with the
+/// session tests' simulated relay, so that they move streams the way the workers take them.
+pub(crate) fn worker_transform(spec: &WorkerFlowSpec) -> KResult<Transform> {
+    Ok(match &spec.transcode {
+        Some(plan) => {
+            // Continue the sequence the engine's transcoder sent.
+            let seq = spec
+                .handover
+                .transcode_seq_start()
+                .unwrap_or_else(random_seq);
+            let mut t = TranscodeTransform::new(plan, seq, spec.rx.as_ref(), spec.tx.as_ref())
+                .map_err(|e| format!("transcoder: {e}"))?;
+            if let Some(c) = &spec.counters {
+                t = t.with_counters(c.clone());
+            }
+            if let Some(s) = &spec.state {
+                t = t.with_state(s.clone());
+            }
+            if let Some(p) = &spec.peer_state {
+                t = t.with_feedback(p.clone(), spec.report_ssrc);
+            }
+            Transform::Stream(Box::new(t.resume(&spec.handover, &spec.peer_handover)))
+        }
+        None => {
+            let mut t = SrtpTransform::new(spec.rx.as_ref(), spec.tx.as_ref())
+                .map_err(|e| format!("SRTP keys: {e}"))?
+                .rtcp_port(spec.rtcp_port);
+            if let Some(c) = &spec.counters {
+                t = t.with_counters(c.clone());
+            }
+            Transform::custom(t.resume(&spec.handover, &spec.peer_handover))
+        }
+    })
+}
+
 fn random_seq() -> u16 {
     rand::random()
 }

@@ -281,3 +281,4 @@ mod sim;
 mod socket_pool;
 mod srtp;
 mod transcode;
+mod wire;

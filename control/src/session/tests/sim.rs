@@ -25,14 +25,29 @@ impl Sim {
     }
 
     pub(super) fn with(cfg: SessionConfig, seed: u64) -> Sim {
-        let plane = FakePlane::default();
+        Sim::wired(cfg, seed, |p, _| Box::new(p), None)
+    }
+
+    /// Like [`Sim::with`], with the recording plane wrapped by `plane` (which gets the clock:
+    /// `wire.rs` runs real per-stream cores behind it) and an optional kernel path.
+    pub(super) fn wired(
+        cfg: SessionConfig,
+        seed: u64,
+        plane: impl FnOnce(FakePlane, ManualClock) -> Box<dyn MediaPlane>,
+        kernel: Option<Box<dyn KernelPath>>,
+    ) -> Sim {
+        let fake = FakePlane::default();
         let clock = ManualClock::default();
         let env = SessionEnv::new(
             Arc::new(clock.clone()),
             Box::new(StdRng::seed_from_u64(seed)),
         );
-        let s = Sessions::new(cfg, env, Box::new(plane.clone()), None).unwrap();
-        Sim { s, plane, clock }
+        let s = Sessions::new(cfg, env, plane(fake.clone(), clock.clone()), kernel).unwrap();
+        Sim {
+            s,
+            plane: fake,
+            clock,
+        }
     }
 
     pub(super) fn offer(&self, call: &str, from: &str, sdp: &str) -> String {
