@@ -32,6 +32,7 @@
 //! action Q`) and add the flow to [`WorkerPool::worker_for_queue`]. Packets that reach a
 //! worker without the flow are counted as `dropped_no_flow`.
 
+mod flow_table;
 mod packet;
 pub mod placement;
 mod run;

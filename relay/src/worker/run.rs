@@ -11,14 +11,13 @@
 //! Idle: after [`WorkerSettings::spin_ns`] without work the worker blocks in poll(2) on its
 //! sockets and the control eventfd, so an idle pool costs no CPU.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
+use super::flow_table::{FlowTable, Slot};
 use super::packet::{self, Bad, WireAddr};
 use super::transform::{StreamTransform, Transform, TransformError};
 use super::{Command, FlowStats, NextHop, WorkerCounters, WorkerFlow};
@@ -43,47 +42,8 @@ pub(crate) struct WorkerSettings {
     pub routes: Option<Arc<RouteCache>>,
 }
 
-/// FxHash-style hasher for flow keys. The keys are the control plane's (a frame only reaches
-/// a worker after it hit the same key in the XDP flow map), so flooding is not a concern.
-#[derive(Default)]
-pub(crate) struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_ne_bytes(w));
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.add(i as u64);
-    }
-    fn write_u16(&mut self, i: u16) {
-        self.add(i as u64);
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.add(i as u64);
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl KeyHasher {
-    #[inline]
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-type FlowMap = HashMap<FlowKey, FlowCtx, BuildHasherDefault<KeyHasher>>;
+/// The flows, by slot; a frame's outcome names its flow by slot.
+type FlowMap = FlowTable<FlowCtx>;
 
 enum Hop {
     /// Out of the socket it came in on, MACs swapped.
@@ -206,7 +166,7 @@ enum Outcome {
         len: usize,
         addr: libc::sockaddr_storage,
         /// The flow whose counters count the packet once sent.
-        key: FlowKey,
+        flow: Slot,
         /// UDP payload bytes (what the flow's byte counters count).
         payload_len: usize,
     },
@@ -276,7 +236,7 @@ struct KernelQueue {
     /// Offset and length in the frame of the bytes to send.
     at: [usize; BATCH],
     sizes: [usize; BATCH],
-    key: [FlowKey; BATCH],
+    flow: [Slot; BATCH],
     bytes: [usize; BATCH],
     addrs: [libc::sockaddr_storage; BATCH],
     iov: [libc::iovec; BATCH],
@@ -557,7 +517,7 @@ impl Worker {
                     at,
                     len,
                     addr,
-                    key,
+                    flow,
                     payload_len,
                 } => {
                     let q = &mut *self.kernel_q;
@@ -566,7 +526,7 @@ impl Worker {
                     q.frame[k] = desc.addr;
                     q.at[k] = at;
                     q.sizes[k] = len;
-                    q.key[k] = key;
+                    q.flow[k] = flow;
                     q.bytes[k] = payload_len;
                     q.addrs[k] = addr;
                     q.len += 1;
@@ -631,7 +591,7 @@ impl Worker {
         let flows = &self.flows;
         let (sent, failed) = crate::mmsg::send_runs(&mut q.hdrs[..n], &q.fd[..n], |k| {
             // Flows are only removed by commands, between batches.
-            if let Some(f) = flows.get(&q.key[k]) {
+            if let Some(f) = flows.get(q.flow[k]) {
                 bump(&f.stats.forwarded, 1);
                 bump(&f.stats.forwarded_bytes, q.bytes[k] as u64);
             }
@@ -672,7 +632,7 @@ impl Worker {
     fn run_timers(&mut self, now: u64) -> usize {
         let mut ran = 0;
         for key in &self.streams {
-            let Some(flow) = self.flows.get_mut(key) else {
+            let Some(flow) = self.flows.get_mut_by_key(key) else {
                 continue;
             };
             let Transform::Stream(st) = &mut flow.transform else {
@@ -700,7 +660,7 @@ impl Worker {
         let now = now_ns();
         self.streams
             .iter()
-            .filter_map(|k| match &self.flows.get(k)?.transform {
+            .filter_map(|k| match &self.flows.get_by_key(k)?.transform {
                 Transform::Stream(st) => st.poll_timeout(),
                 _ => None,
             })
@@ -786,7 +746,7 @@ fn process(
         Err(Bad::Ttl) => return Outcome::Drop(Reason::Ttl),
     };
     let key = packet::flow_key(frame, &p);
-    let Some(flow) = flows.get_mut(&key) else {
+    let Some((slot, flow)) = flows.find_mut(&key) else {
         return Outcome::Drop(Reason::NoFlow);
     };
     let st = &*flow.stats;
@@ -849,7 +809,7 @@ fn process(
                     at: packet::ETH_LEN,
                     len: end - packet::ETH_LEN,
                     addr: fb.addr,
-                    key,
+                    flow: slot,
                     payload_len: new_len,
                 };
             }
@@ -858,7 +818,7 @@ fn process(
                 at,
                 len: new_len,
                 addr: fb.addr,
-                key,
+                flow: slot,
                 payload_len: new_len,
             };
         }
