@@ -4,9 +4,11 @@
 //! the stream moves between the two both may count into the same endpoint (the old owner
 //! drains what its socket still holds while the new one takes the rest). So every count is a
 //! [`Counter`], which only adds atomically: a relaxed load + store from two threads would lose
-//! increments. The state that is not a count (SRTP and transcoder handover, latched addresses,
-//! reported loss) is in [`crate::handover::EndpointState`]. Gauges (last packet time, jitter, clock rate) stay plain atomics with stores:
-//! the latest value wins, which is what they mean.
+//! increments. The state that is not a count is elsewhere: latched addresses and reported loss
+//! in [`crate::handover::EndpointState`], and what moves with a stream (SRTP and transcoder
+//! state) in the [`crate::handover::StreamHandover`] messages. Gauges (last packet time,
+//! jitter, clock rate) stay plain atomics with stores: the latest value wins, which is what they
+//! mean.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 

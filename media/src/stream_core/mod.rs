@@ -20,8 +20,9 @@
 //! file descriptor; where a packet goes is the driver's opaque `D` in [`Egress`] (the engine's
 //! socket and address, nothing for a worker, whose flow has one destination). Nothing here
 //! allocates or locks per packet; counts go into a plain [`Tally`] the driver adds to the
-//! shared counters once per batch. `no_io_in_the_core` (below) keeps `libc`, `mio` and
-//! `socket2` out of this module tree.
+//! shared counters once per batch. The crate it lives in (sluice-media) does not depend on
+//! `libc`, `mio` or `socket2`, so the compiler refuses sockets here; `no_clock_or_lock_in_the_core`
+//! (tests) keeps std's clock and locks out of this module tree.
 //!
 //! A new per-packet step (recording, forking media, DTLS-SRTP, RTCP generation) goes into
 //! [`StreamCore::receive`] (and [`StreamCore::pull`] for what the transcoder sends), with its
