@@ -197,6 +197,64 @@ impl Collector for Scrape {
             "Packets the XDP program forwarded or handed to a worker.",
             s.kernel_packets,
         )?;
+        {
+            #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+            struct Stream {
+                path: &'static str,
+                kind: &'static str,
+            }
+            let mut enc = e.encode_descriptor(
+                "sluice_streams",
+                "Streams of live calls by where their packets go and what sluice does to them.",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            // Every combination, zeros included, so that a dashboard's series never vanish.
+            for (path, by_kind) in crate::session::STREAM_PATHS.into_iter().zip(s.streams) {
+                for (kind, n) in crate::session::STREAM_KINDS.into_iter().zip(by_kind) {
+                    ConstGauge::new(n as i64).encode(enc.encode_family(&Stream { path, kind })?)?;
+                }
+            }
+        }
+        gauge(
+            e,
+            "sluice_transcoder_channels",
+            "Transcoded directions of live calls (two per transcoded stream).",
+            s.transcoder_channels as i64,
+        )?;
+        counter(
+            e,
+            "sluice_transcoded_packets",
+            "Packets the transcoders produced.",
+            s.transcoded_packets,
+        )?;
+        counter(
+            e,
+            "sluice_transcoder_concealed_frames",
+            "Frames the transcoders concealed (lost and not recovered).",
+            s.transcoder_concealed_frames,
+        )?;
+        counter(
+            e,
+            "sluice_transcoder_fec_recovered_frames",
+            "Frames the transcoders rebuilt from Opus in-band FEC.",
+            s.transcoder_fec_recovered_frames,
+        )?;
+        {
+            #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+            struct Reason {
+                reason: &'static str,
+            }
+            let mut enc = e.encode_descriptor(
+                "sluice_calls_ended",
+                "Calls ended, by reason (see README, Metrics).",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (reason, n) in s.calls_ended {
+                ConstCounter::new(n).encode(enc.encode_family(&Reason { reason })?)?;
+            }
+        }
         counter(
             e,
             "sluice_events_missed",

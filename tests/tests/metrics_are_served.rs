@@ -1,7 +1,7 @@
 //! `--metrics`: Prometheus scrapes `/metrics` and reads what the daemon counts. A call over gRPC
-//! with media and a ping over ng show up in the call, packet and port figures and in the
-//! control request counters and latency histograms; every sample follows the naming rules
-//! (`sluice_` prefix, counters ending in `_total`, seconds).
+//! with media and a ping over ng show up in the call, stream, packet and port figures, in the
+//! calls ended by reason and in the control request counters and latency histograms; every
+//! sample follows the naming rules (`sluice_` prefix, counters ending in `_total`, seconds).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -69,6 +69,33 @@ async fn prometheus_reads_calls_packets_and_control_requests() {
             "{during}"
         );
         assert!(sample(&during, "sluice_ports_in_use").unwrap_or(0.0) >= 2.0);
+        // One plain stream on the userspace path (no XDP here), and every other combination
+        // exported as a zero.
+        for path in sluice_control::session::STREAM_PATHS {
+            for kind in sluice_control::session::STREAM_KINDS {
+                let want = if (path, kind) == ("userspace", "plain") {
+                    1.0
+                } else {
+                    0.0
+                };
+                assert_eq!(
+                    sample(
+                        &during,
+                        &format!(r#"sluice_streams{{path="{path}",kind="{kind}"}}"#)
+                    ),
+                    Some(want),
+                    "{path} {kind}: {during}"
+                );
+            }
+        }
+        for zero in [
+            "sluice_transcoder_channels",
+            "sluice_transcoded_packets_total",
+            "sluice_transcoder_concealed_frames_total",
+            "sluice_transcoder_fec_recovered_frames_total",
+        ] {
+            assert_eq!(sample(&during, zero), Some(0.0), "{zero}: {during}");
+        }
         c.delete(pb::DeleteRequest {
             call_id: "m1".into(),
             ..Default::default()
@@ -91,6 +118,22 @@ async fn prometheus_reads_calls_packets_and_control_requests() {
         assert_eq!(sample(&body, "sluice_calls_active"), Some(0.0));
         assert_eq!(sample(&body, "sluice_ports_in_use"), Some(0.0));
         assert!(sample(&body, "sluice_packets_relayed_total").unwrap_or(0.0) >= 4.0);
+        assert_eq!(
+            sample(&body, r#"sluice_streams{path="userspace",kind="plain"}"#),
+            Some(0.0),
+            "{body}"
+        );
+        // The gRPC delete, and every other reason as a zero.
+        for reason in sluice_control::session::CALL_END_REASONS {
+            assert_eq!(
+                sample(
+                    &body,
+                    &format!(r#"sluice_calls_ended_total{{reason="{reason}"}}"#)
+                ),
+                Some(if reason == "deleted" { 1.0 } else { 0.0 }),
+                "{reason}: {body}"
+            );
+        }
         // Every drop reason is a series; the stranger's packets are in wrong_source.
         for reason in sluice_control::session::DROP_REASONS {
             assert!(

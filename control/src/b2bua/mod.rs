@@ -37,7 +37,7 @@ use sluice_sip::{
     Uri, Via, parse_datagram, response_for, validate_request, validate_response,
 };
 
-use crate::session::{EventKind, EventSubscriber, SessionError, Sessions};
+use crate::session::{EndReason, EventKind, EventSubscriber, SessionError, Sessions};
 use call::{Call, CallState, Leg};
 pub use config::B2buaConfig;
 use headers::{add_to_tag, stamp_received};
@@ -594,7 +594,10 @@ impl B2bua {
             .remove(&(call.a_call_id.clone(), call.a_remote_tag.clone()));
         self.by_b.remove(&call.b_call_id);
         self.by_media.remove(&call.media_id);
-        let media = match self.media.delete(&call.media_id, "", "") {
+        let media = match self
+            .media
+            .delete_for(&call.media_id, "", "", EndReason::B2bua)
+        {
             Ok(report) => Some(report),
             Err(SessionError::NotFound(_)) => None,
             Err(e) => {

@@ -56,8 +56,9 @@ pub use error::SessionError;
 pub use events::{CallEvent, EVENT_QUEUE_LEN, EventKind, EventSubscriber, unix_ms_of};
 pub use options::{CodecRequest, Family, LegOptions, RtcpMuxMode, SessionConfig, SrtpMode};
 pub use report::{
-    CallReport, DROP_REASONS, KernelFeatureReport, LegReport, QualityPoint, QualityReport,
-    SrtpReport, Statistics, StreamReport, WorkerReport,
+    CALL_END_REASONS, CallReport, DROP_REASONS, EndReason, KernelFeatureReport, LegReport,
+    QualityPoint, QualityReport, STREAM_KINDS, STREAM_PATHS, SrtpReport, Statistics, StreamReport,
+    WorkerReport,
 };
 pub use srtp::SideCrypto;
 
@@ -317,7 +318,9 @@ impl Sessions {
         if st.delete_branch(call_id, branch)? {
             return Ok(None);
         }
-        let info = st.remove_call(call_id).expect("delete_branch found it");
+        let info = st
+            .remove_call(call_id, EndReason::Deleted)
+            .expect("delete_branch found it");
         let tag = info.legs[0].tag.clone().unwrap_or_default();
         self.emit(
             EventKind::Deleted,
@@ -335,6 +338,17 @@ impl Sessions {
         from_tag: &str,
         to_tag: &str,
     ) -> Result<CallReport, SessionError> {
+        self.delete_for(call_id, from_tag, to_tag, EndReason::Deleted)
+    }
+
+    /// [`Sessions::delete`], counted under `why` in [`Statistics::calls_ended`].
+    pub fn delete_for(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+        why: EndReason,
+    ) -> Result<CallReport, SessionError> {
         require("call_id", call_id)?;
         let mut st = self.lock();
         let call = st
@@ -349,7 +363,7 @@ impl Sessions {
                 )));
             }
         }
-        let info = st.remove_call(call_id).expect("checked above");
+        let info = st.remove_call(call_id, why).expect("checked above");
         self.emit(
             EventKind::Deleted,
             call_id,
@@ -409,7 +423,7 @@ impl Sessions {
             .map(|c| c.call_id.clone())
             .collect();
         for id in &expired {
-            st.remove_call(id);
+            st.remove_call(id, EndReason::Timeout);
             st.totals.timed_out += 1;
         }
         st.kernelize(now);
@@ -505,7 +519,7 @@ impl Sessions {
         st.shutting_down = true;
         let ids: Vec<String> = st.calls.keys().cloned().collect();
         for id in &ids {
-            st.remove_call(id);
+            st.remove_call(id, EndReason::Shutdown);
         }
         if let Some(k) = st.kernel.as_mut() {
             k.shutdown();

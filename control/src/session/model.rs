@@ -24,7 +24,7 @@ use super::MediaPlane;
 use super::env::{Clock, Random};
 use super::error::{SessionError, bad};
 use super::options::SessionConfig;
-use super::report::{CallReport, call_report};
+use super::report::{CallReport, EndReason, call_report};
 use super::socket_pool::{Pooled, SocketPool};
 use super::srtp::SideCrypto;
 
@@ -213,6 +213,11 @@ pub(super) struct Totals {
     pub(super) dropped: u64,
     pub(super) dropped_by_reason: [u64; 9],
     pub(super) kernel_packets: u64,
+    /// Transcoder counters of retired sides (see [`super::report::add_transcoded`]), so that
+    /// the relay-wide ones never go down when a call ends.
+    pub(super) transcoded: [u64; 3],
+    /// By [`super::report::CALL_END_REASONS`].
+    pub(super) calls_ended: [u64; 4],
 }
 
 pub(super) struct State {
@@ -423,6 +428,7 @@ impl State {
             *t += d;
         }
         self.totals.kernel_packets += side.kernel_base.packets;
+        super::report::add_transcoded(&mut self.totals.transcoded, &side.counters);
         self.by_endpoint.remove(&side.endpoint);
         if !self.shutting_down {
             let p = self.pooled(side);
@@ -449,10 +455,11 @@ impl State {
         }
     }
 
-    pub(super) fn remove_call(&mut self, call_id: &str) -> Option<CallReport> {
+    pub(super) fn remove_call(&mut self, call_id: &str, why: EndReason) -> Option<CallReport> {
         self.unkernelize_call(call_id);
         self.release_forks(call_id);
         let mut call = self.calls.remove(call_id)?;
+        self.totals.calls_ended[why as usize] += 1;
         let info = call_report(&call, None, &*self.clock);
         for s in &mut call.streams {
             for side in &mut s.sides {

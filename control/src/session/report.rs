@@ -207,6 +207,41 @@ pub struct Statistics {
     pub workers: Vec<WorkerReport>,
     /// The kernel features the XDP path probed when it attached; empty without XDP.
     pub kernel_features: Vec<KernelFeatureReport>,
+    /// Live calls' streams (media sections, both sides together; those an answer rejected
+    /// carry nothing and are left out), `[path][kind]` by [`STREAM_PATHS`] and
+    /// [`STREAM_KINDS`].
+    pub streams: [[u64; 3]; 3],
+    /// Live transcoded directions: two per transcoded stream, one per side's endpoint.
+    pub transcoder_channels: u64,
+    /// Since start, ended calls included: packets the transcoders produced, frames they
+    /// concealed, frames they rebuilt from Opus in-band FEC.
+    pub transcoded_packets: u64,
+    pub transcoder_concealed_frames: u64,
+    pub transcoder_fec_recovered_frames: u64,
+    /// Calls ended since start, by [`CALL_END_REASONS`].
+    pub calls_ended: [(&'static str, u64); 4],
+}
+
+/// Where a stream's packets go now, in the order of [`Statistics::streams`]: the relay thread's
+/// sockets, the XDP program's plain forwarding, or an AF_XDP worker (SRTP, transcoding).
+pub const STREAM_PATHS: [&str; 3] = ["userspace", "xdp", "worker"];
+
+/// What sluice does to a stream's packets: relays them as they are (SRTP passed through
+/// included), terminates SRTP on either side, or transcodes (which wins over SRTP).
+pub const STREAM_KINDS: [&str; 3] = ["plain", "srtp", "transcoded"];
+
+/// Why calls ended, in the order of [`Statistics::calls_ended`]: a control request (ng or
+/// gRPC delete, or the last branch of a forked call deleted), the timeout, the SIP B2BUA's own
+/// teardown (a BYE, CANCEL, failure or hangup request of its call), sluice shutting down.
+pub const CALL_END_REASONS: [&str; 4] = ["deleted", "timeout", "b2bua", "shutdown"];
+
+/// Why a call ends; indexes [`CALL_END_REASONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Deleted = 0,
+    Timeout = 1,
+    B2bua = 2,
+    Shutdown = 3,
 }
 
 /// One AF_XDP worker; counters count since it started.
@@ -387,10 +422,26 @@ impl State {
         let mut by_reason = self.totals.dropped_by_reason;
         let mut kernel_flows = 0;
         let mut kernel_packets = 0;
+        let mut streams = [[0; 3]; 3];
+        let mut transcoder_channels = 0;
+        let mut transcoded = self.totals.transcoded;
         for call in self.calls.values() {
+            // A parked branch's sides counted while they were the call's: leaving them out
+            // would make the counters go down.
+            for side in call.forks.iter().flat_map(|f| &f.state.sides) {
+                add_transcoded(&mut transcoded, &side.counters);
+            }
             for s in &call.streams {
                 kernel_flows += s.kernel.len() as u64;
+                if !s.disabled {
+                    let (path, kind) = stream_class(s);
+                    streams[path][kind] += 1;
+                    if s.transcode.is_some() {
+                        transcoder_channels += 2;
+                    }
+                }
                 for (k, side) in s.sides.iter().enumerate() {
+                    add_transcoded(&mut transcoded, &side.counters);
                     let kc = kernel_counters(s, k, self.kernel.as_deref());
                     packets += side.counters.forwarded.load(Relaxed) + kc.packets;
                     bytes += side.counters.forwarded_bytes.load(Relaxed) + kc.bytes;
@@ -452,6 +503,43 @@ impl State {
                     without: Some(f.without).filter(|w| !w.is_empty()),
                 })
                 .collect(),
+            streams,
+            transcoder_channels,
+            transcoded_packets: transcoded[0],
+            transcoder_concealed_frames: transcoded[1],
+            transcoder_fec_recovered_frames: transcoded[2],
+            calls_ended: std::array::from_fn(|i| (CALL_END_REASONS[i], self.totals.calls_ended[i])),
         }
     }
+}
+
+/// A stream's indexes into [`STREAM_PATHS`] and [`STREAM_KINDS`]. A worker flow means the
+/// stream's packets need work, so one is enough to call the stream a worker's.
+fn stream_class(s: &Stream) -> (usize, usize) {
+    let path = if s.kernel.is_empty() {
+        0
+    } else if s.kernel.iter().any(|f| f.worker) {
+        2
+    } else {
+        1
+    };
+    let terminated = s
+        .sides
+        .iter()
+        .any(|d| matches!(d.crypto, SideCrypto::Terminated { .. }));
+    let kind = if s.transcode.is_some() {
+        2
+    } else if terminated {
+        1
+    } else {
+        0
+    };
+    (path, kind)
+}
+
+/// Adds a side's transcoder counters: `[packets out, concealed, FEC recovered]`.
+pub(super) fn add_transcoded(into: &mut [u64; 3], c: &EndpointCounters) {
+    into[0] += c.transcoded_out.load(Relaxed);
+    into[1] += c.transcode_concealed.load(Relaxed);
+    into[2] += c.transcode_fec.load(Relaxed);
 }

@@ -280,5 +280,6 @@ mod offload;
 mod sim;
 mod socket_pool;
 mod srtp;
+mod statistics;
 mod transcode;
 mod wire;

@@ -509,3 +509,93 @@ fn transcoded_stream_goes_to_the_workers_never_to_plain_forward() {
         "no workers: stays in userspace"
     );
 }
+
+/// `Statistics::streams` as `(path, kind)` pairs with their counts, zeros left out.
+fn stream_counts(s: &Sessions) -> Vec<(&'static str, &'static str, u64)> {
+    let st = s.statistics();
+    let mut out = Vec::new();
+    for (path, by_kind) in STREAM_PATHS.into_iter().zip(st.streams) {
+        for (kind, n) in STREAM_KINDS.into_iter().zip(by_kind) {
+            if n > 0 {
+                out.push((path, kind, n));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn streams_are_counted_by_path_and_kind_as_they_move() {
+    let (s, _kernel) = sessions_with_kernel_and(true);
+    call_up(&s, "plain", "");
+    srtp_call_up(&s, "srtp");
+    transcoded_call_up(&s, "tc");
+    assert_eq!(
+        stream_counts(&s),
+        [
+            ("userspace", "plain", 1),
+            ("userspace", "srtp", 1),
+            ("userspace", "transcoded", 1)
+        ]
+    );
+    assert_eq!(s.statistics().transcoder_channels, 2);
+    for c in ["plain", "srtp", "tc"] {
+        latch_all(&s, c, true);
+    }
+    let t0 = now_ns();
+    s.sweep_at(t0 + 11 * SEC);
+    s.sweep_at(t0 + 13 * SEC);
+    assert_eq!(
+        stream_counts(&s),
+        [
+            ("xdp", "plain", 1),
+            ("worker", "srtp", 1),
+            ("worker", "transcoded", 1)
+        ]
+    );
+    assert_eq!(s.statistics().transcoder_channels, 2);
+    // Signalling takes a stream back to userspace.
+    s.offer(
+        "srtp",
+        "a",
+        &savp("alice", 4000, ALICE_KEY),
+        opts(SrtpMode::Strip),
+    )
+    .unwrap();
+    assert_eq!(
+        stream_counts(&s),
+        [
+            ("userspace", "srtp", 1),
+            ("xdp", "plain", 1),
+            ("worker", "transcoded", 1)
+        ]
+    );
+    s.delete("tc", "", "").unwrap();
+    assert_eq!(s.statistics().transcoder_channels, 0);
+    assert_eq!(
+        stream_counts(&s),
+        [("userspace", "srtp", 1), ("xdp", "plain", 1)]
+    );
+}
+
+#[test]
+fn without_workers_srtp_and_transcoded_streams_stay_in_userspace() {
+    let (s, _kernel) = sessions_with_kernel_and(false);
+    call_up(&s, "plain", "");
+    srtp_call_up(&s, "srtp");
+    transcoded_call_up(&s, "tc");
+    for c in ["plain", "srtp", "tc"] {
+        latch_all(&s, c, true);
+    }
+    let t0 = now_ns();
+    s.sweep_at(t0 + 11 * SEC);
+    s.sweep_at(t0 + 13 * SEC);
+    assert_eq!(
+        stream_counts(&s),
+        [
+            ("userspace", "srtp", 1),
+            ("userspace", "transcoded", 1),
+            ("xdp", "plain", 1)
+        ]
+    );
+}
