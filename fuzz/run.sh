@@ -3,7 +3,7 @@
 #
 #   fuzz/run.sh build                 # instrumented binaries (cargo afl build --release)
 #   fuzz/run.sh fuzz TARGET [SECONDS] # one campaign (default 600 s), from seeds + corpus
-#   fuzz/run.sh cmin TARGET           # minimize the campaign's queue into corpus/TARGET/
+#   fuzz/run.sh cmin TARGET           # minimize the campaign's queue into corpus/TARGET/ (cmin.py)
 #
 # Campaigns run under nice -n 19 and log to $WORK/TARGET.log; their state is in $WORK/TARGET/.
 # Crashes land in $WORK/TARGET/default/crashes/: copy each into crashes/TARGET/ with the fix.
@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 FUZZ="$PWD"
 WORK="${WORK:-/tmp/sluice-fuzz}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FUZZ/afl/target}"
-BIN="$CARGO_TARGET_DIR/release"
+BIN="${BIN:-$CARGO_TARGET_DIR/release}"
 # A shared build machine: no CPU pinning or frequency checks, no core_pattern demand.
 export AFL_NO_AFFINITY=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
 export AFL_NO_UI=1 AFL_NO_STARTUP_CALIBRATION=1
@@ -35,9 +35,13 @@ fuzz)
   ;;
 cmin)
   t="$2"
-  rm -rf "$WORK/$t.cmin"
-  nice -n 19 cargo afl cmin -i "$WORK/$t/default/queue" -o "$WORK/$t.cmin" -t 1000 -- "$BIN/$t" \
-    > "$WORK/$t.cmin.log" 2>&1
+  rm -rf "$WORK/$t.cmin" "$WORK/$t.traces"
+  # afl-showmap over the whole queue in one process, then fuzz/cmin.py keeps the smallest
+  # input per edge (see there why not afl-cmin).
+  afl_bin="$(dirname "$(ls -d "$HOME"/.local/share/afl.rs/rustc-*/afl.rs-*/afl/bin/afl-showmap | tail -1)")"
+  nice -n 19 "$afl_bin/afl-showmap" -e -t 1000 -i "$WORK/$t/default/queue" -o "$WORK/$t.traces" \
+    -- "$BIN/$t" > "$WORK/$t.cmin.log" 2>&1
+  python3 "$FUZZ/cmin.py" "$WORK/$t.traces" "$WORK/$t/default/queue" "$WORK/$t.cmin"
   rm -rf "corpus/$t"; mkdir -p "corpus/$t"
   # Names by content hash: stable across runs, and AFL++'s ids/ops names carry ':' and ','.
   for f in "$WORK/$t.cmin"/*; do
