@@ -4,6 +4,7 @@
 #   fuzz/run.sh build                 # instrumented binaries (cargo afl build --release)
 #   fuzz/run.sh fuzz TARGET [SECONDS] # one campaign (default 600 s), from seeds + corpus
 #   fuzz/run.sh cmin TARGET           # minimize the campaign's queue into corpus/TARGET/ (cmin.py)
+#   fuzz/run.sh stats TARGET          # the campaign's figures as a README table row
 #
 # Campaigns run under nice -n 19 and log to $WORK/TARGET.log; their state is in $WORK/TARGET/.
 # Crashes land in $WORK/TARGET/default/crashes/: copy each into crashes/TARGET/ with the fix.
@@ -49,7 +50,16 @@ cmin)
   done
   echo "$t: $(ls "corpus/$t" | wc -l) files, $(du -sh "corpus/$t" | cut -f1)"
   ;;
+stats)
+  # One row of README.md's results table from the campaign's fuzzer_stats.
+  t="$2"
+  awk -F' *: ' -v t="$t" -v n="$(ls "corpus/$t" | wc -l)" '
+    { v[$1] = $2 }
+    END { printf "| `%s` | %.1f | %d | %d | %s | %d / %d | %d | %s |\n", t, v["run_time"] / 60,
+          v["execs_per_sec"], v["execs_done"], v["bitmap_cvg"], v["edges_found"], v["total_edges"],
+          n, v["saved_crashes"] }' "$WORK/$t/default/fuzzer_stats"
+  ;;
 *)
-  sed -n 2,10p "$0"; exit 2
+  sed -n 2,11p "$0"; exit 2
   ;;
 esac
