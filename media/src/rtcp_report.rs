@@ -67,7 +67,8 @@ pub fn parse(buf: &[u8]) -> Option<RtcpReports> {
                 out.sender_report = Some((be32(p, 4), be32(p, 10)));
                 28
             }
-            201 => 8,
+            // RR: header and SSRC. A length of 0 says 4 bytes: no room for the SSRC.
+            201 if p.len() >= 8 => 8,
             _ => {
                 at += len;
                 continue;
@@ -117,6 +118,18 @@ mod tests {
         p.extend_from_slice(&0x0001_8000u32.to_be_bytes());
         p.extend_from_slice(&[0x81, 202, 0, 1, 0x11, 0x11, 0x11, 0x11]);
         p
+    }
+
+    /// Found by the `rtp` fuzz target (fuzz/crashes/rtp/): an RR whose length field is 0
+    /// (4 bytes, no SSRC) in a compound long enough to pass the outer check read past it.
+    #[test]
+    fn an_rr_too_short_for_its_ssrc_is_skipped() {
+        let mut p = vec![0x81, 201, 0, 0];
+        p.extend_from_slice(&[0x81, 202, 0, 1, 0x11, 0x11, 0x11, 0x11]);
+        assert_eq!(parse(&p), None);
+        let mut sr_after = vec![0x80, 201, 0, 0];
+        sr_after.extend_from_slice(&sr_with_block());
+        assert_eq!(parse(&sr_after), parse(&sr_with_block()));
     }
 
     #[test]

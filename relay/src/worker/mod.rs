@@ -641,3 +641,41 @@ impl WorkerPool {
         first.map_or(Ok(()), Err)
     }
 }
+
+/// The frame parser for the fuzz targets (`fuzz/`), which cannot reach the crate-private
+/// `packet` module; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use super::packet;
+
+    /// What a worker does with a received frame: parse it, and when it is relayed, take its
+    /// flow key and rewrite it in a copy (the payload length kept, then shortened by the
+    /// frame's last byte). Returns the rewritten length, `None` for a dropped frame.
+    pub fn frame(frame: &[u8]) -> Option<usize> {
+        let p = packet::parse(frame).ok()?;
+        let _ = packet::flow_key(frame, &p);
+        let (src, dst): (SocketAddr, SocketAddr) = if p.v6 {
+            (
+                (Ipv6Addr::LOCALHOST, 30000).into(),
+                (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7), 5004).into(),
+            )
+        } else {
+            (
+                (Ipv4Addr::new(192, 0, 2, 1), 30000).into(),
+                (Ipv4Addr::new(198, 51, 100, 7), 5004).into(),
+            )
+        };
+        let (src, dst) = (packet::WireAddr::new(src), packet::WireAddr::new(dst));
+        let mut copy = frame.to_vec();
+        packet::swap_macs(&mut copy);
+        packet::set_macs(&mut copy, &[2; 6], &[4; 6]);
+        let n = packet::rewrite(&mut copy, &p, p.payload_len, &src, &dst);
+        let shorter = p
+            .payload_len
+            .saturating_sub(usize::from(frame[frame.len() - 1]));
+        packet::rewrite(&mut copy, &p, shorter, &src, &dst);
+        Some(n)
+    }
+}
