@@ -29,9 +29,9 @@ use crate::latch::LatchConfig;
 use crate::mmsg::{send_runs, sockaddr_to_std, std_to_sockaddr};
 use crate::rtcp_report::RtcpReports;
 use crate::srtp::{SrtpConfig, SrtpContext, SrtpKeys};
-use crate::stats::{EndpointCounters, TranscodePublished};
+use crate::stats::EndpointCounters;
 use crate::stream_core::{self, Datagram, Dropped, LossReport, StreamCore, Verdict};
-use crate::transcode::{DirectionPlan, Transcoder};
+use crate::transcode::DirectionPlan;
 
 /// Identifies one side of one media stream: the relay socket(s) one endpoint sends to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -334,29 +334,16 @@ impl Endpoint {
         }
     }
 
-    /// Where this endpoint's contexts stand, for a worker to continue from: the SRTP of what
-    /// it sends and of what is sent to it, and its transcoder's next sequence number.
+    /// Where this endpoint's contexts stand, for a worker to continue from.
     fn handover(&self) -> StreamHandover {
-        StreamHandover {
-            srtp_rx: self.core.srtp_rx.as_ref().and_then(|c| c.handover()),
-            srtp_tx: self.srtp_tx.as_ref().and_then(|c| c.handover()),
-            transcode_next_seq: self.core.transcoder.as_ref().map(|t| t.next_out_seq()),
-        }
+        self.core.handover(self.srtp_tx.as_deref())
     }
 
-    /// Continues from what the workers handed back: SRTP past their indices, and a transcoder
-    /// (same plan, fresh codec state) past their sequence numbers.
+    /// Continues from what the workers handed back.
     fn resume(&mut self, h: &StreamHandover) {
         self.handed_over_at = None;
-        if let Some(rx) = self.core.srtp_rx.as_deref_mut() {
-            h.resume_srtp(rx, false);
-        }
-        if let Some(tx) = self.srtp_tx.as_deref_mut() {
-            h.resume_srtp(tx, true);
-        }
-        if let (Some(seq), Some(t)) = (h.transcode_seq_start(), &self.core.transcoder) {
-            let plan = t.plan().clone();
-            start_transcoder(self, plan, seq);
+        if let Err(e) = self.core.resume(h, self.srtp_tx.as_deref_mut()) {
+            tracing::error!(id = %self.id, error = %e, "cannot rebuild the transcoder; dropping this endpoint's RTP");
         }
     }
 
@@ -395,21 +382,12 @@ fn set_transcode(ep: &mut Endpoint, plan: Option<DirectionPlan>) {
             let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seq);
             u16::from_be_bytes(seq)
         });
-    start_transcoder(ep, plan, seq);
-}
-
-fn start_transcoder(ep: &mut Endpoint, plan: DirectionPlan, seq: u16) {
-    let core = &mut ep.core;
-    match Transcoder::new(&plan, seq) {
-        Ok(t) => {
-            tracing::info!(id = %ep.id, input = ?plan.input, output = ?plan.output, "transcoding");
-            core.transcoder = Some(Box::new(t));
-            core.transcode_published = TranscodePublished::default();
+    match ep.core.start_transcoder(&plan, seq) {
+        Ok(()) => {
+            tracing::info!(id = %ep.id, input = ?plan.input, output = ?plan.output, "transcoding")
         }
         Err(e) => {
-            tracing::error!(id = %ep.id, error = %e, "cannot build the transcoder; dropping this endpoint's RTP");
-            core.transcoder = None;
-            core.transcode_broken = true;
+            tracing::error!(id = %ep.id, error = %e, "cannot build the transcoder; dropping this endpoint's RTP")
         }
     }
 }

@@ -32,6 +32,7 @@ mod tally;
 
 use std::net::SocketAddr;
 
+use crate::handover::StreamHandover;
 use crate::latch::{DropReason, Latch, LatchConfig, Verdict as LatchVerdict};
 use crate::rtcp_report::RtcpReports;
 use crate::rtp::{PacketKind, RtpPacket, classify_relay};
@@ -256,6 +257,58 @@ impl Default for StreamCore {
 }
 
 impl StreamCore {
+    /// A new transcoder for `plan` whose first sequence number is `seq` (its figures start at
+    /// 0). When none can be built, the endpoint's RTP is dropped rather than sent untranscoded.
+    pub fn start_transcoder(
+        &mut self,
+        plan: &crate::transcode::DirectionPlan,
+        seq: u16,
+    ) -> Result<(), crate::transcode::TranscodeError> {
+        match Transcoder::new(plan, seq) {
+            Ok(t) => {
+                self.transcoder = Some(Box::new(t));
+                self.transcode_published = TranscodePublished::default();
+                self.transcode_broken = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.transcoder = None;
+                self.transcode_broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Where this endpoint's streams stand, for the path that takes them over: `self` holds
+    /// what it sends (SRTP receive context, transcoder), `tx` protects what is sent to it.
+    pub fn handover(&self, tx: Option<&SrtpContext>) -> StreamHandover {
+        StreamHandover {
+            srtp_rx: self.srtp_rx.as_ref().and_then(|c| c.handover()),
+            srtp_tx: tx.and_then(|c| c.handover()),
+            transcode_next_seq: self.transcoder.as_ref().map(|t| t.next_out_seq()),
+        }
+    }
+
+    /// Continues from what the other path handed back: SRTP past its indices and replay lists,
+    /// and a transcoder (same plan, fresh codec state) past its sequence numbers.
+    pub fn resume(
+        &mut self,
+        h: &StreamHandover,
+        tx: Option<&mut SrtpContext>,
+    ) -> Result<(), crate::transcode::TranscodeError> {
+        if let Some(rx) = self.srtp_rx.as_deref_mut() {
+            h.resume_srtp(rx, false);
+        }
+        if let Some(tx) = tx {
+            h.resume_srtp(tx, true);
+        }
+        if let (Some(seq), Some(t)) = (h.transcode_seq_start(), &self.transcoder) {
+            let plan = t.plan().clone();
+            self.start_transcoder(&plan, seq)?;
+        }
+        Ok(())
+    }
+
     /// The per-packet steps for a datagram the endpoint sent (see the module documentation).
     /// `egress` is `None` when there is no partner; `tx` protects towards it when
     /// `egress.srtp`. Every drop is counted in the tally.

@@ -45,7 +45,7 @@ use sluice_relay::rtp::RtpPacket;
 use sluice_relay::srtp::{MAX_RTCP_OVERHEAD, SrtpConfig, SrtpContext, SrtpError, SrtpKeys};
 use sluice_relay::stats::EndpointCounters;
 use sluice_relay::stream_core::{self, Datagram, Dropped, Egress, LossReport, StreamCore, Verdict};
-use sluice_relay::transcode::{DirectionPlan, Transcoder};
+use sluice_relay::transcode::DirectionPlan;
 use sluice_relay::worker::{MAX_GROWTH, Transform, TransformError};
 use sluice_relay::xdp::FlowValue;
 use std::collections::BTreeMap;
@@ -92,26 +92,13 @@ struct Ep {
 impl Ep {
     /// `engine.rs` `Endpoint::handover`.
     fn handover(&self) -> StreamHandover {
-        StreamHandover {
-            srtp_rx: self.core.srtp_rx.as_ref().and_then(|c| c.handover()),
-            srtp_tx: self.tx.as_ref().and_then(|c| c.handover()),
-            transcode_next_seq: self.core.transcoder.as_ref().map(|t| t.next_out_seq()),
-        }
+        self.core.handover(self.tx.as_deref())
     }
 
     /// `engine.rs` `Endpoint::resume`.
     fn resume(&mut self, h: &StreamHandover) {
         self.handed_over_at = None;
-        if let Some(rx) = self.core.srtp_rx.as_deref_mut() {
-            h.resume_srtp(rx, false);
-        }
-        if let Some(tx) = self.tx.as_deref_mut() {
-            h.resume_srtp(tx, true);
-        }
-        if let (Some(seq), Some(t)) = (h.transcode_seq_start(), &self.core.transcoder) {
-            let plan = t.plan().clone();
-            start_transcoder(self, plan, seq);
-        }
+        let _ = self.core.resume(h, self.tx.as_deref_mut());
     }
 
     /// `engine.rs` `Endpoint::moved_away`, on the simulated clock.
@@ -290,20 +277,7 @@ fn set_transcode(ep: &mut Ep, plan: Option<DirectionPlan>) {
         .transcoder
         .as_ref()
         .map_or(1000 + ep.id.0 as u16, |t| t.next_out_seq());
-    start_transcoder(ep, plan, seq);
-}
-
-fn start_transcoder(ep: &mut Ep, plan: DirectionPlan, seq: u16) {
-    match Transcoder::new(&plan, seq) {
-        Ok(t) => {
-            ep.core.transcoder = Some(Box::new(t));
-            ep.core.transcode_published = Default::default();
-        }
-        Err(_) => {
-            ep.core.transcoder = None;
-            ep.core.transcode_broken = true;
-        }
-    }
+    let _ = ep.core.start_transcoder(&plan, seq);
 }
 
 /// `engine.rs` `rekey`: unchanged keys keep their context.
